@@ -1,0 +1,52 @@
+//! The IPC layer between the primary and its workers: one framed channel per worker over a
+//! Unix socketpair, carrying control messages, user messages and descriptors.
+//!
+//! * [`frame`]: the wire format (header table there), pure encode/decode; the fuzz targets.
+//! * [`buf`]: reassembly of received bytes into frames with their descriptors, and the
+//!   coalescing send queue; I/O-free.
+//! * [`channel`]: the non-blocking channel over a mio `UnixStream`.
+//! * [`proto`]: typed messages ([`Message`]) to and from frames.
+
+pub mod buf;
+pub mod channel;
+pub mod frame;
+pub mod proto;
+
+pub use buf::{InFrame, RecvBuffer, SendFd, SendQueue};
+pub use channel::{Channel, ChannelConfig, ChannelError, Flush, Recv, SendError, SendErrorKind};
+pub use frame::{Decoded, Frame, FrameError, Header, Kind, Limits};
+pub use proto::{Endpoint, FdRule, ListenRequest, Message, ProtoError};
+
+impl Channel {
+    /// Queues a typed message with its descriptors.
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::send_with_fds`]; [`SendErrorKind::Proto`] if the message kind does not
+    /// allow that many descriptors.
+    pub fn send_msg(&mut self, msg: &Message, fds: Vec<SendFd>) -> Result<(), SendError> {
+        let kind = msg.kind();
+        if !Message::fd_rule(kind).allows(fds.len()) {
+            let err = ProtoError::WrongFdCount {
+                kind,
+                got: fds.len(),
+            };
+            return Err(SendError::new(SendErrorKind::Proto(err), fds));
+        }
+        let mut payload = Vec::new();
+        msg.encode_payload(&mut payload);
+        self.send_with_fds(kind, &payload, fds)
+    }
+}
+
+impl InFrame<'_> {
+    /// Decodes this frame as a typed [`Message`], returning it with the descriptors.
+    ///
+    /// # Errors
+    ///
+    /// The payload does not decode, or the descriptor count does not fit the kind.
+    pub fn into_message(self) -> Result<(Message, Vec<std::os::fd::OwnedFd>), ProtoError> {
+        let msg = Message::decode(self.kind, self.payload, self.fds.len())?;
+        Ok((msg, self.fds))
+    }
+}

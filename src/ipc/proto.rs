@@ -1,0 +1,522 @@
+//! Typed protocol messages on top of frames.
+//!
+//! One [`Message`] per frame; the frame's [`Kind`] says which variant, the payload holds its
+//! fields (little endian, strings and byte strings prefixed with a `u32` length). Decoding
+//! is total: any payload either decodes or gives a [`ProtoError`], and a message must come
+//! with exactly the descriptors its kind allows ([`Message::fd_rule`]).
+//!
+//! | kind | direction | fields | fds |
+//! |---|---|---|---|
+//! | `Online` | W→P | — | 0 |
+//! | `QueryServer` | W→P | seq, [`ListenRequest`] | 0 |
+//! | `QueryReply` | P→W | seq, errno, key id, bound address | 0 or 1 (the listener, shared policy) |
+//! | `Listening` | W→P | key id, bound address | 0 |
+//! | `NewConn` | P→W | key id, hand-off seq | 1 (the connection) |
+//! | `Accepted` | W→P | hand-off seq, free credit | 0 |
+//! | `Rejected` | W→P | hand-off seq | 0 |
+//! | `Disconnect` | P→W | — | 0 |
+//! | `Ping` / `Pong` | both | seq (Pong: and loop lag in µs) | 0 |
+//! | `Ready` | W→P | — | 0 |
+//! | `Relay` | both | peer worker id, bytes | 0 |
+//! | `Close` | W→P | key id | 0 |
+//! | `ExitedAfterDisconnect` | W→P | seq | 0 |
+//! | `Ack` | P→W | seq | 0 |
+//! | `GoingDown` | W→P | reason | 0 |
+//! | `User` | both | bytes | 0 to the frame limit |
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::frame::Kind;
+
+/// Where a listener is (or is wanted).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A TCP address (port 0: any free port).
+    Tcp(SocketAddr),
+    /// A UDP address.
+    Udp(SocketAddr),
+    /// A Unix-domain socket path.
+    Unix(PathBuf),
+}
+
+/// A worker's request for a listening socket (Node's `queryServer`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenRequest {
+    /// The requested endpoint (port 0 stays 0: it is part of the key).
+    pub endpoint: Endpoint,
+    /// How many servers this worker already has on the same endpoint (so the n-th
+    /// `listen(0)` of every worker shares one port).
+    pub index: u32,
+    /// The backlog the worker asks for.
+    pub backlog: u32,
+    /// Listen flags (bit 0: IPv6 only; bit 1: reuse address, UDP).
+    pub flags: u32,
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// W→P: the worker is up.
+    Online,
+    /// W→P: asks for a listener; answered by a `QueryReply` with the same `seq`.
+    QueryServer {
+        /// Request number, echoed in the reply.
+        seq: u32,
+        /// What to listen on.
+        request: ListenRequest,
+    },
+    /// P→W: the answer to a `QueryServer`.
+    QueryReply {
+        /// The request's number.
+        seq: u32,
+        /// 0 on success, otherwise the (positive) OS error number of the failed bind.
+        errno: i32,
+        /// The primary's id for this listener (echoed in `Listening` and `Close`).
+        key: u32,
+        /// The address actually bound, if any.
+        bound: Option<Endpoint>,
+    },
+    /// W→P: a server is listening.
+    Listening {
+        /// The listener's id.
+        key: u32,
+        /// The address it listens on.
+        bound: Endpoint,
+    },
+    /// P→W: a new connection for listener `key` (the descriptor travels with the frame).
+    NewConn {
+        /// The listener's id.
+        key: u32,
+        /// The hand-off's number, echoed in `Accepted` / `Rejected`.
+        seq: u32,
+    },
+    /// W→P: hand-off `seq` was taken; the worker can take `credit` more.
+    Accepted {
+        /// The hand-off's number.
+        seq: u32,
+        /// How many more hand-offs the worker is willing to hold.
+        credit: u32,
+    },
+    /// W→P: hand-off `seq` was refused; the worker closed its copy.
+    Rejected {
+        /// The hand-off's number.
+        seq: u32,
+    },
+    /// P→W: close your servers, drain, close the channel.
+    Disconnect,
+    /// A heartbeat.
+    Ping {
+        /// Heartbeat number.
+        seq: u64,
+    },
+    /// Answer to a heartbeat.
+    Pong {
+        /// The ping's number.
+        seq: u64,
+        /// The responder's event-loop lag, in microseconds.
+        lag_us: u64,
+    },
+    /// W→P: ready for traffic.
+    Ready,
+    /// User bytes to (W→P) or from (P→W) another worker.
+    Relay {
+        /// W→P: the destination worker id; P→W: the sender, stamped by the primary.
+        peer: u32,
+        /// The bytes.
+        payload: Vec<u8>,
+    },
+    /// W→P: a server closed.
+    Close {
+        /// The listener's id.
+        key: u32,
+    },
+    /// W→P: leaving on purpose; the primary answers with `Ack { seq }`.
+    ExitedAfterDisconnect {
+        /// Request number.
+        seq: u32,
+    },
+    /// P→W: acknowledges request `seq`.
+    Ack {
+        /// The request's number.
+        seq: u32,
+    },
+    /// W→P: fatal error; stop routing to me and start my replacement.
+    GoingDown {
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Application bytes.
+    User(Vec<u8>),
+}
+
+/// How many descriptors a message kind may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdRule {
+    /// None.
+    None,
+    /// Exactly one.
+    One,
+    /// Zero or one.
+    Optional,
+    /// Any number up to the frame limit.
+    Any,
+}
+
+impl FdRule {
+    /// Whether `n` descriptors satisfy the rule.
+    pub fn allows(self, n: usize) -> bool {
+        match self {
+            FdRule::None => n == 0,
+            FdRule::One => n == 1,
+            FdRule::Optional => n <= 1,
+            FdRule::Any => true,
+        }
+    }
+}
+
+/// Why a payload did not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtoError {
+    /// The payload ended before field `field`.
+    Truncated {
+        /// The message kind.
+        kind: Kind,
+        /// The field being read.
+        field: &'static str,
+    },
+    /// Bytes were left after the last field.
+    TrailingBytes {
+        /// The message kind.
+        kind: Kind,
+        /// How many.
+        extra: usize,
+    },
+    /// A field had a value outside its range.
+    BadValue {
+        /// The message kind.
+        kind: Kind,
+        /// The field.
+        field: &'static str,
+    },
+    /// The frame carried a number of descriptors its kind does not allow.
+    WrongFdCount {
+        /// The message kind.
+        kind: Kind,
+        /// Descriptors that came.
+        got: usize,
+    },
+}
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtoError::Truncated { kind, field } => {
+                write!(f, "{kind:?} payload ends before field `{field}`")
+            }
+            ProtoError::TrailingBytes { kind, extra } => {
+                write!(f, "{kind:?} payload has {extra} bytes after its last field")
+            }
+            ProtoError::BadValue { kind, field } => {
+                write!(f, "{kind:?} field `{field}` is out of range")
+            }
+            ProtoError::WrongFdCount { kind, got } => {
+                write!(f, "{kind:?} may not carry {got} fds")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+impl Message {
+    /// The frame kind for this message.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Online => Kind::Online,
+            Message::QueryServer { .. } => Kind::QueryServer,
+            Message::QueryReply { .. } => Kind::QueryReply,
+            Message::Listening { .. } => Kind::Listening,
+            Message::NewConn { .. } => Kind::NewConn,
+            Message::Accepted { .. } => Kind::Accepted,
+            Message::Rejected { .. } => Kind::Rejected,
+            Message::Disconnect => Kind::Disconnect,
+            Message::Ping { .. } => Kind::Ping,
+            Message::Pong { .. } => Kind::Pong,
+            Message::Ready => Kind::Ready,
+            Message::Relay { .. } => Kind::Relay,
+            Message::Close { .. } => Kind::Close,
+            Message::ExitedAfterDisconnect { .. } => Kind::ExitedAfterDisconnect,
+            Message::Ack { .. } => Kind::Ack,
+            Message::GoingDown { .. } => Kind::GoingDown,
+            Message::User(_) => Kind::User,
+        }
+    }
+
+    /// How many descriptors messages of `kind` may carry.
+    pub fn fd_rule(kind: Kind) -> FdRule {
+        match kind {
+            Kind::NewConn => FdRule::One,
+            Kind::QueryReply => FdRule::Optional,
+            Kind::User => FdRule::Any,
+            _ => FdRule::None,
+        }
+    }
+
+    /// Appends this message's payload to `out`.
+    pub fn encode_payload(&self, out: &mut Vec<u8>) {
+        let mut w = Writer(out);
+        match self {
+            Message::Online | Message::Disconnect | Message::Ready => {}
+            Message::QueryServer { seq, request } => {
+                w.u32(*seq);
+                w.endpoint(&request.endpoint);
+                w.u32(request.index);
+                w.u32(request.backlog);
+                w.u32(request.flags);
+            }
+            Message::QueryReply {
+                seq,
+                errno,
+                key,
+                bound,
+            } => {
+                w.u32(*seq);
+                w.u32(*errno as u32);
+                w.u32(*key);
+                match bound {
+                    None => w.u8(0),
+                    Some(ep) => {
+                        w.u8(1);
+                        w.endpoint(ep);
+                    }
+                }
+            }
+            Message::Listening { key, bound } => {
+                w.u32(*key);
+                w.endpoint(bound);
+            }
+            Message::NewConn { key, seq } => {
+                w.u32(*key);
+                w.u32(*seq);
+            }
+            Message::Accepted { seq, credit } => {
+                w.u32(*seq);
+                w.u32(*credit);
+            }
+            Message::Rejected { seq }
+            | Message::ExitedAfterDisconnect { seq }
+            | Message::Ack { seq } => w.u32(*seq),
+            Message::Close { key } => w.u32(*key),
+            Message::Ping { seq } => w.u64(*seq),
+            Message::Pong { seq, lag_us } => {
+                w.u64(*seq);
+                w.u64(*lag_us);
+            }
+            Message::Relay { peer, payload } => {
+                w.u32(*peer);
+                w.0.extend_from_slice(payload);
+            }
+            Message::GoingDown { reason } => w.0.extend_from_slice(reason.as_bytes()),
+            Message::User(bytes) => w.0.extend_from_slice(bytes),
+        }
+    }
+
+    /// Decodes a message from a frame's kind, payload and descriptor count.
+    ///
+    /// # Errors
+    ///
+    /// A [`ProtoError`] saying which field was wrong.
+    pub fn decode(kind: Kind, payload: &[u8], fds: usize) -> Result<Message, ProtoError> {
+        if !Message::fd_rule(kind).allows(fds) {
+            return Err(ProtoError::WrongFdCount { kind, got: fds });
+        }
+        let mut r = Reader { kind, buf: payload };
+        let msg = match kind {
+            Kind::Online => Message::Online,
+            Kind::Disconnect => Message::Disconnect,
+            Kind::Ready => Message::Ready,
+            Kind::QueryServer => Message::QueryServer {
+                seq: r.u32("seq")?,
+                request: ListenRequest {
+                    endpoint: r.endpoint()?,
+                    index: r.u32("index")?,
+                    backlog: r.u32("backlog")?,
+                    flags: r.u32("flags")?,
+                },
+            },
+            Kind::QueryReply => Message::QueryReply {
+                seq: r.u32("seq")?,
+                errno: r.u32("errno")? as i32,
+                key: r.u32("key")?,
+                bound: match r.u8("bound")? {
+                    0 => None,
+                    1 => Some(r.endpoint()?),
+                    _ => return Err(r.bad("bound")),
+                },
+            },
+            Kind::Listening => Message::Listening {
+                key: r.u32("key")?,
+                bound: r.endpoint()?,
+            },
+            Kind::NewConn => Message::NewConn {
+                key: r.u32("key")?,
+                seq: r.u32("seq")?,
+            },
+            Kind::Accepted => Message::Accepted {
+                seq: r.u32("seq")?,
+                credit: r.u32("credit")?,
+            },
+            Kind::Rejected => Message::Rejected { seq: r.u32("seq")? },
+            Kind::ExitedAfterDisconnect => Message::ExitedAfterDisconnect { seq: r.u32("seq")? },
+            Kind::Ack => Message::Ack { seq: r.u32("seq")? },
+            Kind::Close => Message::Close { key: r.u32("key")? },
+            Kind::Ping => Message::Ping { seq: r.u64("seq")? },
+            Kind::Pong => Message::Pong {
+                seq: r.u64("seq")?,
+                lag_us: r.u64("lag_us")?,
+            },
+            Kind::Relay => Message::Relay {
+                peer: r.u32("peer")?,
+                payload: r.rest().to_vec(),
+            },
+            Kind::GoingDown => Message::GoingDown {
+                reason: String::from_utf8_lossy(r.rest()).into_owned(),
+            },
+            Kind::User => Message::User(r.rest().to_vec()),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+
+    /// A user message holding `value` as JSON.
+    ///
+    /// # Errors
+    ///
+    /// `value` cannot be serialised.
+    #[cfg(feature = "serde")]
+    pub fn user_json<T: serde::Serialize>(value: &T) -> Result<Message, serde_json::Error> {
+        Ok(Message::User(serde_json::to_vec(value)?))
+    }
+
+    /// Reads a user (or relayed) message as JSON into `T`; `None` for other kinds.
+    ///
+    /// # Errors
+    ///
+    /// The bytes are not valid JSON for `T`.
+    #[cfg(feature = "serde")]
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Option<Result<T, serde_json::Error>> {
+        match self {
+            Message::User(b) | Message::Relay { payload: b, .. } => Some(serde_json::from_slice(b)),
+            _ => None,
+        }
+    }
+}
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    fn endpoint(&mut self, ep: &Endpoint) {
+        match ep {
+            Endpoint::Tcp(a) => {
+                self.u8(1);
+                self.bytes(a.to_string().as_bytes());
+            }
+            Endpoint::Udp(a) => {
+                self.u8(2);
+                self.bytes(a.to_string().as_bytes());
+            }
+            Endpoint::Unix(p) => {
+                self.u8(3);
+                self.bytes(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()));
+            }
+        }
+    }
+}
+
+struct Reader<'a> {
+    kind: Kind,
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], ProtoError> {
+        if self.buf.len() < n {
+            return Err(ProtoError::Truncated {
+                kind: self.kind,
+                field,
+            });
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn bad(&self, field: &'static str) -> ProtoError {
+        ProtoError::BadValue {
+            kind: self.kind,
+            field,
+        }
+    }
+    fn u8(&mut self, field: &'static str) -> Result<u8, ProtoError> {
+        Ok(self.take(1, field)?[0])
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, ProtoError> {
+        let b = self.take(4, field)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, ProtoError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8, field)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bytes(&mut self, field: &'static str) -> Result<&'a [u8], ProtoError> {
+        let n = self.u32(field)? as usize;
+        self.take(n, field)
+    }
+    fn endpoint(&mut self) -> Result<Endpoint, ProtoError> {
+        let tag = self.u8("endpoint")?;
+        let raw = self.bytes("endpoint")?;
+        let addr = || -> Result<SocketAddr, ProtoError> {
+            std::str::from_utf8(raw)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(self.bad("endpoint"))
+        };
+        Ok(match tag {
+            1 => Endpoint::Tcp(addr()?),
+            2 => Endpoint::Udp(addr()?),
+            3 => Endpoint::Unix(PathBuf::from(
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(raw),
+            )),
+            _ => return Err(self.bad("endpoint")),
+        })
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+    fn finish(self) -> Result<(), ProtoError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(ProtoError::TrailingBytes {
+                kind: self.kind,
+                extra: self.buf.len(),
+            })
+        }
+    }
+}

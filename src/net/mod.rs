@@ -1,0 +1,1 @@
+//! Loop-driven sockets (being built for the event-loop issue).

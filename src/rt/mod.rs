@@ -1,0 +1,1 @@
+//! The event loop (being built for the event-loop issue).

@@ -1,0 +1,85 @@
+//! Platform glue. Everything that names `libc` or needs `unsafe` lives here.
+//!
+//! # Contract
+//!
+//! Every platform backend (`linux.rs`, `bsd.rs`, picked below as `imp`) provides:
+//!
+//! | item | what it does |
+//! |---|---|
+//! | `socketpair()` | a connected `AF_UNIX` stream pair, both ends close-on-exec and non-blocking |
+//! | `RECV_FLAGS` | flags for `recvmsg` (`MSG_CMSG_CLOEXEC` where the OS has it) |
+//! | `SEND_FLAGS` | flags for `sendmsg` (`MSG_NOSIGNAL` where the OS has it) |
+//! | `RECV_SETS_CLOEXEC` | whether `RECV_FLAGS` already marks received fds close-on-exec |
+//! | `open_fd_count()` | how many descriptors this process has open |
+//!
+//! The portable code on top ([`scm`], [`process`]) uses only those items and POSIX calls.
+//! `cfg(target_os)` appears in this file only.
+
+pub mod cputime;
+pub mod process;
+pub mod scm;
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[path = "linux.rs"]
+mod imp;
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[path = "bsd.rs"]
+mod imp;
+
+pub use imp::{open_fd_count, socketpair};
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use nix::libc;
+
+/// Turns a `-1` return into the last OS error.
+pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Sets or clears `FD_CLOEXEC` on `fd`.
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we borrow; F_GETFD/F_SETFD touch no memory.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFD))?;
+        let new = if on {
+            flags | libc::FD_CLOEXEC
+        } else {
+            flags & !libc::FD_CLOEXEC
+        };
+        if new != flags {
+            cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, new))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets or clears `O_NONBLOCK` on `fd`.
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we borrow; F_GETFL/F_SETFL touch no memory.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        let new = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        if new != flags {
+            cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, new))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `fd` has `FD_CLOEXEC` set.
+pub fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: fcntl F_GETFD on a borrowed descriptor touches no memory.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })?;
+    Ok(flags & libc::FD_CLOEXEC != 0)
+}

@@ -1,0 +1,78 @@
+//! Spawning a child that inherits one channel descriptor, and adopting it in the child.
+//!
+//! The descriptor stays close-on-exec in the parent (so no other child spawned meanwhile
+//! inherits it); only the forked child clears the flag, between `fork` and `exec`. Its number
+//! travels in an environment variable. The child takes it with [`take_inherited_fd`], which
+//! removes the variable and sets close-on-exec again, so grandchildren never inherit it.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+use nix::libc;
+
+use super::cvt;
+
+/// Spawns `cmd` so that the child inherits `fd` under the same number, which is also put in
+/// the child's environment as `env_var`.
+///
+/// # Errors
+///
+/// Whatever [`Command::spawn`] returns; the child fails to start if clearing
+/// close-on-exec fails.
+pub fn spawn_with_fd(cmd: &mut Command, fd: BorrowedFd<'_>, env_var: &str) -> io::Result<Child> {
+    let raw = fd.as_raw_fd();
+    cmd.env(env_var, raw.to_string());
+    // SAFETY: the closure runs in the forked child before exec and calls only fcntl, which
+    // is async-signal-safe; it allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = cvt(libc::fcntl(raw, libc::F_GETFD))?;
+            cvt(libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC))?;
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Takes ownership of the descriptor whose number is in `env_var`, if the variable is set.
+///
+/// The variable is removed from the environment, and the descriptor is made close-on-exec.
+/// Call this once, early in `main`, before other threads exist (it edits the environment).
+///
+/// # Errors
+///
+/// `InvalidData` if the variable is not a number, or names a descriptor that is not open or
+/// is not a socket (so a stray or forged variable can never make us own a foreign fd).
+pub fn take_inherited_fd(env_var: &str) -> io::Result<Option<OwnedFd>> {
+    let Some(value) = std::env::var_os(env_var) else {
+        return Ok(None);
+    };
+    // SAFETY: documented precondition: called before other threads exist.
+    unsafe { std::env::remove_var(env_var) };
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{env_var}={value:?}: {why}"),
+        )
+    };
+    let raw: RawFd = value
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n: &RawFd| n > 2)
+        .ok_or_else(|| bad("not a descriptor number above 2"))?;
+    // SAFETY: fstat writes into a zeroed stat we own; a closed fd just fails with EBADF.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(raw, &mut st) } == -1 {
+        return Err(bad("descriptor is not open"));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(bad("descriptor is not a socket"));
+    }
+    // SAFETY: the parent handed this open socket to us alone; nothing else in this process
+    // owns it (the variable is consumed above, so it cannot be taken twice).
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    super::set_cloexec(std::os::fd::AsFd::as_fd(&fd), true)?;
+    Ok(Some(fd))
+}
