@@ -46,10 +46,14 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod cluster;
 pub mod error;
 pub mod ipc;
 pub mod net;
+pub mod primary;
 pub mod rt;
 pub mod sys;
+pub mod worker;
 
+pub use cluster::{Role, role, try_role};
 pub use error::{Error, Result};

@@ -1,1 +1,23 @@
-//! Loop-driven sockets (being built for the event-loop issue).
+//! Loop-driven sockets: TCP and Unix listeners and streams, UDP sockets.
+//!
+//! Every type here is a `Copy` id into the [`EventLoop`](crate::rt::EventLoop) that owns the
+//! socket; methods take the loop as their first argument, and callbacks receive it, so
+//! handlers can write, close and schedule freely. The loop's general I/O registration
+//! ([`EventLoop::register`](crate::rt::EventLoop::register)) is what these build on; other
+//! sources (IPC channels, child-exit descriptors) use it directly.
+//!
+//! | type | made by | callbacks |
+//! |---|---|---|
+//! | [`Listener`] | [`tcp::listen`], [`unix::listen`] | connection, error |
+//! | [`Stream`] | accepted, [`tcp::connect`], [`unix::connect`], `open_std` | data, end, drain, error, close |
+//! | [`UdpSocket`] | [`udp::bind`] | message, error |
+
+mod listener;
+mod stream;
+pub mod tcp;
+pub mod udp;
+pub mod unix;
+
+pub use listener::{ACCEPTS_PER_EVENT, Listener};
+pub use stream::{DEFAULT_HIGH_WATER_MARK, Stream};
+pub use udp::UdpSocket;

@@ -1,1 +1,478 @@
-//! The event loop (being built for the event-loop issue).
+//! The event loop: Node's phases, timers, immediates, nextTick and microtasks on mio.
+//!
+//! research/event-loop.md is the specification; its §4 rules are tested one by one in
+//! `tests/loop_rules.rs`. One [`EventLoop`] owns every queue, timer list and handle, and every
+//! callback receives `&mut EventLoop`, so callbacks schedule more work directly. Ids
+//! ([`TimerId`], [`ImmediateId`], [`IoId`], …) are `Copy` slot indices with a generation: a
+//! stale id cancels nothing.
+//!
+//! # One iteration
+//!
+//! [`EventLoop::run_mode`] follows libuv 1.46's `uv_run` (§1.1):
+//!
+//! 0. on entry, in [`RunMode::Default`] only: refresh the time and run due timers once;
+//! 1. **pending**: deferred I/O callbacks ([`EventLoop::queue_pending`]);
+//! 2. **idle**, 3. **prepare**: [`Phase::Idle`] / [`Phase::Prepare`] watchers;
+//! 4. **poll**: wait for I/O (timeout from [`EventLoop::poll_timeout`]), run ready handles'
+//!    callbacks, then closures posted from other threads; then the pending queue again, up to
+//!    8 rounds;
+//! 5. **check**: [`Phase::Check`] watchers, then the immediates queued before the phase;
+//! 6. **closing**: close callbacks, newest close first;
+//! 7. refresh the time, then **timers** due at that one `now`.
+//!
+//! After every single callback (timer, immediate, I/O, close, posted closure, before-exit),
+//! [`EventLoop::invoke`] drains nextTicks and then microtasks (§2.3). Code that runs before
+//! [`EventLoop::run`] is the "main script": `run` drains its ticks and microtasks first.
+//!
+//! # Example
+//!
+//! ```
+//! use std::cell::RefCell;
+//! use std::rc::Rc;
+//! use forkloop::rt::EventLoop;
+//!
+//! let log = Rc::new(RefCell::new(Vec::new()));
+//! let mut lp = EventLoop::new().unwrap();
+//! let l = log.clone();
+//! lp.set_timeout(0, move |lp| {
+//!     let (a, b, c) = (l.clone(), l.clone(), l.clone());
+//!     lp.set_immediate(move |_| a.borrow_mut().push("immediate"));
+//!     lp.next_tick(move |_| b.borrow_mut().push("tick"));
+//!     lp.queue_microtask(move |_| c.borrow_mut().push("microtask"));
+//! });
+//! assert_eq!(lp.run().unwrap(), 0);
+//! assert_eq!(*log.borrow(), ["tick", "microtask", "immediate"]);
+//! ```
+
+use std::fmt;
+
+use std::sync::Arc;
+
+use crossbeam_channel::unbounded;
+
+mod clock;
+mod id;
+mod io;
+mod local;
+mod pool;
+mod remote;
+mod signal;
+mod tasks;
+mod timers;
+mod watchers;
+
+pub use clock::{Clock, FakeClock, SystemClock};
+pub use io::{IoId, Readiness};
+pub use local::{YieldNow, with_loop, yield_now};
+pub use mio::Interest;
+pub use pool::{POOL_SIZE_ENV, RequestId};
+pub use remote::LoopHandle;
+pub use signal::SignalId;
+pub use timers::{Delay, TIMEOUT_MAX, TimerId, coerce_delay};
+pub use watchers::{ImmediateId, Phase, WatcherId};
+
+use id::Slots;
+use io::{Io, WAKER_TOKEN};
+use remote::{Notify, Remote};
+use signal::SignalState;
+use tasks::Tasks;
+use timers::Timers;
+use watchers::{Immediates, Watchers};
+
+/// How far [`EventLoop::run_mode`] goes (libuv's `uv_run_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunMode {
+    /// Run due timers once, then iterate until the loop is no longer alive.
+    Default,
+    /// One iteration; poll blocks only if nothing was pending and no idle watcher was active.
+    Once,
+    /// One iteration with a non-blocking poll.
+    NoWait,
+}
+
+/// Any loop object that can be ref'd or unref'd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handle {
+    /// A timeout or interval.
+    Timer(TimerId),
+    /// A queued immediate.
+    Immediate(ImmediateId),
+    /// An I/O handle (sockets, listeners, any registered source).
+    Io(IoId),
+    /// An idle, prepare or check watcher.
+    Watcher(WatcherId),
+    /// A signal listener.
+    Signal(SignalId),
+}
+
+macro_rules! handle_from {
+    ($($v:ident($t:ty)),*) => {$(
+        impl From<$t> for Handle {
+            fn from(id: $t) -> Handle {
+                Handle::$v(id)
+            }
+        }
+    )*};
+}
+handle_from!(
+    Timer(TimerId),
+    Immediate(ImmediateId),
+    Io(IoId),
+    Watcher(WatcherId),
+    Signal(SignalId)
+);
+
+type ExitCb = Box<dyn FnMut(&mut EventLoop, i32)>;
+
+/// A single-threaded event loop that orders callbacks exactly as Node does.
+pub struct EventLoop {
+    clock: Box<dyn Clock>,
+    now: u64,
+    timers: Timers,
+    imm: Immediates,
+    watchers: Watchers,
+    tasks: Tasks,
+    io: Io,
+    signals: SignalState,
+    remote: Remote,
+    requests: Slots<pool::Done>,
+    before_exit: Vec<ExitCb>,
+    exit_listeners: Vec<ExitCb>,
+    exit_code: i32,
+    /// Natural exit or `exit()` started: nextTick is a no-op.
+    exiting: bool,
+    /// `exit(code)` was called: nothing else runs.
+    forced: Option<i32>,
+    pub(crate) read_buf: Vec<u8>,
+}
+
+impl fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("now", &self.now)
+            .field("timers", &self.timers.len())
+            .field("refed_timers", &self.timers.refed)
+            .field("refed_immediates", &self.imm.refed)
+            .field("refed_handles", &self.io.refed_active)
+            .field("requests", &self.requests.len())
+            .field("pending", &self.io.pending.len())
+            .field("closing", &self.io.closing.len())
+            .field("exit_code", &self.exit_code)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLoop {
+    /// A loop on the real monotonic clock.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the OS poller or its waker cannot be created.
+    pub fn new() -> std::io::Result<EventLoop> {
+        EventLoop::with_clock(Box::new(SystemClock::new()))
+    }
+
+    /// A loop on `clock` (e.g. a [`FakeClock`] in tests).
+    ///
+    /// # Errors
+    ///
+    /// Fails if the OS poller or its waker cannot be created.
+    pub fn with_clock(clock: Box<dyn Clock>) -> std::io::Result<EventLoop> {
+        let poll = mio::Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
+        let notify = Arc::new(Notify::new(waker));
+        let (tx, rx) = unbounded();
+        let now = clock.now_ms();
+        Ok(EventLoop {
+            clock,
+            now,
+            timers: Timers::default(),
+            imm: Immediates::default(),
+            watchers: Watchers::default(),
+            tasks: Tasks::new(notify.clone()),
+            io: Io::new(poll),
+            signals: SignalState::default(),
+            remote: Remote { tx, rx, notify },
+            requests: Slots::default(),
+            before_exit: Vec::new(),
+            exit_listeners: Vec::new(),
+            exit_code: 0,
+            exiting: false,
+            forced: None,
+            read_buf: Vec::new(),
+        })
+    }
+
+    /// The cached loop time in ms (libuv's `uv_now`; refreshed on run entry, after poll,
+    /// before timers and when a timer is created).
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Refreshes the cached loop time (libuv's `uv_update_time`).
+    pub fn update_time(&mut self) {
+        self.now = self.clock.now_ms();
+    }
+
+    /// Runs `main` as the main script, then [`EventLoop::run`].
+    ///
+    /// # Errors
+    ///
+    /// As [`EventLoop::run`].
+    pub fn run_main<F: FnOnce(&mut EventLoop)>(&mut self, main: F) -> std::io::Result<i32> {
+        main(self);
+        self.run()
+    }
+
+    /// Runs the loop to completion like Node's `SpinEventLoop`: drain the main script's
+    /// ticks and microtasks, iterate while alive, then call the before-exit listeners and
+    /// continue if they made the loop alive again; finally call the exit listeners once.
+    /// Returns the exit code: the one given to [`EventLoop::exit`], or else the one set with
+    /// [`EventLoop::set_exit_code`] (default 0). The library never exits the process.
+    ///
+    /// # Errors
+    ///
+    /// Fails only if the OS poller fails.
+    pub fn run(&mut self) -> std::io::Result<i32> {
+        self.drain();
+        while self.forced.is_none() {
+            self.run_mode(RunMode::Default)?;
+            if self.halted() || self.alive() {
+                continue;
+            }
+            self.emit_before_exit();
+            if !self.alive() {
+                break;
+            }
+        }
+        if let Some(code) = self.forced {
+            return Ok(code);
+        }
+        self.emit_exit();
+        Ok(self.forced.unwrap_or(self.exit_code))
+    }
+
+    /// libuv's `uv_run`: see the module docs for the iteration. Returns whether the loop is
+    /// still alive.
+    ///
+    /// # Errors
+    ///
+    /// Fails only if the OS poller fails.
+    pub fn run_mode(&mut self, mode: RunMode) -> std::io::Result<bool> {
+        let mut alive = self.alive();
+        if !alive {
+            self.update_time();
+        }
+        if mode == RunMode::Default && alive && !self.halted() {
+            self.update_time();
+            self.run_timers();
+        }
+        while alive && !self.halted() {
+            alive = self.tick(mode)?;
+            if mode != RunMode::Default {
+                break;
+            }
+        }
+        Ok(alive)
+    }
+
+    /// One iteration, in libuv's order (1.45+: timers at the end):
+    ///
+    /// ```text
+    ///   pending → idle → prepare → poll → pending (≤ 8 rounds) → check → closing → timers
+    /// ```
+    ///
+    /// The textbook diagram starts with timers; libuv runs them once on entry to a
+    /// [`RunMode::Default`] run and then at the end of each iteration. The two differ under
+    /// [`RunMode::Once`] and when the last ref'd handle closes while an unref'd timer is due.
+    fn tick(&mut self, mode: RunMode) -> std::io::Result<bool> {
+        let can_sleep = self.io.pending.is_empty() && !self.watchers.idle_active();
+        self.run_pending();
+        self.run_watchers(Phase::Idle);
+        self.run_watchers(Phase::Prepare);
+        let timeout = match mode {
+            RunMode::Default => self.poll_timeout(),
+            RunMode::Once if can_sleep => self.poll_timeout(),
+            _ => Some(0),
+        };
+        self.poll_io(timeout)?;
+        // Callbacks deferred during poll (write completions, errors) run now, not a whole
+        // iteration later (libuv 1.44.2+).
+        for _ in 0..8 {
+            if self.io.pending.is_empty() || self.halted() {
+                break;
+            }
+            self.run_pending();
+        }
+        self.run_watchers(Phase::Check);
+        self.run_immediates();
+        self.run_closing();
+        self.update_time();
+        self.run_timers();
+        Ok(self.alive())
+    }
+
+    /// Whether anything keeps the loop running: a ref'd timer, ref'd immediate, ref'd
+    /// active handle (socket, listener, watcher, signal listener), in-flight blocking job,
+    /// closing handle or pending callback (rule 15).
+    pub fn alive(&self) -> bool {
+        self.has_ref_handles()
+            || self.requests.len() > 0
+            || !self.io.pending.is_empty()
+            || !self.io.closing.is_empty()
+    }
+
+    fn has_ref_handles(&self) -> bool {
+        self.timers.refed > 0
+            || self.imm.refed > 0
+            || self.io.refed_active > 0
+            || self.watchers.refed > 0
+            || self.signals.refed > 0
+    }
+
+    /// How long poll may block, in ms (`None`: until I/O arrives). Zero when nothing ref'd
+    /// is active, or ref'd immediates, pending callbacks, closing handles or an idle watcher
+    /// exist; otherwise the time to the earliest timer list, ref'd or not (§1.5, rule 16).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.halted() || !(self.has_ref_handles() || self.requests.len() > 0) {
+            return Some(0);
+        }
+        if self.imm.refed > 0
+            || !self.io.pending.is_empty()
+            || !self.io.closing.is_empty()
+            || self.watchers.idle_active()
+        {
+            return Some(0);
+        }
+        self.timers
+            .next_expiry()
+            .map(|expiry| expiry.saturating_sub(self.now))
+    }
+
+    /// The one place that calls user code from a phase: run `cb`, then drain nextTicks and
+    /// microtasks (research/style.md §3.1 habit 3).
+    #[inline]
+    pub(crate) fn invoke<F: FnOnce(&mut EventLoop)>(&mut self, cb: F) {
+        cb(self);
+        if !self.tasks.idle() && !self.halted() {
+            self.drain();
+        }
+    }
+
+    /// `exit(code)` was called.
+    #[inline]
+    pub(crate) fn halted(&self) -> bool {
+        self.forced.is_some()
+    }
+
+    /// Adds a before-exit listener (Node's `process.on('beforeExit')`): called with the exit
+    /// code each time the loop runs out of work; if it schedules more, the loop continues
+    /// and the listener fires again at the next drain (rule 18).
+    pub fn on_before_exit<F>(&mut self, cb: F)
+    where
+        F: FnMut(&mut EventLoop, i32) + 'static,
+    {
+        self.before_exit.push(Box::new(cb));
+    }
+
+    /// Adds an exit listener (Node's `process.on('exit')`): called once when the loop ends,
+    /// or synchronously from [`EventLoop::exit`]. On a natural exit, microtasks it queues
+    /// still run, nextTick is a no-op, and timers and immediates never run (rule 19).
+    pub fn on_exit<F>(&mut self, cb: F)
+    where
+        F: FnMut(&mut EventLoop, i32) + 'static,
+    {
+        self.exit_listeners.push(Box::new(cb));
+    }
+
+    /// The code [`EventLoop::run`] will return (Node's `process.exitCode`).
+    pub fn exit_code(&self) -> i32 {
+        self.exit_code
+    }
+
+    /// Sets the code a natural exit returns.
+    pub fn set_exit_code(&mut self, code: i32) {
+        self.exit_code = code;
+    }
+
+    /// Node's `process.exit(code)` (rule 20): calls the exit listeners now and stops the
+    /// loop. Nothing already queued runs afterwards, not even the rest of the current batch
+    /// or pending nextTicks; `run` returns `code` (the caller decides whether to end the
+    /// process). The rest of the calling Rust function still runs, so return from it.
+    pub fn exit(&mut self, code: i32) {
+        if self.forced.is_some() {
+            return;
+        }
+        self.exit_code = code;
+        self.exiting = true;
+        self.tasks.ticks.clear();
+        self.tasks.micro.clear();
+        // Listeners run before `forced` is set so that they may still call `exit` (ignored)
+        // and see a running loop; whatever they queue is dropped.
+        let mut listeners = std::mem::take(&mut self.exit_listeners);
+        self.forced = Some(code);
+        for l in &mut listeners {
+            l(self, code);
+        }
+        self.forced = Some(self.exit_code);
+    }
+
+    /// Whether [`EventLoop::exit`] was called.
+    pub fn exited(&self) -> bool {
+        self.forced.is_some()
+    }
+
+    fn emit_before_exit(&mut self) {
+        let mut listeners = std::mem::take(&mut self.before_exit);
+        let code = self.exit_code;
+        for l in &mut listeners {
+            self.invoke(|lp| l(lp, code));
+            if self.halted() {
+                break;
+            }
+        }
+        listeners.append(&mut self.before_exit);
+        self.before_exit = listeners;
+    }
+
+    fn emit_exit(&mut self) {
+        self.exiting = true;
+        self.tasks.ticks.clear();
+        let mut listeners = std::mem::take(&mut self.exit_listeners);
+        for l in &mut listeners {
+            let code = self.exit_code;
+            self.invoke(|lp| l(lp, code));
+            if self.halted() {
+                return;
+            }
+        }
+    }
+
+    /// Sets whether a timer, immediate, handle, watcher or signal listener keeps the loop
+    /// alive (Node's `ref()` / `unref()`). Stale ids are ignored.
+    pub fn set_ref(&mut self, handle: impl Into<Handle>, on: bool) {
+        match handle.into() {
+            Handle::Timer(id) => self.set_timer_ref(id, on),
+            Handle::Immediate(id) => self.set_immediate_ref(id, on),
+            Handle::Io(id) => self.set_io_ref(id, on),
+            Handle::Watcher(id) => self.set_watcher_ref(id, on),
+            Handle::Signal(id) => self.set_signal_ref(id, on),
+        }
+    }
+
+    /// Shorthand for `set_ref(handle, false)`.
+    pub fn unref(&mut self, handle: impl Into<Handle>) {
+        self.set_ref(handle, false);
+    }
+
+    /// Whether the handle is live and ref'd (Node's `hasRef()`).
+    pub fn has_ref(&self, handle: impl Into<Handle>) -> bool {
+        match handle.into() {
+            Handle::Timer(id) => self.timer_has_ref(id),
+            Handle::Immediate(id) => self.immediate_has_ref(id),
+            Handle::Io(id) => self.io_has_ref(id),
+            Handle::Watcher(id) => self.watcher_has_ref(id),
+            Handle::Signal(id) => self.signal_has_ref(id),
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Roles and the shared vocabulary of the primary and its workers.
+//!
+//! A worker is a process the primary spawned (exec of a program, never a bare `fork()` of
+//! a running one) with two environment variables: [`WORKER_ID_ENV`] (its id, from 1) and
+//! [`CHANNEL_FD_ENV`] (the descriptor number of its end of the channel). [`role`] reads
+//! both, removes them from the environment, takes ownership of the descriptor (made
+//! close-on-exec again, so the worker's own children never inherit it) and, in a worker,
+//! writes the `Online` message at once: the primary hears "online" before any user code
+//! runs.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Mutex, OnceLock};
+
+use crate::ipc::frame::{Header, Kind};
+
+/// Environment variable holding a worker's id.
+pub const WORKER_ID_ENV: &str = "FORKLOOP_WORKER_ID";
+/// Environment variable holding the descriptor number of a worker's channel.
+pub const CHANNEL_FD_ENV: &str = "FORKLOOP_CHANNEL_FD";
+
+/// Which side of a cluster this process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not started by a forkloop primary.
+    Primary,
+    /// A worker, with its id (ids start at 1 and grow).
+    Worker(u32),
+}
+
+impl Role {
+    /// Whether this is the primary.
+    pub fn is_primary(self) -> bool {
+        self == Role::Primary
+    }
+}
+
+static ROLE: OnceLock<Result<Role, String>> = OnceLock::new();
+static CHANNEL: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+/// This process's role. The first call decides (and, in a worker, says "online").
+///
+/// Call it early in `main`, before other threads start: it edits the environment.
+///
+/// # Errors
+///
+/// The worker variables are present but unusable (no channel, not a number, a descriptor
+/// that is not a socket): such a process must not carry on as a primary.
+pub fn try_role() -> crate::Result<Role> {
+    ROLE.get_or_init(|| detect().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(crate::Error::Config)
+}
+
+/// This process's role; see [`try_role`]. A process whose worker variables are broken
+/// prints why and exits with status 1 rather than carrying on as a second primary.
+pub fn role() -> Role {
+    match try_role() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("forkloop: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn detect() -> io::Result<Role> {
+    let Some(id) = std::env::var_os(WORKER_ID_ENV) else {
+        return Ok(Role::Primary);
+    };
+    // SAFETY: documented precondition of `role`: called before other threads exist.
+    unsafe { std::env::remove_var(WORKER_ID_ENV) };
+    let id: u32 = id
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| bad(format!("{WORKER_ID_ENV}={id:?} is not a worker id")))?;
+    let fd = crate::sys::process::take_inherited_fd(CHANNEL_FD_ENV)?
+        .ok_or_else(|| bad(format!("{WORKER_ID_ENV} is set but {CHANNEL_FD_ENV} is not")))?;
+    say_online(&fd)?;
+    if let Ok(mut slot) = CHANNEL.lock() {
+        *slot = Some(fd);
+    }
+    Ok(Role::Worker(id))
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Writes the `Online` frame on the fresh channel (8 bytes on an empty socket: it fits).
+fn say_online(fd: &OwnedFd) -> io::Result<()> {
+    let header = Header {
+        kind: Kind::Online,
+        flags: 0,
+        fds: 0,
+        len: 0,
+    }
+    .to_bytes();
+    let no_fds: [OwnedFd; 0] = [];
+    let n = crate::sys::scm::send_with_fds(fd.as_fd(), &[IoSlice::new(&header)], &no_fds)?;
+    if n != header.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write of online"));
+    }
+    Ok(())
+}
+
+/// Takes the worker's channel descriptor (once), for a program that speaks the protocol
+/// itself instead of using [`crate::worker::Worker::attach`]. `None` in the primary or if
+/// taken already.
+pub fn take_channel() -> Option<OwnedFd> {
+    let _ = try_role();
+    CHANNEL.lock().ok().and_then(|mut slot| slot.take())
+}
+
+/// How a worker process ended: exactly one of `code` and `signal` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// The exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+}
+
+impl From<std::process::ExitStatus> for ExitStatus {
+    fn from(s: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        ExitStatus {
+            code: s.code(),
+            signal: s.signal(),
+        }
+    }
+}
+
+/// A worker's life as the primary sees it (Node's `worker.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Spawned; not yet online.
+    None,
+    /// Said "online".
+    Online,
+    /// One of its servers listens.
+    Listening,
+    /// Its channel closed.
+    Disconnected,
+    /// The process exited. Unlike Node, a later channel close does not turn `Dead` back
+    /// into `Disconnected`.
+    Dead,
+}

@@ -1,0 +1,180 @@
+//! A listening socket (TCP or Unix) that accepts connections as [`Stream`]s.
+//!
+//! The poll callback accepts until the socket reports `WouldBlock` (mio is edge-triggered),
+//! but at most [`ACCEPTS_PER_EVENT`] connections per event; the rest are accepted from the
+//! pending phase so one busy listener cannot starve the other handles.
+
+use std::fmt;
+use std::io;
+
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
+
+use super::stream::{Sock, Stream};
+use crate::rt::{EventLoop, IoId};
+
+/// Connections accepted per readiness event before yielding to other handles.
+pub const ACCEPTS_PER_EVENT: usize = 128;
+
+/// A listening TCP or Unix socket on a loop. `Copy`: it is an id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Listener(pub(crate) IoId);
+
+#[derive(Debug)]
+pub(crate) enum ListenSock {
+    Tcp(mio::net::TcpListener),
+    Unix(mio::net::UnixListener),
+}
+
+type ConnCb = Box<dyn FnMut(&mut EventLoop, Stream)>;
+type ErrCb = Box<dyn FnMut(&mut EventLoop, Listener, io::Error)>;
+
+pub(crate) struct ListenerState {
+    sock: ListenSock,
+    on_conn: Option<ConnCb>,
+    on_error: Option<ErrCb>,
+}
+
+impl fmt::Debug for ListenerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerState").field("sock", &self.sock).finish_non_exhaustive()
+    }
+}
+
+impl ListenSock {
+    fn source(&mut self) -> &mut dyn Source {
+        match self {
+            ListenSock::Tcp(s) => s,
+            ListenSock::Unix(s) => s,
+        }
+    }
+
+    fn accept(&self) -> io::Result<Sock> {
+        match self {
+            ListenSock::Tcp(l) => l.accept().map(|(s, _)| Sock::Tcp(s)),
+            ListenSock::Unix(l) => l.accept().map(|(s, _)| Sock::Unix(s)),
+        }
+    }
+}
+
+impl Source for ListenerState {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        self.sock.source().register(r, t, i)
+    }
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        self.sock.source().reregister(r, t, i)
+    }
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        self.sock.source().deregister(r)
+    }
+}
+
+impl Listener {
+    /// Registers a listening socket; `on_conn` runs for every accepted connection.
+    pub(crate) fn open(lp: &mut EventLoop, sock: ListenSock, on_conn: ConnCb) -> io::Result<Self> {
+        let st = ListenerState {
+            sock,
+            on_conn: Some(on_conn),
+            on_error: None,
+        };
+        let id = lp.register(st, Interest::READABLE, |lp, id, _| accept_some(lp, Listener(id)))?;
+        Ok(Listener(id))
+    }
+
+    /// The loop handle id (for [`EventLoop::set_ref`] and friends).
+    pub fn id(self) -> IoId {
+        self.0
+    }
+
+    /// Replaces the connection callback.
+    pub fn on_connection<F>(self, lp: &mut EventLoop, cb: F)
+    where
+        F: FnMut(&mut EventLoop, Stream) + 'static,
+    {
+        if let Some(st) = lp.io_mut::<ListenerState>(self.0) {
+            st.on_conn = Some(Box::new(cb));
+        }
+    }
+
+    /// Sets the callback for accept errors other than `WouldBlock` (e.g. `EMFILE`); without
+    /// one they are logged. The listener stays open.
+    pub fn on_error<F>(self, lp: &mut EventLoop, cb: F)
+    where
+        F: FnMut(&mut EventLoop, Listener, io::Error) + 'static,
+    {
+        if let Some(st) = lp.io_mut::<ListenerState>(self.0) {
+            st.on_error = Some(Box::new(cb));
+        }
+    }
+
+    /// The bound address of a TCP listener.
+    ///
+    /// # Errors
+    ///
+    /// Fails for closed or Unix listeners.
+    pub fn local_addr(self, lp: &EventLoop) -> io::Result<std::net::SocketAddr> {
+        match lp.io_ref::<ListenerState>(self.0).map(|st| &st.sock) {
+            Some(ListenSock::Tcp(l)) => l.local_addr(),
+            Some(ListenSock::Unix(_)) => Err(io::Error::other("not a TCP listener")),
+            None => Err(super::stream::closed()),
+        }
+    }
+
+    /// Stops listening and closes the socket; `on_close` runs in the closing phase.
+    pub fn close<F: FnOnce(&mut EventLoop) + 'static>(self, lp: &mut EventLoop, on_close: F) {
+        lp.close(self.0, on_close);
+    }
+
+    /// Stops listening and gives the socket back (e.g. to send it to a worker process).
+    pub fn take_tcp(self, lp: &mut EventLoop) -> Option<mio::net::TcpListener> {
+        match lp.take_source::<ListenerState>(self.0)?.sock {
+            ListenSock::Tcp(l) => Some(l),
+            ListenSock::Unix(_) => None,
+        }
+    }
+}
+
+fn accept_some(lp: &mut EventLoop, l: Listener) {
+    for _ in 0..ACCEPTS_PER_EVENT {
+        let Some(st) = lp.io_mut::<ListenerState>(l.0) else {
+            return;
+        };
+        match st.sock.accept() {
+            Ok(sock) => match Stream::open(lp, sock, false) {
+                Ok(s) => emit_conn(lp, l, s),
+                Err(e) => emit_error(lp, l, e),
+            },
+            Err(e) => match e.kind() {
+                io::ErrorKind::WouldBlock => return,
+                io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => {}
+                _ => return emit_error(lp, l, e),
+            },
+        }
+    }
+    lp.queue_pending(move |lp| accept_some(lp, l));
+}
+
+fn emit_conn(lp: &mut EventLoop, l: Listener, s: Stream) {
+    let Some(mut cb) = lp.io_mut::<ListenerState>(l.0).and_then(|st| st.on_conn.take()) else {
+        return;
+    };
+    lp.invoke(|lp| cb(lp, s));
+    if let Some(st) = lp.io_mut::<ListenerState>(l.0) {
+        if st.on_conn.is_none() {
+            st.on_conn = Some(cb);
+        }
+    }
+}
+
+fn emit_error(lp: &mut EventLoop, l: Listener, e: io::Error) {
+    let Some(mut cb) = lp.io_mut::<ListenerState>(l.0).and_then(|st| st.on_error.take()) else {
+        log::warn!("forkloop: accept failed: {e}");
+        return;
+    };
+    lp.invoke(|lp| cb(lp, l, e));
+    if let Some(st) = lp.io_mut::<ListenerState>(l.0) {
+        if st.on_error.is_none() {
+            st.on_error = Some(cb);
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! A connected byte stream (TCP or Unix) driven by the loop: reads delivered to a data
+//! callback, buffered writes with a high-water mark and a drain callback, half-close with
+//! [`Stream::end`], and close callbacks in the closing phase.
+//!
+//! Like a Node `net.Socket`:
+//! * [`Stream::write`] writes at once when nothing is queued (libuv's `uv_try_write`) and
+//!   queues the rest; it returns `false` once the queue reaches the high-water mark
+//!   (16 KiB by default), and the drain callback runs when the queue has been flushed;
+//! * when the peer ends its side, the end callback runs and the stream ends its own side
+//!   too (Node's default `allowHalfOpen: false`); once both sides are done, it closes;
+//! * a write error found inside `write` is delivered in the pending phase (libuv defers it
+//!   with `uv__io_feed`); errors found in the poll phase are delivered there. After the
+//!   error callback the stream is destroyed;
+//! * reading starts when a data callback is set; a stream with nothing to read or write
+//!   is inactive and does not keep the loop alive.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
+
+use crate::rt::{EventLoop, IoId, Readiness};
+
+/// Node's default `highWaterMark` for sockets.
+pub const DEFAULT_HIGH_WATER_MARK: usize = 16 * 1024;
+
+/// Bytes read per `read` call (shared buffer of the loop).
+const READ_BUF: usize = 64 * 1024;
+
+/// Reads per readiness event before yielding to other handles (libuv reads 32 times).
+const READS_PER_EVENT: usize = 32;
+
+/// A connected TCP or Unix stream on a loop. `Copy`: it is an id; a stale one does nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Stream(pub(crate) IoId);
+
+/// The socket behind a [`Stream`].
+#[derive(Debug)]
+pub(crate) enum Sock {
+    Tcp(mio::net::TcpStream),
+    Unix(mio::net::UnixStream),
+}
+
+impl Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.read(buf),
+            Sock::Unix(s) => s.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.write(buf),
+            Sock::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.shutdown(Shutdown::Write),
+            Sock::Unix(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+
+    /// `Ok(true)` once a non-blocking connect has finished, `Ok(false)` while it is running.
+    fn connect_done(&self) -> io::Result<bool> {
+        let (err, peer) = match self {
+            Sock::Tcp(s) => (s.take_error()?, s.peer_addr().map(|_| ())),
+            Sock::Unix(s) => (s.take_error()?, s.peer_addr().map(|_| ())),
+        };
+        if let Some(e) = err {
+            return Err(e);
+        }
+        match peer {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn source(&mut self) -> &mut dyn Source {
+        match self {
+            Sock::Tcp(s) => s,
+            Sock::Unix(s) => s,
+        }
+    }
+}
+
+type ConnectCb = Box<dyn FnOnce(&mut EventLoop, Stream, io::Result<()>)>;
+type DataCb = Box<dyn FnMut(&mut EventLoop, Stream, &[u8])>;
+type EventCb = Box<dyn FnMut(&mut EventLoop, Stream)>;
+type ErrorCb = Box<dyn FnMut(&mut EventLoop, Stream, io::Error)>;
+type CloseCb = Box<dyn FnOnce(&mut EventLoop, Stream)>;
+
+#[derive(Default)]
+struct Callbacks {
+    connect: Option<ConnectCb>,
+    data: Option<DataCb>,
+    end: Option<EventCb>,
+    drain: Option<EventCb>,
+    error: Option<ErrorCb>,
+    close: Option<CloseCb>,
+}
+
+/// The loop-owned state of a stream (registered as the handle's source).
+pub(crate) struct StreamState {
+    sock: Sock,
+    out: Vec<u8>,
+    out_pos: usize,
+    hwm: usize,
+    need_drain: bool,
+    connecting: bool,
+    ending: bool,
+    write_shut: bool,
+    read_eof: bool,
+    paused: bool,
+    unread: bool,
+    cbs: Callbacks,
+}
+
+impl fmt::Debug for StreamState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamState")
+            .field("sock", &self.sock)
+            .field("queued", &(self.out.len() - self.out_pos))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Source for StreamState {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        self.sock.source().register(r, t, i)
+    }
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        self.sock.source().reregister(r, t, i)
+    }
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        self.sock.source().deregister(r)
+    }
+}
+
+impl StreamState {
+    fn queued(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    fn wanted(&self) -> Option<Interest> {
+        let read = !self.paused && !self.read_eof;
+        let write = self.connecting || self.queued() > 0;
+        match (read, write) {
+            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+            (true, false) => Some(Interest::READABLE),
+            (false, true) => Some(Interest::WRITABLE),
+            (false, false) => None,
+        }
+    }
+}
+
+fn state(lp: &mut EventLoop, s: Stream) -> Option<&mut StreamState> {
+    lp.io_mut::<StreamState>(s.0)
+}
+
+impl Stream {
+    /// Registers a connected (or connecting) socket on the loop.
+    pub(crate) fn open(lp: &mut EventLoop, sock: Sock, connecting: bool) -> io::Result<Stream> {
+        let st = StreamState {
+            sock,
+            out: Vec::new(),
+            out_pos: 0,
+            hwm: DEFAULT_HIGH_WATER_MARK,
+            need_drain: false,
+            connecting,
+            ending: false,
+            write_shut: false,
+            read_eof: false,
+            paused: false,
+            unread: false,
+            cbs: Callbacks::default(),
+        };
+        let interest = if connecting {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let id = lp.register(st, interest, |lp, id, r| on_ready(lp, Stream(id), r))?;
+        Ok(Stream(id))
+    }
+
+    pub(crate) fn set_connect_cb(self, lp: &mut EventLoop, cb: ConnectCb) {
+        if let Some(st) = state(lp, self) {
+            st.cbs.connect = Some(cb);
+        }
+    }
+
+    /// The loop handle id (for [`EventLoop::set_ref`] and friends).
+    pub fn id(self) -> IoId {
+        self.0
+    }
+
+    /// Whether the stream is still open (not destroyed or closed).
+    pub fn is_open(self, lp: &EventLoop) -> bool {
+        lp.io_ref::<StreamState>(self.0).is_some()
+    }
+
+    /// Sets the data callback and starts reading. Each call gets the bytes of one read.
+    pub fn on_data<F>(self, lp: &mut EventLoop, cb: F)
+    where
+        F: FnMut(&mut EventLoop, Stream, &[u8]) + 'static,
+    {
+        let Some(st) = state(lp, self) else {
+            return;
+        };
+        st.cbs.data = Some(Box::new(cb));
+        if std::mem::take(&mut st.unread) {
+            lp.queue_pending(move |lp| read_some(lp, self));
+        }
+    }
+
+    /// Sets the callback for the peer ending its side (read EOF).
+    pub fn on_end<F: FnMut(&mut EventLoop, Stream) + 'static>(self, lp: &mut EventLoop, cb: F) {
+        if let Some(st) = state(lp, self) {
+            st.cbs.end = Some(Box::new(cb));
+        }
+    }
+
+    /// Sets the callback run when the write queue empties after `write` returned `false`.
+    pub fn on_drain<F: FnMut(&mut EventLoop, Stream) + 'static>(self, lp: &mut EventLoop, cb: F) {
+        if let Some(st) = state(lp, self) {
+            st.cbs.drain = Some(Box::new(cb));
+        }
+    }
+
+    /// Sets the error callback; the stream is destroyed right after it runs.
+    pub fn on_error<F>(self, lp: &mut EventLoop, cb: F)
+    where
+        F: FnMut(&mut EventLoop, Stream, io::Error) + 'static,
+    {
+        if let Some(st) = state(lp, self) {
+            st.cbs.error = Some(Box::new(cb));
+        }
+    }
+
+    /// Sets the close callback, run in the closing phase once the stream is closed (by
+    /// [`Stream::destroy`], after an error, or when both sides have ended).
+    pub fn on_close<F: FnOnce(&mut EventLoop, Stream) + 'static>(self, lp: &mut EventLoop, cb: F) {
+        if let Some(st) = state(lp, self) {
+            st.cbs.close = Some(Box::new(cb));
+        }
+    }
+
+    /// Queues `data` for writing (writing at once what the socket takes). Returns `false`
+    /// when the queue is at or above the high-water mark: wait for the drain callback.
+    /// Writing after [`Stream::end`] fails with `BrokenPipe`, delivered in the pending phase.
+    pub fn write(self, lp: &mut EventLoop, data: &[u8]) -> bool {
+        let Some(st) = state(lp, self) else {
+            return false;
+        };
+        if st.ending {
+            let e = io::Error::new(io::ErrorKind::BrokenPipe, "write after end");
+            lp.queue_pending(move |lp| fail(lp, self, e));
+            return false;
+        }
+        let mut data = data;
+        if st.queued() == 0 && !st.connecting {
+            match write_now(&mut st.sock, data) {
+                Ok(n) => data = &data[n..],
+                Err(e) => {
+                    lp.queue_pending(move |lp| fail(lp, self, e));
+                    return false;
+                }
+            }
+        }
+        st.out.extend_from_slice(data);
+        let below = st.queued() < st.hwm;
+        if !below {
+            st.need_drain = true;
+        }
+        update_interest(lp, self);
+        below
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn buffered(self, lp: &EventLoop) -> usize {
+        lp.io_ref::<StreamState>(self.0).map_or(0, StreamState::queued)
+    }
+
+    /// Sets the high-water mark used by [`Stream::write`].
+    pub fn set_high_water_mark(self, lp: &mut EventLoop, bytes: usize) {
+        if let Some(st) = state(lp, self) {
+            st.hwm = bytes;
+        }
+    }
+
+    /// Half-closes: shuts down the write side once the queue has been flushed. Reading goes
+    /// on until the peer ends too; then the stream closes.
+    pub fn end(self, lp: &mut EventLoop) {
+        let Some(st) = state(lp, self) else {
+            return;
+        };
+        st.ending = true;
+        if st.queued() == 0 && !st.connecting {
+            shut_write(lp, self);
+        }
+    }
+
+    /// Stops reading (the stream no longer keeps the loop alive unless writes are queued).
+    pub fn pause(self, lp: &mut EventLoop) {
+        if let Some(st) = state(lp, self) {
+            st.paused = true;
+        }
+        update_interest(lp, self);
+    }
+
+    /// Resumes reading after [`Stream::pause`].
+    pub fn resume(self, lp: &mut EventLoop) {
+        let Some(st) = state(lp, self) else {
+            return;
+        };
+        if std::mem::take(&mut st.paused) {
+            lp.queue_pending(move |lp| read_some(lp, self));
+        }
+        update_interest(lp, self);
+    }
+
+    /// Closes at once, dropping queued writes (Node's `socket.destroy()`); the close
+    /// callback runs in the closing phase.
+    pub fn destroy(self, lp: &mut EventLoop) {
+        let cb = state(lp, self).and_then(|st| st.cbs.close.take());
+        lp.close(self.0, move |lp| {
+            if let Some(cb) = cb {
+                cb(lp, self);
+            }
+        });
+    }
+
+    /// Sets `TCP_NODELAY` (no-op for Unix streams).
+    ///
+    /// # Errors
+    ///
+    /// Fails if the stream is closed or the option cannot be set.
+    pub fn set_nodelay(self, lp: &mut EventLoop, on: bool) -> io::Result<()> {
+        match state(lp, self).map(|st| &st.sock) {
+            Some(Sock::Tcp(s)) => s.set_nodelay(on),
+            Some(Sock::Unix(_)) => Ok(()),
+            None => Err(closed()),
+        }
+    }
+
+    /// The peer's address of a TCP stream.
+    ///
+    /// # Errors
+    ///
+    /// Fails for closed or Unix streams, or if the socket is not connected.
+    pub fn peer_addr(self, lp: &EventLoop) -> io::Result<std::net::SocketAddr> {
+        match lp.io_ref::<StreamState>(self.0).map(|st| &st.sock) {
+            Some(Sock::Tcp(s)) => s.peer_addr(),
+            Some(Sock::Unix(_)) => Err(io::Error::other("not a TCP stream")),
+            None => Err(closed()),
+        }
+    }
+
+    /// The local address of a TCP stream.
+    ///
+    /// # Errors
+    ///
+    /// Fails for closed or Unix streams.
+    pub fn local_addr(self, lp: &EventLoop) -> io::Result<std::net::SocketAddr> {
+        match lp.io_ref::<StreamState>(self.0).map(|st| &st.sock) {
+            Some(Sock::Tcp(s)) => s.local_addr(),
+            Some(Sock::Unix(_)) => Err(io::Error::other("not a TCP stream")),
+            None => Err(closed()),
+        }
+    }
+}
+
+pub(crate) fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "stream is closed")
+}
+
+/// Writes as much as the socket takes without blocking.
+fn write_now(sock: &mut Sock, data: &[u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match sock.write(&data[done..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+fn update_interest(lp: &mut EventLoop, s: Stream) {
+    let Some(want) = lp.io_ref::<StreamState>(s.0).map(StreamState::wanted) else {
+        return;
+    };
+    if let Err(e) = lp.set_interest(s.0, want) {
+        fail(lp, s, e);
+    }
+}
+
+fn on_ready(lp: &mut EventLoop, s: Stream, r: Readiness) {
+    let connecting = lp.io_ref::<StreamState>(s.0).is_some_and(|st| st.connecting);
+    if connecting && !finish_connect(lp, s) {
+        return;
+    }
+    if r.writable || r.error {
+        flush(lp, s);
+    }
+    if r.readable || r.read_closed || r.error {
+        read_some(lp, s);
+    }
+    update_interest(lp, s);
+}
+
+/// Returns whether the stream is connected and open.
+fn finish_connect(lp: &mut EventLoop, s: Stream) -> bool {
+    let Some(st) = state(lp, s) else {
+        return false;
+    };
+    let result = match st.sock.connect_done() {
+        Ok(false) => return false,
+        Ok(true) => Ok(()),
+        Err(e) => Err(e),
+    };
+    st.connecting = false;
+    let cb = st.cbs.connect.take();
+    connected(lp, s, result, cb)
+}
+
+/// Reports a connect result; on failure the stream is destroyed.
+pub(crate) fn connected(
+    lp: &mut EventLoop,
+    s: Stream,
+    result: io::Result<()>,
+    cb: Option<ConnectCb>,
+) -> bool {
+    match (result, cb) {
+        (Ok(()), Some(cb)) => lp.invoke(|lp| cb(lp, s, Ok(()))),
+        (Ok(()), None) => {}
+        (Err(e), Some(cb)) => {
+            lp.invoke(|lp| cb(lp, s, Err(e)));
+            s.destroy(lp);
+            return false;
+        }
+        (Err(e), None) => {
+            fail(lp, s, e);
+            return false;
+        }
+    }
+    if let Some(st) = state(lp, s) {
+        st.connecting = false;
+    }
+    update_interest(lp, s);
+    s.is_open(lp)
+}
+
+fn flush(lp: &mut EventLoop, s: Stream) {
+    let Some(st) = state(lp, s) else {
+        return;
+    };
+    if st.queued() == 0 {
+        return;
+    }
+    let pos = st.out_pos;
+    let (sock, out) = (&mut st.sock, &st.out);
+    match write_now(sock, &out[pos..]) {
+        Ok(n) => st.out_pos += n,
+        Err(e) => return fail(lp, s, e),
+    }
+    if st.queued() > 0 {
+        return;
+    }
+    st.out.clear();
+    st.out_pos = 0;
+    let drain = std::mem::take(&mut st.need_drain);
+    let ending = st.ending;
+    update_interest(lp, s);
+    if drain {
+        emit(lp, s, |c| &mut c.drain);
+    }
+    if ending {
+        shut_write(lp, s);
+    }
+}
+
+fn shut_write(lp: &mut EventLoop, s: Stream) {
+    let Some(st) = state(lp, s) else {
+        return;
+    };
+    if st.write_shut {
+        return;
+    }
+    st.write_shut = true;
+    let r = st.sock.shutdown_write();
+    let eof = st.read_eof;
+    match r {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => fail(lp, s, e),
+        _ if eof => s.destroy(lp),
+        _ => {}
+    }
+}
+
+fn read_some(lp: &mut EventLoop, s: Stream) {
+    for _ in 0..READS_PER_EVENT {
+        let Some(st) = state(lp, s) else {
+            return;
+        };
+        if st.paused || st.read_eof || st.connecting {
+            return;
+        }
+        if st.cbs.data.is_none() {
+            st.unread = true;
+            return;
+        }
+        let mut buf = std::mem::take(&mut lp.read_buf);
+        if buf.len() < READ_BUF {
+            buf.resize(READ_BUF, 0);
+        }
+        let Some(st) = state(lp, s) else {
+            return;
+        };
+        let r = st.sock.read(&mut buf);
+        match r {
+            Ok(0) => {
+                lp.read_buf = buf;
+                return on_eof(lp, s);
+            }
+            Ok(n) => {
+                deliver(lp, s, &buf[..n]);
+                lp.read_buf = buf;
+            }
+            Err(e) => {
+                lp.read_buf = buf;
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => return,
+                    io::ErrorKind::Interrupted => {}
+                    _ => return fail(lp, s, e),
+                }
+            }
+        }
+    }
+    // More may be waiting and no new edge will come: continue after other handles.
+    lp.queue_pending(move |lp| read_some(lp, s));
+}
+
+fn deliver(lp: &mut EventLoop, s: Stream, data: &[u8]) {
+    let Some(mut cb) = state(lp, s).and_then(|st| st.cbs.data.take()) else {
+        return;
+    };
+    lp.invoke(|lp| cb(lp, s, data));
+    if let Some(st) = state(lp, s) {
+        if st.cbs.data.is_none() {
+            st.cbs.data = Some(cb);
+        }
+    }
+}
+
+fn on_eof(lp: &mut EventLoop, s: Stream) {
+    if let Some(st) = state(lp, s) {
+        st.read_eof = true;
+    }
+    emit(lp, s, |c| &mut c.end);
+    let Some(st) = state(lp, s) else {
+        return;
+    };
+    if st.write_shut {
+        s.destroy(lp);
+    } else {
+        update_interest(lp, s);
+        s.end(lp);
+    }
+}
+
+/// Runs one of the `FnMut(lp, s)` callbacks, putting it back afterwards.
+fn emit(lp: &mut EventLoop, s: Stream, slot: fn(&mut Callbacks) -> &mut Option<EventCb>) {
+    let Some(mut cb) = state(lp, s).and_then(|st| slot(&mut st.cbs).take()) else {
+        return;
+    };
+    lp.invoke(|lp| cb(lp, s));
+    if let Some(st) = state(lp, s) {
+        let place = slot(&mut st.cbs);
+        if place.is_none() {
+            *place = Some(cb);
+        }
+    }
+}
+
+/// Delivers an error to the error callback, then destroys the stream.
+pub(crate) fn fail(lp: &mut EventLoop, s: Stream, e: io::Error) {
+    let Some(st) = state(lp, s) else {
+        return;
+    };
+    match st.cbs.error.take() {
+        Some(mut cb) => lp.invoke(|lp| cb(lp, s, e)),
+        None => log::debug!("forkloop: stream error without an error callback: {e}"),
+    }
+    s.destroy(lp);
+}

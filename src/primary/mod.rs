@@ -1,0 +1,821 @@
+//! The primary: forks workers, keeps the worker table, routes messages, reaps exits.
+//!
+//! The primary is an ordinary [`EventLoop`] with cluster handles registered on it: one
+//! [`Channel`] per worker, a `SIGCHLD` listener, and (in `silent` mode) the workers' output
+//! pipes. [`Primary`] is a cheap handle (clone it into callbacks) over the cluster state.
+//!
+//! # Events
+//!
+//! Handlers added with [`Primary::on`] (cluster-wide) and [`Primary::on_worker`] (one
+//! worker) receive every [`Event`]; for each event the worker's handlers run first, then
+//! the cluster's, as in Node. Order for one worker (node-cluster.md §3.2):
+//! `Setup` → `Fork` → `Online` → `Listening`… → `Disconnect` → `Exit`.
+//!
+//! Differences from Node, on purpose (node-cluster.md §5 and "quirks"):
+//!
+//! * `Disconnect` always comes before `Exit`: when the exit is seen first, whatever the
+//!   worker wrote before dying is read, then the channel is closed and `Disconnect` emitted.
+//!   The state is `Disconnected` at `Disconnect` and `Dead` from `Exit` on; it never goes
+//!   back from `Dead` (Node's can).
+//! * [`Primary::disconnect`]'s callback runs once **all** the workers it disconnected have
+//!   disconnected and exited (Node runs it after the first).
+//! * A malformed or unexpected message from a worker closes that worker's channel, logs
+//!   the reason and emits [`Event::Error`]; the primary and the other workers carry on.
+//! * Workers can message each other ([`crate::worker::Worker::relay`]); the primary stamps
+//!   the sender's id, so a worker cannot pretend to be another.
+//! * Dropping the last [`Primary`] handle kills (`SIGKILL`) and reaps every worker still
+//!   alive, so a primary that unwinds leaves no orphans or zombies behind.
+
+mod settings;
+mod stdio;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+pub use settings::Settings;
+
+use crate::cluster::{CHANNEL_FD_ENV, ExitStatus, WORKER_ID_ENV, WorkerState};
+use crate::ipc::{
+    Channel, ChannelConfig, Endpoint, Kind, Message, Recv, SendError, SendErrorKind, SendFd,
+};
+use crate::rt::{EventLoop, Interest, IoId, SignalId};
+
+/// Something that happened in the cluster. Handlers get `&mut Event` so they can take the
+/// descriptors out of a [`Event::Message`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// Settings were applied (once per [`Primary::setup`] call, and once per fork, as Node).
+    Setup(Settings),
+    /// A worker was spawned.
+    Fork {
+        /// The worker.
+        worker: u32,
+    },
+    /// A worker said "online".
+    Online {
+        /// The worker.
+        worker: u32,
+    },
+    /// One of a worker's servers is listening.
+    Listening {
+        /// The worker.
+        worker: u32,
+        /// Where (the real bound address).
+        address: Endpoint,
+    },
+    /// A worker reported it is ready for traffic.
+    Ready {
+        /// The worker.
+        worker: u32,
+    },
+    /// A user message from a worker.
+    Message {
+        /// The sender.
+        worker: u32,
+        /// The bytes.
+        data: Vec<u8>,
+        /// Descriptors that came with it.
+        fds: Vec<OwnedFd>,
+    },
+    /// A worker's channel closed.
+    Disconnect {
+        /// The worker.
+        worker: u32,
+    },
+    /// A worker's process ended (always after its `Disconnect`).
+    Exit {
+        /// The worker.
+        worker: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// A worker misbehaved (malformed or unexpected message); its channel was closed.
+    Error {
+        /// The worker.
+        worker: u32,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The worker this event is about, if any.
+    pub fn worker(&self) -> Option<u32> {
+        match *self {
+            Event::Setup(_) => None,
+            Event::Fork { worker }
+            | Event::Online { worker }
+            | Event::Listening { worker, .. }
+            | Event::Ready { worker }
+            | Event::Message { worker, .. }
+            | Event::Disconnect { worker }
+            | Event::Exit { worker, .. }
+            | Event::Error { worker, .. } => Some(worker),
+        }
+    }
+}
+
+/// A read-only view of one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Its id (from 1).
+    pub id: u32,
+    /// Its process id.
+    pub pid: u32,
+    /// Where it is in its life.
+    pub state: WorkerState,
+    /// Whether its channel is still open (false from the moment it closes).
+    pub connected: bool,
+    /// `None` until it disconnects or exits; then whether it left on purpose (the primary
+    /// called [`Primary::disconnect_worker`], or the worker disconnected or killed itself).
+    pub exited_after_disconnect: Option<bool>,
+    /// How it ended, once it has.
+    pub exit: Option<ExitStatus>,
+}
+
+impl WorkerInfo {
+    /// Whether the process has exited.
+    pub fn is_dead(&self) -> bool {
+        self.exit.is_some()
+    }
+
+    /// Whether the channel is open.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+}
+
+type Handler = Box<dyn FnMut(&mut EventLoop, &Primary, &mut Event)>;
+type DoneCb = Box<dyn FnOnce(&mut EventLoop, &Primary)>;
+
+struct Entry {
+    info: WorkerInfo,
+    child: Option<Child>,
+    channel: Option<IoId>,
+    /// In Node's `cluster.workers`: until the primary disconnects it, or it has both
+    /// disconnected and exited.
+    listed: bool,
+}
+
+struct Inner {
+    settings: Settings,
+    next_id: u32,
+    workers: BTreeMap<u32, Entry>,
+    sigchld: Option<SignalId>,
+    waiters: Vec<(BTreeSet<u32>, Option<DoneCb>)>,
+    config: ChannelConfig,
+}
+
+#[derive(Default)]
+struct Hooks {
+    cluster: Vec<Handler>,
+    workers: HashMap<u32, Vec<Handler>>,
+}
+
+/// The primary's cluster state; clone the handle freely (it is an `Rc`).
+#[derive(Clone)]
+pub struct Primary {
+    inner: Rc<RefCell<Inner>>,
+    hooks: Rc<RefCell<Hooks>>,
+}
+
+impl fmt::Debug for Primary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.inner.borrow();
+        f.debug_struct("Primary")
+            .field("workers", &inner.workers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Primary {
+    /// A primary on `lp`, with default channel limits.
+    ///
+    /// # Errors
+    ///
+    /// The `SIGCHLD` listener cannot be installed.
+    pub fn new(lp: &mut EventLoop) -> io::Result<Primary> {
+        Primary::with_channel_config(lp, ChannelConfig::default())
+    }
+
+    /// A primary whose worker channels use `config`.
+    ///
+    /// # Errors
+    ///
+    /// `config` is invalid, or the `SIGCHLD` listener cannot be installed.
+    pub fn with_channel_config(lp: &mut EventLoop, config: ChannelConfig) -> io::Result<Primary> {
+        config.validate()?;
+        let primary = Primary {
+            inner: Rc::new(RefCell::new(Inner {
+                settings: Settings::default(),
+                next_id: 1,
+                workers: BTreeMap::new(),
+                sigchld: None,
+                waiters: Vec::new(),
+                config,
+            })),
+            hooks: Rc::new(RefCell::new(Hooks::default())),
+        };
+        let p = primary.clone();
+        let id = lp.on_signal(nix::libc::SIGCHLD, move |lp, _| p.reap(lp))?;
+        primary.inner.borrow_mut().sigchld = Some(id);
+        Ok(primary)
+    }
+
+    /// Layers `settings` over the current ones (Node's `setupPrimary`) and emits
+    /// [`Event::Setup`] on the next tick.
+    pub fn setup(&self, lp: &mut EventLoop, settings: Settings) {
+        let applied = {
+            let mut inner = self.inner.borrow_mut();
+            inner.settings.merge(settings);
+            let full = std::mem::take(&mut inner.settings).with_defaults();
+            inner.settings = full.clone();
+            full
+        };
+        let p = self.clone();
+        lp.next_tick(move |lp| p.emit(lp, Event::Setup(applied)));
+    }
+
+    /// The settings in force (defaults filled once [`Primary::setup`] or a fork ran).
+    pub fn settings(&self) -> Settings {
+        self.inner.borrow().settings.clone()
+    }
+
+    /// Adds a cluster-wide event handler.
+    pub fn on<F>(&self, handler: F)
+    where
+        F: FnMut(&mut EventLoop, &Primary, &mut Event) + 'static,
+    {
+        self.hooks.borrow_mut().cluster.push(Box::new(handler));
+    }
+
+    /// Adds a handler for one worker's events (they run before the cluster-wide ones).
+    pub fn on_worker<F>(&self, worker: u32, handler: F)
+    where
+        F: FnMut(&mut EventLoop, &Primary, &mut Event) + 'static,
+    {
+        let mut hooks = self.hooks.borrow_mut();
+        hooks.workers.entry(worker).or_default().push(Box::new(handler));
+    }
+
+    /// Spawns a worker with the current settings. Returns its id.
+    ///
+    /// # Errors
+    ///
+    /// The channel or the process cannot be created.
+    pub fn fork(&self, lp: &mut EventLoop) -> io::Result<u32> {
+        self.fork_with_env(lp, Vec::<(OsString, OsString)>::new())
+    }
+
+    /// Spawns a worker with an extra environment overlay (Node's `fork(env)`).
+    ///
+    /// # Errors
+    ///
+    /// The channel or the process cannot be created.
+    pub fn fork_with_env<I, K, V>(&self, lp: &mut EventLoop, env: I) -> io::Result<u32>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<OsString>,
+        V: Into<OsString>,
+    {
+        self.setup(lp, Settings::default());
+        let (settings, id, config) = {
+            let mut inner = self.inner.borrow_mut();
+            let id = inner.next_id;
+            inner.next_id += 1;
+            (inner.settings.clone(), id, inner.config)
+        };
+        let (mine, theirs) = crate::sys::socketpair()?;
+        let mut cmd = command(&settings, id, env);
+        let mut child = crate::sys::process::spawn_with_fd(&mut cmd, theirs.as_fd(), CHANNEL_FD_ENV)?;
+        drop(theirs);
+        let channel = match self.register_channel(lp, id, mine, config) {
+            Ok(io) => io,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+        if settings.silent == Some(true) {
+            if let Some(out) = child.stdout.take() {
+                stdio::forward(lp, out.into(), id, stdio::Sink::Stdout)?;
+            }
+            if let Some(err) = child.stderr.take() {
+                stdio::forward(lp, err.into(), id, stdio::Sink::Stderr)?;
+            }
+        }
+        let info = WorkerInfo {
+            id,
+            pid: child.id(),
+            state: WorkerState::None,
+            connected: true,
+            exited_after_disconnect: None,
+            exit: None,
+        };
+        let sigchld = {
+            let mut inner = self.inner.borrow_mut();
+            inner.workers.insert(
+                id,
+                Entry {
+                    info,
+                    child: Some(child),
+                    channel: Some(channel),
+                    listed: true,
+                },
+            );
+            inner.sigchld
+        };
+        if let Some(s) = sigchld {
+            lp.set_ref(s, true); // an unreaped child keeps the primary alive
+        }
+        let p = self.clone();
+        lp.next_tick(move |lp| p.emit(lp, Event::Fork { worker: id }));
+        Ok(id)
+    }
+
+    fn register_channel(
+        &self,
+        lp: &mut EventLoop,
+        id: u32,
+        fd: OwnedFd,
+        config: ChannelConfig,
+    ) -> io::Result<IoId> {
+        let ch = Channel::new(fd, config)?;
+        let p = self.clone();
+        lp.register(ch, Interest::READABLE | Interest::WRITABLE, move |lp, _, _| {
+            p.on_channel(lp, id)
+        })
+    }
+
+    /// Node's `cluster.workers`: ids of the workers listed (spawned, and neither
+    /// disconnected by the primary nor both disconnected and exited).
+    pub fn workers(&self) -> Vec<u32> {
+        let inner = self.inner.borrow();
+        inner
+            .workers
+            .values()
+            .filter(|e| e.listed)
+            .map(|e| e.info.id)
+            .collect()
+    }
+
+    /// A view of worker `id`, while the primary still tracks it (until its `Exit` event
+    /// has been handled).
+    pub fn worker(&self, id: u32) -> Option<WorkerInfo> {
+        self.inner.borrow().workers.get(&id).map(|e| e.info.clone())
+    }
+
+    /// Sends user bytes to a worker.
+    ///
+    /// # Errors
+    ///
+    /// The worker is unknown or disconnected ([`SendErrorKind::Closed`]), or its queue is
+    /// full (back-pressure).
+    pub fn send(&self, lp: &mut EventLoop, worker: u32, data: &[u8]) -> Result<(), SendError> {
+        self.send_with_fds(lp, worker, data, Vec::new())
+    }
+
+    /// Sends user bytes with descriptors to a worker (Node's `worker.send(msg, handle)`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Primary::send`]; the descriptors come back in the error.
+    pub fn send_with_fds(
+        &self,
+        lp: &mut EventLoop,
+        worker: u32,
+        data: &[u8],
+        fds: Vec<SendFd>,
+    ) -> Result<(), SendError> {
+        let io = self.channel_of(worker);
+        send_on(lp, io, Kind::User, data, fds)
+    }
+
+    /// Sends a control message to a worker.
+    pub(crate) fn send_msg(&self, lp: &mut EventLoop, worker: u32, msg: &Message) -> Result<(), SendError> {
+        let io = self.channel_of(worker);
+        let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
+            return Err(closed(Vec::new()));
+        };
+        ch.send_msg(msg, Vec::new())?;
+        let _ = ch.flush();
+        Ok(())
+    }
+
+    /// Sends user bytes to every connected worker; returns how many it was queued for.
+    pub fn broadcast(&self, lp: &mut EventLoop, data: &[u8]) -> usize {
+        let ids: Vec<u32> = self.inner.borrow().workers.keys().copied().collect();
+        ids.into_iter()
+            .filter(|&id| self.send(lp, id, data).is_ok())
+            .count()
+    }
+
+    fn channel_of(&self, worker: u32) -> Option<IoId> {
+        let inner = self.inner.borrow();
+        inner
+            .workers
+            .get(&worker)
+            .filter(|e| e.info.connected)
+            .and_then(|e| e.channel)
+    }
+
+    /// Asks a worker to leave gracefully (Node's `worker.disconnect()`): it is delisted at
+    /// once and marked as leaving on purpose; it closes its servers, lets their connections
+    /// finish, closes its channel and exits. Returns false if it is not connected.
+    pub fn disconnect_worker(&self, lp: &mut EventLoop, worker: u32) -> bool {
+        {
+            let mut inner = self.inner.borrow_mut();
+            let Some(e) = inner.workers.get_mut(&worker) else {
+                return false;
+            };
+            if !e.info.connected {
+                return false;
+            }
+            e.listed = false;
+            e.info.exited_after_disconnect = Some(true);
+        }
+        self.send_msg(lp, worker, &Message::Disconnect).is_ok()
+    }
+
+    /// Closes a worker's channel from this side (Node's `worker.process.disconnect()`): the
+    /// worker sees EOF and exits with code 0.
+    pub fn close_channel(&self, lp: &mut EventLoop, worker: u32) -> bool {
+        match self.channel_of(worker).and_then(|io| lp.io_mut::<Channel>(io)) {
+            Some(ch) => {
+                ch.close();
+                self.channel_closed(lp, worker);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends `signal` to a worker's process (Node's `worker.kill()`, default `SIGTERM`):
+    /// nothing else, so `exited_after_disconnect` stays false.
+    ///
+    /// # Errors
+    ///
+    /// The worker is unknown or already reaped, or `kill(2)` fails.
+    pub fn kill(&self, worker: u32, signal: Signal) -> io::Result<()> {
+        let pid = {
+            let inner = self.inner.borrow();
+            match inner.workers.get(&worker) {
+                Some(e) if e.child.is_some() => e.info.pid,
+                _ => return Err(io::Error::new(io::ErrorKind::NotFound, "no such live worker")),
+            }
+        };
+        signal::kill(Pid::from_raw(pid as i32), signal)?;
+        Ok(())
+    }
+
+    /// Disconnects every connected worker; `done` runs once all of them have disconnected
+    /// and exited (on the next tick if there are none).
+    pub fn disconnect<F>(&self, lp: &mut EventLoop, done: F)
+    where
+        F: FnOnce(&mut EventLoop, &Primary) + 'static,
+    {
+        let ids: Vec<u32> = {
+            let inner = self.inner.borrow();
+            inner.workers.keys().copied().collect()
+        };
+        for &id in &ids {
+            self.disconnect_worker(lp, id);
+        }
+        let waiting: BTreeSet<u32> = {
+            let inner = self.inner.borrow();
+            ids.into_iter()
+                .filter(|id| inner.workers.contains_key(id))
+                .collect()
+        };
+        self.inner
+            .borrow_mut()
+            .waiters
+            .push((waiting, Some(Box::new(done))));
+        let p = self.clone();
+        lp.next_tick(move |lp| p.run_waiters(lp));
+    }
+
+    fn run_waiters(&self, lp: &mut EventLoop) {
+        let ready: Vec<DoneCb> = {
+            let mut inner = self.inner.borrow_mut();
+            let live: BTreeSet<u32> = inner.workers.keys().copied().collect();
+            let mut ready = Vec::new();
+            inner.waiters.retain_mut(|(ids, cb)| {
+                ids.retain(|id| live.contains(id));
+                if ids.is_empty() {
+                    ready.extend(cb.take());
+                    false
+                } else {
+                    true
+                }
+            });
+            ready
+        };
+        for cb in ready {
+            cb(lp, self);
+        }
+    }
+
+    /// Runs the handlers for `ev`: the worker's, then the cluster's.
+    fn emit(&self, lp: &mut EventLoop, mut ev: Event) {
+        if let Some(w) = ev.worker() {
+            let taken = self.hooks.borrow_mut().workers.remove(&w);
+            if let Some(mut hs) = taken {
+                for h in hs.iter_mut() {
+                    h(lp, self, &mut ev);
+                }
+                let mut hooks = self.hooks.borrow_mut();
+                let added = hooks.workers.remove(&w).unwrap_or_default();
+                hs.extend(added);
+                hooks.workers.insert(w, hs);
+            }
+        }
+        let mut hs = std::mem::take(&mut self.hooks.borrow_mut().cluster);
+        for h in hs.iter_mut() {
+            h(lp, self, &mut ev);
+        }
+        let mut hooks = self.hooks.borrow_mut();
+        let added = std::mem::take(&mut hooks.cluster);
+        hs.extend(added);
+        hooks.cluster = hs;
+    }
+
+    /// The channel of `worker` is ready: read every frame, then act on each.
+    fn on_channel(&self, lp: &mut EventLoop, worker: u32) {
+        let Some(io) = self.inner.borrow().workers.get(&worker).and_then(|e| e.channel) else {
+            return;
+        };
+        let mut msgs = Vec::new();
+        let mut closed = None;
+        if let Some(ch) = lp.io_mut::<Channel>(io) {
+            if let Err(e) = ch.flush() {
+                closed = Some(format!("write failed: {e}"));
+            }
+            while closed.is_none() {
+                match ch.recv() {
+                    Ok(Recv::Frame(f)) => match f.into_message() {
+                        Ok(m) => msgs.push(m),
+                        Err(e) => {
+                            log::warn!("worker {worker}: closing its channel: bad message: {e}");
+                            ch.close();
+                            closed = Some(format!("bad message: {e}"));
+                        }
+                    },
+                    Ok(Recv::WouldBlock) => break,
+                    Ok(Recv::Eof) => closed = Some(String::new()),
+                    Err(e) => closed = Some(e.to_string()),
+                }
+            }
+        }
+        for (msg, fds) in msgs {
+            self.handle(lp, worker, msg, fds);
+        }
+        if let Some(reason) = closed {
+            if !reason.is_empty() {
+                let p = self.clone();
+                let err = Event::Error { worker, reason };
+                p.emit(lp, err);
+            }
+            self.channel_closed(lp, worker);
+        }
+    }
+
+    /// Acts on one message from `worker`.
+    fn handle(&self, lp: &mut EventLoop, worker: u32, msg: Message, fds: Vec<OwnedFd>) {
+        match msg {
+            Message::Online => {
+                self.set_state(worker, WorkerState::Online);
+                self.emit(lp, Event::Online { worker });
+            }
+            Message::Listening { bound, .. } => {
+                self.set_state(worker, WorkerState::Listening);
+                self.emit(lp, Event::Listening {
+                    worker,
+                    address: bound,
+                });
+            }
+            Message::Ready => self.emit(lp, Event::Ready { worker }),
+            Message::User(data) => self.emit(lp, Event::Message { worker, data, fds }),
+            Message::Relay { peer, payload } => {
+                let stamped = Message::Relay {
+                    peer: worker,
+                    payload,
+                };
+                if self.send_msg(lp, peer, &stamped).is_err() {
+                    log::info!("worker {worker}: relay to worker {peer} dropped: not connected");
+                }
+            }
+            Message::ExitedAfterDisconnect { seq } => {
+                if let Some(e) = self.inner.borrow_mut().workers.get_mut(&worker) {
+                    e.info.exited_after_disconnect = Some(true);
+                }
+                let _ = self.send_msg(lp, worker, &Message::Ack { seq });
+            }
+            Message::QueryServer { seq, .. } => {
+                // Listening through the primary comes with the shared-listening layer.
+                let reply = Message::QueryReply {
+                    seq,
+                    errno: nix::libc::EOPNOTSUPP,
+                    key: 0,
+                    bound: None,
+                };
+                let _ = self.send_msg(lp, worker, &reply);
+            }
+            Message::Close { .. } | Message::Pong { .. } => {}
+            other => self.misbehaved(lp, worker, format!("unexpected {:?} from a worker", other.kind())),
+        }
+    }
+
+    fn misbehaved(&self, lp: &mut EventLoop, worker: u32, reason: String) {
+        log::warn!("worker {worker}: closing its channel: {reason}");
+        if let Some(ch) = self.channel_of(worker).and_then(|io| lp.io_mut::<Channel>(io)) {
+            ch.close();
+        }
+        self.emit(lp, Event::Error { worker, reason });
+        self.channel_closed(lp, worker);
+    }
+
+    fn set_state(&self, worker: u32, state: WorkerState) {
+        if let Some(e) = self.inner.borrow_mut().workers.get_mut(&worker) {
+            if e.info.state != WorkerState::Dead {
+                e.info.state = state;
+            }
+        }
+    }
+
+    /// The channel of `worker` is gone: emit `Disconnect`, and `Exit` too if the process
+    /// has already been reaped.
+    fn channel_closed(&self, lp: &mut EventLoop, worker: u32) {
+        let (io, exited) = {
+            let mut inner = self.inner.borrow_mut();
+            let Some(e) = inner.workers.get_mut(&worker) else {
+                return;
+            };
+            let Some(io) = e.channel.take() else {
+                return; // already handled
+            };
+            e.info.connected = false;
+            if e.info.state != WorkerState::Dead {
+                e.info.state = WorkerState::Disconnected;
+            }
+            e.info.exited_after_disconnect = Some(e.info.exited_after_disconnect.unwrap_or(false));
+            (io, e.info.exit.is_some())
+        };
+        lp.close(io, |_| {});
+        self.emit(lp, Event::Disconnect { worker });
+        if exited {
+            self.finish(lp, worker);
+        }
+    }
+
+    /// SIGCHLD: reap every worker that has exited.
+    fn reap(&self, lp: &mut EventLoop) {
+        let exited: Vec<(u32, ExitStatus)> = {
+            let mut inner = self.inner.borrow_mut();
+            inner
+                .workers
+                .values_mut()
+                .filter_map(|e| {
+                    let child = e.child.as_mut()?;
+                    let status = child.try_wait().ok()??;
+                    e.child = None;
+                    Some((e.info.id, status.into()))
+                })
+                .collect()
+        };
+        for (worker, status) in exited {
+            let connected = {
+                let mut inner = self.inner.borrow_mut();
+                let Some(e) = inner.workers.get_mut(&worker) else {
+                    continue;
+                };
+                e.info.exit = Some(status);
+                e.info.exited_after_disconnect =
+                    Some(e.info.exited_after_disconnect.unwrap_or(false));
+                e.channel.is_some()
+            };
+            if connected {
+                // Read what it wrote before dying; EOF then closes the channel, which
+                // emits Disconnect and then Exit.
+                self.on_channel(lp, worker);
+                if self.inner.borrow().workers.get(&worker).is_some_and(|e| e.channel.is_some()) {
+                    if let Some(ch) = self.channel_of(worker).and_then(|io| lp.io_mut::<Channel>(io)) {
+                        ch.close();
+                    }
+                    self.channel_closed(lp, worker);
+                }
+            } else {
+                self.finish(lp, worker);
+            }
+        }
+        let (sigchld, any_alive) = {
+            let inner = self.inner.borrow();
+            (inner.sigchld, inner.workers.values().any(|e| e.child.is_some()))
+        };
+        if let Some(s) = sigchld {
+            lp.set_ref(s, any_alive);
+        }
+    }
+
+    /// Disconnected and exited: delist, emit `Exit`, forget the worker.
+    fn finish(&self, lp: &mut EventLoop, worker: u32) {
+        let status = {
+            let mut inner = self.inner.borrow_mut();
+            let Some(e) = inner.workers.get_mut(&worker) else {
+                return;
+            };
+            e.listed = false;
+            if e.info.exit.is_some() {
+                e.info.state = WorkerState::Dead;
+            }
+            e.info.exit
+        };
+        let Some(status) = status else {
+            return;
+        };
+        self.emit(lp, Event::Exit { worker, status });
+        self.inner.borrow_mut().workers.remove(&worker);
+        self.hooks.borrow_mut().workers.remove(&worker);
+        self.run_waiters(lp);
+    }
+}
+
+fn closed(fds: Vec<SendFd>) -> SendError {
+    SendError::new(SendErrorKind::Closed, fds)
+}
+
+/// Queues a frame on a registered channel and writes it at once.
+fn send_on(
+    lp: &mut EventLoop,
+    io: Option<IoId>,
+    kind: Kind,
+    data: &[u8],
+    fds: Vec<SendFd>,
+) -> Result<(), SendError> {
+    let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
+        return Err(closed(fds));
+    };
+    ch.send_with_fds(kind, data, fds)?;
+    // A write error closes the channel; its readable event then reports the disconnect.
+    let _ = ch.flush();
+    Ok(())
+}
+
+/// The command that starts worker `id`.
+fn command<I, K, V>(settings: &Settings, id: u32, env: I) -> Command
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<OsString>,
+    V: Into<OsString>,
+{
+    let exec = settings
+        .exec
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("/proc/self/exe"));
+    let mut cmd = Command::new(exec);
+    if let Some(args) = &settings.args {
+        cmd.args(args);
+    }
+    for (k, v) in &settings.env {
+        cmd.env(k, v);
+    }
+    for (k, v) in env {
+        cmd.env(k.into(), v.into());
+    }
+    cmd.env(WORKER_ID_ENV, id.to_string());
+    if let Some(dir) = &settings.cwd {
+        cmd.current_dir(dir);
+    }
+    if settings.silent == Some(true) {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    if let Some(uid) = settings.uid {
+        std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+    }
+    if let Some(gid) = settings.gid {
+        std::os::unix::process::CommandExt::gid(&mut cmd, gid);
+    }
+    cmd
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for e in self.workers.values_mut() {
+            if let Some(mut child) = e.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Primary settings: the analogue of Node's `cluster.setupPrimary()` / `cluster.settings`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// How workers are spawned. Every field is optional: [`Settings::merge`] layers a call's
+/// settings over the previous ones, and a default applies only to a field never set (as
+/// Node's `setupPrimary` does).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Program to execute (default: the current executable).
+    pub exec: Option<PathBuf>,
+    /// Its arguments (default: this process's arguments, taken when settings are applied).
+    pub args: Option<Vec<OsString>>,
+    /// Environment overlay for every worker, on top of the primary's environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory (default: inherited).
+    pub cwd: Option<PathBuf>,
+    /// Pipe the workers' stdout and stderr to the primary, which writes them line by line
+    /// with a `[worker N] ` prefix (default: false, output inherited).
+    pub silent: Option<bool>,
+    /// User id to run workers as.
+    pub uid: Option<u32>,
+    /// Group id to run workers as.
+    pub gid: Option<u32>,
+}
+
+impl Settings {
+    /// Layers `later` over `self`: fields set in `later` win; environment overlays are
+    /// concatenated (later entries win when the same variable appears twice).
+    pub fn merge(&mut self, later: Settings) {
+        let Settings {
+            exec,
+            args,
+            env,
+            cwd,
+            silent,
+            uid,
+            gid,
+        } = later;
+        self.exec = exec.or(self.exec.take());
+        self.args = args.or(self.args.take());
+        self.env.extend(env);
+        self.cwd = cwd.or(self.cwd.take());
+        self.silent = silent.or(self.silent);
+        self.uid = uid.or(self.uid);
+        self.gid = gid.or(self.gid);
+    }
+
+    /// Fills the fields that were never set with their defaults.
+    pub(crate) fn with_defaults(mut self) -> Settings {
+        if self.exec.is_none() {
+            self.exec = std::env::current_exe().ok();
+        }
+        if self.args.is_none() {
+            self.args = Some(std::env::args_os().skip(1).collect());
+        }
+        if self.silent.is_none() {
+            self.silent = Some(false);
+        }
+        self
+    }
+
+    /// Sets the program to execute.
+    pub fn exec(mut self, path: impl Into<PathBuf>) -> Self {
+        self.exec = Some(path.into());
+        self
+    }
+
+    /// Sets the arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args = Some(args.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Adds an environment variable for every worker.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets the working directory.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Pipes worker output through the primary, line by line, with a worker prefix.
+    pub fn silent(mut self, on: bool) -> Self {
+        self.silent = Some(on);
+        self
+    }
+
+    /// Runs workers as this user and group.
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.uid = Some(uid);
+        self.gid = Some(gid);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_is_cumulative() {
+        let mut s = Settings::default();
+        s.merge(Settings::default().exec("/bin/a").args(["x"]));
+        s.merge(Settings::default().silent(true).env("A", "1"));
+        s.merge(Settings::default().exec("/bin/b").env("A", "2"));
+        assert_eq!(s.exec, Some("/bin/b".into()));
+        assert_eq!(s.args, Some(vec!["x".into()]));
+        assert_eq!(s.silent, Some(true));
+        assert_eq!(s.env, vec![("A".into(), "1".into()), ("A".into(), "2".into())]);
+        let d = s.clone().with_defaults();
+        assert_eq!(d.exec, s.exec);
+        assert_eq!(Settings::default().with_defaults().silent, Some(false));
+    }
+}

@@ -1,0 +1,555 @@
+//! The worker side of a cluster: id, messaging, servers to close on disconnect, and the
+//! disconnect protocol.
+//!
+//! [`Worker::attach`] registers the channel (made in [`crate::role`]) on the worker's loop.
+//! The channel is ref'd, as in Node: a worker stays up until it disconnects.
+//!
+//! # Leaving
+//!
+//! | trigger | what happens (node-cluster.md §1.6) |
+//! |---|---|
+//! | the primary's `disconnect_worker` | servers close (once their connections end), the channel closes, `on_disconnect` handlers run, the loop drains and the worker exits on its own terms |
+//! | [`Worker::disconnect`] | as above, then the worker tells the primary it leaves on purpose and closes the channel only after the primary's acknowledgement |
+//! | [`Worker::kill`] | tells the primary, waits for the acknowledgement, closes the channel, exits with code 0 |
+//! | the channel reaches EOF (primary gone, or it closed the channel) | `on_disconnect` handlers run, then the loop exits with code 0 unless the worker was leaving on purpose |
+//!
+//! "Exits" means [`EventLoop::exit`]: `run()` returns the code and the program's `main`
+//! ends the process with it.
+
+mod server;
+
+pub use server::Server;
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+
+use crate::ipc::{
+    Channel, ChannelConfig, Endpoint, Kind, Message, Recv, SendError, SendErrorKind, SendFd,
+};
+use crate::rt::{EventLoop, Interest, IoId};
+
+/// Where the worker is in leaving (Node's worker-side `state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerSideState {
+    /// Running.
+    Online,
+    /// One of its servers listens.
+    Listening,
+    /// [`Worker::disconnect`] (or the primary's disconnect) is under way.
+    Disconnecting,
+    /// [`Worker::kill`] is under way.
+    Destroying,
+}
+
+/// A message that reached this worker.
+#[derive(Debug)]
+pub struct Incoming {
+    /// `Some(id)` when another worker sent it through the primary (the primary stamps the
+    /// sender); `None` when it came from the primary.
+    pub from: Option<u32>,
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// Descriptors that came with it.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Handed to a tracked server's close function; call [`ServerClosed::done`] once the
+/// server has fully closed (its connections ended).
+#[derive(Debug)]
+pub struct ServerClosed {
+    worker: Worker,
+    token: u64,
+}
+
+impl ServerClosed {
+    /// Reports that the server is closed.
+    pub fn done(self, lp: &mut EventLoop) {
+        self.worker.server_closed(lp, self.token);
+    }
+}
+
+type CloseFn = Box<dyn FnOnce(&mut EventLoop, ServerClosed)>;
+type MessageCb = Box<dyn FnMut(&mut EventLoop, &Worker, &mut Incoming)>;
+type DisconnectCb = Box<dyn FnMut(&mut EventLoop, &Worker)>;
+type AckCb = Box<dyn FnOnce(&mut EventLoop, &Worker)>;
+
+struct Tracked {
+    key: Option<u32>,
+    close: Option<CloseFn>,
+}
+
+struct Inner {
+    id: u32,
+    channel: Option<IoId>,
+    state: WorkerSideState,
+    exited_after_disconnect: bool,
+    next_seq: u32,
+    acks: HashMap<u32, AckCb>,
+    next_token: u64,
+    servers: HashMap<u64, Tracked>,
+    closing: BTreeSet<u64>,
+    /// What to do once every server has closed during a disconnect.
+    after_close: Option<AckCb>,
+    unheard: Vec<Incoming>,
+}
+
+#[derive(Default)]
+struct Hooks {
+    message: Vec<MessageCb>,
+    disconnect: Vec<DisconnectCb>,
+}
+
+/// This process's side of the cluster; clone the handle freely (it is an `Rc`).
+#[derive(Clone)]
+pub struct Worker {
+    inner: Rc<RefCell<Inner>>,
+    hooks: Rc<RefCell<Hooks>>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.inner.borrow();
+        f.debug_struct("Worker")
+            .field("id", &inner.id)
+            .field("state", &inner.state)
+            .field("connected", &inner.channel.is_some())
+            .finish()
+    }
+}
+
+impl Worker {
+    /// In a worker process, registers the channel on `lp` and returns the worker handle;
+    /// `None` in the primary (or if already attached).
+    ///
+    /// # Errors
+    ///
+    /// The worker environment is broken, or the channel cannot be registered.
+    pub fn attach(lp: &mut EventLoop) -> crate::Result<Option<Worker>> {
+        let crate::Role::Worker(id) = crate::try_role()? else {
+            return Ok(None);
+        };
+        let Some(fd) = crate::cluster::take_channel() else {
+            return Ok(None);
+        };
+        let worker = Worker {
+            inner: Rc::new(RefCell::new(Inner {
+                id,
+                channel: None,
+                state: WorkerSideState::Online,
+                exited_after_disconnect: false,
+                next_seq: 1,
+                acks: HashMap::new(),
+                next_token: 1,
+                servers: HashMap::new(),
+                closing: BTreeSet::new(),
+                after_close: None,
+                unheard: Vec::new(),
+            })),
+            hooks: Rc::new(RefCell::new(Hooks::default())),
+        };
+        let ch = Channel::new(fd, ChannelConfig::default())?;
+        let w = worker.clone();
+        let io = lp.register(ch, Interest::READABLE | Interest::WRITABLE, move |lp, _, _| {
+            w.on_channel(lp)
+        })?;
+        worker.inner.borrow_mut().channel = Some(io);
+        Ok(Some(worker))
+    }
+
+    /// This worker's id (from 1).
+    pub fn id(&self) -> u32 {
+        self.inner.borrow().id
+    }
+
+    /// Where the worker is in leaving.
+    pub fn state(&self) -> WorkerSideState {
+        self.inner.borrow().state
+    }
+
+    /// Whether the channel to the primary is open.
+    pub fn is_connected(&self) -> bool {
+        self.inner.borrow().channel.is_some()
+    }
+
+    /// Whether this worker is leaving on purpose.
+    pub fn exited_after_disconnect(&self) -> bool {
+        self.inner.borrow().exited_after_disconnect
+    }
+
+    /// Adds a message handler. Messages that arrived before the first handler are
+    /// delivered to it on the next tick (as Node buffers them).
+    pub fn on_message<F>(&self, lp: &mut EventLoop, cb: F)
+    where
+        F: FnMut(&mut EventLoop, &Worker, &mut Incoming) + 'static,
+    {
+        let first = {
+            let mut hooks = self.hooks.borrow_mut();
+            hooks.message.push(Box::new(cb));
+            hooks.message.len() == 1
+        };
+        if first && !self.inner.borrow().unheard.is_empty() {
+            let w = self.clone();
+            lp.next_tick(move |lp| {
+                let unheard = std::mem::take(&mut w.inner.borrow_mut().unheard);
+                for m in unheard {
+                    w.deliver(lp, m);
+                }
+            });
+        }
+    }
+
+    /// Adds a handler for the channel closing (Node's `cluster.worker.on('disconnect')`).
+    pub fn on_disconnect<F>(&self, cb: F)
+    where
+        F: FnMut(&mut EventLoop, &Worker) + 'static,
+    {
+        self.hooks.borrow_mut().disconnect.push(Box::new(cb));
+    }
+
+    /// Sends user bytes to the primary.
+    ///
+    /// # Errors
+    ///
+    /// Disconnected, or the queue is full (back-pressure).
+    pub fn send(&self, lp: &mut EventLoop, data: &[u8]) -> Result<(), SendError> {
+        self.send_with_fds(lp, data, Vec::new())
+    }
+
+    /// Sends user bytes with descriptors to the primary.
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::send`]; the descriptors come back in the error.
+    pub fn send_with_fds(
+        &self,
+        lp: &mut EventLoop,
+        data: &[u8],
+        fds: Vec<SendFd>,
+    ) -> Result<(), SendError> {
+        let io = self.inner.borrow().channel;
+        let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
+            return Err(SendError::new(SendErrorKind::Closed, fds));
+        };
+        ch.send_with_fds(Kind::User, data, fds)?;
+        let _ = ch.flush();
+        Ok(())
+    }
+
+    /// Sends user bytes to worker `to` through the primary, which stamps this worker's id
+    /// as the sender.
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::send`].
+    pub fn relay(&self, lp: &mut EventLoop, to: u32, data: &[u8]) -> Result<(), SendError> {
+        self.send_msg(
+            lp,
+            &Message::Relay {
+                peer: to,
+                payload: data.to_vec(),
+            },
+        )
+    }
+
+    /// Tells the primary the application is ready for traffic.
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::send`].
+    pub fn ready(&self, lp: &mut EventLoop) -> Result<(), SendError> {
+        self.send_msg(lp, &Message::Ready)
+    }
+
+    /// Tells the primary one of this worker's servers listens at `address` (the primary
+    /// emits `Listening`); `key` is the primary's listener id, or 0 for a server the worker
+    /// bound itself.
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::send`].
+    pub fn notify_listening(
+        &self,
+        lp: &mut EventLoop,
+        key: u32,
+        address: Endpoint,
+    ) -> Result<(), SendError> {
+        {
+            let mut inner = self.inner.borrow_mut();
+            if inner.state == WorkerSideState::Online {
+                inner.state = WorkerSideState::Listening;
+            }
+        }
+        self.send_msg(lp, &Message::Listening {
+            key,
+            bound: address,
+        })
+    }
+
+    pub(crate) fn send_msg(&self, lp: &mut EventLoop, msg: &Message) -> Result<(), SendError> {
+        let io = self.inner.borrow().channel;
+        let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
+            return Err(SendError::new(SendErrorKind::Closed, Vec::new()));
+        };
+        ch.send_msg(msg, Vec::new())?;
+        let _ = ch.flush();
+        Ok(())
+    }
+
+    /// Tracks a server that must close before the worker disconnects. `close` is called
+    /// when the worker leaves; it must stop accepting and call [`ServerClosed::done`] once
+    /// the server's connections have ended. `key` is the primary's listener id, if the
+    /// server listens through the primary (the primary is told when it closes).
+    pub fn track_server<F>(&self, key: Option<u32>, close: F) -> u64
+    where
+        F: FnOnce(&mut EventLoop, ServerClosed) + 'static,
+    {
+        let mut inner = self.inner.borrow_mut();
+        let token = inner.next_token;
+        inner.next_token += 1;
+        inner.servers.insert(
+            token,
+            Tracked {
+                key,
+                close: Some(Box::new(close)),
+            },
+        );
+        token
+    }
+
+    /// A tracked server closed by itself: stop tracking it (and tell the primary).
+    pub fn untrack_server(&self, lp: &mut EventLoop, token: u64) {
+        self.server_closed(lp, token);
+    }
+
+    fn server_closed(&self, lp: &mut EventLoop, token: u64) {
+        let (key, next) = {
+            let mut inner = self.inner.borrow_mut();
+            let key = inner.servers.remove(&token).and_then(|t| t.key);
+            inner.closing.remove(&token);
+            let next = if inner.closing.is_empty() {
+                inner.after_close.take()
+            } else {
+                None
+            };
+            (key, next)
+        };
+        if let Some(key) = key {
+            let _ = self.send_msg(lp, &Message::Close { key });
+        }
+        if let Some(next) = next {
+            next(lp, self);
+        }
+    }
+
+    /// Leaves gracefully (Node's `cluster.worker.disconnect()`): closes the servers, waits
+    /// for their connections to end, tells the primary it leaves on purpose, and closes the
+    /// channel once the primary acknowledges.
+    pub fn disconnect(&self, lp: &mut EventLoop) {
+        if !self.begin_leaving(WorkerSideState::Disconnecting) {
+            return;
+        }
+        self.close_servers(lp, Box::new(|lp, w| w.announce_and_close(lp)));
+    }
+
+    /// Leaves at once (Node's worker-side `kill()`): tells the primary it leaves on purpose,
+    /// closes the channel once acknowledged, and exits with code 0. Servers are not closed
+    /// first.
+    pub fn kill(&self, lp: &mut EventLoop) {
+        if self.inner.borrow().channel.is_none() {
+            lp.exit(0);
+            return;
+        }
+        if !self.begin_leaving(WorkerSideState::Destroying) {
+            return;
+        }
+        self.announce_and_close(lp);
+    }
+
+    /// Lets the loop end while the channel is still open (Node's `process.channel.unref()`).
+    pub fn unref_channel(&self, lp: &mut EventLoop) {
+        if let Some(io) = self.inner.borrow().channel {
+            lp.unref(io);
+        }
+    }
+
+    fn begin_leaving(&self, state: WorkerSideState) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        if matches!(
+            inner.state,
+            WorkerSideState::Disconnecting | WorkerSideState::Destroying
+        ) {
+            return false;
+        }
+        inner.state = state;
+        inner.exited_after_disconnect = true;
+        true
+    }
+
+    /// Sends `ExitedAfterDisconnect` and closes the channel on the acknowledgement.
+    fn announce_and_close(&self, lp: &mut EventLoop) {
+        let seq = {
+            let mut inner = self.inner.borrow_mut();
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            inner
+                .acks
+                .insert(seq, Box::new(|lp, w: &Worker| w.close_channel(lp)));
+            seq
+        };
+        if self
+            .send_msg(lp, &Message::ExitedAfterDisconnect { seq })
+            .is_err()
+        {
+            self.close_channel(lp);
+        }
+    }
+
+    /// Starts closing every tracked server; `then` runs once all have closed.
+    fn close_servers(&self, lp: &mut EventLoop, then: AckCb) {
+        let closers: Vec<(u64, CloseFn)> = {
+            let mut inner = self.inner.borrow_mut();
+            let closers: Vec<(u64, CloseFn)> = inner
+                .servers
+                .iter_mut()
+                .filter_map(|(t, s)| s.close.take().map(|c| (*t, c)))
+                .collect();
+            inner.closing.extend(closers.iter().map(|(t, _)| *t));
+            if inner.closing.is_empty() {
+                drop(inner);
+                then(lp, self);
+                return;
+            }
+            inner.after_close = Some(then);
+            closers
+        };
+        for (token, close) in closers {
+            close(
+                lp,
+                ServerClosed {
+                    worker: self.clone(),
+                    token,
+                },
+            );
+        }
+    }
+
+    fn close_channel(&self, lp: &mut EventLoop) {
+        let io = self.inner.borrow().channel;
+        if let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) {
+            // Shut down after what is queued has gone out (best effort).
+            let _ = ch.flush();
+            ch.close();
+        }
+        self.channel_gone(lp);
+    }
+
+    fn on_channel(&self, lp: &mut EventLoop) {
+        let Some(io) = self.inner.borrow().channel else {
+            return;
+        };
+        let mut msgs = Vec::new();
+        let mut gone = false;
+        if let Some(ch) = lp.io_mut::<Channel>(io) {
+            if ch.flush().is_err() {
+                gone = true;
+            }
+            while !gone {
+                match ch.recv() {
+                    Ok(Recv::Frame(f)) => match f.into_message() {
+                        Ok(m) => msgs.push(m),
+                        Err(e) => {
+                            log::warn!("closing the channel to the primary: bad message: {e}");
+                            ch.close();
+                            gone = true;
+                        }
+                    },
+                    Ok(Recv::WouldBlock) => break,
+                    Ok(Recv::Eof) | Err(_) => gone = true,
+                }
+            }
+        }
+        for (msg, fds) in msgs {
+            self.handle(lp, msg, fds);
+        }
+        if gone {
+            self.channel_gone(lp);
+        }
+    }
+
+    fn handle(&self, lp: &mut EventLoop, msg: Message, fds: Vec<OwnedFd>) {
+        match msg {
+            Message::User(data) => self.deliver(lp, Incoming {
+                from: None,
+                data,
+                fds,
+            }),
+            Message::Relay { peer, payload } => self.deliver(lp, Incoming {
+                from: Some(peer),
+                data: payload,
+                fds,
+            }),
+            Message::Disconnect => {
+                if self.begin_leaving(WorkerSideState::Disconnecting) {
+                    self.close_servers(lp, Box::new(|lp, w| w.close_channel(lp)));
+                }
+            }
+            Message::Ack { seq } => {
+                let cb = self.inner.borrow_mut().acks.remove(&seq);
+                if let Some(cb) = cb {
+                    cb(lp, self);
+                }
+            }
+            Message::Ping { seq } => {
+                let _ = self.send_msg(lp, &Message::Pong { seq, lag_us: 0 });
+            }
+            other => log::debug!("worker: ignoring {:?} from the primary", other.kind()),
+        }
+    }
+
+    fn deliver(&self, lp: &mut EventLoop, mut msg: Incoming) {
+        let mut hs = std::mem::take(&mut self.hooks.borrow_mut().message);
+        if hs.is_empty() {
+            self.inner.borrow_mut().unheard.push(msg);
+            return;
+        }
+        for h in hs.iter_mut() {
+            h(lp, self, &mut msg);
+        }
+        let mut hooks = self.hooks.borrow_mut();
+        let added = std::mem::take(&mut hooks.message);
+        hs.extend(added);
+        hooks.message = hs;
+    }
+
+    /// The channel is closed: run the disconnect handlers; exit unless leaving on purpose.
+    fn channel_gone(&self, lp: &mut EventLoop) {
+        let (io, on_purpose, destroying) = {
+            let mut inner = self.inner.borrow_mut();
+            let Some(io) = inner.channel.take() else {
+                return;
+            };
+            inner.acks.clear();
+            (
+                io,
+                inner.exited_after_disconnect,
+                inner.state == WorkerSideState::Destroying,
+            )
+        };
+        lp.close(io, |_| {});
+        let mut hs = std::mem::take(&mut self.hooks.borrow_mut().disconnect);
+        for h in hs.iter_mut() {
+            h(lp, self);
+        }
+        let mut hooks = self.hooks.borrow_mut();
+        let added = std::mem::take(&mut hooks.disconnect);
+        hs.extend(added);
+        hooks.disconnect = hs;
+        drop(hooks);
+        if !on_purpose || destroying {
+            lp.exit(0);
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Helpers for cluster tests. A test binary re-executes itself as the worker: the test
+//! function starts with [`worker`], which in a worker process runs the worker body and
+//! exits, and in the test process returns so the test plays the primary.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use forkloop::primary::{Event, Primary, Settings};
+use forkloop::rt::EventLoop;
+use forkloop::worker::Worker;
+use forkloop::Role;
+
+/// Longest a cluster test's loop may run.
+pub const DEADLINE_MS: u64 = 20_000;
+
+/// Arguments that make this test binary run exactly `test` (as a worker).
+pub fn args_for(test: &str) -> Vec<String> {
+    vec![
+        test.to_string(),
+        "--exact".into(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+        "-q".into(),
+    ]
+}
+
+/// In a worker process: attaches, runs `body`, runs the loop, exits with its code.
+/// In the test process: returns.
+pub fn worker(body: impl FnOnce(&mut EventLoop, &Worker)) {
+    if forkloop::role() == Role::Primary {
+        return;
+    }
+    let mut lp = EventLoop::new().expect("loop");
+    let w = Worker::attach(&mut lp).expect("attach").expect("worker channel");
+    body(&mut lp, &w);
+    let code = lp.run().expect("worker loop");
+    std::process::exit(code);
+}
+
+/// A loop and a primary whose workers run `test`.
+pub fn primary(test: &str) -> (EventLoop, Primary) {
+    let mut lp = EventLoop::new().expect("loop");
+    let p = Primary::new(&mut lp).expect("primary");
+    p.setup(&mut lp, Settings::default().args(args_for(test)));
+    (lp, p)
+}
+
+/// Runs the loop until it ends; fails the test if it is still running after the deadline.
+pub fn run(lp: &mut EventLoop) -> i32 {
+    let t = lp.set_timeout(DEADLINE_MS, |lp| lp.exit(-99));
+    lp.unref(t);
+    let code = lp.run().expect("primary loop");
+    assert_ne!(code, -99, "cluster test timed out");
+    code
+}
+
+/// A shared list of strings, for recording event order.
+#[derive(Clone, Default)]
+pub struct Log(Rc<RefCell<Vec<String>>>);
+
+impl Log {
+    pub fn push(&self, s: impl Into<String>) {
+        self.0.borrow_mut().push(s.into());
+    }
+    pub fn get(&self) -> Vec<String> {
+        self.0.borrow().clone()
+    }
+    pub fn count(&self, prefix: &str) -> usize {
+        self.0.borrow().iter().filter(|s| s.starts_with(prefix)).count()
+    }
+}
+
+/// A short name for an event, with its worker.
+pub fn name(ev: &Event) -> String {
+    match ev {
+        Event::Setup(_) => "setup".into(),
+        Event::Fork { worker } => format!("fork {worker}"),
+        Event::Online { worker } => format!("online {worker}"),
+        Event::Listening { worker, .. } => format!("listening {worker}"),
+        Event::Ready { worker } => format!("ready {worker}"),
+        Event::Message { worker, data, .. } => {
+            format!("message {worker} {}", String::from_utf8_lossy(data))
+        }
+        Event::Disconnect { worker } => format!("disconnect {worker}"),
+        Event::Exit { worker, status } => {
+            format!("exit {worker} {:?} {:?}", status.code, status.signal)
+        }
+        Event::Error { worker, reason } => format!("error {worker} {reason}"),
+        _ => "other".into(),
+    }
+}
+
+/// Waits until process `pid` no longer exists (or is a zombie), at most `timeout`.
+pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(s) => s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')),
+        };
+        if gone {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// A child process that is killed and reaped when dropped, even if the test fails.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Kills a process by pid when dropped (for grandchildren a test learns about).
+pub struct PidGuard(pub u32);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
