@@ -164,7 +164,11 @@ fn rate_test(lp: &mut EventLoop, name: &'static str, n: u64) {
         let run = Run::new(name, kind, n, Box::new(|_, _| {}));
         let r2 = run.clone();
         *run.done.borrow_mut() = Some(Box::new(move |_, secs| r2.print_rate(secs)));
-        if is_batch { batch(lp, run) } else { chain(lp, run) }
+        if is_batch {
+            batch(lp, run)
+        } else {
+            chain(lp, run)
+        }
     };
     if kind == Kind::Timeout0 {
         go(lp);
@@ -179,7 +183,11 @@ fn rate_test(lp: &mut EventLoop, name: &'static str, n: u64) {
             lp.set_immediate(go);
         }),
     );
-    if is_batch { batch(lp, warm) } else { chain(lp, warm) }
+    if is_batch {
+        batch(lp, warm)
+    } else {
+        chain(lp, warm)
+    }
 }
 
 fn timers_test(lp: &mut EventLoop, name: &'static str, n: u64) {
@@ -260,9 +268,13 @@ fn idle_timer_test(lp: &mut EventLoop) {
 /// the descriptors fit the usual limits) over 2 s.
 fn idle_tcp_test(lp: &mut EventLoop, n: u64) -> io::Result<()> {
     use forkloop::net::tcp;
-    let listener = tcp::listen(lp, "127.0.0.1:0".parse().map_err(io::Error::other)?, |_, s| {
-        let _ = s;
-    })?;
+    let listener = tcp::listen(
+        lp,
+        "127.0.0.1:0".parse().map_err(io::Error::other)?,
+        |_, s| {
+            let _ = s;
+        },
+    )?;
     let addr = listener.local_addr(lp)?;
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(exe)
@@ -275,8 +287,13 @@ fn idle_tcp_test(lp: &mut EventLoop, n: u64) -> io::Result<()> {
     let start = Rc::new(Cell::new(None::<(Instant, Duration)>));
     let s = start.clone();
     let acc = accepted.clone();
-    lp.set_interval(10, move |lp| {
+    let poller = Rc::new(Cell::new(None));
+    let p = poller.clone();
+    let id = lp.set_interval(10, move |lp| {
         if s.get().is_none() && acc.get() >= n {
+            if let Some(id) = p.get() {
+                lp.clear_interval(id);
+            }
             s.set(Some((Instant::now(), cpu())));
             let s2 = s.clone();
             let acc2 = acc.clone();
@@ -297,6 +314,7 @@ fn idle_tcp_test(lp: &mut EventLoop, n: u64) -> io::Result<()> {
             });
         }
     });
+    poller.set(Some(id));
     let code = lp.run()?;
     let _ = child.kill();
     let _ = child.wait();

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::io;
 
-use crate::ipc::{ChannelError, FrameError, ProtoError};
+use crate::ipc::{ChannelError, FrameError, ProtoError, SendError};
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -24,6 +24,8 @@ pub enum Error {
     Channel(ChannelError),
     /// A frame's payload did not decode as a protocol message (see [`ProtoError`]).
     Proto(ProtoError),
+    /// A message could not be queued (see [`SendError`]; its descriptors are inside).
+    Send(SendError),
     /// A setting or argument was invalid; the text says which and why.
     Config(String),
 }
@@ -35,6 +37,7 @@ impl fmt::Display for Error {
             Error::Frame(e) => write!(f, "bad frame: {e}"),
             Error::Channel(e) => write!(f, "channel: {e}"),
             Error::Proto(e) => write!(f, "bad message: {e}"),
+            Error::Send(e) => write!(f, "{e}"),
             Error::Config(s) => write!(f, "invalid configuration: {s}"),
         }
     }
@@ -47,6 +50,7 @@ impl std::error::Error for Error {
             Error::Frame(e) => Some(e),
             Error::Channel(e) => Some(e),
             Error::Proto(e) => Some(e),
+            Error::Send(e) => Some(e),
             Error::Config(_) => None,
         }
     }
@@ -73,6 +77,12 @@ impl From<ChannelError> for Error {
 impl From<ProtoError> for Error {
     fn from(e: ProtoError) -> Self {
         Error::Proto(e)
+    }
+}
+
+impl From<SendError> for Error {
+    fn from(e: SendError) -> Self {
+        Error::Send(e)
     }
 }
 

@@ -40,8 +40,8 @@
 //! |---|---|
 //! | [`sys`] | platform glue: socketpair, `SCM_RIGHTS`, spawning with an inherited channel |
 //! | [`ipc`] | the wire format, the framed channel, typed protocol messages |
-//! | [`rt`] | the event loop (Node's phases, timers, immediates, nextTick, microtasks) |
-//! | [`net`] | loop-driven TCP, UDP and Unix sockets |
+//! | [`rt`] | the event loop: Node's phases, timers, immediates, nextTick, microtasks, futures, I/O registration, signals, cross-thread posting, blocking pool |
+//! | [`net`] | loop-driven TCP and Unix listeners and streams (buffered writes, half-close), UDP sockets |
 
 #![deny(missing_docs, missing_debug_implementations)]
 #![doc(test(attr(deny(warnings))))]
@@ -57,3 +57,4 @@ pub mod worker;
 
 pub use cluster::{Role, role, try_role};
 pub use error::{Error, Result};
+pub use rt::{EventLoop, LoopHandle, RunMode};

@@ -910,3 +910,61 @@ fn silent_output_is_line_prefixed() {
     }
     assert_eq!(counts[1..], [200, 200], "every line arrives whole, once");
 }
+
+#[cfg(feature = "serde")]
+#[test]
+fn typed_messages_via_serde() {
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Job {
+        id: u32,
+        name: String,
+    }
+    worker(|lp, w| {
+        w.on_message(lp, |lp, w, m| {
+            let job: Job = m.json().unwrap();
+            w.send_json(lp, &Job { id: job.id + 1, name: job.name.to_uppercase() }).unwrap();
+            w.disconnect(lp);
+        });
+    });
+    let (mut lp, p) = primary("typed_messages_via_serde");
+    let got = Rc::new(RefCell::new(None));
+    let g = got.clone();
+    p.on(move |lp, p, ev| match ev {
+        Event::Online { worker } => {
+            p.send_json(lp, *worker, &Job { id: 41, name: "task".into() }).unwrap()
+        }
+        Event::Message { data, .. } => *g.borrow_mut() = Some(serde_json::from_slice::<Job>(data).unwrap()),
+        _ => {}
+    });
+    p.fork(&mut lp).unwrap();
+    run(&mut lp);
+    assert_eq!(*got.borrow(), Some(Job { id: 42, name: "TASK".into() }));
+}
+
+#[test]
+fn channel_fd_not_inherited_by_grandchildren() {
+    // Read before `role()` consumes it: the channel's descriptor number in this worker.
+    let fd = std::env::var(CHANNEL_FD_ENV).ok();
+    worker(move |lp, w| {
+        let fd = fd.expect("channel fd variable");
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("if [ -e /proc/self/fd/{fd} ]; then echo inherited; else echo clean; fi"))
+            .output()
+            .unwrap();
+        w.send(lp, String::from_utf8_lossy(&out.stdout).trim().as_bytes())
+            .unwrap();
+        w.disconnect(lp);
+    });
+    let (mut lp, p) = primary("channel_fd_not_inherited_by_grandchildren");
+    let got = Rc::new(RefCell::new(String::new()));
+    let g = got.clone();
+    p.on(move |_, _, ev| {
+        if let Event::Message { data, .. } = ev {
+            *g.borrow_mut() = String::from_utf8_lossy(data).into();
+        }
+    });
+    p.fork(&mut lp).unwrap();
+    run(&mut lp);
+    assert_eq!(*got.borrow(), "clean");
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use forkloop::ipc::frame::{self, Kind, Limits};
 use forkloop::ipc::{
-    Channel, ChannelConfig, ChannelError, Endpoint, FrameError, ListenRequest, Message, ProtoError,
+    Channel, ChannelConfig, ChannelError, Endpoint, FrameError, ListenMode, ListenRequest, Message, ProtoError,
     Recv, SendErrorKind, SendFd,
 };
 use util::{pipe, pump, read_tag, recv, write_tag};
@@ -55,12 +55,14 @@ fn all_messages() -> Vec<Message> {
             seq: 7,
             errno: 98,
             key: 3,
+            mode: ListenMode::HandOff,
             bound: None,
         },
         Message::QueryReply {
             seq: 8,
             errno: 0,
             key: 4,
+            mode: ListenMode::Shared,
             bound: Some(Endpoint::Unix("/tmp/x.sock".into())),
         },
         Message::Listening {

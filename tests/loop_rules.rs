@@ -446,7 +446,9 @@ fn rule_15_alive_while_refed_work_exists_unrefed_work_runs_only_if_iterating() {
         || {
             std::thread::sleep(std::time::Duration::from_millis(20));
             42
-        }, move |_, r| l.push(format!("job={}", r.unwrap())));
+        },
+        move |_, r| l.push(format!("job={}", r.unwrap())),
+    );
     let (a, _b) = unix_pair();
     let id = lp.register(a, Interest::READABLE, |_, _, _| {}).unwrap();
     lp.unref(id);

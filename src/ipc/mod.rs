@@ -15,7 +15,7 @@ pub mod proto;
 pub use buf::{InFrame, RecvBuffer, SendFd, SendQueue};
 pub use channel::{Channel, ChannelConfig, ChannelError, Flush, Recv, SendError, SendErrorKind};
 pub use frame::{Decoded, Frame, FrameError, Header, Kind, Limits};
-pub use proto::{Endpoint, FdRule, ListenRequest, Message, ProtoError};
+pub use proto::{Endpoint, FdRule, ListenMode, ListenRequest, Message, ProtoError};
 
 impl Channel {
     /// Queues a typed message with its descriptors.

@@ -9,7 +9,7 @@
 //! |---|---|---|---|
 //! | `Online` | W→P | — | 0 |
 //! | `QueryServer` | W→P | seq, [`ListenRequest`] | 0 |
-//! | `QueryReply` | P→W | seq, errno, key id, bound address | 0 or 1 (the listener, shared policy) |
+//! | `QueryReply` | P→W | seq, errno, key id, [`ListenMode`], bound address | 0 or 1 (the listener, shared policy) |
 //! | `Listening` | W→P | key id, bound address | 0 |
 //! | `NewConn` | P→W | key id, hand-off seq | 1 (the connection) |
 //! | `Accepted` | W→P | hand-off seq, free credit | 0 |
@@ -55,6 +55,36 @@ pub struct ListenRequest {
     pub flags: u32,
 }
 
+/// How a worker serves a listener the primary granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenMode {
+    /// The primary accepts and sends connections (`NewConn`).
+    HandOff,
+    /// The listening socket comes with the reply; accept on it.
+    Shared,
+    /// Bind your own `SO_REUSEPORT` socket to the bound address.
+    ReusePort,
+}
+
+impl ListenMode {
+    fn code(self) -> u8 {
+        match self {
+            ListenMode::HandOff => 0,
+            ListenMode::Shared => 1,
+            ListenMode::ReusePort => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<ListenMode> {
+        Some(match c {
+            0 => ListenMode::HandOff,
+            1 => ListenMode::Shared,
+            2 => ListenMode::ReusePort,
+            _ => return None,
+        })
+    }
+}
+
 /// Every message of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -75,6 +105,8 @@ pub enum Message {
         errno: i32,
         /// The primary's id for this listener (echoed in `Listening` and `Close`).
         key: u32,
+        /// How to serve it.
+        mode: ListenMode,
         /// The address actually bound, if any.
         bound: Option<Endpoint>,
     },
@@ -281,11 +313,13 @@ impl Message {
                 seq,
                 errno,
                 key,
+                mode,
                 bound,
             } => {
                 w.u32(*seq);
                 w.u32(*errno as u32);
                 w.u32(*key);
+                w.u8(mode.code());
                 match bound {
                     None => w.u8(0),
                     Some(ep) => {
@@ -351,6 +385,7 @@ impl Message {
                 seq: r.u32("seq")?,
                 errno: r.u32("errno")? as i32,
                 key: r.u32("key")?,
+                mode: ListenMode::from_code(r.u8("mode")?).ok_or(r.bad("mode"))?,
                 bound: match r.u8("bound")? {
                     0 => None,
                     1 => Some(r.endpoint()?),

@@ -37,7 +37,9 @@ pub(crate) struct ListenerState {
 
 impl fmt::Debug for ListenerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListenerState").field("sock", &self.sock).finish_non_exhaustive()
+        f.debug_struct("ListenerState")
+            .field("sock", &self.sock)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,7 +79,9 @@ impl Listener {
             on_conn: Some(on_conn),
             on_error: None,
         };
-        let id = lp.register(st, Interest::READABLE, |lp, id, _| accept_some(lp, Listener(id)))?;
+        let id = lp.register(st, Interest::READABLE, |lp, id, _| {
+            accept_some(lp, Listener(id))
+        })?;
         Ok(Listener(id))
     }
 
@@ -155,7 +159,10 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
 }
 
 fn emit_conn(lp: &mut EventLoop, l: Listener, s: Stream) {
-    let Some(mut cb) = lp.io_mut::<ListenerState>(l.0).and_then(|st| st.on_conn.take()) else {
+    let Some(mut cb) = lp
+        .io_mut::<ListenerState>(l.0)
+        .and_then(|st| st.on_conn.take())
+    else {
         return;
     };
     lp.invoke(|lp| cb(lp, s));
@@ -167,7 +174,10 @@ fn emit_conn(lp: &mut EventLoop, l: Listener, s: Stream) {
 }
 
 fn emit_error(lp: &mut EventLoop, l: Listener, e: io::Error) {
-    let Some(mut cb) = lp.io_mut::<ListenerState>(l.0).and_then(|st| st.on_error.take()) else {
+    let Some(mut cb) = lp
+        .io_mut::<ListenerState>(l.0)
+        .and_then(|st| st.on_error.take())
+    else {
         log::warn!("forkloop: accept failed: {e}");
         return;
     };

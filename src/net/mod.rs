@@ -19,5 +19,15 @@ pub mod udp;
 pub mod unix;
 
 pub use listener::{ACCEPTS_PER_EVENT, Listener};
+
+/// Node's default `listen()` backlog (mio and std use 128).
+pub const DEFAULT_BACKLOG: i32 = 511;
+
+/// Re-issues `listen()` with [`DEFAULT_BACKLOG`] on an already listening socket.
+fn set_backlog<F: std::os::fd::AsFd>(sock: &F) -> std::io::Result<()> {
+    let backlog = nix::sys::socket::Backlog::new(DEFAULT_BACKLOG)?;
+    nix::sys::socket::listen(sock, backlog)?;
+    Ok(())
+}
 pub use stream::{DEFAULT_HIGH_WATER_MARK, Stream};
 pub use udp::UdpSocket;

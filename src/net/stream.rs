@@ -284,7 +284,8 @@ impl Stream {
 
     /// Bytes queued and not yet written.
     pub fn buffered(self, lp: &EventLoop) -> usize {
-        lp.io_ref::<StreamState>(self.0).map_or(0, StreamState::queued)
+        lp.io_ref::<StreamState>(self.0)
+            .map_or(0, StreamState::queued)
     }
 
     /// Sets the high-water mark used by [`Stream::write`].
@@ -405,7 +406,9 @@ fn update_interest(lp: &mut EventLoop, s: Stream) {
 }
 
 fn on_ready(lp: &mut EventLoop, s: Stream, r: Readiness) {
-    let connecting = lp.io_ref::<StreamState>(s.0).is_some_and(|st| st.connecting);
+    let connecting = lp
+        .io_ref::<StreamState>(s.0)
+        .is_some_and(|st| st.connecting);
     if connecting && !finish_connect(lp, s) {
         return;
     }

@@ -43,6 +43,7 @@ where
     F: FnMut(&mut EventLoop, Stream) + 'static,
 {
     let l = mio::net::TcpListener::bind(addr)?;
+    super::set_backlog(&l)?;
     Listener::open(lp, ListenSock::Tcp(l), Box::new(on_connection))
 }
 

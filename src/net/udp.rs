@@ -31,7 +31,9 @@ pub(crate) struct UdpState {
 
 impl fmt::Debug for UdpState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UdpState").field("sock", &self.sock).finish_non_exhaustive()
+        f.debug_struct("UdpState")
+            .field("sock", &self.sock)
+            .finish_non_exhaustive()
     }
 }
 
@@ -61,7 +63,9 @@ where
         on_msg: Some(Box::new(on_message)),
         on_error: None,
     };
-    let id = lp.register(st, Interest::READABLE, |lp, id, _| recv_some(lp, UdpSocket(id)))?;
+    let id = lp.register(st, Interest::READABLE, |lp, id, _| {
+        recv_some(lp, UdpSocket(id))
+    })?;
     Ok(UdpSocket(id))
 }
 

@@ -27,6 +27,7 @@ where
     P: AsRef<Path>,
 {
     let l = mio::net::UnixListener::bind(path)?;
+    super::set_backlog(&l)?;
     Listener::open(lp, ListenSock::Unix(l), Box::new(on_connection))
 }
 
@@ -60,7 +61,12 @@ where
     F: FnOnce(&mut EventLoop, Stream, io::Result<()>) + 'static,
     P: AsRef<Path>,
 {
-    let fd = sock::socket(AddressFamily::Unix, SockType::Stream, SockFlag::empty(), None)?;
+    let fd = sock::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )?;
     sys::set_cloexec(fd.as_fd(), true)?;
     sys::set_nonblocking(fd.as_fd(), true)?;
     let result = UnixAddr::new(path.as_ref())

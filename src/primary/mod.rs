@@ -26,6 +26,7 @@
 //! * Dropping the last [`Primary`] handle kills (`SIGKILL`) and reaps every worker still
 //!   alive, so a primary that unwinds leaves no orphans or zombies behind.
 
+mod balance;
 mod settings;
 mod stdio;
 
@@ -37,15 +38,20 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
+pub use balance::{DEFAULT_BACKLOG, DEFAULT_CREDIT, POLICY_ENV, Policy};
 pub use settings::Settings;
+
+use balance::{Balancer, Mode, RawListener};
 
 use crate::cluster::{CHANNEL_FD_ENV, ExitStatus, WORKER_ID_ENV, WorkerState};
 use crate::ipc::{
-    Channel, ChannelConfig, Endpoint, Kind, Message, Recv, SendError, SendErrorKind, SendFd,
+    Channel, ChannelConfig, Endpoint, Kind, ListenMode, Message, Recv, SendError, SendErrorKind,
+    SendFd,
 };
 use crate::rt::{EventLoop, Interest, IoId, SignalId};
 
@@ -155,6 +161,28 @@ impl WorkerInfo {
     }
 }
 
+/// How a primary is set up (besides [`Settings`], which say how workers are spawned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrimaryOptions {
+    /// How listening endpoints are shared; `None` reads [`POLICY_ENV`]
+    /// (`FORKLOOP_SCHED_POLICY=rr|none|reuseport`), and round-robin if it is unset.
+    pub policy: Option<Policy>,
+    /// Round-robin: hand-offs a worker may hold unanswered (default [`DEFAULT_CREDIT`]).
+    pub credit: u32,
+    /// Limits of every worker channel.
+    pub channel: ChannelConfig,
+}
+
+impl Default for PrimaryOptions {
+    fn default() -> Self {
+        PrimaryOptions {
+            policy: None,
+            credit: DEFAULT_CREDIT,
+            channel: ChannelConfig::default(),
+        }
+    }
+}
+
 type Handler = Box<dyn FnMut(&mut EventLoop, &Primary, &mut Event)>;
 type DoneCb = Box<dyn FnOnce(&mut EventLoop, &Primary)>;
 
@@ -174,6 +202,7 @@ struct Inner {
     sigchld: Option<SignalId>,
     waiters: Vec<(BTreeSet<u32>, Option<DoneCb>)>,
     config: ChannelConfig,
+    bal: Balancer,
 }
 
 #[derive(Default)]
@@ -199,22 +228,42 @@ impl fmt::Debug for Primary {
 }
 
 impl Primary {
-    /// A primary on `lp`, with default channel limits.
+    /// A primary on `lp` with default options (the policy from [`POLICY_ENV`]).
     ///
     /// # Errors
     ///
-    /// The `SIGCHLD` listener cannot be installed.
+    /// [`POLICY_ENV`] holds an unknown policy (`InvalidInput`, naming the accepted values),
+    /// or the `SIGCHLD` listener cannot be installed.
     pub fn new(lp: &mut EventLoop) -> io::Result<Primary> {
-        Primary::with_channel_config(lp, ChannelConfig::default())
+        Primary::with_options(lp, PrimaryOptions::default())
     }
 
-    /// A primary whose worker channels use `config`.
+    /// A primary whose worker channels use `config` (other options default).
     ///
     /// # Errors
     ///
-    /// `config` is invalid, or the `SIGCHLD` listener cannot be installed.
+    /// As [`Primary::with_options`].
     pub fn with_channel_config(lp: &mut EventLoop, config: ChannelConfig) -> io::Result<Primary> {
-        config.validate()?;
+        Primary::with_options(lp, PrimaryOptions {
+            channel: config,
+            ..PrimaryOptions::default()
+        })
+    }
+
+    /// A primary with the given options.
+    ///
+    /// # Errors
+    ///
+    /// An invalid channel configuration or policy variable (`InvalidInput`), or the
+    /// `SIGCHLD` listener cannot be installed.
+    pub fn with_options(lp: &mut EventLoop, opts: PrimaryOptions) -> io::Result<Primary> {
+        opts.channel.validate()?;
+        let policy = match opts.policy {
+            Some(p) => p,
+            None => Policy::from_env()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+                .unwrap_or(Policy::RoundRobin),
+        };
         let primary = Primary {
             inner: Rc::new(RefCell::new(Inner {
                 settings: Settings::default(),
@@ -222,7 +271,8 @@ impl Primary {
                 workers: BTreeMap::new(),
                 sigchld: None,
                 waiters: Vec::new(),
-                config,
+                config: opts.channel,
+                bal: Balancer::new(policy, opts.credit),
             })),
             hooks: Rc::new(RefCell::new(Hooks::default())),
         };
@@ -230,6 +280,11 @@ impl Primary {
         let id = lp.on_signal(nix::libc::SIGCHLD, move |lp, _| p.reap(lp))?;
         primary.inner.borrow_mut().sigchld = Some(id);
         Ok(primary)
+    }
+
+    /// The policy in force (after falling back where the platform lacks one).
+    pub fn policy(&self) -> Policy {
+        self.inner.borrow().bal.policy
     }
 
     /// Layers `settings` over the current ones (Node's `setupPrimary`) and emits
@@ -402,6 +457,23 @@ impl Primary {
         send_on(lp, io, Kind::User, data, fds)
     }
 
+    /// Sends `value` to a worker as a JSON user message.
+    ///
+    /// # Errors
+    ///
+    /// `value` does not serialise ([`crate::Error::Config`] with serde's reason), or as
+    /// [`Primary::send`].
+    #[cfg(feature = "serde")]
+    pub fn send_json<T: serde::Serialize>(
+        &self,
+        lp: &mut EventLoop,
+        worker: u32,
+        value: &T,
+    ) -> crate::Result<()> {
+        let data = serde_json::to_vec(value).map_err(|e| crate::Error::Config(e.to_string()))?;
+        Ok(self.send(lp, worker, &data)?)
+    }
+
     /// Sends a control message to a worker.
     pub(crate) fn send_msg(&self, lp: &mut EventLoop, worker: u32, msg: &Message) -> Result<(), SendError> {
         let io = self.channel_of(worker);
@@ -527,6 +599,157 @@ impl Primary {
         }
     }
 
+    /// Answers a worker's request for a listener.
+    fn query_server(&self, lp: &mut EventLoop, worker: u32, seq: u32, req: &crate::ipc::ListenRequest) {
+        let leaving = {
+            let inner = self.inner.borrow();
+            inner.workers.get(&worker).is_none_or(|e| e.info.exited_after_disconnect == Some(true))
+        };
+        if leaving {
+            // Node leaves such a query unanswered; refusing is clearer.
+            let reply = Message::QueryReply { seq, errno: nix::libc::ESHUTDOWN, key: 0, mode: ListenMode::HandOff, bound: None };
+            let _ = self.send_msg(lp, worker, &reply);
+            return;
+        }
+        let granted = self.inner.borrow_mut().bal.query(worker, req);
+        let g = match granted {
+            Ok(g) => g,
+            Err(e) => {
+                log::info!("worker {worker}: cannot listen on {:?}: {e}", req.endpoint);
+                let errno = e.raw_os_error().unwrap_or(nix::libc::EINVAL);
+                let reply = Message::QueryReply { seq, errno, key: 0, mode: ListenMode::HandOff, bound: None };
+                let _ = self.send_msg(lp, worker, &reply);
+                return;
+            }
+        };
+        if let Some(fd) = g.start_accepting {
+            let p = self.clone();
+            let hid = g.handle;
+            match lp.register(RawListener(fd), Interest::READABLE, move |lp, _, _| p.accept(lp, hid)) {
+                Ok(io) => {
+                    if let Some(h) = self.inner.borrow_mut().bal.handles.get_mut(&hid) {
+                        h.listener = Some(io);
+                    }
+                }
+                Err(e) => log::error!("cannot watch listener {hid}: {e}"),
+            }
+        }
+        let mode = match g.mode {
+            Mode::RoundRobin => ListenMode::HandOff,
+            Mode::Shared => ListenMode::Shared,
+            Mode::ReusePort => ListenMode::ReusePort,
+        };
+        let reply = Message::QueryReply { seq, errno: 0, key: g.handle, mode, bound: Some(g.bound) };
+        let fds: Vec<SendFd> = g.fd.into_iter().map(SendFd::Shared).collect();
+        let io = self.channel_of(worker);
+        let sent = match io.and_then(|io| lp.io_mut::<Channel>(io)) {
+            Some(ch) => ch.send_msg(&reply, fds).map(|_| {
+                let _ = ch.flush();
+            }),
+            None => Err(closed(Vec::new())),
+        };
+        if sent.is_err() {
+            log::info!("worker {worker}: listener reply not delivered");
+        }
+    }
+
+    /// Accepts on round-robin handle `hid` while some worker has credit.
+    fn accept(&self, lp: &mut EventLoop, hid: u32) {
+        loop {
+            let picked = self.inner.borrow_mut().bal.pick(hid);
+            let Some(worker) = picked else {
+                self.pause(lp, hid);
+                return;
+            };
+            let queued = self.inner.borrow_mut().bal.next_queued(hid);
+            let fd = match queued {
+                Some(fd) => fd,
+                None => {
+                    let accepted = {
+                        let inner = self.inner.borrow();
+                        match inner.bal.accept_fd(hid) {
+                            Some(l) => balance::accept_one(l.as_ref()),
+                            None => return,
+                        }
+                    };
+                    match accepted {
+                        Ok(fd) => Arc::new(fd),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) => {
+                            // EMFILE, ECONNABORTED…: skip, as Node does; the next
+                            // connection retries.
+                            log::warn!("accept on listener {hid}: {e}");
+                            return;
+                        }
+                    }
+                }
+            };
+            self.dispatch(lp, worker, hid, fd);
+        }
+    }
+
+    /// Hands `fd` to `worker`; on failure the connection is queued again and the worker is
+    /// excluded from further hand-offs (its channel is going away).
+    fn dispatch(&self, lp: &mut EventLoop, worker: u32, hid: u32, fd: Arc<OwnedFd>) {
+        let seq = self.inner.borrow_mut().bal.hand_off(worker, hid, fd.clone());
+        let msg = Message::NewConn { key: hid, seq };
+        let io = self.channel_of(worker);
+        let sent = match io.and_then(|io| lp.io_mut::<Channel>(io)) {
+            Some(ch) => ch.send_msg(&msg, vec![SendFd::Shared(fd)]).and_then(|_| {
+                ch.flush().map(|_| ()).map_err(|_| closed(Vec::new()))
+            }),
+            None => Err(closed(Vec::new())),
+        };
+        if sent.is_err() {
+            let mut inner = self.inner.borrow_mut();
+            inner.bal.unsend(seq);
+            inner.bal.excluded.insert(worker);
+        }
+    }
+
+    fn pause(&self, lp: &mut EventLoop, hid: u32) {
+        let io = {
+            let mut inner = self.inner.borrow_mut();
+            match inner.bal.handles.get_mut(&hid) {
+                Some(h) if !h.paused => {
+                    h.paused = true;
+                    h.listener
+                }
+                _ => None,
+            }
+        };
+        if let Some(io) = io {
+            let _ = lp.set_interest(io, None);
+        }
+    }
+
+    /// Gives waiting connections to workers with credit, and resumes paused accepting.
+    fn pump(&self, lp: &mut EventLoop) {
+        let waiting = self.inner.borrow().bal.waiting_handles();
+        for hid in waiting {
+            let resume = {
+                let mut inner = self.inner.borrow_mut();
+                let has_credit = inner.bal.pick(hid).is_some();
+                match inner.bal.handles.get_mut(&hid) {
+                    Some(h) if has_credit && h.paused && h.mode == Mode::RoundRobin => {
+                        h.paused = false;
+                        h.listener
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(io) = resume {
+                let _ = lp.set_interest(io, Some(Interest::READABLE));
+            }
+            self.accept(lp, hid);
+        }
+    }
+
+    /// Hand-offs sent to `worker` and not yet answered.
+    pub fn in_flight(&self, worker: u32) -> u32 {
+        self.inner.borrow().bal.inflight_of(worker)
+    }
+
     /// Runs the handlers for `ev`: the worker's, then the cluster's.
     fn emit(&self, lp: &mut EventLoop, mut ev: Event) {
         if let Some(w) = ev.worker() {
@@ -622,17 +845,22 @@ impl Primary {
                 }
                 let _ = self.send_msg(lp, worker, &Message::Ack { seq });
             }
-            Message::QueryServer { seq, .. } => {
-                // Listening through the primary comes with the shared-listening layer.
-                let reply = Message::QueryReply {
-                    seq,
-                    errno: nix::libc::EOPNOTSUPP,
-                    key: 0,
-                    bound: None,
-                };
-                let _ = self.send_msg(lp, worker, &reply);
+            Message::QueryServer { seq, request } => self.query_server(lp, worker, seq, &request),
+            Message::Close { key } => {
+                let gone = self.inner.borrow_mut().bal.leave(worker, key);
+                if let Some(h) = gone {
+                    close_handle(lp, h);
+                }
             }
-            Message::Close { .. } | Message::Pong { .. } => {}
+            Message::Accepted { seq, credit } => {
+                self.inner.borrow_mut().bal.accepted(worker, seq, credit);
+                self.pump(lp);
+            }
+            Message::Rejected { seq } => {
+                self.inner.borrow_mut().bal.rejected(worker, seq);
+                self.pump(lp);
+            }
+            Message::Pong { .. } => {}
             other => self.misbehaved(lp, worker, format!("unexpected {:?} from a worker", other.kind())),
         }
     }
@@ -673,6 +901,11 @@ impl Primary {
             (io, e.info.exit.is_some())
         };
         lp.close(io, |_| {});
+        let emptied = self.inner.borrow_mut().bal.worker_gone(worker);
+        for h in emptied {
+            close_handle(lp, h);
+        }
+        self.pump(lp);
         self.emit(lp, Event::Disconnect { worker });
         if exited {
             self.finish(lp, worker);
@@ -749,6 +982,14 @@ impl Primary {
         self.hooks.borrow_mut().workers.remove(&worker);
         self.run_waiters(lp);
     }
+}
+
+/// A listener no worker uses any more: stop accepting; queued connections close with it.
+fn close_handle(lp: &mut EventLoop, h: balance::Handle) {
+    if let Some(io) = h.listener {
+        lp.close(io, |_| {});
+    }
+    log::debug!("listener {:?} closed: no worker listens on it", h.bound);
 }
 
 fn closed(fds: Vec<SendFd>) -> SendError {

@@ -50,7 +50,8 @@ impl Default for SystemClock {
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         // Starts at 1 so that a timer created at loop start never has start time 0 ambiguity.
-        self.origin.elapsed().as_millis() as u64 + 1
+        let d = self.origin.elapsed();
+        d.as_secs() * 1000 + u64::from(d.subsec_millis()) + 1
     }
 }
 

@@ -298,7 +298,7 @@ impl EventLoop {
 
     /// The pending phase: runs the queue detached at its start.
     pub(super) fn run_pending(&mut self) {
-        if self.io.pending.is_empty() {
+        if self.io.pending.is_empty() || self.halted() {
             return;
         }
         std::mem::swap(&mut self.io.pending, &mut self.io.pending_spare);
@@ -314,7 +314,7 @@ impl EventLoop {
 
     /// The closing phase: close callbacks of handles closed since the last one, newest first.
     pub(super) fn run_closing(&mut self) {
-        if self.io.closing.is_empty() {
+        if self.io.closing.is_empty() || self.halted() {
             return;
         }
         let batch = std::mem::take(&mut self.io.closing);
@@ -334,6 +334,9 @@ impl EventLoop {
     /// The poll phase: waits up to `timeout` ms (`None`: no limit), then runs the callback of
     /// every ready handle in kernel order, then closures posted from other threads.
     pub(super) fn poll_io(&mut self, timeout: Option<u64>) -> io::Result<()> {
+        if self.halted() {
+            return Ok(());
+        }
         let mut timeout = timeout;
         let mut skipped = false;
         if let Some(t) = timeout {
@@ -349,6 +352,7 @@ impl EventLoop {
                 self.update_time();
             }
             self.run_posted();
+            self.run_remote_wakes();
             return Ok(());
         }
         let mut events = self
@@ -378,7 +382,16 @@ impl EventLoop {
         if !self.halted() {
             self.run_posted();
         }
+        self.run_remote_wakes();
         Ok(())
+    }
+
+    /// Futures woken from other threads are polled in the poll phase, like a promise
+    /// resolved by an I/O callback.
+    fn run_remote_wakes(&mut self) {
+        if !self.halted() && self.tasks.has_wakes() {
+            self.drain();
+        }
     }
 
     fn wait(&mut self, events: &mut Events, timeout: Option<u64>) -> io::Result<()> {

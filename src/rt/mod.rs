@@ -21,8 +21,30 @@
 //! 7. refresh the time, then **timers** due at that one `now`.
 //!
 //! After every single callback (timer, immediate, I/O, close, posted closure, before-exit),
-//! [`EventLoop::invoke`] drains nextTicks and then microtasks (§2.3). Code that runs before
+//! the loop's private `invoke` drains nextTicks and then microtasks (§2.3). Code that runs before
 //! [`EventLoop::run`] is the "main script": `run` drains its ticks and microtasks first.
+//!
+//! # API at a glance
+//!
+//! | Node | forkloop |
+//! |---|---|
+//! | `setTimeout` / `setInterval` / `clearTimeout` / `t.refresh()` | [`EventLoop::set_timeout`], [`EventLoop::set_interval`], [`EventLoop::clear_timeout`], [`EventLoop::refresh_timer`] |
+//! | `setImmediate` / `clearImmediate` | [`EventLoop::set_immediate`], [`EventLoop::clear_immediate`] |
+//! | `process.nextTick` / `queueMicrotask` | [`EventLoop::next_tick`], [`EventLoop::queue_microtask`] |
+//! | promises, `async` functions | [`EventLoop::spawn_local`] (first poll is a microtask), [`yield_now`], [`with_loop`] |
+//! | `x.ref()` / `x.unref()` / `x.hasRef()` | [`EventLoop::set_ref`], [`EventLoop::unref`], [`EventLoop::has_ref`] with any id ([`Handle`]) |
+//! | a libuv handle on any fd | [`EventLoop::register`], [`EventLoop::set_interest`], [`EventLoop::io_mut`], [`EventLoop::close`], [`EventLoop::take_source`] |
+//! | `uv__io_feed` (pending phase) | [`EventLoop::queue_pending`] |
+//! | `process.on('SIGTERM')` | [`EventLoop::on_signal`] (unref'd, as in Node) |
+//! | `uv_async_send` | [`EventLoop::handle`] → [`LoopHandle::post`] |
+//! | `uv_queue_work` (`UV_THREADPOOL_SIZE`) | [`EventLoop::spawn_blocking`] ([`POOL_SIZE_ENV`]) |
+//! | `beforeExit` / `exit` / `process.exit(n)` / `exitCode` | [`EventLoop::on_before_exit`], [`EventLoop::on_exit`], [`EventLoop::exit`], [`EventLoop::set_exit_code`] |
+//! | libuv idle / prepare / check handles | [`EventLoop::add_watcher`] with a [`Phase`] |
+//!
+//! Differences from Node, by design: [`EventLoop::exit`] returns to its caller (finish the
+//! callback; nothing else runs and [`EventLoop::run`] returns the code); calling an `async`
+//! block's future starts it at the next microtask, not synchronously up to its first
+//! `await`; a timeout that already fired cannot be re-armed with `refresh`.
 //!
 //! # Example
 //!
@@ -230,6 +252,9 @@ impl EventLoop {
     /// Returns the exit code: the one given to [`EventLoop::exit`], or else the one set with
     /// [`EventLoop::set_exit_code`] (default 0). The library never exits the process.
     ///
+    /// After a natural exit, work scheduled later can be run with another `run` (the exit
+    /// listeners fire again); after [`EventLoop::exit`] the loop stays stopped.
+    ///
     /// # Errors
     ///
     /// Fails only if the OS poller fails.
@@ -249,7 +274,12 @@ impl EventLoop {
             return Ok(code);
         }
         self.emit_exit();
-        Ok(self.forced.unwrap_or(self.exit_code))
+        if let Some(code) = self.forced {
+            return Ok(code);
+        }
+        // The "process" is over; a later `run` starts afresh (nextTick works again).
+        self.exiting = false;
+        Ok(self.exit_code)
     }
 
     /// libuv's `uv_run`: see the module docs for the iteration. Returns whether the loop is
@@ -443,9 +473,11 @@ impl EventLoop {
             let code = self.exit_code;
             self.invoke(|lp| l(lp, code));
             if self.halted() {
-                return;
+                break;
             }
         }
+        listeners.append(&mut self.exit_listeners);
+        self.exit_listeners = listeners;
     }
 
     /// Sets whether a timer, immediate, handle, watcher or signal listener keeps the loop

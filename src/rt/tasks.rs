@@ -243,7 +243,6 @@ impl EventLoop {
         let waker = Waker::from(slot.waker.clone());
         let mut cx = Context::from_waker(&waker);
         let done = super::local::polling(|| fut.as_mut().poll(&mut cx).is_ready());
-        drop(cx);
         drop(waker);
         if done {
             drop(fut);

@@ -34,13 +34,13 @@ pub const TIMEOUT_MAX: u64 = 2_147_483_647;
 /// chosen; NaN becomes 1) and [`Duration`].
 pub trait Delay {
     /// The delay in milliseconds, before coercion.
-    fn as_ms(self) -> f64;
+    fn into_ms(self) -> f64;
 }
 
 macro_rules! delay_int {
     ($($t:ty),*) => {$(
         impl Delay for $t {
-            fn as_ms(self) -> f64 {
+            fn into_ms(self) -> f64 {
                 self as f64
             }
         }
@@ -49,7 +49,7 @@ macro_rules! delay_int {
 delay_int!(i32, i64, u32, u64, usize, isize, f32, f64);
 
 impl Delay for Duration {
-    fn as_ms(self) -> f64 {
+    fn into_ms(self) -> f64 {
         self.as_secs_f64() * 1000.0
     }
 }
@@ -274,7 +274,7 @@ impl EventLoop {
     where
         F: FnOnce(&mut EventLoop) + 'static,
     {
-        let ms = coerce_delay(delay.as_ms());
+        let ms = coerce_delay(delay.into_ms());
         self.update_time();
         TimerId(self.timers.add(Cb::Once(Box::new(cb)), ms, self.now))
     }
@@ -284,7 +284,7 @@ impl EventLoop {
     where
         F: FnMut(&mut EventLoop) + 'static,
     {
-        let ms = coerce_delay(delay.as_ms());
+        let ms = coerce_delay(delay.into_ms());
         self.update_time();
         TimerId(self.timers.add(Cb::Repeat(Box::new(cb)), ms, self.now))
     }
@@ -399,7 +399,7 @@ mod tests {
         assert_eq!(coerce_delay(2.5), 2);
         assert_eq!(coerce_delay(TIMEOUT_MAX as f64), TIMEOUT_MAX);
         assert_eq!(coerce_delay(TIMEOUT_MAX as f64 + 1.0), 1);
-        assert_eq!(coerce_delay(Duration::from_millis(20).as_ms()), 20);
+        assert_eq!(coerce_delay(Duration::from_millis(20).into_ms()), 20);
     }
 
     #[test]

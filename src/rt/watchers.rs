@@ -137,7 +137,7 @@ impl EventLoop {
 
     /// Node's `processImmediate`: runs the snapshot of immediates queued before the phase.
     pub(super) fn run_immediates(&mut self) {
-        if self.imm.queue.is_empty() {
+        if self.imm.queue.is_empty() || self.halted() {
             return;
         }
         std::mem::swap(&mut self.imm.queue, &mut self.imm.spare);
@@ -207,7 +207,7 @@ impl EventLoop {
     /// Calls the watchers of `phase`, newest first; ones added meanwhile wait.
     pub(super) fn run_watchers(&mut self, phase: Phase) {
         let list = &self.watchers.lists[phase_index(phase)];
-        if list.is_empty() {
+        if list.is_empty() || self.halted() {
             return;
         }
         let mut batch = std::mem::take(&mut self.watchers.scratch);

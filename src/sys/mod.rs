@@ -16,6 +16,7 @@
 //! `cfg(target_os)` appears in this file only.
 
 pub mod cputime;
+pub mod net;
 pub mod process;
 pub mod scm;
 

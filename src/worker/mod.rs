@@ -16,8 +16,10 @@
 //! "Exits" means [`EventLoop::exit`]: `run()` returns the code and the program's `main`
 //! ends the process with it.
 
+mod listen;
 mod server;
 
+pub use listen::{ListenOptions, listen_tcp};
 pub use server::Server;
 
 use std::cell::RefCell;
@@ -54,6 +56,18 @@ pub struct Incoming {
     pub data: Vec<u8>,
     /// Descriptors that came with it.
     pub fds: Vec<OwnedFd>,
+}
+
+impl Incoming {
+    /// Reads the bytes as JSON into `T`.
+    ///
+    /// # Errors
+    ///
+    /// The bytes are not valid JSON for `T`.
+    #[cfg(feature = "serde")]
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.data)
+    }
 }
 
 /// Handed to a tracked server's close function; call [`ServerClosed::done`] once the
@@ -94,6 +108,24 @@ struct Inner {
     /// What to do once every server has closed during a disconnect.
     after_close: Option<AckCb>,
     unheard: Vec<Incoming>,
+    /// Listen requests waiting for the primary's answer, by request number.
+    queries: HashMap<u32, listen::Pending>,
+    /// Servers served through the primary, by the primary's listener id.
+    by_key: HashMap<u32, Server>,
+    /// Per-endpoint indexes in use (so the n-th `listen(0)` of every worker shares a port).
+    indexes: HashMap<(Endpoint, u32), BTreeSet<u32>>,
+    /// Which endpoint and index each listener id holds.
+    key_index: HashMap<u32, ((Endpoint, u32), u32)>,
+}
+
+impl Inner {
+    fn release_index(&mut self, key: u32) {
+        if let Some((ep, idx)) = self.key_index.remove(&key) {
+            if let Some(set) = self.indexes.get_mut(&ep) {
+                set.remove(&idx);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -147,6 +179,10 @@ impl Worker {
                 closing: BTreeSet::new(),
                 after_close: None,
                 unheard: Vec::new(),
+                queries: HashMap::new(),
+                by_key: HashMap::new(),
+                indexes: HashMap::new(),
+                key_index: HashMap::new(),
             })),
             hooks: Rc::new(RefCell::new(Hooks::default())),
         };
@@ -238,6 +274,18 @@ impl Worker {
         Ok(())
     }
 
+    /// Sends `value` to the primary as a JSON user message.
+    ///
+    /// # Errors
+    ///
+    /// `value` does not serialise ([`crate::Error::Config`] with serde's reason), or as
+    /// [`Worker::send`].
+    #[cfg(feature = "serde")]
+    pub fn send_json<T: serde::Serialize>(&self, lp: &mut EventLoop, value: &T) -> crate::Result<()> {
+        let data = serde_json::to_vec(value).map_err(|e| crate::Error::Config(e.to_string()))?;
+        Ok(self.send(lp, &data)?)
+    }
+
     /// Sends user bytes to worker `to` through the primary, which stamps this worker's id
     /// as the sender.
     ///
@@ -324,10 +372,31 @@ impl Worker {
         self.server_closed(lp, token);
     }
 
+    /// A tracked server started closing: tell the primary now (so it stops routing to it)
+    /// and forget its key.
+    pub(crate) fn stop_routing(&self, lp: &mut EventLoop, token: u64) {
+        let key = {
+            let mut inner = self.inner.borrow_mut();
+            let key = inner.servers.get_mut(&token).and_then(|t| t.key.take());
+            if let Some(k) = key {
+                inner.by_key.remove(&k);
+                inner.release_index(k);
+            }
+            key
+        };
+        if let Some(key) = key {
+            let _ = self.send_msg(lp, &Message::Close { key });
+        }
+    }
+
     fn server_closed(&self, lp: &mut EventLoop, token: u64) {
         let (key, next) = {
             let mut inner = self.inner.borrow_mut();
             let key = inner.servers.remove(&token).and_then(|t| t.key);
+            if let Some(k) = key {
+                inner.by_key.remove(&k);
+                inner.release_index(k);
+            }
             inner.closing.remove(&token);
             let next = if inner.closing.is_empty() {
                 inner.after_close.take()
@@ -502,6 +571,14 @@ impl Worker {
                     cb(lp, self);
                 }
             }
+            Message::QueryReply {
+                seq,
+                errno,
+                key,
+                mode,
+                bound,
+            } => self.on_query_reply(lp, seq, errno, key, mode, bound, fds),
+            Message::NewConn { key, seq } => self.on_new_conn(lp, key, seq, fds),
             Message::Ping { seq } => {
                 let _ = self.send_msg(lp, &Message::Pong { seq, lag_us: 0 });
             }

@@ -12,16 +12,28 @@ use std::rc::Rc;
 
 use crate::ipc::Endpoint;
 use crate::net::{Listener, Stream, tcp};
-use crate::rt::{EventLoop, Phase, WatcherId};
+use crate::rt::{EventLoop, Phase, TimerId, WatcherId};
 
 use super::Worker;
 
 type ConnCb = Box<dyn FnMut(&mut EventLoop, Stream)>;
 type CloseCb = Box<dyn FnOnce(&mut EventLoop)>;
+type ListeningCb = Box<dyn FnOnce(&mut EventLoop, &Server)>;
+type ErrorCb = Box<dyn FnMut(&mut EventLoop, &Server, &io::Error)>;
 
-struct Inner {
+pub(super) struct Inner {
     listener: Option<Listener>,
+    endpoint: Option<Endpoint>,
     address: Option<SocketAddr>,
+    on_listening: Vec<ListeningCb>,
+    on_error: Vec<ErrorCb>,
+    listening: bool,
+    /// Hand-off servers have no socket on this loop; this timer keeps the loop alive while
+    /// they listen (as Node's round-robin handle does).
+    keepalive: Option<TimerId>,
+    refed: bool,
+    /// The primary's listener id, when served through the primary.
+    pub(super) key: Option<u32>,
     conns: Vec<Stream>,
     on_connection: Option<ConnCb>,
     closing: bool,
@@ -32,7 +44,7 @@ struct Inner {
 
 /// A server whose connections are tracked; clone the handle freely.
 #[derive(Clone)]
-pub struct Server(Rc<RefCell<Inner>>);
+pub struct Server(pub(super) Rc<RefCell<Inner>>);
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -52,7 +64,14 @@ impl Server {
     {
         Server(Rc::new(RefCell::new(Inner {
             listener: None,
+            endpoint: None,
             address: None,
+            on_listening: Vec::new(),
+            on_error: Vec::new(),
+            listening: false,
+            keepalive: None,
+            refed: true,
+            key: None,
             conns: Vec::new(),
             on_connection: Some(Box::new(on_connection)),
             closing: false,
@@ -103,22 +122,116 @@ impl Server {
         Ok(server)
     }
 
-    fn set_listener(&self, lp: &EventLoop, l: Listener) -> io::Result<()> {
-        let addr = l.local_addr(lp)?;
+    pub(super) fn set_listener(&self, lp: &mut EventLoop, l: Listener) -> io::Result<()> {
+        let addr = l.local_addr(lp).ok();
         let mut inner = self.0.borrow_mut();
+        if !inner.refed {
+            lp.unref(l.id());
+        }
         inner.listener = Some(l);
-        inner.address = Some(addr);
+        if addr.is_some() {
+            inner.address = addr;
+            inner.endpoint = addr.map(Endpoint::Tcp);
+        }
         Ok(())
     }
 
-    /// Records the address the server is reachable at (for servers fed by the primary).
-    pub fn set_address(&self, addr: SocketAddr) {
-        self.0.borrow_mut().address = Some(addr);
+    /// Records where the server is reachable (for servers fed by the primary).
+    pub fn set_endpoint(&self, ep: Endpoint) {
+        let mut inner = self.0.borrow_mut();
+        if let Endpoint::Tcp(a) = &ep {
+            inner.address = Some(*a);
+        }
+        inner.endpoint = Some(ep);
     }
 
-    /// The address the server listens on, once known.
+    /// The TCP address the server listens on, once known.
     pub fn address(&self) -> Option<SocketAddr> {
         self.0.borrow().address
+    }
+
+    /// Where the server listens, once known.
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.0.borrow().endpoint.clone()
+    }
+
+    /// Whether the server is listening (and not closing).
+    pub fn is_listening(&self) -> bool {
+        let inner = self.0.borrow();
+        inner.listening && !inner.closing
+    }
+
+    /// Runs `cb` once the server listens (at once, on the next tick, if it already does).
+    pub fn on_listening<F: FnOnce(&mut EventLoop, &Server) + 'static>(&self, lp: &mut EventLoop, cb: F) {
+        let now = self.0.borrow().listening;
+        if now {
+            let s = self.clone();
+            lp.next_tick(move |lp| cb(lp, &s));
+        } else {
+            self.0.borrow_mut().on_listening.push(Box::new(cb));
+        }
+    }
+
+    /// Adds a handler for errors: a failed bind (`EADDRINUSE`, `EACCES`…) ends the server.
+    pub fn on_error<F: FnMut(&mut EventLoop, &Server, &io::Error) + 'static>(&self, cb: F) {
+        self.0.borrow_mut().on_error.push(Box::new(cb));
+    }
+
+    /// Marks the server listening and runs the listening callbacks.
+    pub(super) fn now_listening(&self, lp: &mut EventLoop, hand_off: bool) {
+        let cbs = {
+            let mut inner = self.0.borrow_mut();
+            inner.listening = true;
+            std::mem::take(&mut inner.on_listening)
+        };
+        if hand_off {
+            let t = lp.set_interval(crate::rt::TIMEOUT_MAX, |_| {});
+            if !self.0.borrow().refed {
+                lp.unref(t);
+            }
+            self.0.borrow_mut().keepalive = Some(t);
+        }
+        for cb in cbs {
+            cb(lp, self);
+        }
+    }
+
+    /// Reports an error to the error handlers (logged if there are none).
+    pub(super) fn fail(&self, lp: &mut EventLoop, err: io::Error) {
+        let mut cbs = std::mem::take(&mut self.0.borrow_mut().on_error);
+        if cbs.is_empty() {
+            log::warn!("server {:?}: {err}", self.endpoint());
+        }
+        for cb in cbs.iter_mut() {
+            cb(lp, self, &err);
+        }
+        let mut inner = self.0.borrow_mut();
+        cbs.append(&mut inner.on_error);
+        inner.on_error = cbs;
+    }
+
+    /// Lets the loop end while the server listens (Node's `server.unref()`).
+    pub fn unref(&self, lp: &mut EventLoop) {
+        self.set_ref(lp, false);
+    }
+
+    /// Makes the server keep the loop alive again (the default).
+    pub fn ref_(&self, lp: &mut EventLoop) {
+        self.set_ref(lp, true);
+    }
+
+    fn set_ref(&self, lp: &mut EventLoop, on: bool) {
+        let (l, t) = {
+            let mut inner = self.0.borrow_mut();
+            inner.refed = on;
+            (inner.listener, inner.keepalive)
+        };
+        if let Some(l) = l {
+            lp.set_ref(l.id(), on);
+        }
+        if let Some(t) = t {
+            lp.set_ref(t, on);
+        }
     }
 
     /// Hands a connection to the server. Returns `false` (and destroys the stream) if the
@@ -165,22 +278,30 @@ impl Server {
             s.close(lp, move |lp| closed.done(lp))
         });
         self.0.borrow_mut().tracked = Some((worker.clone(), token));
-        if let Some(addr) = self.address() {
-            let _ = worker.notify_listening(lp, key, Endpoint::Tcp(addr));
+        if let Some(ep) = self.endpoint() {
+            let _ = worker.notify_listening(lp, key, ep);
         }
     }
 
     /// Stops accepting at once; `cb` runs once every connection has ended.
     pub fn close<F: FnOnce(&mut EventLoop) + 'static>(&self, lp: &mut EventLoop, cb: F) {
-        let (listener, first) = {
+        let (listener, first, keepalive, tracked) = {
             let mut inner = self.0.borrow_mut();
             inner.on_close.push(Box::new(cb));
             let first = !inner.closing;
             inner.closing = true;
-            (inner.listener.take(), first)
+            let tracked = inner.tracked.as_ref().map(|(w, t)| (w.clone(), *t));
+            (inner.listener.take(), first, inner.keepalive.take(), tracked)
         };
         if let Some(l) = listener {
             l.close(lp, |_| {});
+        }
+        if let Some(t) = keepalive {
+            lp.clear_interval(t);
+        }
+        if let (true, Some((worker, token))) = (first, tracked) {
+            // Stop routing new connections here at once; the ones we have still drain.
+            worker.stop_routing(lp, token);
         }
         if first {
             let s = self.clone();

@@ -1,0 +1,210 @@
+//! A hello-world HTTP/1.1 cluster: every worker serves `hello world\n` with keep-alive;
+//! the primary shares the port among them.
+//!
+//! ```text
+//! cargo run --release --example http_cluster -- [--workers N] [--port P] [--host H] [--policy rr|none|reuseport]
+//! ```
+//!
+//! Defaults: one worker per available core, port 8000, host 127.0.0.1, policy from
+//! `FORKLOOP_SCHED_POLICY` or `rr`. The primary prints one line,
+//! `listening on HOST:PORT workers=N policy=P`, once every worker listens. SIGTERM or
+//! SIGINT disconnects the workers (they finish their connections) and exits with status 0.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use forkloop::ipc::Endpoint;
+use forkloop::net::Stream;
+use forkloop::primary::{Event, Policy, Primary, PrimaryOptions};
+use forkloop::rt::EventLoop;
+use forkloop::worker::Worker;
+use forkloop::Role;
+
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nhello world\n";
+const RESPONSE_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nhello world\n";
+/// Largest request head we buffer before answering 431.
+const MAX_HEAD: usize = 16 << 10;
+
+struct Args {
+    workers: usize,
+    port: u16,
+    host: String,
+    policy: Option<Policy>,
+}
+
+fn usage(why: &str) -> ! {
+    eprintln!("http_cluster: {why}");
+    eprintln!("usage: http_cluster [--workers N] [--port P] [--host H] [--policy rr|none|reuseport]");
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        port: 8000,
+        host: "127.0.0.1".into(),
+        policy: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        match flag.as_str() {
+            "--workers" => a.workers = val().parse().unwrap_or_else(|_| usage("bad --workers")),
+            "--port" => a.port = val().parse().unwrap_or_else(|_| usage("bad --port")),
+            "--host" => a.host = val(),
+            "--policy" => a.policy = Some(Policy::parse(&val()).unwrap_or_else(|e| usage(&e))),
+            other => usage(&format!("unknown flag {other}")),
+        }
+    }
+    if a.workers == 0 {
+        usage("--workers must be at least 1");
+    }
+    a
+}
+
+fn main() -> forkloop::Result<()> {
+    env_logger::init();
+    let args = parse_args();
+    let mut lp = EventLoop::new()?;
+    let code = match forkloop::role() {
+        Role::Primary => primary(&mut lp, &args)?,
+        Role::Worker(_) => worker(&mut lp, &args)?,
+    };
+    std::process::exit(code)
+}
+
+fn primary(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
+    let opts = PrimaryOptions {
+        policy: args.policy,
+        ..PrimaryOptions::default()
+    };
+    let p = Primary::with_options(lp, opts)?;
+    let policy = p.policy();
+    let workers = args.workers;
+    let listening = Rc::new(Cell::new(0usize));
+    let host = args.host.clone();
+    p.on(move |lp, p, ev| match ev {
+        Event::Listening { address, .. } => {
+            listening.set(listening.get() + 1);
+            if listening.get() == workers {
+                let port = match address {
+                    Endpoint::Tcp(a) => a.port(),
+                    _ => 0,
+                };
+                println!("listening on {host}:{port} workers={workers} policy={}", policy.name());
+            }
+        }
+        Event::Exit { worker, status } if status.code != Some(0) => {
+            eprintln!("worker {worker} exited: {status:?}");
+            if p.workers().is_empty() {
+                lp.exit(1);
+            }
+        }
+        _ => {}
+    });
+    for sig in [nix::libc::SIGTERM, nix::libc::SIGINT] {
+        let p = p.clone();
+        let stopping = Rc::new(Cell::new(false));
+        lp.on_signal(sig, move |lp, _| {
+            if stopping.replace(true) {
+                return;
+            }
+            p.disconnect(lp, |lp, _| lp.exit(0));
+        })?;
+    }
+    for _ in 0..workers {
+        p.fork(lp)?;
+    }
+    Ok(lp.run()?)
+}
+
+fn worker(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
+    let w = Worker::attach(lp)?.ok_or_else(|| forkloop::Error::Config("no channel".into()))?;
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .map_err(|e| forkloop::Error::Config(format!("bad address: {e}")))?;
+    let server = w.listen_tcp(lp, addr, serve);
+    server.on_error(|lp, _, e| {
+        eprintln!("worker: cannot listen: {e}");
+        lp.exit(1);
+    });
+    // Ctrl-C reaches the whole process group: leave gracefully, the primary does the rest.
+    let w2 = w.clone();
+    lp.on_signal(nix::libc::SIGINT, move |lp, _| w2.disconnect(lp))?;
+    Ok(lp.run()?)
+}
+
+/// Serves one connection: parse every complete request in the buffer, answer each.
+fn serve(lp: &mut EventLoop, conn: Stream) {
+    let _ = conn.set_nodelay(lp, true);
+    let pending: Rc<RefCell<Vec<u8>>> = Rc::default();
+    conn.on_data(lp, move |lp, conn, data| {
+        let mut buf = pending.borrow_mut();
+        if buf.is_empty() {
+            let used = answer(lp, conn, data);
+            buf.extend_from_slice(&data[used..]);
+        } else {
+            buf.extend_from_slice(data);
+            let used = answer(lp, conn, &buf);
+            buf.drain(..used);
+        }
+        if buf.len() > MAX_HEAD {
+            conn.write(lp, b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            conn.end(lp);
+            buf.clear();
+        }
+    });
+    conn.on_end(lp, |lp, c| c.end(lp));
+}
+
+/// Answers every complete request at the start of `data`; returns the bytes used.
+fn answer(lp: &mut EventLoop, conn: Stream, data: &[u8]) -> usize {
+    let mut used = 0;
+    while used < data.len() {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&data[used..]) {
+            Ok(httparse::Status::Complete(n)) => {
+                let close = wants_close(&req);
+                used += n + body_len(&req).min(data.len() - used - n);
+                if close {
+                    conn.write(lp, RESPONSE_CLOSE);
+                    conn.end(lp);
+                    return data.len();
+                }
+                conn.write(lp, RESPONSE);
+            }
+            Ok(httparse::Status::Partial) => break,
+            Err(_) => {
+                conn.write(lp, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                conn.end(lp);
+                return data.len();
+            }
+        }
+    }
+    used
+}
+
+fn header<'a>(req: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a [u8]> {
+    req.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+fn wants_close(req: &httparse::Request<'_, '_>) -> bool {
+    match header(req, "connection") {
+        Some(v) if v.eq_ignore_ascii_case(b"close") => true,
+        Some(v) if v.eq_ignore_ascii_case(b"keep-alive") => false,
+        _ => req.version == Some(0),
+    }
+}
+
+fn body_len(req: &httparse::Request<'_, '_>) -> usize {
+    header(req, "content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,480 @@
+//! Listening sockets and the balancer: how `listen()` in many workers becomes one port.
+//!
+//! Workers ask for a listener with `QueryServer`; the primary keys requests like Node
+//! (endpoint, per-worker index, flags), so the n-th `listen(0)` of every worker shares one
+//! port. What a key gets depends on the [`Policy`]:
+//!
+//! | policy | primary | workers |
+//! |---|---|---|
+//! | [`Policy::RoundRobin`] (default) | binds, listens, accepts; hands each connection to a worker (`NewConn` + fd) | adopt the connection, answer `Accepted` or `Rejected` |
+//! | [`Policy::Shared`] (`none`) | binds and listens; sends the socket | accept on their own loops |
+//! | [`Policy::ReusePort`] | reserves the port (bound, not listening) | bind their own `SO_REUSEPORT` sockets; the kernel spreads connections |
+//!
+//! UDP is always shared, as in Node. The backlog is the largest any worker asked for
+//! (Node: the first worker's in round-robin, the last one's when shared).
+//!
+//! # Round-robin with credit
+//!
+//! Each connection goes to the worker with the most free credit (round-robin among
+//! equals). A worker holds at most `credit` hand-offs it has not answered; its
+//! `Accepted` answers may lower that (a worker near its own connection limit). When no
+//! worker has credit the primary stops accepting, and the kernel's backlog holds the
+//! clients: no unbounded queue, no busy loop (Node's RR has both).
+//!
+//! The primary keeps its own reference to every connection in flight. A `Rejected` answer,
+//! or a worker that dies before answering, puts the connection back in the handle's queue
+//! for another worker: nothing is leaked or reset (Node leaks these). The queue holds only
+//! connections that were handed off before, so it is bounded by the total credit.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mio::event::Source;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
+use crate::ipc::{Endpoint, ListenRequest};
+use crate::rt::IoId;
+use crate::sys::net::{self as sysnet, BindOptions};
+
+/// Environment variable choosing the policy: `rr`, `none` or `reuseport`.
+pub const POLICY_ENV: &str = "FORKLOOP_SCHED_POLICY";
+/// Default hand-offs a worker may hold unanswered.
+pub const DEFAULT_CREDIT: u32 = 16;
+/// `listen()` backlog when a worker asks for none (Node's default).
+pub const DEFAULT_BACKLOG: u32 = 511;
+
+/// How a listening endpoint is shared by the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// The primary accepts and hands connections to workers (`rr`, the default).
+    RoundRobin,
+    /// The workers accept on the primary's socket (`none`).
+    Shared,
+    /// Each worker binds its own `SO_REUSEPORT` socket (`reuseport`, Linux; elsewhere it
+    /// falls back to round-robin with a warning).
+    ReusePort,
+}
+
+impl Policy {
+    /// Parses `rr`, `none` or `reuseport`.
+    ///
+    /// # Errors
+    ///
+    /// Any other text, with a message naming the accepted values.
+    pub fn parse(s: &str) -> Result<Policy, String> {
+        match s {
+            "rr" => Ok(Policy::RoundRobin),
+            "none" => Ok(Policy::Shared),
+            "reuseport" => Ok(Policy::ReusePort),
+            other => Err(format!(
+                "{POLICY_ENV}={other:?}: expected one of rr, none, reuseport"
+            )),
+        }
+    }
+
+    /// The policy named by [`POLICY_ENV`], if set.
+    ///
+    /// # Errors
+    ///
+    /// The variable is set to something else than `rr`, `none` or `reuseport`.
+    pub fn from_env() -> Result<Option<Policy>, String> {
+        match std::env::var(POLICY_ENV) {
+            Ok(v) => Policy::parse(&v).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(e) => Err(format!("{POLICY_ENV}: {e}")),
+        }
+    }
+
+    /// The name used in [`POLICY_ENV`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "rr",
+            Policy::Shared => "none",
+            Policy::ReusePort => "reuseport",
+        }
+    }
+
+    /// The policy actually used on this platform.
+    pub(crate) fn effective(self) -> Policy {
+        if self == Policy::ReusePort && !sysnet::REUSEPORT_BALANCES {
+            log::warn!("reuseport does not balance connections on this platform; using rr");
+            return Policy::RoundRobin;
+        }
+        self
+    }
+}
+
+/// A listening socket owned by the loop while the primary accepts on it.
+#[derive(Debug)]
+pub(crate) struct RawListener(pub(crate) OwnedFd);
+
+impl Source for RawListener {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        SourceFd(&self.0.as_raw_fd()).register(r, t, i)
+    }
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        SourceFd(&self.0.as_raw_fd()).reregister(r, t, i)
+    }
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        SourceFd(&self.0.as_raw_fd()).deregister(r)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct HandleKey {
+    endpoint: Endpoint,
+    index: u32,
+    flags: u32,
+}
+
+/// How one handle serves its workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    RoundRobin,
+    Shared,
+    ReusePort,
+}
+
+/// One listening endpoint shared by workers.
+#[derive(Debug)]
+pub(crate) struct Handle {
+    pub(crate) mode: Mode,
+    pub(crate) bound: Endpoint,
+    key: HandleKey,
+    workers: BTreeSet<u32>,
+    backlog: u32,
+    /// The socket: shared with workers (Shared, UDP), reserving the port (ReusePort), or
+    /// kept for `listen()` backlog changes (RoundRobin; the loop owns a duplicate).
+    pub(crate) fd: Option<Arc<OwnedFd>>,
+    /// RoundRobin: the accepting listener on the primary's loop.
+    pub(crate) listener: Option<IoId>,
+    /// RoundRobin: accepting is paused because no worker has credit.
+    pub(crate) paused: bool,
+    /// Connections waiting for a worker with credit (only ones that came back).
+    queue: VecDeque<Arc<OwnedFd>>,
+    /// Workers that refused a connection of this handle; skipped until they accept one.
+    refused: HashSet<u32>,
+    cursor: u32,
+    unix_path: Option<PathBuf>,
+}
+
+/// A connection handed to a worker and not yet answered.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub(crate) worker: u32,
+    pub(crate) handle: u32,
+    pub(crate) fd: Arc<OwnedFd>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Load {
+    inflight: u32,
+    /// The worker's own limit from its last answer (`u32::MAX`: none).
+    reported: u32,
+}
+
+/// The primary's listeners and hand-off bookkeeping.
+#[derive(Debug)]
+pub(crate) struct Balancer {
+    pub(crate) policy: Policy,
+    credit: u32,
+    by_key: HashMap<HandleKey, u32>,
+    pub(crate) handles: HashMap<u32, Handle>,
+    next_handle: u32,
+    next_seq: u32,
+    pub(crate) inflight: HashMap<u32, InFlight>,
+    load: HashMap<u32, Load>,
+    /// Workers taking no new connections (quarantined, retiring).
+    pub(crate) excluded: HashSet<u32>,
+}
+
+/// What answering a query needs from the primary.
+#[derive(Debug)]
+pub(crate) struct Granted {
+    pub(crate) handle: u32,
+    pub(crate) mode: Mode,
+    pub(crate) bound: Endpoint,
+    /// Shared policy and UDP: the socket to send with the reply.
+    pub(crate) fd: Option<Arc<OwnedFd>>,
+    /// RoundRobin: a listener the primary must start accepting on.
+    pub(crate) start_accepting: Option<OwnedFd>,
+}
+
+impl Balancer {
+    pub(crate) fn new(policy: Policy, credit: u32) -> Balancer {
+        Balancer {
+            policy: policy.effective(),
+            credit: credit.max(1),
+            by_key: HashMap::new(),
+            handles: HashMap::new(),
+            next_handle: 1,
+            next_seq: 1,
+            inflight: HashMap::new(),
+            load: HashMap::new(),
+            excluded: HashSet::new(),
+        }
+    }
+
+    /// Joins `worker` to the handle for `req`, creating (binding) it if needed.
+    pub(crate) fn query(&mut self, worker: u32, req: &ListenRequest) -> io::Result<Granted> {
+        let key = HandleKey {
+            endpoint: req.endpoint.clone(),
+            index: req.index,
+            flags: req.flags,
+        };
+        let backlog = if req.backlog == 0 { DEFAULT_BACKLOG } else { req.backlog };
+        let mut start_accepting = None;
+        let id = match self.by_key.get(&key) {
+            Some(&id) => id,
+            None => {
+                let (handle, listener) = self.open(key.clone(), backlog)?;
+                start_accepting = listener;
+                let id = self.next_handle;
+                self.next_handle += 1;
+                self.by_key.insert(key, id);
+                self.handles.insert(id, handle);
+                id
+            }
+        };
+        let Some(h) = self.handles.get_mut(&id) else {
+            return Err(io::Error::other("listener table out of step"));
+        };
+        if backlog > h.backlog && h.mode != Mode::ReusePort {
+            if let Some(fd) = &h.fd {
+                if matches!(h.bound, Endpoint::Tcp(_) | Endpoint::Unix(_)) {
+                    sysnet::listen(fd.as_ref(), backlog as i32)?;
+                }
+            }
+            h.backlog = backlog;
+        }
+        h.workers.insert(worker);
+        self.load.entry(worker).or_insert(Load {
+            inflight: 0,
+            reported: u32::MAX,
+        });
+        let fd = match h.mode {
+            Mode::Shared => h.fd.clone(),
+            _ => None,
+        };
+        Ok(Granted {
+            handle: id,
+            mode: h.mode,
+            bound: h.bound.clone(),
+            fd,
+            start_accepting,
+        })
+    }
+
+    /// Binds a new handle for `key`.
+    fn open(&self, key: HandleKey, backlog: u32) -> io::Result<(Handle, Option<OwnedFd>)> {
+        let ipv6_only = key.flags & 1 != 0;
+        let (mode, fd, bound, unix_path) = match &key.endpoint {
+            Endpoint::Udp(addr) => {
+                let fd = sysnet::bind_udp(*addr, BindOptions { ipv6_only, ..BindOptions::default() })?;
+                let bound = Endpoint::Udp(sysnet::local_addr(&fd)?);
+                (Mode::Shared, fd, bound, None)
+            }
+            Endpoint::Tcp(addr) => {
+                let (mode, opts) = match self.policy {
+                    Policy::ReusePort => (
+                        Mode::ReusePort,
+                        BindOptions { reuse_port: true, ipv6_only, listen: None },
+                    ),
+                    Policy::Shared => (
+                        Mode::Shared,
+                        BindOptions { ipv6_only, listen: Some(backlog as i32), ..BindOptions::default() },
+                    ),
+                    Policy::RoundRobin => (
+                        Mode::RoundRobin,
+                        BindOptions { ipv6_only, listen: Some(backlog as i32), ..BindOptions::default() },
+                    ),
+                };
+                let fd = sysnet::bind_tcp(*addr, opts)?;
+                let bound = Endpoint::Tcp(sysnet::local_addr(&fd)?);
+                (mode, fd, bound, None)
+            }
+            Endpoint::Unix(path) => {
+                let fd = sysnet::bind_unix(path, backlog as i32)?;
+                let mode = match self.policy {
+                    Policy::Shared => Mode::Shared,
+                    _ => Mode::RoundRobin, // reuseport has no meaning for paths
+                };
+                (mode, fd, Endpoint::Unix(path.clone()), Some(path.clone()))
+            }
+        };
+        let accept_fd = if mode == Mode::RoundRobin {
+            Some(fd.try_clone()?)
+        } else {
+            None
+        };
+        let handle = Handle {
+            mode,
+            bound,
+            key,
+            workers: BTreeSet::new(),
+            backlog,
+            fd: Some(Arc::new(fd)),
+            listener: None,
+            paused: false,
+            queue: VecDeque::new(),
+            refused: HashSet::new(),
+            cursor: 0,
+            unix_path,
+        };
+        Ok((handle, accept_fd))
+    }
+
+    /// Free credit of `worker`, or 0.
+    fn free(&self, worker: u32) -> u32 {
+        if self.excluded.contains(&worker) {
+            return 0;
+        }
+        let l = self.load.get(&worker).copied().unwrap_or_default();
+        self.credit.min(l.reported).saturating_sub(l.inflight)
+    }
+
+    /// The worker of handle `id` with the most free credit, round-robin among equals.
+    pub(crate) fn pick(&mut self, id: u32) -> Option<u32> {
+        let h = self.handles.get(&id)?;
+        let start = h.cursor;
+        let mut best: Option<(u32, u32)> = None; // (free, worker)
+        let after = h.workers.range(start..).chain(h.workers.range(..start));
+        for &w in after {
+            if h.refused.contains(&w) {
+                continue;
+            }
+            let f = self.free(w);
+            if f > 0 && best.is_none_or(|(bf, _)| f > bf) {
+                best = Some((f, w));
+            }
+        }
+        let (_, w) = best?;
+        if let Some(h) = self.handles.get_mut(&id) {
+            h.cursor = w + 1;
+        }
+        Some(w)
+    }
+
+    /// Records a hand-off of `fd` to `worker`; returns its sequence number.
+    pub(crate) fn hand_off(&mut self, worker: u32, handle: u32, fd: Arc<OwnedFd>) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1).max(1);
+        self.inflight.insert(seq, InFlight { worker, handle, fd });
+        self.load.entry(worker).or_default().inflight += 1;
+        seq
+    }
+
+    /// A hand-off could not be sent: forget it and queue the connection again.
+    pub(crate) fn unsend(&mut self, seq: u32) {
+        if let Some(f) = self.settle(seq) {
+            self.requeue(f.handle, f.fd);
+        }
+    }
+
+    fn settle(&mut self, seq: u32) -> Option<InFlight> {
+        let f = self.inflight.remove(&seq)?;
+        if let Some(l) = self.load.get_mut(&f.worker) {
+            l.inflight = l.inflight.saturating_sub(1);
+        }
+        Some(f)
+    }
+
+    /// `worker` took hand-off `seq` and can take `credit` more: the primary's copy closes.
+    pub(crate) fn accepted(&mut self, worker: u32, seq: u32, credit: u32) {
+        if let Some(f) = self.settle(seq) {
+            if let Some(h) = self.handles.get_mut(&f.handle) {
+                h.refused.remove(&worker);
+            }
+        }
+        if let Some(l) = self.load.get_mut(&worker) {
+            l.reported = credit;
+        }
+    }
+
+    /// `worker` refused hand-off `seq`: the connection waits for another worker.
+    pub(crate) fn rejected(&mut self, worker: u32, seq: u32) {
+        if let Some(f) = self.settle(seq) {
+            if let Some(h) = self.handles.get_mut(&f.handle) {
+                h.refused.insert(worker);
+            }
+            self.requeue(f.handle, f.fd);
+        }
+    }
+
+    fn requeue(&mut self, handle: u32, fd: Arc<OwnedFd>) {
+        match self.handles.get_mut(&handle) {
+            Some(h) => h.queue.push_back(fd),
+            None => log::debug!("connection for a closed listener dropped"),
+        }
+    }
+
+    /// The next queued connection of `handle`, if any.
+    pub(crate) fn next_queued(&mut self, handle: u32) -> Option<Arc<OwnedFd>> {
+        self.handles.get_mut(&handle)?.queue.pop_front()
+    }
+
+    /// Removes `worker` from handle `id`; returns the handle if it has no workers left (it
+    /// is then forgotten and its listener must be closed).
+    pub(crate) fn leave(&mut self, worker: u32, id: u32) -> Option<Handle> {
+        let h = self.handles.get_mut(&id)?;
+        h.workers.remove(&worker);
+        h.refused.remove(&worker);
+        if !h.workers.is_empty() {
+            return None;
+        }
+        let h = self.handles.remove(&id)?;
+        self.by_key.remove(&h.key);
+        if let Some(path) = &h.unix_path {
+            let _ = std::fs::remove_file(path);
+        }
+        Some(h)
+    }
+
+    /// `worker` is gone: its unanswered hand-offs are queued for others; returns the
+    /// handles it was the last worker of.
+    pub(crate) fn worker_gone(&mut self, worker: u32) -> Vec<Handle> {
+        let seqs: Vec<u32> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.worker == worker)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in seqs {
+            self.unsend(seq);
+        }
+        self.load.remove(&worker);
+        self.excluded.remove(&worker);
+        let ids: Vec<u32> = self.handles.keys().copied().collect();
+        ids.into_iter()
+            .filter_map(|id| self.leave(worker, id))
+            .collect()
+    }
+
+    /// Handles whose queue is not empty or whose accepting is paused.
+    pub(crate) fn waiting_handles(&self) -> Vec<u32> {
+        self.handles
+            .iter()
+            .filter(|(_, h)| h.paused || !h.queue.is_empty())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The accept socket of a round-robin handle.
+    pub(crate) fn accept_fd(&self, id: u32) -> Option<&Arc<OwnedFd>> {
+        self.handles.get(&id).and_then(|h| h.fd.as_ref())
+    }
+
+    /// Unanswered hand-offs of `worker`.
+    pub(crate) fn inflight_of(&self, worker: u32) -> u32 {
+        self.load.get(&worker).map_or(0, |l| l.inflight)
+    }
+}
+
+/// Accepts one connection from a round-robin handle's socket.
+pub(crate) fn accept_one(fd: &impl AsFd) -> io::Result<OwnedFd> {
+    sysnet::accept(fd)
+}

@@ -1,0 +1,274 @@
+//! Cluster-aware listening in a worker: `listen` asks the primary (Node's `queryServer`),
+//! which answers how to serve the endpoint (see [`crate::primary`]'s policy table):
+//!
+//! * **hand-off** (round-robin): connections arrive as `NewConn` messages with a
+//!   descriptor; the worker answers `Accepted` (with its free credit) or `Rejected` (server
+//!   closing or unknown), and a rejected connection goes to another worker;
+//! * **shared**: the listening socket comes with the reply; the worker accepts on it;
+//! * **reuseport**: the worker binds its own `SO_REUSEPORT` socket to the address the
+//!   primary reserved.
+//!
+//! Outside a cluster, [`listen_tcp`] simply binds.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use crate::ipc::{Endpoint, ListenMode, ListenRequest, Message};
+use crate::net::{Stream, tcp, unix};
+use crate::rt::EventLoop;
+use crate::sys::net::{self as sysnet, BindOptions};
+
+use super::{Server, Worker};
+
+/// How to listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenOptions {
+    /// The `listen()` backlog asked for (the primary uses the largest any worker asks).
+    pub backlog: u32,
+    /// IPv6 addresses only: refuse IPv4-mapped connections.
+    pub ipv6_only: bool,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions {
+            backlog: crate::primary::DEFAULT_BACKLOG,
+            ipv6_only: false,
+        }
+    }
+}
+
+/// A listen request waiting for the primary.
+pub(super) struct Pending {
+    server: Server,
+    slot: (Endpoint, u32),
+    index: u32,
+    backlog: u32,
+}
+
+/// Listens on `addr`: through the primary when `worker` is given (in a cluster), by
+/// binding here otherwise. The result arrives through [`Server::on_listening`] or
+/// [`Server::on_error`], always after this call returns.
+pub fn listen_tcp<F>(
+    lp: &mut EventLoop,
+    worker: Option<&Worker>,
+    addr: SocketAddr,
+    on_connection: F,
+) -> Server
+where
+    F: FnMut(&mut EventLoop, Stream) + 'static,
+{
+    if let Some(w) = worker {
+        return w.listen_tcp(lp, addr, on_connection);
+    }
+    match Server::bind(lp, addr, on_connection) {
+        Ok(server) => {
+            let s = server.clone();
+            lp.next_tick(move |lp| s.now_listening(lp, false));
+            server
+        }
+        Err(e) => {
+            let server = Server::new(|lp, c: Stream| c.destroy(lp));
+            let s = server.clone();
+            lp.next_tick(move |lp| s.fail(lp, e));
+            server
+        }
+    }
+}
+
+impl Worker {
+    /// Listens on a TCP address through the primary (port 0: the n-th such listen of every
+    /// worker shares one port). See [`listen_tcp`].
+    pub fn listen_tcp<F>(&self, lp: &mut EventLoop, addr: SocketAddr, on_connection: F) -> Server
+    where
+        F: FnMut(&mut EventLoop, Stream) + 'static,
+    {
+        self.listen_with(lp, Endpoint::Tcp(addr), ListenOptions::default(), on_connection)
+    }
+
+    /// Listens on a Unix-domain socket path through the primary.
+    pub fn listen_unix<F>(
+        &self,
+        lp: &mut EventLoop,
+        path: impl Into<PathBuf>,
+        on_connection: F,
+    ) -> Server
+    where
+        F: FnMut(&mut EventLoop, Stream) + 'static,
+    {
+        let path: PathBuf = path.into();
+        let path = std::path::absolute(&path).unwrap_or(path);
+        self.listen_with(lp, Endpoint::Unix(path), ListenOptions::default(), on_connection)
+    }
+
+    /// Listens on `endpoint` (TCP or Unix) through the primary, with options.
+    pub fn listen_with<F>(
+        &self,
+        lp: &mut EventLoop,
+        endpoint: Endpoint,
+        opts: ListenOptions,
+        on_connection: F,
+    ) -> Server
+    where
+        F: FnMut(&mut EventLoop, Stream) + 'static,
+    {
+        let server = Server::new(on_connection);
+        server.set_endpoint(endpoint.clone());
+        let flags = u32::from(opts.ipv6_only);
+        let (seq, index) = {
+            let mut inner = self.inner.borrow_mut();
+            let slot = (endpoint.clone(), flags);
+            let used = inner.indexes.entry(slot.clone()).or_insert_with(BTreeSet::new);
+            let index = (0..).find(|i| !used.contains(i)).unwrap_or(0);
+            used.insert(index);
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            inner.queries.insert(
+                seq,
+                Pending {
+                    server: server.clone(),
+                    slot,
+                    index,
+                    backlog: opts.backlog,
+                },
+            );
+            (seq, index)
+        };
+        let req = Message::QueryServer {
+            seq,
+            request: ListenRequest {
+                endpoint,
+                index,
+                backlog: opts.backlog,
+                flags,
+            },
+        };
+        if self.send_msg(lp, &req).is_err() {
+            let pending = self.inner.borrow_mut().queries.remove(&seq);
+            if let Some(p) = pending {
+                self.release_slot(&p);
+                let s = p.server;
+                lp.next_tick(move |lp| {
+                    s.fail(lp, io::Error::new(io::ErrorKind::NotConnected, "not connected to the primary"))
+                });
+            }
+        }
+        server
+    }
+
+    fn release_slot(&self, p: &Pending) {
+        if let Some(set) = self.inner.borrow_mut().indexes.get_mut(&p.slot) {
+            set.remove(&p.index);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_query_reply(
+        &self,
+        lp: &mut EventLoop,
+        seq: u32,
+        errno: i32,
+        key: u32,
+        mode: ListenMode,
+        bound: Option<Endpoint>,
+        mut fds: Vec<OwnedFd>,
+    ) {
+        let Some(p) = self.inner.borrow_mut().queries.remove(&seq) else {
+            return;
+        };
+        if errno != 0 {
+            self.release_slot(&p);
+            p.server.fail(lp, io::Error::from_raw_os_error(errno));
+            return;
+        }
+        let bound = bound.unwrap_or_else(|| p.slot.0.clone());
+        p.server.set_endpoint(bound.clone());
+        let served = match mode {
+            ListenMode::HandOff => Ok(()),
+            ListenMode::Shared => match fds.pop() {
+                Some(fd) => attach_listener(lp, &p.server, &bound, fd),
+                None => Err(io::Error::new(io::ErrorKind::InvalidData, "shared listener missing")),
+            },
+            ListenMode::ReusePort => bind_reuseport(lp, &p.server, &bound, p.backlog),
+        };
+        if let Err(e) = served {
+            self.release_slot(&p);
+            let _ = self.send_msg(lp, &Message::Close { key });
+            p.server.fail(lp, e);
+            return;
+        }
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.by_key.insert(key, p.server.clone());
+            inner.key_index.insert(key, (p.slot.clone(), p.index));
+        }
+        p.server.0.borrow_mut().key = Some(key);
+        p.server.announce(lp, self, key);
+        p.server.now_listening(lp, mode == ListenMode::HandOff);
+    }
+
+    pub(super) fn on_new_conn(&self, lp: &mut EventLoop, key: u32, seq: u32, fds: Vec<OwnedFd>) {
+        let server = self.inner.borrow().by_key.get(&key).cloned();
+        let fd = fds.into_iter().next();
+        let taken = match (server, fd) {
+            (Some(s), Some(fd)) if !s.is_closing() => {
+                let stream = match s.endpoint() {
+                    Some(Endpoint::Unix(_)) => {
+                        unix::open_std(lp, std::os::unix::net::UnixStream::from(fd))
+                    }
+                    _ => tcp::open_std(lp, std::net::TcpStream::from(fd)),
+                };
+                match stream {
+                    Ok(stream) => s.adopt(lp, stream),
+                    Err(e) => {
+                        log::warn!("cannot serve a handed-off connection: {e}");
+                        false
+                    }
+                }
+            }
+            _ => false, // unknown or closing server: the descriptor is closed here
+        };
+        let reply = if taken {
+            Message::Accepted {
+                seq,
+                credit: u32::MAX,
+            }
+        } else {
+            Message::Rejected { seq }
+        };
+        let _ = self.send_msg(lp, &reply);
+    }
+}
+
+fn attach_listener(
+    lp: &mut EventLoop,
+    server: &Server,
+    bound: &Endpoint,
+    fd: OwnedFd,
+) -> io::Result<()> {
+    let s = server.clone();
+    let adopt = move |lp: &mut EventLoop, c: Stream| {
+        s.adopt(lp, c);
+    };
+    let l = match bound {
+        Endpoint::Unix(_) => unix::listen_std(lp, std::os::unix::net::UnixListener::from(fd), adopt)?,
+        _ => tcp::listen_std(lp, std::net::TcpListener::from(fd), adopt)?,
+    };
+    server.set_listener(lp, l)
+}
+
+fn bind_reuseport(lp: &mut EventLoop, server: &Server, bound: &Endpoint, backlog: u32) -> io::Result<()> {
+    let Endpoint::Tcp(addr) = bound else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "reuseport needs a TCP address"));
+    };
+    let opts = BindOptions {
+        reuse_port: true,
+        ipv6_only: false,
+        listen: Some(backlog as i32),
+    };
+    let fd = sysnet::bind_tcp(*addr, opts)?;
+    attach_listener(lp, server, bound, fd)
+}
