@@ -9,10 +9,10 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use forkloop::Role;
 use forkloop::primary::{Event, Primary};
 use forkloop::rt::EventLoop;
 use forkloop::worker::Worker;
-use forkloop::Role;
 
 const WORKERS: u32 = 4;
 

@@ -11,12 +11,12 @@ use std::cell::Cell;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
+use forkloop::Role;
 use forkloop::ipc::SendFd;
 use forkloop::net::tcp;
 use forkloop::primary::{Event, Primary};
 use forkloop::rt::EventLoop;
 use forkloop::worker::{Server, Worker};
-use forkloop::Role;
 
 const WORKERS: u32 = 2;
 const CLIENTS: u32 = 6;
@@ -27,7 +27,8 @@ fn main() -> forkloop::Result<()> {
     let code = match forkloop::role() {
         Role::Primary => primary(&mut lp)?,
         Role::Worker(_) => {
-            let w = Worker::attach(&mut lp)?.ok_or_else(|| forkloop::Error::Config("no channel".into()))?;
+            let w = Worker::attach(&mut lp)?
+                .ok_or_else(|| forkloop::Error::Config("no channel".into()))?;
             worker(&mut lp, &w);
             lp.run()?
         }
@@ -69,7 +70,13 @@ fn primary(lp: &mut EventLoop) -> forkloop::Result<i32> {
 }
 
 /// One client connection from the primary's own loop.
-fn connect(lp: &mut EventLoop, p: &Primary, addr: std::net::SocketAddr, i: u32, answers: Rc<Cell<u32>>) {
+fn connect(
+    lp: &mut EventLoop,
+    p: &Primary,
+    addr: std::net::SocketAddr,
+    i: u32,
+    answers: Rc<Cell<u32>>,
+) {
     let p = p.clone();
     let conn = tcp::connect(lp, addr, |_, _, r| {
         if let Err(e) = r {
@@ -96,7 +103,10 @@ fn worker(lp: &mut EventLoop, w: &Worker) {
         let Some(fd) = msg.fds.pop() else { return };
         let id = w.id();
         let server = Server::from_std(lp, std::net::TcpListener::from(fd), move |lp, conn| {
-            conn.write(lp, format!("handled by worker {id} (pid {})\n", std::process::id()).as_bytes());
+            conn.write(
+                lp,
+                format!("handled by worker {id} (pid {})\n", std::process::id()).as_bytes(),
+            );
             conn.end(lp);
             conn.on_data(lp, |_, _, _| {}); // read on, so the client's hang-up is seen
         });

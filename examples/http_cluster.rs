@@ -2,11 +2,12 @@
 //! the primary shares the port among them.
 //!
 //! ```text
-//! cargo run --release --example http_cluster -- [--workers N] [--port P] [--host H] [--policy rr|none|reuseport]
+//! cargo run --release --example http_cluster -- [--workers N] [--port P] [--host H] [--policy rr|none|reuseport] [--credit K]
 //! ```
 //!
 //! Defaults: one worker per available core, port 8000, host 127.0.0.1, policy from
-//! `FORKLOOP_SCHED_POLICY` or `rr`. The primary prints one line,
+//! `FORKLOOP_SCHED_POLICY` or `rr`, credit (round-robin hand-offs a worker may hold
+//! unanswered) 16. The primary prints one line,
 //! `listening on HOST:PORT workers=N policy=P`, once every worker listens. SIGTERM or
 //! SIGINT disconnects the workers (they finish their connections) and exits with status 0.
 
@@ -14,12 +15,12 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use forkloop::Role;
 use forkloop::ipc::Endpoint;
 use forkloop::net::Stream;
 use forkloop::primary::{Event, Policy, Primary, PrimaryOptions};
 use forkloop::rt::EventLoop;
 use forkloop::worker::Worker;
-use forkloop::Role;
 
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nhello world\n";
@@ -32,11 +33,14 @@ struct Args {
     port: u16,
     host: String,
     policy: Option<Policy>,
+    credit: u32,
 }
 
 fn usage(why: &str) -> ! {
     eprintln!("http_cluster: {why}");
-    eprintln!("usage: http_cluster [--workers N] [--port P] [--host H] [--policy rr|none|reuseport]");
+    eprintln!(
+        "usage: http_cluster [--workers N] [--port P] [--host H] [--policy rr|none|reuseport] [--credit K]"
+    );
     std::process::exit(2)
 }
 
@@ -46,15 +50,20 @@ fn parse_args() -> Args {
         port: 8000,
         host: "127.0.0.1".into(),
         policy: None,
+        credit: forkloop::primary::DEFAULT_CREDIT,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let mut val = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+        };
         match flag.as_str() {
             "--workers" => a.workers = val().parse().unwrap_or_else(|_| usage("bad --workers")),
             "--port" => a.port = val().parse().unwrap_or_else(|_| usage("bad --port")),
             "--host" => a.host = val(),
             "--policy" => a.policy = Some(Policy::parse(&val()).unwrap_or_else(|e| usage(&e))),
+            "--credit" => a.credit = val().parse().unwrap_or_else(|_| usage("bad --credit")),
             other => usage(&format!("unknown flag {other}")),
         }
     }
@@ -78,6 +87,7 @@ fn main() -> forkloop::Result<()> {
 fn primary(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
     let opts = PrimaryOptions {
         policy: args.policy,
+        credit: args.credit,
         ..PrimaryOptions::default()
     };
     let p = Primary::with_options(lp, opts)?;
@@ -93,7 +103,10 @@ fn primary(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
                     Endpoint::Tcp(a) => a.port(),
                     _ => 0,
                 };
-                println!("listening on {host}:{port} workers={workers} policy={}", policy.name());
+                println!(
+                    "listening on {host}:{port} workers={workers} policy={}",
+                    policy.name()
+                );
             }
         }
         Event::Exit { worker, status } if status.code != Some(0) => {
@@ -178,7 +191,10 @@ fn answer(lp: &mut EventLoop, conn: Stream, data: &[u8]) -> usize {
             }
             Ok(httparse::Status::Partial) => break,
             Err(_) => {
-                conn.write(lp, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                conn.write(
+                    lp,
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
                 conn.end(lp);
                 return data.len();
             }

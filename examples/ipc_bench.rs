@@ -302,7 +302,7 @@ fn child(args: &[String]) -> io::Result<()> {
                     return Err(io::Error::other("frame without its fd"));
                 }
                 n += 1;
-                if n % ACK_EVERY == 0 {
+                if n.is_multiple_of(ACK_EVERY) {
                     ep.send(&[1], Vec::new())?;
                     ep.flush_all()?;
                 }

@@ -9,10 +9,10 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use forkloop::Role;
 use forkloop::primary::{Event, Primary};
 use forkloop::rt::EventLoop;
 use forkloop::worker::Worker;
-use forkloop::Role;
 use nix::sys::signal::Signal;
 
 const WORKERS: u32 = 3;
@@ -23,7 +23,8 @@ fn main() -> forkloop::Result<()> {
     let code = match forkloop::role() {
         Role::Primary => primary(&mut lp)?,
         Role::Worker(_) => {
-            let w = Worker::attach(&mut lp)?.ok_or_else(|| forkloop::Error::Config("no channel".into()))?;
+            let w = Worker::attach(&mut lp)?
+                .ok_or_else(|| forkloop::Error::Config("no channel".into()))?;
             worker(&mut lp, &w)?
         }
     };
@@ -35,10 +36,15 @@ fn primary(lp: &mut EventLoop) -> forkloop::Result<i32> {
     let greeted = Rc::new(Cell::new(0));
     p.on(move |lp, p, ev| match ev {
         Event::Setup(_) => {}
-        Event::Fork { worker } => println!("[primary] fork: worker {worker} (pid {})", pid(p, *worker)),
+        Event::Fork { worker } => {
+            println!("[primary] fork: worker {worker} (pid {})", pid(p, *worker))
+        }
         Event::Online { worker } => println!("[primary] online: worker {worker}"),
         Event::Message { worker, data, .. } => {
-            println!("[primary] message from worker {worker}: {}", String::from_utf8_lossy(data));
+            println!(
+                "[primary] message from worker {worker}: {}",
+                String::from_utf8_lossy(data)
+            );
             let _ = p.send(lp, *worker, format!("welcome, worker {worker}").as_bytes());
             greeted.set(greeted.get() + 1);
             if greeted.get() == WORKERS {
@@ -78,16 +84,25 @@ fn pid(p: &Primary, w: u32) -> u32 {
 
 fn worker(lp: &mut EventLoop, w: &Worker) -> forkloop::Result<i32> {
     let id = w.id();
-    w.send(lp, format!("hello from worker {id} (pid {})", std::process::id()).as_bytes())?;
+    w.send(
+        lp,
+        format!("hello from worker {id} (pid {})", std::process::id()).as_bytes(),
+    )?;
     w.on_message(lp, move |lp, w, msg| {
-        println!("[worker {id}] primary says: {}", String::from_utf8_lossy(&msg.data));
+        println!(
+            "[worker {id}] primary says: {}",
+            String::from_utf8_lossy(&msg.data)
+        );
         if w.id() == WORKERS {
             println!("[worker {id}] leaving on my own");
             w.disconnect(lp);
         }
     });
     w.on_disconnect(move |_, w| {
-        println!("[worker {id}] disconnected (on purpose: {})", w.exited_after_disconnect())
+        println!(
+            "[worker {id}] disconnected (on purpose: {})",
+            w.exited_after_disconnect()
+        )
     });
     Ok(lp.run()?)
 }

@@ -75,8 +75,11 @@ fn detect() -> io::Result<Role> {
         .and_then(|s| s.parse().ok())
         .filter(|&n| n > 0)
         .ok_or_else(|| bad(format!("{WORKER_ID_ENV}={id:?} is not a worker id")))?;
-    let fd = crate::sys::process::take_inherited_fd(CHANNEL_FD_ENV)?
-        .ok_or_else(|| bad(format!("{WORKER_ID_ENV} is set but {CHANNEL_FD_ENV} is not")))?;
+    let fd = crate::sys::process::take_inherited_fd(CHANNEL_FD_ENV)?.ok_or_else(|| {
+        bad(format!(
+            "{WORKER_ID_ENV} is set but {CHANNEL_FD_ENV} is not"
+        ))
+    })?;
     say_online(&fd)?;
     if let Ok(mut slot) = CHANNEL.lock() {
         *slot = Some(fd);
@@ -100,7 +103,10 @@ fn say_online(fd: &OwnedFd) -> io::Result<()> {
     let no_fds: [OwnedFd; 0] = [];
     let n = crate::sys::scm::send_with_fds(fd.as_fd(), &[IoSlice::new(&header)], &no_fds)?;
     if n != header.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write of online"));
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short write of online",
+        ));
     }
     Ok(())
 }

@@ -35,10 +35,17 @@ fn record(p: &Primary, log: &Log) {
 #[test]
 fn basic() {
     worker(|lp, w| {
-        let env_clean = std::env::var_os(WORKER_ID_ENV).is_none()
-            && std::env::var_os(CHANNEL_FD_ENV).is_none();
-        w.send(lp, if env_clean { b"env-clean" } else { b"env-dirty" })
-            .unwrap();
+        let env_clean =
+            std::env::var_os(WORKER_ID_ENV).is_none() && std::env::var_os(CHANNEL_FD_ENV).is_none();
+        w.send(
+            lp,
+            if env_clean {
+                b"env-clean"
+            } else {
+                b"env-dirty"
+            },
+        )
+        .unwrap();
         let server = Server::bind(lp, local(), |lp, c| c.destroy(lp)).unwrap();
         server.announce(lp, w, 0);
         lp.set_timeout(20, |lp| lp.exit(3));
@@ -93,9 +100,14 @@ fn worker_exit() {
         match ev {
             Event::Disconnect { .. } => {
                 let i = info.unwrap();
-                l.push(format!("w-disconnect {:?} {:?}", i.state, i.exited_after_disconnect));
+                l.push(format!(
+                    "w-disconnect {:?} {:?}",
+                    i.state, i.exited_after_disconnect
+                ));
             }
-            Event::Exit { status, .. } => l.push(format!("w-exit {:?} {:?}", status.code, status.signal)),
+            Event::Exit { status, .. } => {
+                l.push(format!("w-exit {:?} {:?}", status.code, status.signal))
+            }
             _ => {}
         }
     });
@@ -132,11 +144,17 @@ fn worker_death() {
     let l = log.clone();
     p.on(move |_, _, ev| {
         if let Event::Exit { worker, status } = ev {
-            l.push(format!("cluster {worker} {:?} {:?}", status.code, status.signal));
+            l.push(format!(
+                "cluster {worker} {:?} {:?}",
+                status.code, status.signal
+            ));
         }
     });
     run(&mut lp);
-    assert_eq!(log.get(), ["worker Some(42) None", "cluster 1 Some(42) None"]);
+    assert_eq!(
+        log.get(),
+        ["worker Some(42) None", "cluster 1 Some(42) None"]
+    );
 }
 
 #[test]
@@ -149,7 +167,10 @@ fn worker_kill_signal() {
         Event::Online { worker } => p.kill(*worker, Signal::SIGKILL).unwrap(),
         Event::Disconnect { worker } => {
             let i = p.worker(*worker).unwrap();
-            l.push(format!("disconnect {:?} {:?}", i.state, i.exited_after_disconnect));
+            l.push(format!(
+                "disconnect {:?} {:?}",
+                i.state, i.exited_after_disconnect
+            ));
         }
         Event::Exit { status, .. } => l.push(format!(
             "exit {:?} {:?} listed={}",
@@ -193,7 +214,10 @@ fn worker_disconnect() {
         }
         Event::Disconnect { worker } => {
             let i = p.worker(*worker).unwrap();
-            l.push(format!("disconnect {:?} {:?}", i.state, i.exited_after_disconnect));
+            l.push(format!(
+                "disconnect {:?} {:?}",
+                i.state, i.exited_after_disconnect
+            ));
         }
         Event::Exit { status, .. } => l.push(format!("exit {:?}", status.code)),
         _ => {}
@@ -287,7 +311,10 @@ fn worker_isdead() {
     });
     let (mut lp, p) = primary("worker_isdead");
     let id = p.fork(&mut lp).unwrap();
-    assert!(!p.worker(id).unwrap().is_dead(), "not dead right after fork");
+    assert!(
+        !p.worker(id).unwrap().is_dead(),
+        "not dead right after fork"
+    );
     let seen = Rc::new(Cell::new(false));
     let s = seen.clone();
     p.on(move |_, p, ev| {
@@ -310,20 +337,28 @@ fn worker_isconnected() {
     let (mut lp, p) = primary("worker_isconnected");
     let log = Log::default();
     let id = p.fork(&mut lp).unwrap();
-    assert!(p.worker(id).unwrap().is_connected(), "connected right after fork");
+    assert!(
+        p.worker(id).unwrap().is_connected(),
+        "connected right after fork"
+    );
     let l = log.clone();
     p.on(move |_, p, ev| match ev {
         Event::Message { data, .. } => l.push(String::from_utf8_lossy(data)),
-        Event::Disconnect { worker } => {
-            l.push(format!("disconnect connected={}", p.worker(*worker).unwrap().is_connected()))
-        }
+        Event::Disconnect { worker } => l.push(format!(
+            "disconnect connected={}",
+            p.worker(*worker).unwrap().is_connected()
+        )),
         Event::Exit { status, .. } => l.push(format!("exit {:?}", status.code)),
         _ => {}
     });
     run(&mut lp);
     assert_eq!(
         log.get(),
-        ["connected=true", "disconnect connected=false", "exit Some(0)"]
+        [
+            "connected=true",
+            "disconnect connected=false",
+            "exit Some(0)"
+        ]
     );
 }
 
@@ -344,7 +379,9 @@ fn concurrent_disconnect() {
             e.borrow_mut().push((status.code, status.signal));
         }
     });
-    let n = std::thread::available_parallelism().map_or(2, |n| n.get()).max(4);
+    let n = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(4);
     for _ in 0..n {
         p.fork(&mut lp).unwrap();
     }
@@ -417,7 +454,11 @@ fn disconnect_exitedafterdisconnect_race() {
     run(&mut lp);
     assert_eq!(
         log.get(),
-        ["next-tick connected=true", "disconnect Some(true)", "exit Some(0)"]
+        [
+            "next-tick connected=true",
+            "disconnect Some(true)",
+            "exit Some(0)"
+        ]
     );
 }
 
@@ -449,7 +490,8 @@ fn fork_env() {
         Event::Message { data, .. } => *g.borrow_mut() = String::from_utf8_lossy(data).into(),
         _ => {}
     });
-    p.fork_with_env(&mut lp, [("FORKLOOP_TEST_A", "from-fork")]).unwrap();
+    p.fork_with_env(&mut lp, [("FORKLOOP_TEST_A", "from-fork")])
+        .unwrap();
     run(&mut lp);
     assert_eq!(*got.borrow(), "hello from-fork from-settings");
 }
@@ -469,14 +511,25 @@ fn setup_primary_cumulative() {
     p.setup(&mut lp, Settings::default().args(["one"]));
     let after_first = p.settings();
     assert_eq!(after_first.args, Some(vec!["one".into()]));
-    assert_eq!(after_first.silent, Some(false), "defaults fill unset fields");
+    assert_eq!(
+        after_first.silent,
+        Some(false),
+        "defaults fill unset fields"
+    );
     assert_eq!(after_first.exec, Some(std::env::current_exe().unwrap()));
     p.setup(&mut lp, Settings::default().exec("/bin/true").silent(true));
     let after_second = p.settings();
-    assert_eq!(after_second.args, Some(vec!["one".into()]), "earlier fields kept");
+    assert_eq!(
+        after_second.args,
+        Some(vec!["one".into()]),
+        "earlier fields kept"
+    );
     assert_eq!(after_second.exec, Some("/bin/true".into()));
     assert_eq!(after_second.silent, Some(true));
-    assert!(setups.borrow().is_empty(), "setup is emitted asynchronously");
+    assert!(
+        setups.borrow().is_empty(),
+        "setup is emitted asynchronously"
+    );
     run(&mut lp);
     let seen = setups.borrow();
     assert_eq!(seen.len(), 2, "one setup event per call");
@@ -489,7 +542,8 @@ fn setup_primary() {
     // args reach the worker (silent output is covered by silent_output_is_line_prefixed).
     worker(|lp, w| {
         let has = std::env::args().any(|a| a == "--custom-arg");
-        w.send(lp, if has { b"has-arg" } else { b"no-arg" }).unwrap();
+        w.send(lp, if has { b"has-arg" } else { b"no-arg" })
+            .unwrap();
         w.disconnect(lp);
     });
     let (mut lp, p) = primary("setup_primary");
@@ -530,7 +584,8 @@ fn message() {
             let text = String::from_utf8_lossy(data).into_owned();
             l.push(format!("{worker}: {text}"));
             if text.starts_with("hi") {
-                p.send(lp, *worker, format!("hello {worker}").as_bytes()).unwrap();
+                p.send(lp, *worker, format!("hello {worker}").as_bytes())
+                    .unwrap();
             }
         }
     });
@@ -577,7 +632,8 @@ fn garbage_from_a_worker_disconnects_only_that_worker() {
             let fd = forkloop::cluster::take_channel().unwrap();
             let mut s = std::os::unix::net::UnixStream::from(fd);
             s.set_nonblocking(false).unwrap();
-            s.write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5]).unwrap();
+            s.write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5])
+                .unwrap();
             let mut b = [0u8; 1];
             let _ = s.read(&mut b); // until the primary hangs up
             std::process::exit(7);
@@ -611,16 +667,18 @@ fn garbage_from_a_worker_disconnects_only_that_worker() {
     assert_eq!(bad, 1);
     p.setup(
         &mut lp,
-        Settings::default().args(args_for("garbage_from_a_worker_disconnects_only_that_worker")),
+        Settings::default().args(args_for(
+            "garbage_from_a_worker_disconnects_only_that_worker",
+        )),
     );
     // Fork the second one only once the first has been dealt with.
     let waiting = Rc::new(Cell::new(true));
     let wt = waiting.clone();
     p.on(move |lp, p, ev| {
-        if let Event::Disconnect { worker: 1 } = ev {
-            if wt.replace(false) {
-                p.fork(lp).unwrap();
-            }
+        if let Event::Disconnect { worker: 1 } = ev
+            && wt.replace(false)
+        {
+            p.fork(lp).unwrap();
         }
     });
     run(&mut lp);
@@ -705,7 +763,10 @@ fn send_handle_large_payload() {
     });
     p.fork(&mut lp).unwrap();
     run(&mut lp);
-    let fd = back.borrow_mut().take().expect("fd came back with the payload");
+    let fd = back
+        .borrow_mut()
+        .take()
+        .expect("fd came back with the payload");
     std::fs::File::from(fd).write_all(b"round trip").unwrap();
     let mut got = [0u8; 10];
     r.read_exact(&mut got).unwrap();
@@ -792,7 +853,10 @@ fn worker_wait_server_close() {
     let got = disconnect_while_connected("worker_wait_server_close");
     let closed = got.iter().position(|s| s == "server closed").unwrap();
     let disconnect = got.iter().position(|s| s == "disconnect").unwrap();
-    assert!(closed < disconnect, "server closes before the channel: {got:?}");
+    assert!(
+        closed < disconnect,
+        "server closes before the channel: {got:?}"
+    );
 }
 
 /// Runs this test binary as a primary of its own (env `FORKLOOP_TEST_SUB`), returning its
@@ -858,7 +922,10 @@ fn primary_kill() {
     let pid = worker_pid(&out);
     let _guard = PidGuard(pid);
     assert_eq!(status.code(), Some(0));
-    assert!(wait_gone(pid, Duration::from_secs(5)), "worker outlived the primary");
+    assert!(
+        wait_gone(pid, Duration::from_secs(5)),
+        "worker outlived the primary"
+    );
 }
 
 #[test]
@@ -872,7 +939,10 @@ fn primary_error() {
     let pid = worker_pid(&out);
     let _guard = PidGuard(pid);
     assert_ne!(status.code(), Some(0), "the primary failed");
-    assert!(wait_gone(pid, Duration::from_secs(5)), "worker outlived the primary");
+    assert!(
+        wait_gone(pid, Duration::from_secs(5)),
+        "worker outlived the primary"
+    );
 }
 
 #[test]
@@ -904,7 +974,10 @@ fn silent_output_is_line_prefixed() {
         let id: usize = prefix["[worker ".len()..].parse().unwrap();
         // libtest's own chatter in the worker is prefixed too; count our lines.
         if rest.starts_with("line ") {
-            assert!(rest.ends_with(&format!("of worker {id} end")), "torn line: {line:?}");
+            assert!(
+                rest.ends_with(&format!("of worker {id} end")),
+                "torn line: {line:?}"
+            );
             counts[id] += 1;
         }
     }
@@ -922,7 +995,14 @@ fn typed_messages_via_serde() {
     worker(|lp, w| {
         w.on_message(lp, |lp, w, m| {
             let job: Job = m.json().unwrap();
-            w.send_json(lp, &Job { id: job.id + 1, name: job.name.to_uppercase() }).unwrap();
+            w.send_json(
+                lp,
+                &Job {
+                    id: job.id + 1,
+                    name: job.name.to_uppercase(),
+                },
+            )
+            .unwrap();
             w.disconnect(lp);
         });
     });
@@ -930,15 +1010,30 @@ fn typed_messages_via_serde() {
     let got = Rc::new(RefCell::new(None));
     let g = got.clone();
     p.on(move |lp, p, ev| match ev {
-        Event::Online { worker } => {
-            p.send_json(lp, *worker, &Job { id: 41, name: "task".into() }).unwrap()
+        Event::Online { worker } => p
+            .send_json(
+                lp,
+                *worker,
+                &Job {
+                    id: 41,
+                    name: "task".into(),
+                },
+            )
+            .unwrap(),
+        Event::Message { data, .. } => {
+            *g.borrow_mut() = Some(serde_json::from_slice::<Job>(data).unwrap())
         }
-        Event::Message { data, .. } => *g.borrow_mut() = Some(serde_json::from_slice::<Job>(data).unwrap()),
         _ => {}
     });
     p.fork(&mut lp).unwrap();
     run(&mut lp);
-    assert_eq!(*got.borrow(), Some(Job { id: 42, name: "TASK".into() }));
+    assert_eq!(
+        *got.borrow(),
+        Some(Job {
+            id: 42,
+            name: "TASK".into()
+        })
+    );
 }
 
 #[test]
@@ -949,7 +1044,9 @@ fn channel_fd_not_inherited_by_grandchildren() {
         let fd = fd.expect("channel fd variable");
         let out = Command::new("/bin/sh")
             .arg("-c")
-            .arg(format!("if [ -e /proc/self/fd/{fd} ]; then echo inherited; else echo clean; fi"))
+            .arg(format!(
+                "if [ -e /proc/self/fd/{fd} ]; then echo inherited; else echo clean; fi"
+            ))
             .output()
             .unwrap();
         w.send(lp, String::from_utf8_lossy(&out.stdout).trim().as_bytes())

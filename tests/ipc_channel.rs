@@ -5,14 +5,14 @@ mod util;
 
 use std::io::{IoSlice, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream as StdUnix;
 use std::sync::Arc;
 
 use forkloop::ipc::frame::{self, Kind, Limits};
 use forkloop::ipc::{
-    Channel, ChannelConfig, ChannelError, Endpoint, FrameError, ListenMode, ListenRequest, Message, ProtoError,
-    Recv, SendErrorKind, SendFd,
+    Channel, ChannelConfig, ChannelError, Endpoint, FrameError, ListenMode, ListenRequest, Message,
+    ProtoError, Recv, SendErrorKind, SendFd,
 };
 use util::{pipe, pump, read_tag, recv, write_tag};
 
@@ -496,8 +496,7 @@ fn many_small_frames_share_few_writes_and_fds_start_a_new_one() {
 
     let (_r, w) = pipe();
     q.push(Kind::User, b"a", Vec::new()).unwrap();
-    q.push(Kind::User, b"b", vec![OwnedFd::from(w).into()])
-        .unwrap();
+    q.push(Kind::User, b"b", vec![w.into()]).unwrap();
     q.push(Kind::User, b"c", Vec::new()).unwrap();
     let mut seen = Vec::new();
     q.flush_with(|iovs, fds| {
@@ -519,8 +518,7 @@ fn partial_writes_resume_where_they_stopped() {
     let mut q = SendQueue::new(Limits::default(), 1 << 20);
     let (_r, w) = pipe();
     q.push(Kind::User, &[1; 100], Vec::new()).unwrap();
-    q.push(Kind::User, &[2; 50], vec![OwnedFd::from(w).into()])
-        .unwrap();
+    q.push(Kind::User, &[2; 50], vec![w.into()]).unwrap();
     let mut wire = Vec::new();
     let mut fd_at = Vec::new();
     let mut budget = [7usize, 0, 1, 3, 200, 5, 1000].into_iter();

@@ -431,11 +431,12 @@ impl SendQueue {
             }
             written -= rest;
             self.head_off = 0;
-            if let Some(mut seg) = self.segs.pop_front() {
-                if self.spare.len() < SPARE_SEGMENTS && seg.buf.capacity() <= 4 * SEGMENT_CAP {
-                    seg.buf.clear();
-                    self.spare.push(seg.buf);
-                }
+            if let Some(mut seg) = self.segs.pop_front()
+                && self.spare.len() < SPARE_SEGMENTS
+                && seg.buf.capacity() <= 4 * SEGMENT_CAP
+            {
+                seg.buf.clear();
+                self.spare.push(seg.buf);
             }
         }
     }

@@ -166,10 +166,10 @@ fn emit_conn(lp: &mut EventLoop, l: Listener, s: Stream) {
         return;
     };
     lp.invoke(|lp| cb(lp, s));
-    if let Some(st) = lp.io_mut::<ListenerState>(l.0) {
-        if st.on_conn.is_none() {
-            st.on_conn = Some(cb);
-        }
+    if let Some(st) = lp.io_mut::<ListenerState>(l.0)
+        && st.on_conn.is_none()
+    {
+        st.on_conn = Some(cb);
     }
 }
 
@@ -182,9 +182,9 @@ fn emit_error(lp: &mut EventLoop, l: Listener, e: io::Error) {
         return;
     };
     lp.invoke(|lp| cb(lp, l, e));
-    if let Some(st) = lp.io_mut::<ListenerState>(l.0) {
-        if st.on_error.is_none() {
-            st.on_error = Some(cb);
-        }
+    if let Some(st) = lp.io_mut::<ListenerState>(l.0)
+        && st.on_error.is_none()
+    {
+        st.on_error = Some(cb);
     }
 }

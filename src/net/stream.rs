@@ -557,10 +557,10 @@ fn deliver(lp: &mut EventLoop, s: Stream, data: &[u8]) {
         return;
     };
     lp.invoke(|lp| cb(lp, s, data));
-    if let Some(st) = state(lp, s) {
-        if st.cbs.data.is_none() {
-            st.cbs.data = Some(cb);
-        }
+    if let Some(st) = state(lp, s)
+        && st.cbs.data.is_none()
+    {
+        st.cbs.data = Some(cb);
     }
 }
 

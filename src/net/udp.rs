@@ -69,6 +69,32 @@ where
     Ok(UdpSocket(id))
 }
 
+/// Puts an existing, bound UDP socket (e.g. one received from the primary) on the loop. The
+/// socket is switched to non-blocking mode.
+///
+/// # Errors
+///
+/// Fails if the socket cannot be made non-blocking or registered.
+pub fn open_std<F>(
+    lp: &mut EventLoop,
+    sock: std::net::UdpSocket,
+    on_message: F,
+) -> io::Result<UdpSocket>
+where
+    F: FnMut(&mut EventLoop, UdpSocket, &[u8], SocketAddr) + 'static,
+{
+    sock.set_nonblocking(true)?;
+    let st = UdpState {
+        sock: mio::net::UdpSocket::from_std(sock),
+        on_msg: Some(Box::new(on_message)),
+        on_error: None,
+    };
+    let id = lp.register(st, Interest::READABLE, |lp, id, _| {
+        recv_some(lp, UdpSocket(id))
+    })?;
+    Ok(UdpSocket(id))
+}
+
 impl UdpSocket {
     /// The loop handle id (for [`EventLoop::set_ref`] and friends).
     pub fn id(self) -> IoId {

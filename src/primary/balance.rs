@@ -226,7 +226,11 @@ impl Balancer {
             index: req.index,
             flags: req.flags,
         };
-        let backlog = if req.backlog == 0 { DEFAULT_BACKLOG } else { req.backlog };
+        let backlog = if req.backlog == 0 {
+            DEFAULT_BACKLOG
+        } else {
+            req.backlog
+        };
         let mut start_accepting = None;
         let id = match self.by_key.get(&key) {
             Some(&id) => id,
@@ -244,10 +248,10 @@ impl Balancer {
             return Err(io::Error::other("listener table out of step"));
         };
         if backlog > h.backlog && h.mode != Mode::ReusePort {
-            if let Some(fd) = &h.fd {
-                if matches!(h.bound, Endpoint::Tcp(_) | Endpoint::Unix(_)) {
-                    sysnet::listen(fd.as_ref(), backlog as i32)?;
-                }
+            if let Some(fd) = &h.fd
+                && matches!(h.bound, Endpoint::Tcp(_) | Endpoint::Unix(_))
+            {
+                sysnet::listen(fd.as_ref(), backlog as i32)?;
             }
             h.backlog = backlog;
         }
@@ -274,7 +278,13 @@ impl Balancer {
         let ipv6_only = key.flags & 1 != 0;
         let (mode, fd, bound, unix_path) = match &key.endpoint {
             Endpoint::Udp(addr) => {
-                let fd = sysnet::bind_udp(*addr, BindOptions { ipv6_only, ..BindOptions::default() })?;
+                let fd = sysnet::bind_udp(
+                    *addr,
+                    BindOptions {
+                        ipv6_only,
+                        ..BindOptions::default()
+                    },
+                )?;
                 let bound = Endpoint::Udp(sysnet::local_addr(&fd)?);
                 (Mode::Shared, fd, bound, None)
             }
@@ -282,15 +292,27 @@ impl Balancer {
                 let (mode, opts) = match self.policy {
                     Policy::ReusePort => (
                         Mode::ReusePort,
-                        BindOptions { reuse_port: true, ipv6_only, listen: None },
+                        BindOptions {
+                            reuse_port: true,
+                            ipv6_only,
+                            listen: None,
+                        },
                     ),
                     Policy::Shared => (
                         Mode::Shared,
-                        BindOptions { ipv6_only, listen: Some(backlog as i32), ..BindOptions::default() },
+                        BindOptions {
+                            ipv6_only,
+                            listen: Some(backlog as i32),
+                            ..BindOptions::default()
+                        },
                     ),
                     Policy::RoundRobin => (
                         Mode::RoundRobin,
-                        BindOptions { ipv6_only, listen: Some(backlog as i32), ..BindOptions::default() },
+                        BindOptions {
+                            ipv6_only,
+                            listen: Some(backlog as i32),
+                            ..BindOptions::default()
+                        },
                     ),
                 };
                 let fd = sysnet::bind_tcp(*addr, opts)?;
@@ -337,8 +359,9 @@ impl Balancer {
         self.credit.min(l.reported).saturating_sub(l.inflight)
     }
 
-    /// The worker of handle `id` with the most free credit, round-robin among equals.
-    pub(crate) fn pick(&mut self, id: u32) -> Option<u32> {
+    /// The worker of handle `id` with the most free credit, round-robin among equals (the
+    /// round-robin position moves in [`Balancer::hand_off`], not here).
+    pub(crate) fn pick(&self, id: u32) -> Option<u32> {
         let h = self.handles.get(&id)?;
         let start = h.cursor;
         let mut best: Option<(u32, u32)> = None; // (free, worker)
@@ -352,11 +375,7 @@ impl Balancer {
                 best = Some((f, w));
             }
         }
-        let (_, w) = best?;
-        if let Some(h) = self.handles.get_mut(&id) {
-            h.cursor = w + 1;
-        }
-        Some(w)
+        best.map(|(_, w)| w)
     }
 
     /// Records a hand-off of `fd` to `worker`; returns its sequence number.
@@ -365,6 +384,9 @@ impl Balancer {
         self.next_seq = self.next_seq.wrapping_add(1).max(1);
         self.inflight.insert(seq, InFlight { worker, handle, fd });
         self.load.entry(worker).or_default().inflight += 1;
+        if let Some(h) = self.handles.get_mut(&handle) {
+            h.cursor = worker + 1;
+        }
         seq
     }
 
@@ -385,10 +407,10 @@ impl Balancer {
 
     /// `worker` took hand-off `seq` and can take `credit` more: the primary's copy closes.
     pub(crate) fn accepted(&mut self, worker: u32, seq: u32, credit: u32) {
-        if let Some(f) = self.settle(seq) {
-            if let Some(h) = self.handles.get_mut(&f.handle) {
-                h.refused.remove(&worker);
-            }
+        if let Some(f) = self.settle(seq)
+            && let Some(h) = self.handles.get_mut(&f.handle)
+        {
+            h.refused.remove(&worker);
         }
         if let Some(l) = self.load.get_mut(&worker) {
             l.reported = credit;

@@ -244,10 +244,13 @@ impl Primary {
     ///
     /// As [`Primary::with_options`].
     pub fn with_channel_config(lp: &mut EventLoop, config: ChannelConfig) -> io::Result<Primary> {
-        Primary::with_options(lp, PrimaryOptions {
-            channel: config,
-            ..PrimaryOptions::default()
-        })
+        Primary::with_options(
+            lp,
+            PrimaryOptions {
+                channel: config,
+                ..PrimaryOptions::default()
+            },
+        )
     }
 
     /// A primary with the given options.
@@ -320,7 +323,11 @@ impl Primary {
         F: FnMut(&mut EventLoop, &Primary, &mut Event) + 'static,
     {
         let mut hooks = self.hooks.borrow_mut();
-        hooks.workers.entry(worker).or_default().push(Box::new(handler));
+        hooks
+            .workers
+            .entry(worker)
+            .or_default()
+            .push(Box::new(handler));
     }
 
     /// Spawns a worker with the current settings. Returns its id.
@@ -352,7 +359,8 @@ impl Primary {
         };
         let (mine, theirs) = crate::sys::socketpair()?;
         let mut cmd = command(&settings, id, env);
-        let mut child = crate::sys::process::spawn_with_fd(&mut cmd, theirs.as_fd(), CHANNEL_FD_ENV)?;
+        let mut child =
+            crate::sys::process::spawn_with_fd(&mut cmd, theirs.as_fd(), CHANNEL_FD_ENV)?;
         drop(theirs);
         let channel = match self.register_channel(lp, id, mine, config) {
             Ok(io) => io,
@@ -408,9 +416,11 @@ impl Primary {
     ) -> io::Result<IoId> {
         let ch = Channel::new(fd, config)?;
         let p = self.clone();
-        lp.register(ch, Interest::READABLE | Interest::WRITABLE, move |lp, _, _| {
-            p.on_channel(lp, id)
-        })
+        lp.register(
+            ch,
+            Interest::READABLE | Interest::WRITABLE,
+            move |lp, _, _| p.on_channel(lp, id),
+        )
     }
 
     /// Node's `cluster.workers`: ids of the workers listed (spawned, and neither
@@ -475,7 +485,12 @@ impl Primary {
     }
 
     /// Sends a control message to a worker.
-    pub(crate) fn send_msg(&self, lp: &mut EventLoop, worker: u32, msg: &Message) -> Result<(), SendError> {
+    pub(crate) fn send_msg(
+        &self,
+        lp: &mut EventLoop,
+        worker: u32,
+        msg: &Message,
+    ) -> Result<(), SendError> {
         let io = self.channel_of(worker);
         let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
             return Err(closed(Vec::new()));
@@ -523,7 +538,10 @@ impl Primary {
     /// Closes a worker's channel from this side (Node's `worker.process.disconnect()`): the
     /// worker sees EOF and exits with code 0.
     pub fn close_channel(&self, lp: &mut EventLoop, worker: u32) -> bool {
-        match self.channel_of(worker).and_then(|io| lp.io_mut::<Channel>(io)) {
+        match self
+            .channel_of(worker)
+            .and_then(|io| lp.io_mut::<Channel>(io))
+        {
             Some(ch) => {
                 ch.close();
                 self.channel_closed(lp, worker);
@@ -544,7 +562,12 @@ impl Primary {
             let inner = self.inner.borrow();
             match inner.workers.get(&worker) {
                 Some(e) if e.child.is_some() => e.info.pid,
-                _ => return Err(io::Error::new(io::ErrorKind::NotFound, "no such live worker")),
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "no such live worker",
+                    ));
+                }
             }
         };
         signal::kill(Pid::from_raw(pid as i32), signal)?;
@@ -600,14 +623,29 @@ impl Primary {
     }
 
     /// Answers a worker's request for a listener.
-    fn query_server(&self, lp: &mut EventLoop, worker: u32, seq: u32, req: &crate::ipc::ListenRequest) {
+    fn query_server(
+        &self,
+        lp: &mut EventLoop,
+        worker: u32,
+        seq: u32,
+        req: &crate::ipc::ListenRequest,
+    ) {
         let leaving = {
             let inner = self.inner.borrow();
-            inner.workers.get(&worker).is_none_or(|e| e.info.exited_after_disconnect == Some(true))
+            inner
+                .workers
+                .get(&worker)
+                .is_none_or(|e| e.info.exited_after_disconnect == Some(true))
         };
         if leaving {
             // Node leaves such a query unanswered; refusing is clearer.
-            let reply = Message::QueryReply { seq, errno: nix::libc::ESHUTDOWN, key: 0, mode: ListenMode::HandOff, bound: None };
+            let reply = Message::QueryReply {
+                seq,
+                errno: nix::libc::ESHUTDOWN,
+                key: 0,
+                mode: ListenMode::HandOff,
+                bound: None,
+            };
             let _ = self.send_msg(lp, worker, &reply);
             return;
         }
@@ -617,7 +655,13 @@ impl Primary {
             Err(e) => {
                 log::info!("worker {worker}: cannot listen on {:?}: {e}", req.endpoint);
                 let errno = e.raw_os_error().unwrap_or(nix::libc::EINVAL);
-                let reply = Message::QueryReply { seq, errno, key: 0, mode: ListenMode::HandOff, bound: None };
+                let reply = Message::QueryReply {
+                    seq,
+                    errno,
+                    key: 0,
+                    mode: ListenMode::HandOff,
+                    bound: None,
+                };
                 let _ = self.send_msg(lp, worker, &reply);
                 return;
             }
@@ -625,7 +669,9 @@ impl Primary {
         if let Some(fd) = g.start_accepting {
             let p = self.clone();
             let hid = g.handle;
-            match lp.register(RawListener(fd), Interest::READABLE, move |lp, _, _| p.accept(lp, hid)) {
+            match lp.register(RawListener(fd), Interest::READABLE, move |lp, _, _| {
+                p.accept(lp, hid)
+            }) {
                 Ok(io) => {
                     if let Some(h) = self.inner.borrow_mut().bal.handles.get_mut(&hid) {
                         h.listener = Some(io);
@@ -639,7 +685,13 @@ impl Primary {
             Mode::Shared => ListenMode::Shared,
             Mode::ReusePort => ListenMode::ReusePort,
         };
-        let reply = Message::QueryReply { seq, errno: 0, key: g.handle, mode, bound: Some(g.bound) };
+        let reply = Message::QueryReply {
+            seq,
+            errno: 0,
+            key: g.handle,
+            mode,
+            bound: Some(g.bound),
+        };
         let fds: Vec<SendFd> = g.fd.into_iter().map(SendFd::Shared).collect();
         let io = self.channel_of(worker);
         let sent = match io.and_then(|io| lp.io_mut::<Channel>(io)) {
@@ -656,7 +708,7 @@ impl Primary {
     /// Accepts on round-robin handle `hid` while some worker has credit.
     fn accept(&self, lp: &mut EventLoop, hid: u32) {
         loop {
-            let picked = self.inner.borrow_mut().bal.pick(hid);
+            let picked = self.inner.borrow().bal.pick(hid);
             let Some(worker) = picked else {
                 self.pause(lp, hid);
                 return;
@@ -691,13 +743,17 @@ impl Primary {
     /// Hands `fd` to `worker`; on failure the connection is queued again and the worker is
     /// excluded from further hand-offs (its channel is going away).
     fn dispatch(&self, lp: &mut EventLoop, worker: u32, hid: u32, fd: Arc<OwnedFd>) {
-        let seq = self.inner.borrow_mut().bal.hand_off(worker, hid, fd.clone());
+        let seq = self
+            .inner
+            .borrow_mut()
+            .bal
+            .hand_off(worker, hid, fd.clone());
         let msg = Message::NewConn { key: hid, seq };
         let io = self.channel_of(worker);
         let sent = match io.and_then(|io| lp.io_mut::<Channel>(io)) {
-            Some(ch) => ch.send_msg(&msg, vec![SendFd::Shared(fd)]).and_then(|_| {
-                ch.flush().map(|_| ()).map_err(|_| closed(Vec::new()))
-            }),
+            Some(ch) => ch
+                .send_msg(&msg, vec![SendFd::Shared(fd)])
+                .and_then(|_| ch.flush().map(|_| ()).map_err(|_| closed(Vec::new()))),
             None => Err(closed(Vec::new())),
         };
         if sent.is_err() {
@@ -745,6 +801,11 @@ impl Primary {
         }
     }
 
+    /// Listening endpoints the primary holds (one per key any worker listens on).
+    pub fn listener_count(&self) -> usize {
+        self.inner.borrow().bal.handles.len()
+    }
+
     /// Hand-offs sent to `worker` and not yet answered.
     pub fn in_flight(&self, worker: u32) -> u32 {
         self.inner.borrow().bal.inflight_of(worker)
@@ -776,7 +837,13 @@ impl Primary {
 
     /// The channel of `worker` is ready: read every frame, then act on each.
     fn on_channel(&self, lp: &mut EventLoop, worker: u32) {
-        let Some(io) = self.inner.borrow().workers.get(&worker).and_then(|e| e.channel) else {
+        let Some(io) = self
+            .inner
+            .borrow()
+            .workers
+            .get(&worker)
+            .and_then(|e| e.channel)
+        else {
             return;
         };
         let mut msgs = Vec::new();
@@ -823,10 +890,13 @@ impl Primary {
             }
             Message::Listening { bound, .. } => {
                 self.set_state(worker, WorkerState::Listening);
-                self.emit(lp, Event::Listening {
-                    worker,
-                    address: bound,
-                });
+                self.emit(
+                    lp,
+                    Event::Listening {
+                        worker,
+                        address: bound,
+                    },
+                );
             }
             Message::Ready => self.emit(lp, Event::Ready { worker }),
             Message::User(data) => self.emit(lp, Event::Message { worker, data, fds }),
@@ -861,13 +931,20 @@ impl Primary {
                 self.pump(lp);
             }
             Message::Pong { .. } => {}
-            other => self.misbehaved(lp, worker, format!("unexpected {:?} from a worker", other.kind())),
+            other => self.misbehaved(
+                lp,
+                worker,
+                format!("unexpected {:?} from a worker", other.kind()),
+            ),
         }
     }
 
     fn misbehaved(&self, lp: &mut EventLoop, worker: u32, reason: String) {
         log::warn!("worker {worker}: closing its channel: {reason}");
-        if let Some(ch) = self.channel_of(worker).and_then(|io| lp.io_mut::<Channel>(io)) {
+        if let Some(ch) = self
+            .channel_of(worker)
+            .and_then(|io| lp.io_mut::<Channel>(io))
+        {
             ch.close();
         }
         self.emit(lp, Event::Error { worker, reason });
@@ -875,10 +952,10 @@ impl Primary {
     }
 
     fn set_state(&self, worker: u32, state: WorkerState) {
-        if let Some(e) = self.inner.borrow_mut().workers.get_mut(&worker) {
-            if e.info.state != WorkerState::Dead {
-                e.info.state = state;
-            }
+        if let Some(e) = self.inner.borrow_mut().workers.get_mut(&worker)
+            && e.info.state != WorkerState::Dead
+        {
+            e.info.state = state;
         }
     }
 
@@ -942,8 +1019,17 @@ impl Primary {
                 // Read what it wrote before dying; EOF then closes the channel, which
                 // emits Disconnect and then Exit.
                 self.on_channel(lp, worker);
-                if self.inner.borrow().workers.get(&worker).is_some_and(|e| e.channel.is_some()) {
-                    if let Some(ch) = self.channel_of(worker).and_then(|io| lp.io_mut::<Channel>(io)) {
+                if self
+                    .inner
+                    .borrow()
+                    .workers
+                    .get(&worker)
+                    .is_some_and(|e| e.channel.is_some())
+                {
+                    if let Some(ch) = self
+                        .channel_of(worker)
+                        .and_then(|io| lp.io_mut::<Channel>(io))
+                    {
                         ch.close();
                     }
                     self.channel_closed(lp, worker);
@@ -954,7 +1040,10 @@ impl Primary {
         }
         let (sigchld, any_alive) = {
             let inner = self.inner.borrow();
-            (inner.sigchld, inner.workers.values().any(|e| e.child.is_some()))
+            (
+                inner.sigchld,
+                inner.workers.values().any(|e| e.child.is_some()),
+            )
         };
         if let Some(s) = sigchld {
             lp.set_ref(s, any_alive);

@@ -116,7 +116,10 @@ mod tests {
         assert_eq!(s.exec, Some("/bin/b".into()));
         assert_eq!(s.args, Some(vec!["x".into()]));
         assert_eq!(s.silent, Some(true));
-        assert_eq!(s.env, vec![("A".into(), "1".into()), ("A".into(), "2".into())]);
+        assert_eq!(
+            s.env,
+            vec![("A".into(), "1".into()), ("A".into(), "2".into())]
+        );
         let d = s.clone().with_defaults();
         assert_eq!(d.exec, s.exec);
         assert_eq!(Settings::default().with_defaults().silent, Some(false));

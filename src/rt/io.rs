@@ -339,11 +339,12 @@ impl EventLoop {
         }
         let mut timeout = timeout;
         let mut skipped = false;
-        if let Some(t) = timeout {
-            if t > 0 && self.clock.skip(t) {
-                timeout = Some(0);
-                skipped = true;
-            }
+        if let Some(t) = timeout
+            && t > 0
+            && self.clock.skip(t)
+        {
+            timeout = Some(0);
+            skipped = true;
         }
         if timeout == Some(0) && self.io.registered == 0 {
             // Only the waker could be ready, and its flag says whether it is: skip the syscall
@@ -427,10 +428,11 @@ impl EventLoop {
             return;
         };
         self.invoke(|lp| cb(lp, id, ready));
-        if let Some(e) = self.io.entries.get_mut(id.0) {
-            if !e.closing && e.cb.is_none() {
-                e.cb = Some(cb);
-            }
+        if let Some(e) = self.io.entries.get_mut(id.0)
+            && !e.closing
+            && e.cb.is_none()
+        {
+            e.cb = Some(cb);
         }
     }
 }

@@ -44,10 +44,10 @@ impl Notify {
 
     /// Wakes the loop's poll if it is asleep. Call after publishing the work.
     pub(crate) fn nudge(&self) {
-        if self.sleeping.load(Ordering::SeqCst) {
-            if let Err(e) = self.waker.wake() {
-                log::error!("forkloop: cannot wake the loop: {e}");
-            }
+        if self.sleeping.load(Ordering::SeqCst)
+            && let Err(e) = self.waker.wake()
+        {
+            log::error!("forkloop: cannot wake the loop: {e}");
         }
     }
 

@@ -89,14 +89,14 @@ impl EventLoop {
     }
 
     pub(crate) fn set_signal_ref(&mut self, id: SignalId, on: bool) {
-        if let Some(l) = self.signals.listeners.get_mut(id.0) {
-            if l.refed != on {
-                l.refed = on;
-                if on {
-                    self.signals.refed += 1;
-                } else {
-                    self.signals.refed -= 1;
-                }
+        if let Some(l) = self.signals.listeners.get_mut(id.0)
+            && l.refed != on
+        {
+            l.refed = on;
+            if on {
+                self.signals.refed += 1;
+            } else {
+                self.signals.refed -= 1;
             }
         }
     }

@@ -120,11 +120,11 @@ impl Tasks {
         }
         for raw in self.woken_scratch.drain(..) {
             let key = Key::from_usize(raw);
-            if let Some(slot) = self.futures.get_mut(key) {
-                if !slot.queued {
-                    slot.queued = true;
-                    self.micro.push_back(Micro::Poll(key));
-                }
+            if let Some(slot) = self.futures.get_mut(key)
+                && !slot.queued
+            {
+                slot.queued = true;
+                self.micro.push_back(Micro::Poll(key));
             }
         }
     }
@@ -159,10 +159,11 @@ impl Tasks {
 
     /// Forgets a finished task, keeping its waker for reuse if no clone of it survives.
     fn finish(&mut self, key: Key) {
-        if let Some(mut slot) = self.futures.remove(key) {
-            if Arc::get_mut(&mut slot.waker).is_some() && self.spare_wakers.len() < 1024 {
-                self.spare_wakers.push(slot.waker);
-            }
+        if let Some(mut slot) = self.futures.remove(key)
+            && Arc::get_mut(&mut slot.waker).is_some()
+            && self.spare_wakers.len() < 1024
+        {
+            self.spare_wakers.push(slot.waker);
         }
     }
 }

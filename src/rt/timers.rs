@@ -176,10 +176,10 @@ impl Timers {
         if let Some(t) = self.slots.at_mut(idx) {
             t.prev = tail;
         }
-        if tail != NIL {
-            if let Some(p) = self.slots.at_mut(tail) {
-                p.next = idx;
-            }
+        if tail != NIL
+            && let Some(p) = self.slots.at_mut(tail)
+        {
+            p.next = idx;
         }
     }
 
@@ -232,14 +232,14 @@ impl Timers {
     }
 
     fn set_ref(&mut self, key: Key, on: bool) {
-        if let Some(t) = self.slots.get_mut(key) {
-            if t.refed != on {
-                t.refed = on;
-                if on {
-                    self.refed += 1;
-                } else {
-                    self.refed -= 1;
-                }
+        if let Some(t) = self.slots.get_mut(key)
+            && t.refed != on
+        {
+            t.refed = on;
+            if on {
+                self.refed += 1;
+            } else {
+                self.refed -= 1;
             }
         }
     }

@@ -119,14 +119,14 @@ impl EventLoop {
     }
 
     pub(crate) fn set_immediate_ref(&mut self, id: ImmediateId, on: bool) {
-        if let Some(imm) = self.imm.slots.get_mut(id.0) {
-            if imm.refed != on {
-                imm.refed = on;
-                if on {
-                    self.imm.refed += 1;
-                } else {
-                    self.imm.refed -= 1;
-                }
+        if let Some(imm) = self.imm.slots.get_mut(id.0)
+            && imm.refed != on
+        {
+            imm.refed = on;
+            if on {
+                self.imm.refed += 1;
+            } else {
+                self.imm.refed -= 1;
             }
         }
     }
@@ -188,14 +188,14 @@ impl EventLoop {
     }
 
     pub(crate) fn set_watcher_ref(&mut self, id: WatcherId, on: bool) {
-        if let Some(w) = self.watchers.slots.get_mut(id.0) {
-            if w.refed != on {
-                w.refed = on;
-                if on {
-                    self.watchers.refed += 1;
-                } else {
-                    self.watchers.refed -= 1;
-                }
+        if let Some(w) = self.watchers.slots.get_mut(id.0)
+            && w.refed != on
+        {
+            w.refed = on;
+            if on {
+                self.watchers.refed += 1;
+            } else {
+                self.watchers.refed -= 1;
             }
         }
     }

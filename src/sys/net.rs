@@ -108,7 +108,12 @@ pub fn bind_udp(addr: SocketAddr, opts: BindOptions) -> io::Result<OwnedFd> {
 ///
 /// `socket`, `bind` or `listen` fail (e.g. the path exists: `EADDRINUSE`).
 pub fn bind_unix(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
-    let fd = socket::socket(AddressFamily::Unix, SockType::Stream, cloexec_nonblock(), None)?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        cloexec_nonblock(),
+        None,
+    )?;
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     {
         super::set_cloexec(fd.as_fd(), true)?;
@@ -143,7 +148,10 @@ pub fn local_addr(fd: &impl AsFd) -> io::Result<SocketAddr> {
     if let Some(a) = ss.as_sockaddr_in6() {
         return Ok(SocketAddr::V6((*a).into()));
     }
-    Err(io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "not an IP socket",
+    ))
 }
 
 /// Accepts one connection: non-blocking and close-on-exec, without the peer address.

@@ -10,14 +10,15 @@
 //!
 //! Outside a cluster, [`listen_tcp`] simply binds.
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use crate::ipc::{Endpoint, ListenMode, ListenRequest, Message};
-use crate::net::{Stream, tcp, unix};
+use crate::net::{Stream, UdpSocket, tcp, udp, unix};
 use crate::rt::EventLoop;
 use crate::sys::net::{self as sysnet, BindOptions};
 
@@ -86,7 +87,12 @@ impl Worker {
     where
         F: FnMut(&mut EventLoop, Stream) + 'static,
     {
-        self.listen_with(lp, Endpoint::Tcp(addr), ListenOptions::default(), on_connection)
+        self.listen_with(
+            lp,
+            Endpoint::Tcp(addr),
+            ListenOptions::default(),
+            on_connection,
+        )
     }
 
     /// Listens on a Unix-domain socket path through the primary.
@@ -101,7 +107,12 @@ impl Worker {
     {
         let path: PathBuf = path.into();
         let path = std::path::absolute(&path).unwrap_or(path);
-        self.listen_with(lp, Endpoint::Unix(path), ListenOptions::default(), on_connection)
+        self.listen_with(
+            lp,
+            Endpoint::Unix(path),
+            ListenOptions::default(),
+            on_connection,
+        )
     }
 
     /// Listens on `endpoint` (TCP or Unix) through the primary, with options.
@@ -116,12 +127,18 @@ impl Worker {
         F: FnMut(&mut EventLoop, Stream) + 'static,
     {
         let server = Server::new(on_connection);
+        self.query(lp, server.clone(), endpoint, opts);
+        server
+    }
+
+    /// Sends the listen request for `server`.
+    fn query(&self, lp: &mut EventLoop, server: Server, endpoint: Endpoint, opts: ListenOptions) {
         server.set_endpoint(endpoint.clone());
         let flags = u32::from(opts.ipv6_only);
         let (seq, index) = {
             let mut inner = self.inner.borrow_mut();
             let slot = (endpoint.clone(), flags);
-            let used = inner.indexes.entry(slot.clone()).or_insert_with(BTreeSet::new);
+            let used = inner.indexes.entry(slot.clone()).or_default();
             let index = (0..).find(|i| !used.contains(i)).unwrap_or(0);
             used.insert(index);
             let seq = inner.next_seq;
@@ -152,11 +169,42 @@ impl Worker {
                 self.release_slot(&p);
                 let s = p.server;
                 lp.next_tick(move |lp| {
-                    s.fail(lp, io::Error::new(io::ErrorKind::NotConnected, "not connected to the primary"))
+                    s.fail(
+                        lp,
+                        io::Error::new(io::ErrorKind::NotConnected, "not connected to the primary"),
+                    )
                 });
             }
         }
-        server
+    }
+
+    /// Binds a UDP socket through the primary (UDP endpoints are always shared, as in
+    /// Node): `on_bound` gets the socket or the bind error; `on_message` runs per datagram.
+    /// The socket is closed when the worker disconnects.
+    pub fn bind_udp<M, B>(&self, lp: &mut EventLoop, addr: SocketAddr, on_message: M, on_bound: B)
+    where
+        M: FnMut(&mut EventLoop, UdpSocket, &[u8], SocketAddr) + 'static,
+        B: FnOnce(&mut EventLoop, io::Result<UdpSocket>) + 'static,
+    {
+        let on_bound = Rc::new(RefCell::new(Some(on_bound)));
+        let binding = Server::new(|lp, c: Stream| c.destroy(lp));
+        let (w, done) = (self.clone(), on_bound.clone());
+        binding.0.borrow_mut().datagram = Some(Box::new(move |lp, fd: OwnedFd, key: u32| {
+            let sock = udp::open_std(lp, std::net::UdpSocket::from(fd), on_message)?;
+            w.track_server(Some(key), move |lp, closed| {
+                sock.close(lp, move |lp| closed.done(lp));
+            });
+            if let Some(cb) = done.borrow_mut().take() {
+                cb(lp, Ok(sock));
+            }
+            Ok(())
+        }));
+        binding.on_error(move |lp, _, e| {
+            if let Some(cb) = on_bound.borrow_mut().take() {
+                cb(lp, Err(io::Error::new(e.kind(), e.to_string())));
+            }
+        });
+        self.query(lp, binding, Endpoint::Udp(addr), ListenOptions::default());
     }
 
     fn release_slot(&self, p: &Pending) {
@@ -189,8 +237,14 @@ impl Worker {
         let served = match mode {
             ListenMode::HandOff => Ok(()),
             ListenMode::Shared => match fds.pop() {
+                Some(fd) if matches!(bound, Endpoint::Udp(_)) => {
+                    p.server.attach_datagram(lp, fd, key)
+                }
                 Some(fd) => attach_listener(lp, &p.server, &bound, fd),
-                None => Err(io::Error::new(io::ErrorKind::InvalidData, "shared listener missing")),
+                None => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "shared listener missing",
+                )),
             },
             ListenMode::ReusePort => bind_reuseport(lp, &p.server, &bound, p.backlog),
         };
@@ -206,15 +260,21 @@ impl Worker {
             inner.key_index.insert(key, (p.slot.clone(), p.index));
         }
         p.server.0.borrow_mut().key = Some(key);
-        p.server.announce(lp, self, key);
+        if matches!(bound, Endpoint::Udp(_)) {
+            // Datagram sockets are tracked by bind_udp; just report the binding.
+            let _ = self.notify_listening(lp, key, bound);
+        } else {
+            p.server.announce(lp, self, key);
+        }
         p.server.now_listening(lp, mode == ListenMode::HandOff);
     }
 
     pub(super) fn on_new_conn(&self, lp: &mut EventLoop, key: u32, seq: u32, fds: Vec<OwnedFd>) {
         let server = self.inner.borrow().by_key.get(&key).cloned();
         let fd = fds.into_iter().next();
+        let mut credit = u32::MAX;
         let taken = match (server, fd) {
-            (Some(s), Some(fd)) if !s.is_closing() => {
+            (Some(s), Some(fd)) if !s.is_closing() && s.capacity(lp) > 0 => {
                 let stream = match s.endpoint() {
                     Some(Endpoint::Unix(_)) => {
                         unix::open_std(lp, std::os::unix::net::UnixStream::from(fd))
@@ -222,7 +282,11 @@ impl Worker {
                     _ => tcp::open_std(lp, std::net::TcpStream::from(fd)),
                 };
                 match stream {
-                    Ok(stream) => s.adopt(lp, stream),
+                    Ok(stream) => {
+                        let took = s.adopt(lp, stream);
+                        credit = s.capacity(lp);
+                        took
+                    }
                     Err(e) => {
                         log::warn!("cannot serve a handed-off connection: {e}");
                         false
@@ -232,10 +296,7 @@ impl Worker {
             _ => false, // unknown or closing server: the descriptor is closed here
         };
         let reply = if taken {
-            Message::Accepted {
-                seq,
-                credit: u32::MAX,
-            }
+            Message::Accepted { seq, credit }
         } else {
             Message::Rejected { seq }
         };
@@ -254,15 +315,25 @@ fn attach_listener(
         s.adopt(lp, c);
     };
     let l = match bound {
-        Endpoint::Unix(_) => unix::listen_std(lp, std::os::unix::net::UnixListener::from(fd), adopt)?,
+        Endpoint::Unix(_) => {
+            unix::listen_std(lp, std::os::unix::net::UnixListener::from(fd), adopt)?
+        }
         _ => tcp::listen_std(lp, std::net::TcpListener::from(fd), adopt)?,
     };
     server.set_listener(lp, l)
 }
 
-fn bind_reuseport(lp: &mut EventLoop, server: &Server, bound: &Endpoint, backlog: u32) -> io::Result<()> {
+fn bind_reuseport(
+    lp: &mut EventLoop,
+    server: &Server,
+    bound: &Endpoint,
+    backlog: u32,
+) -> io::Result<()> {
     let Endpoint::Tcp(addr) = bound else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "reuseport needs a TCP address"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "reuseport needs a TCP address",
+        ));
     };
     let opts = BindOptions {
         reuse_port: true,

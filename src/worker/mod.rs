@@ -120,10 +120,10 @@ struct Inner {
 
 impl Inner {
     fn release_index(&mut self, key: u32) {
-        if let Some((ep, idx)) = self.key_index.remove(&key) {
-            if let Some(set) = self.indexes.get_mut(&ep) {
-                set.remove(&idx);
-            }
+        if let Some((ep, idx)) = self.key_index.remove(&key)
+            && let Some(set) = self.indexes.get_mut(&ep)
+        {
+            set.remove(&idx);
         }
     }
 }
@@ -188,9 +188,11 @@ impl Worker {
         };
         let ch = Channel::new(fd, ChannelConfig::default())?;
         let w = worker.clone();
-        let io = lp.register(ch, Interest::READABLE | Interest::WRITABLE, move |lp, _, _| {
-            w.on_channel(lp)
-        })?;
+        let io = lp.register(
+            ch,
+            Interest::READABLE | Interest::WRITABLE,
+            move |lp, _, _| w.on_channel(lp),
+        )?;
         worker.inner.borrow_mut().channel = Some(io);
         Ok(Some(worker))
     }
@@ -281,7 +283,11 @@ impl Worker {
     /// `value` does not serialise ([`crate::Error::Config`] with serde's reason), or as
     /// [`Worker::send`].
     #[cfg(feature = "serde")]
-    pub fn send_json<T: serde::Serialize>(&self, lp: &mut EventLoop, value: &T) -> crate::Result<()> {
+    pub fn send_json<T: serde::Serialize>(
+        &self,
+        lp: &mut EventLoop,
+        value: &T,
+    ) -> crate::Result<()> {
         let data = serde_json::to_vec(value).map_err(|e| crate::Error::Config(e.to_string()))?;
         Ok(self.send(lp, &data)?)
     }
@@ -330,10 +336,13 @@ impl Worker {
                 inner.state = WorkerSideState::Listening;
             }
         }
-        self.send_msg(lp, &Message::Listening {
-            key,
-            bound: address,
-        })
+        self.send_msg(
+            lp,
+            &Message::Listening {
+                key,
+                bound: address,
+            },
+        )
     }
 
     pub(crate) fn send_msg(&self, lp: &mut EventLoop, msg: &Message) -> Result<(), SendError> {
@@ -550,16 +559,22 @@ impl Worker {
 
     fn handle(&self, lp: &mut EventLoop, msg: Message, fds: Vec<OwnedFd>) {
         match msg {
-            Message::User(data) => self.deliver(lp, Incoming {
-                from: None,
-                data,
-                fds,
-            }),
-            Message::Relay { peer, payload } => self.deliver(lp, Incoming {
-                from: Some(peer),
-                data: payload,
-                fds,
-            }),
+            Message::User(data) => self.deliver(
+                lp,
+                Incoming {
+                    from: None,
+                    data,
+                    fds,
+                },
+            ),
+            Message::Relay { peer, payload } => self.deliver(
+                lp,
+                Incoming {
+                    from: Some(peer),
+                    data: payload,
+                    fds,
+                },
+            ),
             Message::Disconnect => {
                 if self.begin_leaving(WorkerSideState::Disconnecting) {
                     self.close_servers(lp, Box::new(|lp, w| w.close_channel(lp)));

@@ -20,6 +20,7 @@ type ConnCb = Box<dyn FnMut(&mut EventLoop, Stream)>;
 type CloseCb = Box<dyn FnOnce(&mut EventLoop)>;
 type ListeningCb = Box<dyn FnOnce(&mut EventLoop, &Server)>;
 type ErrorCb = Box<dyn FnMut(&mut EventLoop, &Server, &io::Error)>;
+type DatagramCb = Box<dyn FnOnce(&mut EventLoop, std::os::fd::OwnedFd, u32) -> io::Result<()>>;
 
 pub(super) struct Inner {
     listener: Option<Listener>,
@@ -34,6 +35,9 @@ pub(super) struct Inner {
     refed: bool,
     /// The primary's listener id, when served through the primary.
     pub(super) key: Option<u32>,
+    max_connections: Option<usize>,
+    /// UDP bindings: what to do with the shared socket when it arrives.
+    pub(super) datagram: Option<DatagramCb>,
     conns: Vec<Stream>,
     on_connection: Option<ConnCb>,
     closing: bool,
@@ -72,6 +76,8 @@ impl Server {
             keepalive: None,
             refed: true,
             key: None,
+            max_connections: None,
+            datagram: None,
             conns: Vec::new(),
             on_connection: Some(Box::new(on_connection)),
             closing: false,
@@ -136,6 +142,23 @@ impl Server {
         Ok(())
     }
 
+    /// UDP: hands the shared socket to the binding's handler.
+    pub(super) fn attach_datagram(
+        &self,
+        lp: &mut EventLoop,
+        fd: std::os::fd::OwnedFd,
+        key: u32,
+    ) -> io::Result<()> {
+        let cb = self.0.borrow_mut().datagram.take();
+        match cb {
+            Some(cb) => cb(lp, fd, key),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a datagram binding",
+            )),
+        }
+    }
+
     /// Records where the server is reachable (for servers fed by the primary).
     pub fn set_endpoint(&self, ep: Endpoint) {
         let mut inner = self.0.borrow_mut();
@@ -162,7 +185,11 @@ impl Server {
     }
 
     /// Runs `cb` once the server listens (at once, on the next tick, if it already does).
-    pub fn on_listening<F: FnOnce(&mut EventLoop, &Server) + 'static>(&self, lp: &mut EventLoop, cb: F) {
+    pub fn on_listening<F: FnOnce(&mut EventLoop, &Server) + 'static>(
+        &self,
+        lp: &mut EventLoop,
+        cb: F,
+    ) {
         let now = self.0.borrow().listening;
         if now {
             let s = self.clone();
@@ -235,11 +262,12 @@ impl Server {
     }
 
     /// Hands a connection to the server. Returns `false` (and destroys the stream) if the
-    /// server is closing.
+    /// server is closing or at its connection cap.
     pub fn adopt(&self, lp: &mut EventLoop, conn: Stream) -> bool {
+        let full = self.capacity(lp) == 0;
         let cb = {
             let mut inner = self.0.borrow_mut();
-            if inner.closing {
+            if inner.closing || full {
                 drop(inner);
                 conn.destroy(lp);
                 return false;
@@ -256,6 +284,24 @@ impl Server {
             }
         }
         true
+    }
+
+    /// Caps the connections this server holds (Node's `server.maxConnections`): beyond it,
+    /// connections handed off by the primary are refused and go to another worker; ones
+    /// accepted locally are closed. `None` (the default): no cap.
+    pub fn set_max_connections(&self, max: Option<usize>) {
+        self.0.borrow_mut().max_connections = max;
+    }
+
+    /// How many more connections the server takes before its cap (`u32::MAX`: no cap).
+    pub fn capacity(&self, lp: &EventLoop) -> u32 {
+        let max = self.0.borrow().max_connections;
+        match max {
+            None => u32::MAX,
+            Some(m) => m
+                .saturating_sub(self.connections(lp))
+                .min(u32::MAX as usize) as u32,
+        }
     }
 
     /// Open connections.
@@ -291,7 +337,12 @@ impl Server {
             let first = !inner.closing;
             inner.closing = true;
             let tracked = inner.tracked.as_ref().map(|(w, t)| (w.clone(), *t));
-            (inner.listener.take(), first, inner.keepalive.take(), tracked)
+            (
+                inner.listener.take(),
+                first,
+                inner.keepalive.take(),
+                tracked,
+            )
         };
         if let Some(l) = listener {
             l.close(lp, |_| {});

@@ -7,10 +7,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use forkloop::Role;
 use forkloop::primary::{Event, Primary, Settings};
 use forkloop::rt::EventLoop;
 use forkloop::worker::Worker;
-use forkloop::Role;
 
 /// Longest a cluster test's loop may run.
 pub const DEADLINE_MS: u64 = 20_000;
@@ -33,7 +33,9 @@ pub fn worker(body: impl FnOnce(&mut EventLoop, &Worker)) {
         return;
     }
     let mut lp = EventLoop::new().expect("loop");
-    let w = Worker::attach(&mut lp).expect("attach").expect("worker channel");
+    let w = Worker::attach(&mut lp)
+        .expect("attach")
+        .expect("worker channel");
     body(&mut lp, &w);
     let code = lp.run().expect("worker loop");
     std::process::exit(code);
@@ -43,6 +45,14 @@ pub fn worker(body: impl FnOnce(&mut EventLoop, &Worker)) {
 pub fn primary(test: &str) -> (EventLoop, Primary) {
     let mut lp = EventLoop::new().expect("loop");
     let p = Primary::new(&mut lp).expect("primary");
+    p.setup(&mut lp, Settings::default().args(args_for(test)));
+    (lp, p)
+}
+
+/// A loop and a primary with `opts` whose workers run `test`.
+pub fn primary_with(test: &str, opts: forkloop::primary::PrimaryOptions) -> (EventLoop, Primary) {
+    let mut lp = EventLoop::new().expect("loop");
+    let p = Primary::with_options(&mut lp, opts).expect("primary");
     p.setup(&mut lp, Settings::default().args(args_for(test)));
     (lp, p)
 }
@@ -68,7 +78,11 @@ impl Log {
         self.0.borrow().clone()
     }
     pub fn count(&self, prefix: &str) -> usize {
-        self.0.borrow().iter().filter(|s| s.starts_with(prefix)).count()
+        self.0
+            .borrow()
+            .iter()
+            .filter(|s| s.starts_with(prefix))
+            .count()
     }
 }
 

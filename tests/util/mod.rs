@@ -74,15 +74,12 @@ pub fn pump(a: &mut Channel, b: &mut Channel) -> Result<Vec<Got>, ChannelError> 
     let mut got = Vec::new();
     loop {
         let done = a.flush()? == Flush::Done;
-        loop {
-            match b.recv()? {
-                Recv::Frame(f) => got.push(Got {
-                    kind: f.kind,
-                    payload: f.payload.to_vec(),
-                    fds: f.fds,
-                }),
-                Recv::WouldBlock | Recv::Eof => break,
-            }
+        while let Recv::Frame(f) = b.recv()? {
+            got.push(Got {
+                kind: f.kind,
+                payload: f.payload.to_vec(),
+                fds: f.fds,
+            });
         }
         if done {
             return Ok(got);

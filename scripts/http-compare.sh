@@ -1,0 +1,577 @@
+#!/usr/bin/env bash
+# Issue 5: forkloop's examples/http_cluster.rs side by side with its peers (Node cluster,
+# nginx, the raw Rust mio server), alternating servers within one run, then the
+# acceptance checks as ratios of medians.
+#
+#   scripts/http-compare.sh                       # RUNS=3 rounds, DURATION=10s, ~15 min
+#   RUNS=1 DURATION=3s scripts/http-compare.sh    # quick smoke run
+#   SERVERS="fl-rr mio-2" MODES=ka-c64 scripts/http-compare.sh
+#   SERVERS="fl-rr@1 fl-rr@4 fl-rr@16 fl-rr@64" MODES="close-c64 ka-c64" scripts/http-compare.sh
+#
+# Servers (2 workers/processes each unless noted):
+#   fl-rr fl-reuseport fl-none   forkloop http_cluster --policy rr|reuseport|none
+#                                (NAME@K: the same with --credit K, e.g. fl-rr@4)
+#   node-rr node-none            Node cluster (../shared/anchors/js/http-cluster.js)
+#   node-single                  Node, one process
+#   nginx                        nginx, worker_processes 2 (a copy of the anchors' nginx.conf)
+#   mio-1 mio-2                  raw Rust mio server, 1 process / 2 processes SO_REUSEPORT
+# Default SERVERS: fl-rr fl-reuseport node-rr node-none nginx mio-1 mio-2.
+#
+# Modes (MODES, default all three; each is one `wrk -t1 ... --latency` run per round):
+#   ka-c64      -c64 keep-alive
+#   close-c64   -c64 -H 'Connection: close' (every request a new TCP connection)
+#   ka-c1       -c1 keep-alive (latency)
+#
+# Each round visits every server once (the order rotates by one each round): start it,
+# warm up (WARMUP of keep-alive c64), one run per mode, stop it. Before every run the
+# script waits for the machine to be quiet; a run during which other work used more than
+# FOREIGN_MAX cores is discarded and repeated (at most FOREIGN_RETRIES times).
+# Per run: req/s, p50/p99, socket errors, non-2xx, server CPU µs per request (utime+stime
+# from /proc/PID/stat of every server process over the run ÷ requests completed), and the
+# primary's (master's) own CPU µs per request where there is one.
+#
+# Env: RUNS (3), DURATION (10s), WARMUP (2s), SERVERS, MODES, CREDIT (--credit for fl-*;
+#      unset = the library default), FOREIGN_MAX (0.10 cores), FOREIGN_RETRIES (2),
+#      QUIET_CORES (0.15), QUIET_MAX_S (300), OUT_DIR (keep raw wrk output, per-run TSV
+#      and server logs there), SKIP_BUILD=1 (use the binaries already built),
+#      ANCHORS (../shared/anchors).
+# Exit status: 0 all acceptance checks pass (or are skipped because a server was not
+# run), 1 a check is missed, 2 the benchmark itself failed (build, start, crash).
+# Everything runs on 127.0.0.1; every process started is stopped by its pid on exit.
+# shellcheck disable=SC2317  # functions called through traps and wait_for
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+SERVERS=${SERVERS:-"fl-rr fl-reuseport node-rr node-none nginx mio-1 mio-2"}
+MODES=${MODES:-"ka-c64 close-c64 ka-c1"}
+CREDIT=${CREDIT:-}
+ANCHORS=${ANCHORS:-../shared/anchors}
+FOREIGN_MAX=${FOREIGN_MAX:-0.10}
+FOREIGN_RETRIES=${FOREIGN_RETRIES:-2}
+QUIET_CORES=${QUIET_CORES:-0.15}
+QUIET_MAX_S=${QUIET_MAX_S:-300}
+OUT_DIR=${OUT_DIR:-}
+
+SECS=${DURATION%s}
+WARM_SECS=${WARMUP%s}
+[[ $SECS =~ ^[0-9]+$ && $SECS -gt 0 && $WARM_SECS =~ ^[0-9]+$ && $RUNS =~ ^[0-9]+$ && $RUNS -gt 0 ]] ||
+  { echo "RUNS, DURATION and WARMUP must be whole numbers (seconds)" >&2; exit 2; }
+read -r -a SERVER_LIST <<<"$SERVERS"
+read -r -a MODE_LIST <<<"$MODES"
+if [ ${#SERVER_LIST[@]} = 0 ] || [ ${#MODE_LIST[@]} = 0 ]; then echo "empty SERVERS or MODES" >&2; exit 2; fi
+
+FL_BIN=target/release/examples/http_cluster
+MIO_BIN=target/anchors/release/mio-http
+CLK_TCK=$(getconf CLK_TCK)
+TMP_DIR=$(mktemp -d -t http-compare.XXXXXX)
+RAW_DIR=${OUT_DIR:-$TMP_DIR}
+mkdir -p "$RAW_DIR"
+RESULTS=$RAW_DIR/runs.tsv
+printf 'mode\tserver\tround\treq_s\tp50_us\tp99_us\trequests\terrors\tnon2xx\tcpu_us_req\tprimary_us_req\tserver_cores\twrk_cores\tforeign_cores\n' >"$RESULTS"
+
+# ---------------------------------------------------------------- process bookkeeping
+STARTED_PIDS=()   # every process we started or learnt about (workers), for the exit trap
+track() { STARTED_PIDS+=("$@"); }
+
+# alive PID: the process exists and is not a zombie.
+alive() {
+  local st
+  st=$(awk '{sub(/.*\) /, ""); print $1}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+
+# stop_pids PID...: SIGTERM, up to 5 s for them to go, then SIGKILL; reaps our children.
+stop_pids() {
+  local p any i
+  [ $# -gt 0 ] || return 0
+  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+  for i in $(seq 1 50); do
+    any=0
+    for p in "$@"; do if alive "$p"; then any=1; fi; done
+    [ "$any" = 0 ] && break
+    sleep 0.1
+  done
+  for p in "$@"; do
+    if alive "$p"; then
+      echo "  pid $p did not stop on SIGTERM within 5 s; SIGKILL" >&2
+      kill -KILL "$p" 2>/dev/null || true
+    fi
+  done
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM ERR
+  if [ ${#STARTED_PIDS[@]} -gt 0 ]; then stop_pids "${STARTED_PIDS[@]}"; fi
+  if [ -n "$OUT_DIR" ]; then cp "$TMP_DIR"/*.log "$OUT_DIR"/ 2>/dev/null || true; fi
+  rm -rf "$TMP_DIR"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+trap 'echo "http-compare: failed at line $LINENO: $BASH_COMMAND" >&2; exit 2' ERR
+
+die() { echo "http-compare: $*" >&2; exit 2; }
+
+# ---------------------------------------------------------------- helpers
+# free_port: a TCP port below the ephemeral range (so wrk's own connections never take
+# it) that no socket on this machine uses.
+free_port() {
+  local lo hi p i
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
+  [ "$lo" -gt 11000 ] || lo=65000  # odd setups: fall back to the top of the range
+  for i in $(seq 1 500); do
+    p=$((10000 + RANDOM % (lo - 10000)))
+    if ! ss -Htan "( sport = :$p or dport = :$p )" | grep -q .; then
+      echo "$p"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# wait_for DESCRIPTION TIMEOUT_S PID COMMAND...: poll COMMAND every 0.1 s until it
+# succeeds; fail early if PID died, or after TIMEOUT_S.
+wait_for() {
+  local what=$1 t=$2 pid=$3 i
+  shift 3
+  for i in $(seq 1 $((t * 10))); do
+    if "$@"; then return 0; fi
+    alive "$pid" || { echo "  $what: process $pid exited" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "  $what: timeout after ${t}s" >&2
+  return 1
+}
+has_line() { grep -Eq "$2" "$1" 2>/dev/null; }
+listeners_on() { [ "$(ss -Hltn "sport = :$1" | wc -l)" -ge "$2" ]; }
+children_of() { ps -o pid= --ppid "$1" | tr -d ' ' | grep . || true; }
+has_children() { [ "$(children_of "$1" | wc -l)" -ge "$2" ]; }
+
+# cpu_ticks PID...: utime+stime (clock ticks) summed over the processes (all threads).
+cpu_ticks() {
+  local p sum=0 t
+  for p in "$@"; do
+    t=$(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null) || t=0
+    sum=$((sum + ${t:-0}))
+  done
+  echo "$sum"
+}
+
+# sys_busy: machine-wide busy ticks so far (user+nice+system+irq+softirq+steal).
+sys_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+
+# read_child_ticks: CHILD_TICKS = CPU ticks of this shell's reaped children (wrk). Must
+# not run in a subshell.
+read_child_ticks() {
+  times >"$TMP_DIR/times"
+  CHILD_TICKS=$(awk -v h="$CLK_TCK" 'NR == 2 {
+    t = 0
+    for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
+    printf "%d\n", t * h + 0.5 }' "$TMP_DIR/times")
+}
+
+# wait_quiet: wait (up to QUIET_MAX_S) until the machine uses < QUIET_CORES over 1 s.
+wait_quiet() {
+  local b0 b1 waited=0 limit
+  limit=$(awk -v c="$QUIET_CORES" -v h="$CLK_TCK" 'BEGIN {printf "%d", c * h}')
+  while :; do
+    b0=$(sys_busy); sleep 1; b1=$(sys_busy)
+    if [ $((b1 - b0)) -le "$limit" ]; then
+      if [ "$waited" -gt 0 ]; then echo "  (machine quiet again after ${waited}s)" >&2; fi
+      return 0
+    fi
+    if [ "$waited" = 0 ]; then
+      echo "  machine busy ($(awk -v b=$((b1 - b0)) -v h="$CLK_TCK" 'BEGIN {printf "%.2f", b / h}') cores); waiting..." >&2
+    fi
+    waited=$((waited + 1))
+    if [ "$waited" -ge "$QUIET_MAX_S" ]; then
+      echo "  machine still busy after ${waited}s; measuring anyway (see the foreign column)" >&2
+      return 0
+    fi
+  done
+}
+
+# parse_wrk FILE: "rps p50_us p99_us requests errors non2xx" (errors = connect+read+write+timeout)
+parse_wrk() {
+  awk '
+    function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000;
+                     if (v ~ /m$/) return v * 60000000; if (v ~ /s$/) return v * 1000000; return v + 0 }
+    /Requests\/sec:/ { rps = $2 }
+    /^ *50% /        { p50 = us($2) }
+    /^ *99% /        { p99 = us($2) }
+    / requests in /  { req = $1 }
+    /Socket errors:/ { gsub(",", ""); e = $4 + $6 + $8 + $10 }
+    /Non-2xx/        { n2 = $NF }
+    END { printf "%.0f %.0f %.0f %d %d %d\n", rps, p50, p99, req, e, n2 }' "$1"
+}
+
+# ---------------------------------------------------------------- servers
+label() {
+  local base=${1%%@*} k=
+  [[ $1 == *@* ]] && k=${1#*@}
+  [ -z "$k" ] && k=${CREDIT:-default}
+  case $base in
+    fl-rr) echo "forkloop rr, 2 workers, credit $k" ;;
+    fl-reuseport) echo "forkloop reuseport, 2 workers" ;;
+    fl-none) echo "forkloop none (shared socket), 2 workers" ;;
+    node-rr) echo "Node cluster SCHED_RR, 2 workers" ;;
+    node-none) echo "Node cluster SCHED_NONE, 2 workers" ;;
+    node-single) echo "Node, 1 process" ;;
+    nginx) echo "nginx, 2 workers" ;;
+    mio-1) echo "raw mio, 1 process" ;;
+    mio-2) echo "raw mio, 2 processes SO_REUSEPORT" ;;
+    *) echo "$1" ;;
+  esac
+}
+
+# start_server NAME: sets PORT, PRIMARY (the primary/master pid, or empty) and OTHERS
+# (every other server process), MAIN (the pids we started ourselves).
+start_server() {
+  local name=$1 base=${1%%@*} log="$TMP_DIR/$1.log" credit=() k p try
+  for try in 1 2 3; do
+    PRIMARY=() OTHERS=() MAIN=()
+    : >"$log"
+    if start_server_once; then return 0; fi
+    echo "  starting $name failed (attempt $try); log:" >&2
+    tail -5 "$log" >&2 || true
+    stop_pids "${MAIN[@]}" ${OTHERS[@]+"${OTHERS[@]}"}
+  done
+  die "could not start $name"
+}
+
+start_server_once() {
+  case $base in
+    fl-rr | fl-reuseport | fl-none)
+      k=${CREDIT:-}
+      [[ $name == *@* ]] && k=${name#*@}
+      [ -n "$k" ] && credit=(--credit "$k")
+      "$FL_BIN" --workers 2 --port 0 --host 127.0.0.1 --policy "${base#fl-}" ${credit[@]+"${credit[@]}"} >"$log" 2>&1 &
+      MAIN=($!); track $!; PRIMARY=($!)
+      wait_for "$name listening line" 20 "$!" has_line "$log" '^listening on 127\.0\.0\.1:[0-9]+ workers=2 ' || return 1
+      PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$log" | head -1)
+      wait_for "$name workers" 5 "${PRIMARY[0]}" has_children "${PRIMARY[0]}" 2 || return 1
+      for p in $(children_of "${PRIMARY[0]}"); do OTHERS+=("$p"); track "$p"; done
+      ;;
+    node-rr | node-none | node-single)
+      PORT=$(free_port)
+      if [ "$base" = node-single ]; then
+        PORT=$PORT node "$ANCHORS/js/http-single.js" >"$log" 2>&1 &
+      elif [ "$base" = node-rr ]; then
+        env -u NODE_CLUSTER_SCHED_POLICY PORT="$PORT" WORKERS=2 node "$ANCHORS/js/http-cluster.js" >"$log" 2>&1 &
+      else
+        NODE_CLUSTER_SCHED_POLICY=none PORT="$PORT" WORKERS=2 node "$ANCHORS/js/http-cluster.js" >"$log" 2>&1 &
+      fi
+      MAIN=($!); track $!
+      wait_for "$name ready line" 20 "$!" has_line "$log" '^ready' || return 1
+      if [ "$base" = node-single ]; then
+        OTHERS=("${MAIN[@]}")
+      else
+        PRIMARY=("${MAIN[@]}")
+        for p in $(sed -n 's/^worker pid=\([0-9]*\)$/\1/p' "$log"); do OTHERS+=("$p"); track "$p"; done
+        [ ${#OTHERS[@]} = 2 ] || { echo "  expected 2 Node workers" >&2; return 1; }
+      fi
+      ;;
+    nginx)
+      PORT=$(free_port)
+      mkdir -p "$TMP_DIR/nginx"
+      sed "s/listen 127\.0\.0\.1:[0-9]*;/listen 127.0.0.1:$PORT;/" "$ANCHORS/nginx/nginx.conf" >"$TMP_DIR/nginx/nginx.conf"
+      grep -q "listen 127.0.0.1:$PORT;" "$TMP_DIR/nginx/nginx.conf" || die "could not rewrite the nginx port"
+      nginx -p "$TMP_DIR/nginx/" -e "$TMP_DIR/nginx/error.log" -c "$TMP_DIR/nginx/nginx.conf" >"$log" 2>&1 &
+      MAIN=($!); track $!; PRIMARY=($!)
+      wait_for "nginx port" 20 "$!" listeners_on "$PORT" 1 || return 1
+      wait_for "nginx workers" 5 "${PRIMARY[0]}" has_children "${PRIMARY[0]}" 2 || return 1
+      for p in $(children_of "${PRIMARY[0]}"); do OTHERS+=("$p"); track "$p"; done
+      ;;
+    mio-1)
+      PORT=$(free_port)
+      "$MIO_BIN" --addr "127.0.0.1:$PORT" >"$log" 2>&1 &
+      MAIN=($!); track $!; OTHERS=($!)
+      wait_for "mio-1 port" 20 "$!" listeners_on "$PORT" 1 || return 1
+      ;;
+    mio-2)
+      PORT=$(free_port)
+      "$MIO_BIN" --addr "127.0.0.1:$PORT" --reuseport >"$log" 2>&1 &
+      MAIN=($!); track $!
+      "$MIO_BIN" --addr "127.0.0.1:$PORT" --reuseport >>"$log" 2>&1 &
+      MAIN+=($!); track $!; OTHERS=("${MAIN[@]}")
+      wait_for "mio-2 ports" 20 "$!" listeners_on "$PORT" 2 || return 1
+      ;;
+    *) die "unknown server $name" ;;
+  esac
+  # One request by hand: the server answers hello world.
+  if command -v curl >/dev/null; then
+    [ "$(curl -s --max-time 3 "http://127.0.0.1:$PORT/")" = "hello world" ] ||
+      { echo "  $name on port $PORT does not answer 'hello world'" >&2; return 1; }
+  fi
+}
+
+# stop_server NAME: SIGTERM the processes we started (the primary stops its workers),
+# make sure the workers are gone too, and report a forkloop primary not exiting with 0.
+stop_server() {
+  local name=$1 p st=0
+  for p in "${MAIN[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  if [[ $name == fl-* ]]; then
+    # Reap the primary ourselves to see its exit status (bounded by the 5 s below).
+    for p in $(seq 1 50); do alive "${MAIN[0]}" || break; sleep 0.1; done
+    if ! alive "${MAIN[0]}"; then
+      wait "${MAIN[0]}" 2>/dev/null || st=$?
+      [ "$st" = 0 ] || echo "  WARNING: $name primary exited with status $st on SIGTERM" >&2
+    fi
+  fi
+  stop_pids "${MAIN[@]}" ${OTHERS[@]+"${OTHERS[@]}"}
+}
+
+# ---------------------------------------------------------------- measuring
+mode_title() {
+  case $1 in
+    ka-c64) echo "keep-alive, 64 connections: wrk -t1 -c64 -d${SECS}s --latency" ;;
+    close-c64) echo "new connection per request, 64 concurrent: wrk -t1 -c64 -d${SECS}s --latency -H 'Connection: close' (req/s = connections/s)" ;;
+    ka-c1) echo "keep-alive, 1 connection (latency): wrk -t1 -c1 -d${SECS}s --latency" ;;
+    *) return 1 ;;
+  esac
+}
+
+# run_wrk MODE SECONDS: one wrk run against PORT, bounded in time.
+run_wrk() {
+  local mode=$1 secs=$2 extra=()
+  case $mode in
+    ka-c64) extra=(-c64) ;;
+    close-c64) extra=(-c64 -H 'Connection: close') ;;
+    ka-c1) extra=(-c1) ;;
+    *) die "unknown mode $mode" ;;
+  esac
+  timeout -k 5 $((secs + 20)) wrk -t1 "${extra[@]}" -d"${secs}s" --latency "http://127.0.0.1:$PORT/"
+}
+
+# measure NAME MODE ROUND: one measured run; appends a row to RESULTS.
+measure() {
+  local name=$1 mode=$2 round=$3 out try=0 a0 b0 a1 b1 s0 s1 c0 c1 f p wrc
+  local rps p50 p99 req errs n2 cpu prim srv wrkc
+  out="$RAW_DIR/$mode-$name-$round.txt"
+  while :; do
+    wait_quiet
+    a0=$(cpu_ticks ${PRIMARY[@]+"${PRIMARY[@]}"}); b0=$(cpu_ticks "${OTHERS[@]}")
+    s0=$(sys_busy); read_child_ticks; c0=$CHILD_TICKS
+    wrc=0
+    run_wrk "$mode" "$SECS" >"$out" 2>&1 || wrc=$?
+    s1=$(sys_busy); read_child_ticks; c1=$CHILD_TICKS
+    a1=$(cpu_ticks ${PRIMARY[@]+"${PRIMARY[@]}"}); b1=$(cpu_ticks "${OTHERS[@]}")
+    for p in ${PRIMARY[@]+"${PRIMARY[@]}"} "${OTHERS[@]}"; do
+      alive "$p" || die "$name: server process $p died during $mode run $round (log: $(tail -3 "$TMP_DIR/$name.log" | tr '\n' ' '))"
+    done
+    [ "$wrc" = 0 ] || die "$name $mode: wrk failed (status $wrc): $(tail -3 "$out" | tr '\n' ' ')"
+    # foreign = machine busy - wrk - server processes
+    f=$(awk -v b=$((s1 - s0)) -v o=$((c1 - c0 + a1 - a0 + b1 - b0)) -v s="$SECS" -v h="$CLK_TCK" \
+      'BEGIN {f = (b - o) / h / s; if (f < 0) f = 0; printf "%.2f", f}')
+    if awk -v f="$f" -v s="$SECS" -v m="$FOREIGN_MAX" -v h="$CLK_TCK" 'BEGIN {exit !(f > m && f * s * h > 5)}' &&
+       [ "$try" -lt "$FOREIGN_RETRIES" ]; then
+      try=$((try + 1))
+      mv "$out" "$out.discarded-$try"
+      echo "  $name $mode round $round: other work used $f cores; discarded, repeating" >&2
+      continue
+    fi
+    break
+  done
+  read -r rps p50 p99 req errs n2 <<<"$(parse_wrk "$out")"
+  [ "$req" -gt 0 ] || die "$name $mode: no requests completed: $(tr '\n' ' ' <"$out")"
+  cpu=$(awk -v t=$((a1 - a0 + b1 - b0)) -v h="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t / h * 1e6 / n}')
+  prim=-
+  if [ ${#PRIMARY[@]} -gt 0 ]; then
+    prim=$(awk -v t=$((a1 - a0)) -v h="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t / h * 1e6 / n}')
+  fi
+  srv=$(awk -v t=$((a1 - a0 + b1 - b0)) -v h="$CLK_TCK" -v s="$SECS" 'BEGIN {printf "%.2f", t / h / s}')
+  wrkc=$(awk -v t=$((c1 - c0)) -v h="$CLK_TCK" -v s="$SECS" 'BEGIN {printf "%.2f", t / h / s}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$name" "$round" \
+    "$rps" "$p50" "$p99" "$req" "$errs" "$n2" "$cpu" "$prim" "$srv" "$wrkc" "$f" >>"$RESULTS"
+  printf '  %-14s %-9s round %s: %7s req/s  p50 %5s us  p99 %6s us  cpu %6s us/req  primary %6s us/req  errors %s non2xx %s  wrk %s  foreign %s\n' \
+    "$name" "$mode" "$round" "$rps" "$p50" "$p99" "$cpu" "$prim" "$errs" "$n2" "$wrkc" "$f" >&2
+}
+
+# ---------------------------------------------------------------- medians and checks
+# col NAME: column number in RESULTS.
+col() { head -1 "$RESULTS" | tr '\t' '\n' | grep -nx "$1" | cut -d: -f1; }
+
+# agg MODE SERVER COLUMN [median|min|max|sum]: over the rounds; NA if there are none.
+agg() {
+  local c
+  c=$(col "$3")
+  awk -F'\t' -v m="$1" -v s="$2" -v c="$c" -v what="${4:-median}" '
+    NR > 1 && $1 == m && $2 == s && $c != "-" { v[++n] = $c + 0 }
+    END {
+      if (n == 0) { print "NA"; exit }
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+      if (what == "min") r = v[1]; else if (what == "max") r = v[n]
+      else if (what == "sum") { r = 0; for (i = 1; i <= n; i++) r += v[i] }
+      else r = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+      print r }' "$RESULTS"
+}
+
+# cell MODE SERVER COLUMN DECIMALS: "median (min–max)".
+cell() {
+  local m lo hi
+  m=$(agg "$1" "$2" "$3"); lo=$(agg "$1" "$2" "$3" min); hi=$(agg "$1" "$2" "$3" max)
+  [ "$m" = NA ] && { echo "–"; return; }
+  if [ "$RUNS" = 1 ]; then
+    awk -v m="$m" -v d="$4" 'BEGIN {printf "%." d "f", m}'
+  else
+    awk -v m="$m" -v a="$lo" -v b="$hi" -v d="$4" 'BEGIN {printf "%." d "f (%." d "f–%." d "f)", m, a, b}'
+  fi
+}
+
+print_tables() {
+  local mode name
+  for mode in "${MODE_LIST[@]}"; do
+    echo
+    echo "#### $(mode_title "$mode")"
+    echo
+    echo "| server | req/s median (min–max) | p50 µs | p99 µs | server CPU µs/req | primary CPU µs/req | errors / non-2xx (sum) | server cores | wrk cores | foreign cores (max) |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
+    for name in "${SERVER_LIST[@]}"; do
+      printf '| %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s |\n' "$(label "$name")" \
+        "$(cell "$mode" "$name" req_s 0)" "$(cell "$mode" "$name" p50_us 0)" "$(cell "$mode" "$name" p99_us 0)" \
+        "$(cell "$mode" "$name" cpu_us_req 1)" "$(cell "$mode" "$name" primary_us_req 1)" \
+        "$(agg "$mode" "$name" errors sum)" "$(agg "$mode" "$name" non2xx sum)" \
+        "$(agg "$mode" "$name" server_cores)" "$(agg "$mode" "$name" wrk_cores)" "$(agg "$mode" "$name" foreign_cores max)"
+    done
+  done
+}
+
+MISSES=0
+# check DESCRIPTION VALUE OP LIMIT DETAIL: prints PASS/MISS (or SKIP when VALUE is NA).
+check() {
+  local desc=$1 v=$2 op=$3 lim=$4 detail=$5 ok
+  if [ "$v" = NA ]; then
+    printf '  SKIP  %-62s (not measured)\n' "$desc"
+    return
+  fi
+  ok=$(awk -v v="$v" -v l="$lim" -v op="$op" 'BEGIN {print (op == ">=" ? v >= l : v <= l) ? 1 : 0}')
+  if [ "$ok" = 1 ]; then
+    printf '  PASS  %-62s %s %s %s   %s\n' "$desc" "$v" "$op" "$lim" "$detail"
+  else
+    printf '  MISS  %-62s %s %s %s   %s\n' "$desc" "$v" "$op" "$lim" "$detail"
+    MISSES=$((MISSES + 1))
+  fi
+}
+
+# ratio MODE A B COLUMN: median(A) / median(B), 2 decimals, or NA.
+ratio() {
+  local a b
+  a=$(agg "$1" "$2" "$4"); b=$(agg "$1" "$3" "$4")
+  if [ "$a" = NA ] || [ "$b" = NA ]; then echo NA; return; fi
+  awk -v a="$a" -v b="$b" 'BEGIN {if (b == 0) print "NA"; else printf "%.2f\n", a / b}'
+}
+
+# pair MODE A B COLUMN: "A / B" medians for the detail column.
+pair() { echo "($(agg "$1" "$2" "$4") / $(agg "$1" "$3" "$4") $4)"; }
+
+info() {
+  local desc=$1 v=$2 detail=$3
+  [ "$v" = NA ] && return 0
+  printf '  info  %-62s %s   %s\n' "$desc" "$v" "$detail"
+}
+
+print_checks() {
+  echo
+  echo "#### Acceptance checks (ratios of medians)"
+  echo
+  echo '```'
+  echo "keep-alive c64, rr:"
+  check "req/s fl-rr / mio-2" "$(ratio ka-c64 fl-rr mio-2 req_s)" ">=" 0.95 "$(pair ka-c64 fl-rr mio-2 req_s)"
+  check "server CPU/req fl-rr / mio-2" "$(ratio ka-c64 fl-rr mio-2 cpu_us_req)" "<=" 1.2 "$(pair ka-c64 fl-rr mio-2 cpu_us_req)"
+  info "req/s fl-rr / mio-1" "$(ratio ka-c64 fl-rr mio-1 req_s)" "$(pair ka-c64 fl-rr mio-1 req_s)"
+  info "server CPU/req fl-rr / mio-1" "$(ratio ka-c64 fl-rr mio-1 cpu_us_req)" "$(pair ka-c64 fl-rr mio-1 cpu_us_req)"
+  echo "Connection: close c64, rr:"
+  check "conn/s fl-rr / node-rr" "$(ratio close-c64 fl-rr node-rr req_s)" ">=" 2.0 "$(pair close-c64 fl-rr node-rr req_s)"
+  check "conn/s fl-rr / nginx" "$(ratio close-c64 fl-rr nginx req_s)" ">=" 0.9 "$(pair close-c64 fl-rr nginx req_s)"
+  check "server CPU/conn fl-rr / mio-2" "$(ratio close-c64 fl-rr mio-2 cpu_us_req)" "<=" 1.3 "$(pair close-c64 fl-rr mio-2 cpu_us_req)"
+  info "server CPU/conn fl-rr / mio-1" "$(ratio close-c64 fl-rr mio-1 cpu_us_req)" "$(pair close-c64 fl-rr mio-1 cpu_us_req)"
+  check "primary CPU µs per handed-off conn, fl-rr" "$(agg close-c64 fl-rr primary_us_req)" "<=" 10 \
+    "(Node rr primary: $(agg close-c64 node-rr primary_us_req) µs)"
+  echo "reuseport:"
+  check "keep-alive c64 req/s fl-reuseport / mio-2" "$(ratio ka-c64 fl-reuseport mio-2 req_s)" ">=" 0.95 "$(pair ka-c64 fl-reuseport mio-2 req_s)"
+  check "c1 p50 fl-reuseport / mio-2" "$(ratio ka-c1 fl-reuseport mio-2 p50_us)" "<=" 1.1 "$(pair ka-c1 fl-reuseport mio-2 p50_us)"
+  info "c1 p50 fl-reuseport / mio-1" "$(ratio ka-c1 fl-reuseport mio-1 p50_us)" "$(pair ka-c1 fl-reuseport mio-1 p50_us)"
+  info "keep-alive c64 server CPU/req fl-reuseport / mio-2" "$(ratio ka-c64 fl-reuseport mio-2 cpu_us_req)" "$(pair ka-c64 fl-reuseport mio-2 cpu_us_req)"
+  echo '```'
+  # Errors are not an acceptance point, but a fast server that fails requests is no win.
+  local mode name e
+  for mode in "${MODE_LIST[@]}"; do
+    for name in "${SERVER_LIST[@]}"; do
+      e=$(( $(agg "$mode" "$name" errors sum | sed 's/NA/0/') + $(agg "$mode" "$name" non2xx sum | sed 's/NA/0/') ))
+      [ "$e" = 0 ] || echo "WARNING: $name $mode: $e socket errors / non-2xx responses over the runs"
+    done
+  done
+}
+
+# ---------------------------------------------------------------- main
+need() { command -v "$1" >/dev/null || die "$1 not found (apt-get install -y $2)"; }
+need wrk wrk
+need ss iproute2
+need timeout coreutils
+USE_FL=0 USE_MIO=0
+for name in "${SERVER_LIST[@]}"; do
+  case ${name%%@*} in
+    fl-rr | fl-reuseport | fl-none) USE_FL=1 ;;
+    mio-1 | mio-2) USE_MIO=1 ;;
+    node-*) need node nodejs; [ -f "$ANCHORS/js/http-cluster.js" ] || die "missing $ANCHORS/js" ;;
+    nginx) need nginx nginx; [ -f "$ANCHORS/nginx/nginx.conf" ] || die "missing $ANCHORS/nginx/nginx.conf" ;;
+    *) die "unknown server $name (see the header of $0)" ;;
+  esac
+done
+for mode in "${MODE_LIST[@]}"; do mode_title "$mode" >/dev/null || die "unknown mode $mode (ka-c64 close-c64 ka-c1)"; done
+
+# build_retry CMD...: others may be mid-edit in this tree; retry a failed build.
+build_retry() {
+  local i
+  for i in 1 2 3; do
+    if "$@"; then return 0; fi
+    echo "  build failed (attempt $i); retrying in 60 s" >&2
+    sleep 60
+  done
+  die "build failed: $*"
+}
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  if [ "$USE_FL" = 1 ]; then build_retry cargo build --release --quiet --example http_cluster; fi
+  if [ "$USE_MIO" = 1 ]; then
+    build_retry cargo build --release --quiet --locked --manifest-path "$ANCHORS/Cargo.toml" \
+      --target-dir target/anchors --bin mio-http
+  fi
+fi
+[ "$USE_FL" = 0 ] || [ -x "$FL_BIN" ] || die "missing $FL_BIN"
+[ "$USE_MIO" = 0 ] || [ -x "$MIO_BIN" ] || die "missing $MIO_BIN"
+
+START=$(date -u +%Y-%m-%dT%H:%MZ)
+echo "http-compare: RUNS=$RUNS DURATION=${SECS}s WARMUP=${WARM_SECS}s SERVERS='$SERVERS' MODES='$MODES' CREDIT=${CREDIT:-default}" >&2
+N=${#SERVER_LIST[@]}
+for ((r = 1; r <= RUNS; r++)); do
+  for ((i = 0; i < N; i++)); do
+    name=${SERVER_LIST[$(((i + r - 1) % N))]}
+    echo "== round $r/$RUNS: $name ($(label "$name"))" >&2
+    start_server "$name"
+    if [ "$WARM_SECS" -gt 0 ]; then
+      timeout -k 5 $((WARM_SECS + 20)) wrk -t1 -c64 -d"${WARM_SECS}s" "http://127.0.0.1:$PORT/" >/dev/null 2>&1 ||
+        die "$name: warm-up failed"
+    fi
+    for mode in "${MODE_LIST[@]}"; do measure "$name" "$mode" "$r"; done
+    stop_server "$name"
+    sleep 1
+  done
+done
+
+echo
+echo "<!-- scripts/http-compare.sh; $(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'); started $START; RUNS=$RUNS DURATION=${SECS}s CREDIT=${CREDIT:-default} -->"
+echo "CPU columns: utime+stime of the server processes over the run ÷ requests completed (under Connection: close, per connection). Latencies: wrk's p50/p99."
+print_tables
+print_checks
+[ -n "$OUT_DIR" ] && echo "raw wrk output and runs.tsv in $OUT_DIR"
+if [ "$MISSES" -gt 0 ]; then
+  echo "$MISSES acceptance check(s) missed"
+  exit 1
+fi
+echo "all acceptance checks that ran passed"
+exit 0

@@ -1,0 +1,740 @@
+//! Shared listening: one port for many workers under each policy, re-expressing the
+//! listening tests of Node's cluster suite (node-cluster.md §4), plus forkloop's own
+//! guarantees: no connection lost when a worker dies with hand-offs in flight, and an even
+//! round-robin spread.
+
+mod cluster_util;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
+use std::time::Duration;
+
+use cluster_util::{primary, primary_with, run, worker};
+use forkloop::ipc::Endpoint;
+use forkloop::net::Stream;
+use forkloop::primary::{Event, Policy, Primary, PrimaryOptions};
+use forkloop::rt::EventLoop;
+use forkloop::worker::Worker;
+use nix::sys::signal::Signal;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn with_policy(test: &str, policy: Policy) -> (EventLoop, Primary) {
+    primary_with(
+        test,
+        PrimaryOptions {
+            policy: Some(policy),
+            ..PrimaryOptions::default()
+        },
+    )
+}
+
+/// Serves each connection one answer, `w<ID>`, after its first bytes, then ends it.
+fn serve_id(lp: &mut EventLoop, w: &Worker, conn: Stream) {
+    let reply = format!("w{}", w.id());
+    conn.on_data(lp, move |lp, c, _| {
+        c.write(lp, reply.as_bytes());
+        c.end(lp);
+    });
+}
+
+fn listen_id(lp: &mut EventLoop, w: &Worker, addr: SocketAddr) -> forkloop::worker::Server {
+    let w2 = w.clone();
+    w.listen_tcp(lp, addr, move |lp, c| serve_id(lp, &w2, c))
+}
+
+/// One request: connect, send a byte, read the answer to EOF.
+fn fetch(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.write_all(b"x")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn tcp_port(ev: &Event) -> Option<u16> {
+    match ev {
+        Event::Listening {
+            address: Endpoint::Tcp(a),
+            ..
+        } => Some(a.port()),
+        _ => None,
+    }
+}
+
+#[test]
+fn listening_port() {
+    worker(|lp, w| {
+        listen_id(lp, w, any_port());
+    });
+    let (mut lp, p) = primary("listening_port");
+    let ports = Rc::new(RefCell::new(Vec::new()));
+    let pt = ports.clone();
+    p.on(move |lp, p, ev| {
+        if let Some(port) = tcp_port(ev) {
+            pt.borrow_mut().push(port);
+            if pt.borrow().len() == 2 {
+                p.disconnect(lp, |_, _| {});
+            }
+        }
+    });
+    p.fork(&mut lp).unwrap();
+    p.fork(&mut lp).unwrap();
+    run(&mut lp);
+    let ports = ports.borrow();
+    assert_ne!(ports[0], 0, "a real port, not the 0 that was asked for");
+    assert_eq!(
+        ports[0], ports[1],
+        "listen(0) in every worker shares one port"
+    );
+}
+
+#[test]
+fn dgram_1() {
+    const WORKERS: usize = 4;
+    const PER_WORKER: usize = 10;
+    worker(|lp, w| {
+        let w2 = w.clone();
+        let w3 = w.clone();
+        w.bind_udp(
+            lp,
+            any_port(),
+            move |lp, _, data, _| {
+                let _ = w2.send(lp, data);
+            },
+            move |lp, sock| {
+                let port = sock.unwrap().local_addr(lp).unwrap().port();
+                w3.send(lp, format!("bound {port}").as_bytes()).unwrap();
+            },
+        );
+    });
+    let (mut lp, p) = primary("dgram_1");
+    let ports = Rc::new(RefCell::new(BTreeSet::new()));
+    let bound = Rc::new(Cell::new(0));
+    let got = Rc::new(Cell::new(0));
+    let (pt, b, g) = (ports.clone(), bound.clone(), got.clone());
+    p.on(move |lp, p, ev| {
+        let Event::Message { data, .. } = ev else {
+            return;
+        };
+        let text = String::from_utf8_lossy(data).into_owned();
+        if let Some(port) = text.strip_prefix("bound ") {
+            pt.borrow_mut().insert(port.parse::<u16>().unwrap());
+            b.set(b.get() + 1);
+            if b.get() == WORKERS {
+                let port = *pt.borrow().iter().next().unwrap();
+                lp.spawn_blocking(
+                    move || {
+                        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                        for i in 0..WORKERS * PER_WORKER {
+                            s.send_to(format!("d{i}").as_bytes(), ("127.0.0.1", port))
+                                .unwrap();
+                        }
+                    },
+                    |_, r| r.unwrap(),
+                );
+            }
+        } else {
+            g.set(g.get() + 1);
+            if g.get() == WORKERS * PER_WORKER {
+                p.disconnect(lp, |_, _| {});
+            }
+        }
+    });
+    for _ in 0..WORKERS {
+        p.fork(&mut lp).unwrap();
+    }
+    run(&mut lp);
+    assert_eq!(
+        ports.borrow().len(),
+        1,
+        "every worker got the same UDP port"
+    );
+    assert_eq!(
+        got.get(),
+        WORKERS * PER_WORKER,
+        "every datagram reached a worker"
+    );
+}
+
+#[test]
+fn disconnect() {
+    worker(|lp, w| {
+        listen_id(lp, w, any_port());
+        listen_id(lp, w, any_port());
+    });
+    fn cycle(lp: &mut EventLoop, p: &Primary, workers: usize) -> (BTreeSet<u16>, Vec<String>) {
+        let ports = Rc::new(RefCell::new(BTreeSet::new()));
+        let listening = Rc::new(Cell::new(0));
+        let answers = Rc::new(RefCell::new(Vec::new()));
+        let (pt, l, a) = (ports.clone(), listening.clone(), answers.clone());
+        p.on(move |lp, p, ev| {
+            let Some(port) = tcp_port(ev) else { return };
+            pt.borrow_mut().insert(port);
+            l.set(l.get() + 1);
+            if l.get() == 2 * workers {
+                let targets: Vec<u16> = pt.borrow().iter().copied().collect();
+                let (a, p) = (a.clone(), p.clone());
+                lp.spawn_blocking(
+                    move || {
+                        targets
+                            .iter()
+                            .map(|port| fetch(SocketAddr::from(([127, 0, 0, 1], *port))).unwrap())
+                            .collect::<Vec<_>>()
+                    },
+                    move |lp, r| {
+                        *a.borrow_mut() = r.unwrap();
+                        p.disconnect(lp, |_, p| {
+                            assert!(p.workers().is_empty());
+                            assert_eq!(p.listener_count(), 0, "every listener closed");
+                        });
+                    },
+                );
+            }
+        });
+        for _ in 0..workers {
+            p.fork(lp).unwrap();
+        }
+        run(lp);
+
+        (ports.borrow().clone(), answers.borrow().clone())
+    }
+    let (mut lp, p) = primary("disconnect");
+    let (ports, answers) = cycle(&mut lp, &p, 8);
+    assert_eq!(
+        ports.len(),
+        2,
+        "8 workers x 2 servers on port 0 give exactly 2 ports"
+    );
+    assert!(answers.iter().all(|a| a.starts_with('w')), "{answers:?}");
+    // A second start/test/disconnect cycle works on the same primary.
+    let (mut lp2, p2) = primary("disconnect");
+    let (ports2, answers2) = cycle(&mut lp2, &p2, 2);
+    assert_eq!(ports2.len(), 2);
+    assert_eq!(answers2.len(), 2);
+    drop((lp, p));
+}
+
+fn server_restart(test: &str, policy: Policy) {
+    let (mut lp, p) = with_policy(test, policy);
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l = log.clone();
+    p.on(move |lp, p, ev| match ev {
+        Event::Message { worker, data, .. } => {
+            l.borrow_mut()
+                .push(format!("{worker} {}", String::from_utf8_lossy(data)));
+            if l.borrow().len() == 3 {
+                p.disconnect(lp, |_, _| {});
+            }
+        }
+        Event::Exit { worker, status } => l
+            .borrow_mut()
+            .push(format!("{worker} exit {:?}", status.code)),
+        _ => {}
+    });
+    p.fork(&mut lp).unwrap();
+    p.fork(&mut lp).unwrap();
+    run(&mut lp);
+    let log = log.borrow();
+    let port = |who: &str| -> String {
+        log.iter()
+            .find(|s| s.starts_with(who))
+            .and_then(|s| s.rsplit(' ').next())
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        port("1 listening"),
+        port("2 relistened"),
+        "same port after re-listening: {log:?}"
+    );
+    assert!(log.contains(&"1 exit Some(0)".to_string()), "{log:?}");
+    assert!(log.contains(&"2 exit Some(0)".to_string()), "{log:?}");
+}
+
+/// Worker 2 closes its server and listens again on port 0 while worker 1 keeps listening.
+fn restarting_worker(lp: &mut EventLoop, w: &Worker) {
+    let server = listen_id(lp, w, any_port());
+    let w2 = w.clone();
+    server.on_listening(lp, move |lp, s| {
+        let port = s.address().unwrap().port();
+        w2.send(lp, format!("listening {port}").as_bytes()).unwrap();
+        if w2.id() == 2 {
+            let w3 = w2.clone();
+            s.close(lp, move |lp| {
+                let again = listen_id(lp, &w3, any_port());
+                let w4 = w3.clone();
+                again.on_listening(lp, move |lp, s| {
+                    let port = s.address().unwrap().port();
+                    w4.send(lp, format!("relistened {port}").as_bytes())
+                        .unwrap();
+                });
+            });
+        }
+    });
+}
+
+#[test]
+fn server_restart_rr() {
+    worker(restarting_worker);
+    server_restart("server_restart_rr", Policy::RoundRobin);
+}
+
+#[test]
+fn server_restart_none() {
+    worker(restarting_worker);
+    server_restart("server_restart_none", Policy::Shared);
+}
+
+/// The worker listens on the port in `FORKLOOP_TEST_PORT` and reports the error it gets.
+fn report_listen_error(lp: &mut EventLoop, w: &Worker) {
+    let port: u16 = std::env::var("FORKLOOP_TEST_PORT")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let server = listen_id(lp, w, SocketAddr::from(([127, 0, 0, 1], port)));
+    let w2 = w.clone();
+    server.on_error(move |lp, _, e| {
+        let _ = w2.send(lp, format!("error {:?}", e.kind()).as_bytes());
+        w2.disconnect(lp);
+    });
+}
+
+fn listen_error(test: &str, policy: Policy, port: u16) -> (String, Option<i32>) {
+    let (mut lp, p) = with_policy(test, policy);
+    let got = Rc::new(RefCell::new((String::new(), None)));
+    let g = got.clone();
+    p.on(move |_, _, ev| match ev {
+        Event::Message { data, .. } => g.borrow_mut().0 = String::from_utf8_lossy(data).into(),
+        Event::Exit { status, .. } => g.borrow_mut().1 = status.code,
+        _ => {}
+    });
+    p.fork_with_env(&mut lp, [("FORKLOOP_TEST_PORT", port.to_string())])
+        .unwrap();
+    run(&mut lp);
+
+    got.borrow().clone()
+}
+
+#[test]
+fn shared_handle_bind_error() {
+    worker(report_listen_error);
+    // The primary's process already holds the port.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let (msg, code) = listen_error("shared_handle_bind_error", Policy::Shared, port);
+    assert_eq!(msg, "error AddrInUse");
+    assert_eq!(code, Some(0), "the worker carries on and exits normally");
+}
+
+#[test]
+fn bind_privileged_port() {
+    worker(report_listen_error);
+    if nix::unistd::geteuid().is_root() {
+        eprintln!("bind_privileged_port: running as root, port 42 is bindable; nothing to test");
+        return;
+    }
+    let (msg, code) = listen_error("bind_privileged_port", Policy::RoundRobin, 42);
+    assert_eq!(msg, "error PermissionDenied");
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn worker_handle_close() {
+    // Worker 1 is busy when connections are handed to it, then closes its server: it
+    // answers the hand-offs it finds with Rejected, and worker 2 serves them all.
+    worker(|lp, w| {
+        let server = listen_id(lp, w, any_port());
+        if w.id() == 1 {
+            let w2 = w.clone();
+            server.on_listening(lp, move |lp, s| {
+                let _ = w2.send(lp, b"ready");
+                std::thread::sleep(Duration::from_millis(500)); // hand-offs pile up
+                s.close(lp, |_| {});
+            });
+        } else {
+            let w2 = w.clone();
+            server.on_listening(lp, move |lp, _| {
+                let _ = w2.send(lp, b"ready");
+            });
+        }
+    });
+    let (mut lp, p) = primary("worker_handle_close");
+    let served = many_clients_after_ready(&mut lp, &p, 2, 10, None);
+    run(&mut lp);
+    let served = served.borrow();
+    assert_eq!(
+        served.values().sum::<usize>(),
+        10,
+        "no connection lost: {served:?}"
+    );
+    assert_eq!(served.get("w2"), Some(&10), "{served:?}");
+}
+
+/// Once `workers` said "ready", opens `n` connections at once from a thread, then reads
+/// every answer; the tally of answers by worker is returned. `kill_after` kills worker 1
+/// that long after the clients start. Disconnects the cluster afterwards.
+fn many_clients_after_ready(
+    lp: &mut EventLoop,
+    p: &Primary,
+    workers: usize,
+    n: usize,
+    kill_after: Option<u64>,
+) -> Rc<RefCell<BTreeMap<String, usize>>> {
+    let tally: Rc<RefCell<BTreeMap<String, usize>>> = Rc::default();
+    let ready = Rc::new(Cell::new(0));
+    let port = Rc::new(Cell::new(0u16));
+    let (t, r, pt) = (tally.clone(), ready.clone(), port.clone());
+    p.on(move |lp, p, ev| {
+        if let Some(port) = tcp_port(ev) {
+            pt.set(port);
+        }
+        let Event::Message { data, .. } = ev else {
+            return;
+        };
+        if data != b"ready" {
+            return;
+        }
+        r.set(r.get() + 1);
+        if r.get() != workers {
+            return;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], pt.get()));
+        let (t, p2) = (t.clone(), p.clone());
+        lp.spawn_blocking(
+            move || {
+                let mut conns: Vec<TcpStream> = (0..n)
+                    .map(|_| {
+                        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+                        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                        s.write_all(b"x").unwrap();
+                        s
+                    })
+                    .collect();
+                conns
+                    .iter_mut()
+                    .map(|s| {
+                        let mut out = String::new();
+                        s.read_to_string(&mut out).map(|_| out)
+                    })
+                    .collect::<Vec<_>>()
+            },
+            move |lp, r| {
+                for answer in r.unwrap() {
+                    *t.borrow_mut()
+                        .entry(answer.unwrap_or_else(|e| format!("{e}")))
+                        .or_default() += 1;
+                }
+                p2.disconnect(lp, |_, _| {});
+            },
+        );
+        if let Some(ms) = kill_after {
+            let p3 = p.clone();
+            lp.set_timeout(ms, move |_| {
+                let _ = p3.kill(1, Signal::SIGKILL);
+            });
+        }
+    });
+    for _ in 0..workers {
+        p.fork(lp).unwrap();
+    }
+    tally
+}
+
+#[test]
+fn hand_offs_in_flight_survive_a_killed_worker() {
+    // Worker 1 hangs (its loop blocked) while connections are handed to it; the primary
+    // kills it; its unanswered connections go to worker 2 and every client is served.
+    worker(|lp, w| {
+        let server = listen_id(lp, w, any_port());
+        let w2 = w.clone();
+        server.on_listening(lp, move |lp, _| {
+            let _ = w2.send(lp, b"ready");
+            if w2.id() == 1 {
+                std::thread::sleep(Duration::from_secs(30)); // hung, until killed
+            }
+        });
+    });
+    let (mut lp, p) = primary("hand_offs_in_flight_survive_a_killed_worker");
+    let killed_inflight = Rc::new(Cell::new(0));
+    let k = killed_inflight.clone();
+    p.on(move |_, p, ev| {
+        if let Event::Disconnect { worker: 1 } = ev {
+            k.set(p.in_flight(1));
+        }
+    });
+    let served = many_clients_after_ready(&mut lp, &p, 2, 10, Some(400));
+    run(&mut lp);
+    let served = served.borrow();
+    assert_eq!(
+        served.get("w2"),
+        Some(&10),
+        "every connection served by the survivor: {served:?}"
+    );
+    assert_eq!(
+        killed_inflight.get(),
+        0,
+        "nothing left in flight to the dead worker"
+    );
+}
+
+#[test]
+fn net_server_drop_connection() {
+    // maxConnections 0, 1 and 9 on three workers: of 10 connections each gets exactly that
+    // many; the rest are refused and go elsewhere.
+    worker(|lp, w| {
+        let w2 = w.clone();
+        let server = w.listen_tcp(lp, any_port(), move |lp, conn| {
+            let reply = format!("w{}", w2.id());
+            conn.on_data(lp, move |lp, c, _| {
+                c.write(lp, reply.as_bytes());
+            });
+            conn.on_end(lp, |lp, c| c.destroy(lp));
+        });
+        server.set_max_connections(Some(match w.id() {
+            1 => 0,
+            2 => 1,
+            _ => 9,
+        }));
+        let w3 = w.clone();
+        server.on_listening(lp, move |lp, _| {
+            let _ = w3.send(lp, b"ready");
+        });
+    });
+    let (mut lp, p) = primary("net_server_drop_connection");
+    let tally: Rc<RefCell<BTreeMap<String, usize>>> = Rc::default();
+    let (ready, port) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0u16)));
+    let t = tally.clone();
+    p.on(move |lp, p, ev| {
+        if let Some(pn) = tcp_port(ev) {
+            port.set(pn);
+        }
+        if !matches!(ev, Event::Message { .. }) {
+            return;
+        }
+        ready.set(ready.get() + 1);
+        if ready.get() != 3 {
+            return;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port.get()));
+        let (t, p2) = (t.clone(), p.clone());
+        lp.spawn_blocking(
+            move || {
+                // Hold all 10 open until each has its answer.
+                let mut conns: Vec<TcpStream> = (0..10)
+                    .map(|_| {
+                        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+                        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                        s.write_all(b"x").unwrap();
+                        s
+                    })
+                    .collect();
+                conns
+                    .iter_mut()
+                    .map(|s| {
+                        let mut b = [0u8; 2];
+                        s.read_exact(&mut b)
+                            .map(|_| String::from_utf8_lossy(&b).into_owned())
+                    })
+                    .collect::<Vec<_>>()
+            },
+            move |lp, r| {
+                for a in r.unwrap() {
+                    *t.borrow_mut()
+                        .entry(a.unwrap_or_else(|e| e.to_string()))
+                        .or_default() += 1;
+                }
+                p2.disconnect(lp, |_, _| {});
+            },
+        );
+    });
+    for _ in 0..3 {
+        p.fork(&mut lp).unwrap();
+    }
+    run(&mut lp);
+    let tally = tally.borrow();
+    assert_eq!(tally.get("w1"), None, "{tally:?}");
+    assert_eq!(tally.get("w2"), Some(&1), "{tally:?}");
+    assert_eq!(tally.get("w3"), Some(&9), "{tally:?}");
+}
+
+#[test]
+fn rr_handle_keep_loop_alive() {
+    // A round-robin server keeps the worker alive after the channel is unref'd.
+    worker(|lp, w| {
+        let server = listen_id(lp, w, any_port());
+        let w2 = w.clone();
+        server.on_listening(lp, move |lp, _| w2.unref_channel(lp));
+        w.on_message(lp, move |lp, _, _| server.close(lp, |_| {}));
+    });
+    let (mut lp, p) = primary("rr_handle_keep_loop_alive");
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l = log.clone();
+    p.on(move |lp, p, ev| match ev {
+        Event::Listening { worker, .. } => {
+            let (l, p, w) = (l.clone(), p.clone(), *worker);
+            lp.set_timeout(300, move |lp| {
+                l.borrow_mut().push(format!(
+                    "alive at 300 ms: {}",
+                    !p.worker(w).unwrap().is_dead()
+                ));
+                p.send(lp, w, b"close your server").unwrap();
+            });
+        }
+        Event::Exit { status, .. } => l.borrow_mut().push(format!("exit {:?}", status.code)),
+        _ => {}
+    });
+    p.fork(&mut lp).unwrap();
+    run(&mut lp);
+    assert_eq!(*log.borrow(), ["alive at 300 ms: true", "exit Some(0)"]);
+}
+
+#[test]
+fn rr_handle_close() {
+    // Closing the round-robin server and unref'ing the channel lets the worker exit.
+    worker(|lp, w| {
+        let server = listen_id(lp, w, any_port());
+        let w2 = w.clone();
+        server.on_listening(lp, move |lp, s| {
+            s.close(lp, |_| {});
+            w2.unref_channel(lp);
+        });
+    });
+    let (mut lp, p) = primary("rr_handle_close");
+    let exit = Rc::new(RefCell::new(None));
+    let e = exit.clone();
+    p.on(move |_, p, ev| {
+        if let Event::Exit { worker, status } = ev {
+            *e.borrow_mut() = Some((
+                status.code,
+                p.worker(*worker).unwrap().exited_after_disconnect,
+            ));
+        }
+    });
+    p.fork(&mut lp).unwrap();
+    run(&mut lp);
+    assert_eq!(*exit.borrow(), Some((Some(0), Some(false))));
+    assert_eq!(p.listener_count(), 0);
+}
+
+#[test]
+fn shared_leak() {
+    // Shared policy: both workers disconnect while a client connection is open; both exit
+    // 0 once it ends, and nothing stays behind.
+    worker(|lp, w| {
+        let w2 = w.clone();
+        let server = w.listen_tcp(lp, any_port(), move |lp, conn| {
+            let reply = format!("w{}", w2.id());
+            conn.on_data(lp, move |lp, c, _| {
+                c.write(lp, reply.as_bytes());
+            });
+            conn.on_end(lp, |lp, c| c.destroy(lp));
+        });
+        let w3 = w.clone();
+        server.on_listening(lp, move |lp, _| {
+            let _ = w3.send(lp, b"ready");
+        });
+    });
+    let (mut lp, p) = with_policy("shared_leak", Policy::Shared);
+    let (ready, port) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0u16)));
+    let exits = Rc::new(RefCell::new(Vec::new()));
+    let (e, pt) = (exits.clone(), port.clone());
+    p.on(move |lp, p, ev| {
+        if let Some(pn) = tcp_port(ev) {
+            pt.set(pn);
+        }
+        if let Event::Exit { status, .. } = ev {
+            e.borrow_mut().push(status.code);
+        }
+        if !matches!(ev, Event::Message { .. }) {
+            return;
+        }
+        ready.set(ready.get() + 1);
+        if ready.get() != 2 {
+            return;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], pt.get()));
+        let p2 = p.clone();
+        lp.spawn_blocking(
+            move || {
+                let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+                s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                s.write_all(b"x").unwrap();
+                let mut b = [0u8; 2];
+                s.read_exact(&mut b).unwrap();
+                s
+            },
+            move |lp, r| {
+                let client = r.unwrap();
+                p2.disconnect(lp, |_, _| {});
+                lp.set_timeout(300, move |_| drop(client));
+            },
+        );
+    });
+    p.fork(&mut lp).unwrap();
+    p.fork(&mut lp).unwrap();
+    run(&mut lp);
+    assert_eq!(*exits.borrow(), [Some(0), Some(0)]);
+    assert_eq!(p.listener_count(), 0, "no listener left");
+    std::net::TcpListener::bind(("127.0.0.1", port.get())).expect("the port is free again");
+}
+
+#[test]
+fn rr_distribution_is_even() {
+    // 20 000 connections, one at a time, over 4 workers: each gets 5 000 ± 5 %.
+    const N: usize = 20_000;
+    worker(|lp, w| {
+        let server = listen_id(lp, w, any_port());
+        let w2 = w.clone();
+        server.on_listening(lp, move |lp, _| {
+            let _ = w2.send(lp, b"ready");
+        });
+    });
+    let (mut lp, p) = primary("rr_distribution_is_even");
+    let tally: Rc<RefCell<BTreeMap<String, usize>>> = Rc::default();
+    let (ready, port) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0u16)));
+    let t = tally.clone();
+    p.on(move |lp, p, ev| {
+        if let Some(pn) = tcp_port(ev) {
+            port.set(pn);
+        }
+        if !matches!(ev, Event::Message { .. }) {
+            return;
+        }
+        ready.set(ready.get() + 1);
+        if ready.get() != 4 {
+            return;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port.get()));
+        let (t, p2) = (t.clone(), p.clone());
+        lp.spawn_blocking(
+            move || (0..N).map(|_| fetch(addr)).collect::<Vec<_>>(),
+            move |lp, r| {
+                for a in r.unwrap() {
+                    *t.borrow_mut()
+                        .entry(a.unwrap_or_else(|e| e.to_string()))
+                        .or_default() += 1;
+                }
+                p2.disconnect(lp, |_, _| {});
+            },
+        );
+    });
+    for _ in 0..4 {
+        p.fork(&mut lp).unwrap();
+    }
+    run(&mut lp);
+    let tally = tally.borrow();
+    assert_eq!(tally.values().sum::<usize>(), N, "{tally:?}");
+    for w in ["w1", "w2", "w3", "w4"] {
+        let n = tally.get(w).copied().unwrap_or(0);
+        assert!((4750..=5250).contains(&n), "{w} got {n}: {tally:?}");
+    }
+}
