@@ -8,8 +8,12 @@
 //! Defaults: one worker per available core, port 8000, host 127.0.0.1, policy from
 //! `FORKLOOP_SCHED_POLICY` or `rr`, credit (round-robin hand-offs a worker may hold
 //! unanswered) 16. The primary prints one line,
-//! `listening on HOST:PORT workers=N policy=P`, once every worker listens. SIGTERM or
-//! SIGINT disconnects the workers (they finish their connections) and exits with status 0.
+//! `listening on HOST:PORT workers=N policy=P`, once every worker listens.
+//!
+//! Supervised: a crashed worker is restarted (with backoff if it keeps crashing), a hung
+//! one is replaced; SIGHUP replaces every worker one at a time without dropping a
+//! connection; SIGTTIN/SIGTTOU add/remove a worker; SIGTERM, SIGINT or SIGQUIT let the
+//! workers finish their connections and exit with status 0 (a second SIGINT forces).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -18,6 +22,7 @@ use std::rc::Rc;
 use forkloop::Role;
 use forkloop::ipc::Endpoint;
 use forkloop::net::Stream;
+use forkloop::primary::supervise::{Supervisor, SupervisorEvent, SupervisorOptions};
 use forkloop::primary::{Event, Policy, Primary, PrimaryOptions};
 use forkloop::rt::EventLoop;
 use forkloop::worker::Worker;
@@ -93,43 +98,40 @@ fn primary(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
     let p = Primary::with_options(lp, opts)?;
     let policy = p.policy();
     let workers = args.workers;
+    let announced = Rc::new(Cell::new(false));
     let listening = Rc::new(Cell::new(0usize));
     let host = args.host.clone();
-    p.on(move |lp, p, ev| match ev {
-        Event::Listening { address, .. } => {
+    p.on(move |_, _, ev| {
+        if let Event::Listening { address, .. } = ev {
             listening.set(listening.get() + 1);
-            if listening.get() == workers {
+            if listening.get() == workers && !announced.replace(true) {
                 let port = match address {
                     Endpoint::Tcp(a) => a.port(),
                     _ => 0,
                 };
-                println!(
-                    "listening on {host}:{port} workers={workers} policy={}",
-                    policy.name()
-                );
+                println!("listening on {host}:{port} workers={workers} policy={}", policy.name());
             }
         }
-        Event::Exit { worker, status } if status.code != Some(0) => {
-            eprintln!("worker {worker} exited: {status:?}");
-            if p.workers().is_empty() {
-                lp.exit(1);
-            }
-        }
+    });
+    // Restarts, heartbeats, SIGHUP reload, SIGTERM/SIGINT/SIGQUIT graceful stop (a second
+    // SIGINT forces), SIGTTIN/SIGTTOU scaling.
+    let sup = Supervisor::new(
+        lp,
+        &p,
+        SupervisorOptions {
+            workers,
+            ..SupervisorOptions::default()
+        },
+    )?;
+    sup.on(|_, _, ev| match ev {
+        SupervisorEvent::Restarting { .. }
+        | SupervisorEvent::BreakerTripped { .. }
+        | SupervisorEvent::ReplacementFailed { .. }
+        | SupervisorEvent::ReloadFinished(_)
+        | SupervisorEvent::Quarantined { .. } => eprintln!("supervisor: {ev:?}"),
         _ => {}
     });
-    for sig in [nix::libc::SIGTERM, nix::libc::SIGINT] {
-        let p = p.clone();
-        let stopping = Rc::new(Cell::new(false));
-        lp.on_signal(sig, move |lp, _| {
-            if stopping.replace(true) {
-                return;
-            }
-            p.disconnect(lp, |lp, _| lp.exit(0));
-        })?;
-    }
-    for _ in 0..workers {
-        p.fork(lp)?;
-    }
+    sup.start(lp)?;
     Ok(lp.run()?)
 }
 

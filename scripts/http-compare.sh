@@ -564,7 +564,7 @@ for ((r = 1; r <= RUNS; r++)); do
 done
 
 echo
-echo "<!-- scripts/http-compare.sh; $(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'); started $START; RUNS=$RUNS DURATION=${SECS}s CREDIT=${CREDIT:-default} -->"
+echo "<!-- scripts/http-compare.sh; $(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r), $({ wrk -v 2>&1 || true; } | head -1 | awk '{print $1, $2}'); started $START; RUNS=$RUNS DURATION=${SECS}s CREDIT=${CREDIT:-default} -->"
 echo "CPU columns: utime+stime of the server processes over the run ÷ requests completed (under Connection: close, per connection). Latencies: wrk's p50/p99."
 print_tables
 print_checks

@@ -173,6 +173,8 @@ pub(crate) struct InFlight {
 #[derive(Debug, Default, Clone, Copy)]
 struct Load {
     inflight: u32,
+    /// Hand-offs accepted so far.
+    handed: u64,
     /// The worker's own limit from its last answer (`u32::MAX`: none).
     reported: u32,
 }
@@ -190,7 +192,17 @@ pub(crate) struct Balancer {
     load: HashMap<u32, Load>,
     /// Workers taking no new connections (quarantined, retiring).
     pub(crate) excluded: HashSet<u32>,
+    /// Keep a listener open (accepting paused) when its last worker leaves, so clients wait
+    /// in the backlog for a replacement instead of being refused (set while supervised).
+    pub(crate) keep_listeners: bool,
+    /// Sockets adopted from a service manager (systemd socket activation). A handle uses a
+    /// duplicate, so the original outlives every handle and serves the next one.
+    adopted: Vec<OwnedFd>,
 }
+
+/// A new handle's socket: its mode, descriptor, bound endpoint and the path to remove
+/// when it closes.
+type Opened = (Mode, OwnedFd, Endpoint, Option<PathBuf>);
 
 /// What answering a query needs from the primary.
 #[derive(Debug)]
@@ -216,7 +228,48 @@ impl Balancer {
             inflight: HashMap::new(),
             load: HashMap::new(),
             excluded: HashSet::new(),
+            keep_listeners: false,
+            adopted: Vec::new(),
         }
+    }
+
+    /// Adds sockets to use instead of binding when a request matches one (see
+    /// [`Balancer::adopted_for`]).
+    pub(crate) fn adopt(&mut self, fds: Vec<OwnedFd>) {
+        self.adopted.extend(fds);
+    }
+
+    /// A duplicate of the adopted socket bound to exactly `ep`, listening with `backlog`
+    /// (TCP, Unix), if there is one. Only an exact address matches: a request for port 0,
+    /// or for `0.0.0.0:80` when `127.0.0.1:80` was adopted, binds as usual. The reuseport
+    /// policy cannot share an adopted port and uses round-robin for it; no path is
+    /// recorded, so the service manager's Unix socket file is never removed.
+    fn adopted_for(&self, ep: &Endpoint, backlog: u32) -> io::Result<Option<Opened>> {
+        let matches = |fd: &&OwnedFd| match ep {
+            Endpoint::Tcp(a) | Endpoint::Udp(a) => {
+                let stream = matches!(ep, Endpoint::Tcp(_));
+                sysnet::is_stream_socket(*fd).is_ok_and(|s| s == stream)
+                    && sysnet::local_addr(*fd).is_ok_and(|l| l == *a)
+            }
+            Endpoint::Unix(p) => {
+                sysnet::is_stream_socket(*fd).is_ok_and(|s| s)
+                    && sysnet::unix_local_path(*fd).is_ok_and(|l| l.as_deref() == Some(p))
+            }
+        };
+        let Some(original) = self.adopted.iter().find(matches) else {
+            return Ok(None);
+        };
+        let fd = original.try_clone()?;
+        crate::sys::set_nonblocking(fd.as_fd(), true)?;
+        let mode = match (ep, self.policy) {
+            (Endpoint::Udp(_), _) | (_, Policy::Shared) => Mode::Shared,
+            _ => Mode::RoundRobin,
+        };
+        if !matches!(ep, Endpoint::Udp(_)) {
+            sysnet::listen(&fd, backlog as i32)?;
+        }
+        log::info!("listening on {ep:?} with an adopted socket");
+        Ok(Some((mode, fd, ep.clone(), None)))
     }
 
     /// Joins `worker` to the handle for `req`, creating (binding) it if needed.
@@ -258,6 +311,7 @@ impl Balancer {
         h.workers.insert(worker);
         self.load.entry(worker).or_insert(Load {
             inflight: 0,
+            handed: 0,
             reported: u32::MAX,
         });
         let fd = match h.mode {
@@ -276,8 +330,10 @@ impl Balancer {
     /// Binds a new handle for `key`.
     fn open(&self, key: HandleKey, backlog: u32) -> io::Result<(Handle, Option<OwnedFd>)> {
         let ipv6_only = key.flags & 1 != 0;
-        let (mode, fd, bound, unix_path) = match &key.endpoint {
-            Endpoint::Udp(addr) => {
+        let adopted = self.adopted_for(&key.endpoint, backlog)?.filter(|_| false);
+        let (mode, fd, bound, unix_path) = match (&key.endpoint, adopted) {
+            (_, Some(opened)) => opened,
+            (Endpoint::Udp(addr), None) => {
                 let fd = sysnet::bind_udp(
                     *addr,
                     BindOptions {
@@ -288,7 +344,7 @@ impl Balancer {
                 let bound = Endpoint::Udp(sysnet::local_addr(&fd)?);
                 (Mode::Shared, fd, bound, None)
             }
-            Endpoint::Tcp(addr) => {
+            (Endpoint::Tcp(addr), None) => {
                 let (mode, opts) = match self.policy {
                     Policy::ReusePort => (
                         Mode::ReusePort,
@@ -319,7 +375,7 @@ impl Balancer {
                 let bound = Endpoint::Tcp(sysnet::local_addr(&fd)?);
                 (mode, fd, bound, None)
             }
-            Endpoint::Unix(path) => {
+            (Endpoint::Unix(path), None) => {
                 let fd = sysnet::bind_unix(path, backlog as i32)?;
                 let mode = match self.policy {
                     Policy::Shared => Mode::Shared,
@@ -414,6 +470,7 @@ impl Balancer {
         }
         if let Some(l) = self.load.get_mut(&worker) {
             l.reported = credit;
+            l.handed += 1;
         }
     }
 
@@ -445,15 +502,31 @@ impl Balancer {
         let h = self.handles.get_mut(&id)?;
         h.workers.remove(&worker);
         h.refused.remove(&worker);
-        if !h.workers.is_empty() {
+        if !h.workers.is_empty() || self.keep_listeners {
             return None;
         }
+        self.forget(id)
+    }
+
+    /// Forgets handle `id` (its socket closes when the returned handle drops).
+    fn forget(&mut self, id: u32) -> Option<Handle> {
         let h = self.handles.remove(&id)?;
         self.by_key.remove(&h.key);
         if let Some(path) = &h.unix_path {
             let _ = std::fs::remove_file(path);
         }
         Some(h)
+    }
+
+    /// Removes the handles no worker uses (after keeping them across worker changes).
+    pub(crate) fn close_idle(&mut self) -> Vec<Handle> {
+        let idle: Vec<u32> = self
+            .handles
+            .iter()
+            .filter(|(_, h)| h.workers.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        idle.into_iter().filter_map(|id| self.forget(id)).collect()
     }
 
     /// `worker` is gone: its unanswered hand-offs are queued for others; returns the
@@ -488,6 +561,11 @@ impl Balancer {
     /// The accept socket of a round-robin handle.
     pub(crate) fn accept_fd(&self, id: u32) -> Option<&Arc<OwnedFd>> {
         self.handles.get(&id).and_then(|h| h.fd.as_ref())
+    }
+
+    /// Hand-offs `worker` accepted so far.
+    pub(crate) fn handed_to(&self, worker: u32) -> u64 {
+        self.load.get(&worker).map_or(0, |l| l.handed)
     }
 
     /// Unanswered hand-offs of `worker`.

@@ -29,6 +29,8 @@
 mod balance;
 mod settings;
 mod stdio;
+pub mod supervise;
+pub mod systemd;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -105,6 +107,22 @@ pub enum Event {
         /// How it ended.
         status: ExitStatus,
     },
+    /// A worker answered a heartbeat.
+    Pong {
+        /// The worker.
+        worker: u32,
+        /// The heartbeat's number.
+        seq: u64,
+        /// The worker's event-loop lag, in microseconds.
+        lag_us: u64,
+    },
+    /// A worker hit a fatal error, stopped accepting and asks to be replaced.
+    GoingDown {
+        /// The worker.
+        worker: u32,
+        /// Why.
+        reason: String,
+    },
     /// A worker misbehaved (malformed or unexpected message); its channel was closed.
     Error {
         /// The worker.
@@ -126,6 +144,8 @@ impl Event {
             | Event::Message { worker, .. }
             | Event::Disconnect { worker }
             | Event::Exit { worker, .. }
+            | Event::Pong { worker, .. }
+            | Event::GoingDown { worker, .. }
             | Event::Error { worker, .. } => Some(worker),
         }
     }
@@ -703,6 +723,8 @@ impl Primary {
         if sent.is_err() {
             log::info!("worker {worker}: listener reply not delivered");
         }
+        // A worker joined: connections waiting on a kept listener can go now.
+        self.pump(lp);
     }
 
     /// Accepts on round-robin handle `hid` while some worker has credit.
@@ -801,9 +823,65 @@ impl Primary {
         }
     }
 
+    /// Keeps listeners open while no worker listens on them (accepting paused; clients wait
+    /// in the backlog), so a restart or a reload of the last worker refuses nobody. Turning
+    /// it off closes the listeners no worker uses. The supervisor turns it on while it runs.
+    pub fn keep_listeners(&self, lp: &mut EventLoop, on: bool) {
+        let idle = {
+            let mut inner = self.inner.borrow_mut();
+            inner.bal.keep_listeners = on;
+            if on { Vec::new() } else { inner.bal.close_idle() }
+        };
+        for h in idle {
+            close_handle(lp, h);
+        }
+    }
+
+    /// Stops (`false`) or resumes (`true`) handing new connections to `worker` under the
+    /// round-robin policy (quarantine, retirement). Its open connections are not touched.
+    pub fn set_routing(&self, lp: &mut EventLoop, worker: u32, on: bool) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            if on {
+                inner.bal.excluded.remove(&worker);
+            } else {
+                inner.bal.excluded.insert(worker);
+            }
+        }
+        if on {
+            self.pump(lp);
+        }
+    }
+
+    /// Whether new connections go to `worker`.
+    pub fn is_routed(&self, worker: u32) -> bool {
+        !self.inner.borrow().bal.excluded.contains(&worker)
+    }
+
+    /// Connections handed off to `worker` and accepted so far (round-robin policy).
+    pub fn handed(&self, worker: u32) -> u64 {
+        self.inner.borrow().bal.handed_to(worker)
+    }
+
+    /// Sends a heartbeat to `worker`; its answer arrives as [`Event::Pong`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Primary::send`].
+    pub fn ping(&self, lp: &mut EventLoop, worker: u32, seq: u64) -> Result<(), SendError> {
+        self.send_msg(lp, worker, &Message::Ping { seq })
+    }
+
     /// Listening endpoints the primary holds (one per key any worker listens on).
     pub fn listener_count(&self) -> usize {
         self.inner.borrow().bal.handles.len()
+    }
+
+    /// Adopts listening sockets bound by someone else, typically the service manager's
+    /// ([`systemd::listen_fds`]). A worker's listen request whose address is exactly one
+    /// of theirs uses it instead of binding; see [`systemd`] for the matching rules.
+    pub fn adopt_listeners(&self, fds: Vec<OwnedFd>) {
+        self.inner.borrow_mut().bal.adopt(fds);
     }
 
     /// Hand-offs sent to `worker` and not yet answered.
@@ -930,7 +1008,12 @@ impl Primary {
                 self.inner.borrow_mut().bal.rejected(worker, seq);
                 self.pump(lp);
             }
-            Message::Pong { .. } => {}
+            Message::Pong { seq, lag_us } => self.emit(lp, Event::Pong { worker, seq, lag_us }),
+            Message::GoingDown { reason } => {
+                // Stop routing to it at once; whoever supervises starts the replacement.
+                self.set_routing(lp, worker, false);
+                self.emit(lp, Event::GoingDown { worker, reason });
+            }
             other => self.misbehaved(
                 lp,
                 worker,
@@ -1136,6 +1219,8 @@ where
     if let Some(gid) = settings.gid {
         std::os::unix::process::CommandExt::gid(&mut cmd, gid);
     }
+    // Orphan safety: the worker is killed when this thread (the loop's) ends (Linux).
+    crate::sys::process::die_with_parent(&mut cmd);
     cmd
 }
 

@@ -43,3 +43,22 @@ pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn open_fd_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/dev/fd")?.count().saturating_sub(1))
 }
+
+/// No parent-death signal here: orphans are found by the worker watchdog's parent check.
+pub const PARENT_DEATH_SIGNAL: bool = false;
+
+/// No `POLLRDHUP`; a hang-up shows only as `POLLHUP`, where the OS reports it at all.
+pub(crate) const HANGUP_EVENTS: libc::c_short = 0;
+
+/// A no-op: this OS has no `PR_SET_PDEATHSIG` (FreeBSD's `procctl` is not used yet).
+pub(crate) fn set_parent_death_signal() -> io::Result<()> {
+    Ok(())
+}
+
+/// Abstract `AF_UNIX` addresses exist on Linux only.
+pub(crate) fn abstract_unix_addr(_name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "abstract unix socket addresses are Linux-only",
+    ))
+}

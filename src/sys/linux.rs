@@ -28,3 +28,38 @@ pub fn open_fd_count() -> io::Result<usize> {
         .count()
         .saturating_sub(1))
 }
+
+/// `SIGKILL` on parent death is available (`PR_SET_PDEATHSIG`).
+pub const PARENT_DEATH_SIGNAL: bool = true;
+
+/// `poll` events reporting that a stream socket's peer hung up, without reading.
+pub(crate) const HANGUP_EVENTS: libc::c_short = libc::POLLRDHUP;
+
+/// Asks for `SIGKILL` when the parent dies. Only for a forked child before `exec`: it is
+/// async-signal-safe (one syscall, no allocation).
+///
+/// The kernel sends the signal when the *thread* that forked this process exits, not when
+/// the parent process does; it survives `exec`, except of a set-user-ID or set-group-ID
+/// program or one with file capabilities, and is cleared by a later change of credentials.
+pub(crate) fn set_parent_death_signal() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes integers only and touches no memory.
+    cvt(unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })?;
+    Ok(())
+}
+
+/// The abstract `AF_UNIX` address `name` (no leading NUL).
+pub(crate) fn abstract_unix_addr(name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    #[cfg(target_os = "android")]
+    use std::os::android::net::SocketAddrExt;
+    #[cfg(target_os = "linux")]
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(name)
+}

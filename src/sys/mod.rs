@@ -11,14 +11,21 @@
 //! | `SEND_FLAGS` | flags for `sendmsg` (`MSG_NOSIGNAL` where the OS has it) |
 //! | `RECV_SETS_CLOEXEC` | whether `RECV_FLAGS` already marks received fds close-on-exec |
 //! | `open_fd_count()` | how many descriptors this process has open |
+//! | `PARENT_DEATH_SIGNAL` | whether `set_parent_death_signal` does anything here |
+//! | `set_parent_death_signal()` | in a forked child before `exec`: ask for `SIGKILL` when the parent dies (Linux `PR_SET_PDEATHSIG`; a no-op elsewhere) |
+//! | `HANGUP_EVENTS` | `poll` events that report a stream peer's hang-up without reading (`POLLRDHUP` on Linux; none elsewhere, where only `POLLHUP` may come) |
+//! | `abstract_unix_addr()` | an abstract `AF_UNIX` address (Linux; `Unsupported` elsewhere) |
 //!
-//! The portable code on top ([`scm`], [`process`]) uses only those items and POSIX calls.
+//! The portable code on top ([`scm`], [`process`], [`watch`]) uses only those items and POSIX
+//! calls.
 //! `cfg(target_os)` appears in this file only.
 
 pub mod cputime;
 pub mod net;
 pub mod process;
+pub mod rss;
 pub mod scm;
+pub mod watch;
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 #[path = "linux.rs"]
@@ -28,7 +35,7 @@ mod imp;
 #[path = "bsd.rs"]
 mod imp;
 
-pub use imp::{open_fd_count, socketpair};
+pub use imp::{PARENT_DEATH_SIGNAL, open_fd_count, socketpair};
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -83,4 +90,14 @@ pub fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {
     // SAFETY: fcntl F_GETFD on a borrowed descriptor touches no memory.
     let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })?;
     Ok(flags & libc::FD_CLOEXEC != 0)
+}
+
+/// `CLOCK_MONOTONIC` now, in microseconds (the clock systemd's `MONOTONIC_USEC=` uses).
+pub fn monotonic_usec() -> u64 {
+    // SAFETY: an all-zero timespec is a valid value (plain integers).
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime writes one timespec into a local we own; CLOCK_MONOTONIC
+    // always exists, so it cannot fail.
+    let _ = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
 }

@@ -181,3 +181,41 @@ pub fn accept(listener: &impl AsFd) -> io::Result<OwnedFd> {
         }
     }
 }
+
+/// Whether `fd` is a stream socket (`SOCK_STREAM`) rather than a datagram one.
+///
+/// # Errors
+///
+/// `getsockopt(SO_TYPE)` fails (e.g. `fd` is not a socket).
+pub fn is_stream_socket(fd: &impl AsFd) -> io::Result<bool> {
+    Ok(socket::getsockopt(fd, sockopt::SockType)? == SockType::Stream)
+}
+
+/// The path a Unix-domain socket is bound to; `None` for an unnamed or abstract one.
+///
+/// # Errors
+///
+/// `getsockname` fails or the socket is not a Unix-domain one.
+pub fn unix_local_path(fd: &impl AsFd) -> io::Result<Option<std::path::PathBuf>> {
+    let addr: UnixAddr = socket::getsockname(fd.as_fd().as_raw_fd())?;
+    Ok(addr.path().map(Path::to_path_buf))
+}
+
+/// An `AF_UNIX` address written the way systemd writes them: a path, or `@name` for an
+/// abstract address (Linux only).
+///
+/// # Errors
+///
+/// `InvalidInput` for an empty string or a path that is too long; `Unsupported` for an
+/// abstract address outside Linux.
+pub fn unix_socket_addr(s: &std::ffi::OsStr) -> io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::unix::ffi::OsStrExt;
+    match s.as_bytes() {
+        [] => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "empty unix socket address",
+        )),
+        [b'@', name @ ..] => super::imp::abstract_unix_addr(name),
+        _ => std::os::unix::net::SocketAddr::from_pathname(Path::new(s)),
+    }
+}

@@ -76,3 +76,77 @@ pub fn take_inherited_fd(env_var: &str) -> io::Result<Option<OwnedFd>> {
     super::set_cloexec(std::os::fd::AsFd::as_fd(&fd), true)?;
     Ok(Some(fd))
 }
+
+/// Makes the child `cmd` spawns die with this process: on Linux the child asks for
+/// `SIGKILL` on parent death (`PR_SET_PDEATHSIG`) between `fork` and `exec`, then checks
+/// that its parent is still this process (if the parent died in between, the request came
+/// too late and the child `_exit`s with status 1 at once). Elsewhere only the check runs;
+/// the worker's watchdog thread covers parent death there.
+///
+/// # Linux caveat
+///
+/// The kernel fires the signal when the *thread* that spawned the child exits, not the
+/// process. Spawn workers from the thread that runs the primary's loop for its whole
+/// life (never from a short-lived helper thread), or they are killed when that thread
+/// ends. The request is also dropped when the child changes credentials afterwards or
+/// `exec`s a set-user-ID program; [`Command::uid`]/[`Command::gid`] are applied before
+/// this hook, so they are fine.
+pub fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl,
+    // getppid and _exit, which are async-signal-safe; it allocates nothing and takes no
+    // locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            super::imp::set_parent_death_signal()?;
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Reads and removes the environment variable `key`.
+///
+/// Call this early in `main`, before other threads exist (it edits the environment).
+pub fn take_env_var(key: &str) -> Option<std::ffi::OsString> {
+    let value = std::env::var_os(key)?;
+    // SAFETY: documented precondition: called before other threads exist.
+    unsafe { std::env::remove_var(key) };
+    Some(value)
+}
+
+/// Takes ownership of the `count` descriptors `start, start + 1, …` a service manager
+/// passed to this process (socket activation), making each close-on-exec.
+///
+/// Call this once: the caller must have consumed whatever told it about the descriptors
+/// (`LISTEN_FDS`), so that nothing else in the process owns them.
+///
+/// # Errors
+///
+/// `InvalidData` if one of them is not open (then none is taken); `fcntl` fails.
+pub fn take_fds(start: RawFd, count: usize) -> io::Result<Vec<OwnedFd>> {
+    let end = RawFd::try_from(count)
+        .ok()
+        .and_then(|n| start.checked_add(n))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "too many descriptors"))?;
+    for raw in start..end {
+        // SAFETY: F_GETFD on a number touches no memory; a closed fd fails with EBADF.
+        if unsafe { libc::fcntl(raw, libc::F_GETFD) } == -1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("inherited descriptor {raw} is not open"),
+            ));
+        }
+    }
+    let mut fds = Vec::with_capacity(count);
+    for raw in start..end {
+        // SAFETY: the descriptor is open (checked above) and was passed to this process
+        // alone; the caller's precondition says nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        super::set_cloexec(std::os::fd::AsFd::as_fd(&fd), true)?;
+        fds.push(fd);
+    }
+    Ok(fds)
+}

@@ -16,8 +16,10 @@
 //! "Exits" means [`EventLoop::exit`]: `run()` returns the code and the program's `main`
 //! ends the process with it.
 
+mod lag;
 mod listen;
 mod server;
+mod watchdog;
 
 pub use listen::{ListenOptions, listen_tcp};
 pub use server::Server;
@@ -116,6 +118,10 @@ struct Inner {
     indexes: HashMap<(Endpoint, u32), BTreeSet<u32>>,
     /// Which endpoint and index each listener id holds.
     key_index: HashMap<u32, ((Endpoint, u32), u32)>,
+    /// The loop's lag, measured by a sampling timer.
+    lag: Rc<lag::LagMeter>,
+    /// Ends the process if the primary dies, even while the loop is blocked.
+    watchdog: Option<watchdog::Watchdog>,
 }
 
 impl Inner {
@@ -166,6 +172,15 @@ impl Worker {
         let Some(fd) = crate::cluster::take_channel() else {
             return Ok(None);
         };
+        // Orphan safety: a thread outside the loop ends this process when the primary is
+        // gone, even while the loop is blocked (see `watchdog`).
+        let watchdog = match watchdog::Watchdog::start(std::os::fd::AsFd::as_fd(&fd)) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn!("worker {id}: no orphan watchdog: {e}");
+                None
+            }
+        };
         let worker = Worker {
             inner: Rc::new(RefCell::new(Inner {
                 id,
@@ -183,6 +198,8 @@ impl Worker {
                 by_key: HashMap::new(),
                 indexes: HashMap::new(),
                 key_index: HashMap::new(),
+                lag: Rc::new(lag::LagMeter::default()),
+                watchdog,
             })),
             hooks: Rc::new(RefCell::new(Hooks::default())),
         };
@@ -194,6 +211,8 @@ impl Worker {
             move |lp, _, _| w.on_channel(lp),
         )?;
         worker.inner.borrow_mut().channel = Some(io);
+        let meter = worker.inner.borrow().lag.clone();
+        lag::start(lp, meter);
         Ok(Some(worker))
     }
 
@@ -446,6 +465,25 @@ impl Worker {
         self.announce_and_close(lp);
     }
 
+    /// This worker's current event-loop lag (how late its sampling timer fires), as
+    /// reported in heartbeats.
+    pub fn loop_lag(&self) -> std::time::Duration {
+        self.inner.borrow().lag.get()
+    }
+
+    /// The seeds' "suicide signal": after a fatal error, stop accepting, ask the primary to
+    /// start a replacement, let the open connections finish, then leave. The primary stops
+    /// routing to this worker as soon as it hears.
+    pub fn going_down(&self, lp: &mut EventLoop, reason: &str) {
+        let _ = self.send_msg(
+            lp,
+            &Message::GoingDown {
+                reason: reason.to_string(),
+            },
+        );
+        self.disconnect(lp);
+    }
+
     /// Lets the loop end while the channel is still open (Node's `process.channel.unref()`).
     pub fn unref_channel(&self, lp: &mut EventLoop) {
         if let Some(io) = self.inner.borrow().channel {
@@ -515,6 +553,10 @@ impl Worker {
     }
 
     fn close_channel(&self, lp: &mut EventLoop) {
+        // Leaving on purpose: the hang-up that follows is not the primary's death.
+        if let Some(w) = &self.inner.borrow().watchdog {
+            w.stand_down();
+        }
         let io = self.inner.borrow().channel;
         if let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) {
             // Shut down after what is queued has gone out (best effort).
@@ -595,7 +637,8 @@ impl Worker {
             } => self.on_query_reply(lp, seq, errno, key, mode, bound, fds),
             Message::NewConn { key, seq } => self.on_new_conn(lp, key, seq, fds),
             Message::Ping { seq } => {
-                let _ = self.send_msg(lp, &Message::Pong { seq, lag_us: 0 });
+                let lag_us = self.inner.borrow().lag.get().as_micros() as u64;
+                let _ = self.send_msg(lp, &Message::Pong { seq, lag_us });
             }
             other => log::debug!("worker: ignoring {:?} from the primary", other.kind()),
         }
