@@ -13,11 +13,12 @@ track() { STARTED_PIDS+=("$@"); }
 TMP_DIR=$(mktemp -d -t "${SCRIPT_NAME:-fault}.XXXXXX")
 CLK_TCK=$(getconf CLK_TCK)
 
-# alive PID: the process exists and is not a zombie.
+# alive PID: the process exists and is not a zombie (pure bash: no fork per call).
 alive() {
-  local st
-  st=$(awk '{sub(/.*\) /, ""); print $1}' "/proc/$1/stat" 2>/dev/null) || return 1
-  [ -n "$st" ] && [ "$st" != Z ]
+  local line rest
+  { read -r line <"/proc/$1/stat"; } 2>/dev/null || return 1
+  rest=${line##*) }
+  [ -n "$rest" ] && [ "${rest%% *}" != Z ] && [ "${rest%% *}" != X ]
 }
 
 # stop_pids PID...: SIGTERM, up to 3 s for them to go, then SIGKILL; reaps our children.
@@ -43,6 +44,8 @@ stop_pids() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM ERR
+  # A script may define pre_cleanup (e.g. to add the current workers of its primary).
+  if declare -F pre_cleanup >/dev/null; then pre_cleanup || true; fi
   if [ ${#STARTED_PIDS[@]} -gt 0 ]; then stop_pids "${STARTED_PIDS[@]}"; fi
   if [ -n "${KEEP_DIR:-}" ]; then
     mkdir -p "$KEEP_DIR" && cp -r "$TMP_DIR"/. "$KEEP_DIR"/ 2>/dev/null || true
@@ -90,17 +93,35 @@ has_line() { grep -Eq "$2" "$1" 2>/dev/null; }
 now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
 
 # starttime PID: the process's start time (clock ticks since boot), to tell a restarted
-# process from the one we started even if its pid were reused.
-starttime() { awk '{sub(/.*\) /, ""); print $20}' "/proc/$1/stat" 2>/dev/null; }
-
-# worker_pids PRIMARY: live (non-zombie) children of PRIMARY, oldest first.
-worker_pids() {
-  local p
-  for p in $(ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' '); do
-    if alive "$p"; then echo "$(starttime "$p") $p"; fi
-  done | sort -n -k1,1 -k2,2 | awk '$1 != "" {print $2}'
+# process from the one we started even if its pid were reused. Empty if it is gone.
+starttime() {
+  local line f
+  { read -r line <"/proc/$1/stat"; } 2>/dev/null || return 0
+  read -r -a f <<<"${line##*) }"
+  echo "${f[19]}"
 }
-worker_count() { worker_pids "$1" | wc -l; }
+
+# worker_pids PRIMARY: live (non-zombie) children of PRIMARY (`ps -o pid= --ppid`),
+# oldest first.
+worker_pids() {
+  local p st
+  for p in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+    st=$(starttime "$p")
+    if [ -n "$st" ] && alive "$p"; then echo "$st $p"; fi
+  done | sort -n -k1,1 -k2,2 | awk '{print $2}'
+}
+
+# live_children PRIMARY: the same, unordered, without forking ps (the kernel's
+# /proc/PID/task/PID/children list, where it exists) -- cheap enough to poll every 10 ms.
+live_children() {
+  local f=/proc/$1/task/$1/children p kids
+  if [ -r "$f" ]; then
+    read -r -a kids <"$f" || true
+    for p in ${kids[@]+"${kids[@]}"}; do if alive "$p"; then echo "$p"; fi; done
+  else
+    worker_pids "$1"
+  fi
+}
 
 # fd_count PID: open descriptors of PID.
 fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }

@@ -1,10 +1,57 @@
 //! # forkloop
 //!
 //! Node.js's `cluster` module and event loop, rebuilt in Rust on raw epoll/kqueue (mio),
-//! with no async runtime.
+//! with no async runtime. A primary process forks workers (this same program, re-executed),
+//! shares listening sockets with them, routes messages and supervises them; every process
+//! runs a Node-style [`EventLoop`].
 //!
-//! The primary and each worker talk over one [`ipc::Channel`]: length-prefixed binary
-//! frames over a Unix socketpair, carrying control messages, user messages and file
+//! This program is a complete cluster: the primary forks two workers, each greets the
+//! primary, the primary answers and then disconnects them all.
+//!
+//! ```
+//! use forkloop::primary::{Event, Primary};
+//! use forkloop::worker::Worker;
+//! use forkloop::{EventLoop, Role};
+//!
+//! fn main() -> forkloop::Result<()> {
+//!     let mut lp = EventLoop::new()?;
+//!     match forkloop::role() {
+//!         Role::Primary => {
+//!             let p = Primary::new(&mut lp)?;
+//!             p.on(|lp, p, ev| {
+//!                 if let Event::Message { worker, data, .. } = ev {
+//!                     println!("primary got {:?} from worker {worker}", String::from_utf8_lossy(data));
+//!                     let _ = p.send(lp, *worker, b"welcome");
+//!                 }
+//!             });
+//!             p.fork(&mut lp)?;
+//!             p.fork(&mut lp)?;
+//!             let answered = std::rc::Rc::new(std::cell::Cell::new(0));
+//!             p.on(move |lp, p, ev| {
+//!                 if let Event::Message { .. } = ev {
+//!                     answered.set(answered.get() + 1);
+//!                     if answered.get() == 2 {
+//!                         p.disconnect(lp, |_, _| println!("all workers gone"));
+//!                     }
+//!                 }
+//!             });
+//!         }
+//!         Role::Worker(id) => {
+//!             let w = Worker::attach(&mut lp)?.expect("a worker has a channel");
+//!             w.send(&mut lp, format!("hello from worker {id}").as_bytes())?;
+//!             w.on_message(&mut lp, |_, w, msg| {
+//!                 println!("worker {} got {:?}", w.id(), String::from_utf8_lossy(&msg.data));
+//!             });
+//!         }
+//!     }
+//!     let code = lp.run()?;
+//!     assert_eq!(code, 0);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Underneath, the primary and each worker talk over one [`ipc::Channel`]: length-prefixed
+//! binary frames over a Unix socketpair, carrying control messages, user messages and file
 //! descriptors. This example sends a typed message with a pipe's write end across a
 //! channel pair and writes through the received descriptor:
 //!
@@ -38,16 +85,20 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`sys`] | platform glue: socketpair, `SCM_RIGHTS`, spawning with an inherited channel |
+//! | [`sys`] | platform glue: socketpair, `SCM_RIGHTS`, sockets with options, spawning with an inherited channel, parent-death signal, resident memory |
 //! | [`ipc`] | the wire format, the framed channel, typed protocol messages |
 //! | [`rt`] | the event loop: Node's phases, timers, immediates, nextTick, microtasks, futures, I/O registration, signals, cross-thread posting, blocking pool |
 //! | [`net`] | loop-driven TCP and Unix listeners and streams (buffered writes, half-close), UDP sockets |
+//! | [`cluster`] | roles (primary or worker) and the shared vocabulary: worker states, exit status |
+//! | [`primary`] | the primary: fork, worker table and events, messaging, listeners and the balancer (rr / shared / reuseport), supervision, systemd |
+//! | [`worker`] | the worker: messaging, disconnect protocol, cluster-aware listen, servers that drain, loop lag |
 
 #![deny(missing_docs, missing_debug_implementations)]
 #![doc(test(attr(deny(warnings))))]
 
 pub mod cluster;
 pub mod error;
+mod hooks;
 pub mod ipc;
 pub mod net;
 pub mod primary;

@@ -896,7 +896,11 @@ fn dying_primary(test: &str, mode: &str) {
             std::io::stdout().flush().unwrap();
             match mode.as_str() {
                 "exit" => std::process::exit(0),
-                _ => panic!("primary error"),
+                _ => {
+                    // An uncaught error in the primary; keep the expected panic quiet.
+                    std::panic::set_hook(Box::new(|_| {}));
+                    panic!("primary error")
+                }
             }
         }
     });

@@ -90,7 +90,8 @@ fn primary_sigkill_leaves_no_worker_even_a_spinning_one() {
         run(&mut lp);
         return;
     }
-    let (mut sub, lines) = spawn_sub_primary("primary_sigkill_leaves_no_worker_even_a_spinning_one");
+    let (mut sub, lines) =
+        spawn_sub_primary("primary_sigkill_leaves_no_worker_even_a_spinning_one");
     let pids = worker_pids(&lines, 2);
     let _guards: Vec<PidGuard> = pids.iter().map(|&p| PidGuard(p)).collect();
     sub.0.kill().expect("SIGKILL the primary");
@@ -105,9 +106,12 @@ fn primary_sigkill_leaves_no_worker_even_a_spinning_one() {
     }
 }
 
+/// Each worker's exit code and when it came.
+type Exits = Rc<RefCell<Vec<(Option<i32>, Instant)>>>;
+
 /// Records each worker's exit code and when it came.
-fn exits(p: &forkloop::primary::Primary) -> Rc<RefCell<Vec<(Option<i32>, Instant)>>> {
-    let got: Rc<RefCell<Vec<(Option<i32>, Instant)>>> = Rc::default();
+fn exits(p: &forkloop::primary::Primary) -> Exits {
+    let got: Exits = Rc::default();
     let g = got.clone();
     p.on(move |_, _, ev| {
         if let Event::Exit { status, .. } = ev {

@@ -179,8 +179,12 @@ fn watchdog_pings_from_the_loop() {
     });
     let t = Instant::now();
     lp.run().expect("run");
-    assert!(t.elapsed() < Duration::from_secs(5), "the ping timer is unref'd");
-    sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the ping timer is unref'd"
+    );
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
     let mut pings = 0;
     let mut buf = [0u8; 64];
     while let Ok(len) = sock.recv(&mut buf) {
@@ -201,7 +205,14 @@ fn activated_worker(lp: &mut EventLoop, w: &Worker) {
     let env_clean = std::env::var_os("LISTEN_FDS").is_none()
         && std::env::var_os("LISTEN_PID").is_none()
         && std::env::var_os("LISTEN_FDNAMES").is_none();
-    let _ = w.send(lp, if env_clean { b"env clean" } else { b"env dirty" });
+    let _ = w.send(
+        lp,
+        if env_clean {
+            b"env clean"
+        } else {
+            b"env dirty"
+        },
+    );
     let answer = |w: &Worker, what: &'static str| {
         let w = w.clone();
         move |lp: &mut EventLoop, conn: Stream| {
@@ -235,9 +246,7 @@ fn activated_primary() {
         match ev {
             Event::Listening { address, .. } => match address {
                 Endpoint::Tcp(a) => writeln!(out, "listening tcp {a}").unwrap(),
-                Endpoint::Unix(path) => {
-                    writeln!(out, "listening unix {}", path.display()).unwrap()
-                }
+                Endpoint::Unix(path) => writeln!(out, "listening unix {}", path.display()).unwrap(),
                 Endpoint::Udp(a) => writeln!(out, "listening udp {a}").unwrap(),
             },
             Event::Message { data, .. } => {
@@ -365,7 +374,11 @@ fn socket_activation_end_to_end() {
     });
     assert_eq!(expect_line(&rx, "names "), "web,admin");
     assert_eq!(expect_line(&rx, "env removed "), "true");
-    assert_eq!(expect_line(&rx, "env "), "clean", "workers never see LISTEN_*");
+    assert_eq!(
+        expect_line(&rx, "env "),
+        "clean",
+        "workers never see LISTEN_*"
+    );
     let mut tcp_seen = None;
     let mut unix_seen = None;
     while tcp_seen.is_none() || unix_seen.is_none() {
@@ -376,7 +389,11 @@ fn socket_activation_end_to_end() {
             unix_seen = Some(PathBuf::from(p));
         }
     }
-    assert_eq!(tcp_seen, Some(tcp_addr), "the pre-bound port, not a new one");
+    assert_eq!(
+        tcp_seen,
+        Some(tcp_addr),
+        "the pre-bound port, not a new one"
+    );
     assert_eq!(unix_seen.as_deref(), Some(path.as_path()));
 
     let s = TcpStream::connect_timeout(&tcp_addr, TIMEOUT).expect("connect tcp");

@@ -58,15 +58,7 @@ pub fn bind<F>(lp: &mut EventLoop, addr: SocketAddr, on_message: F) -> io::Resul
 where
     F: FnMut(&mut EventLoop, UdpSocket, &[u8], SocketAddr) + 'static,
 {
-    let st = UdpState {
-        sock: mio::net::UdpSocket::bind(addr)?,
-        on_msg: Some(Box::new(on_message)),
-        on_error: None,
-    };
-    let id = lp.register(st, Interest::READABLE, |lp, id, _| {
-        recv_some(lp, UdpSocket(id))
-    })?;
-    Ok(UdpSocket(id))
+    open(lp, mio::net::UdpSocket::bind(addr)?, Box::new(on_message))
 }
 
 /// Puts an existing, bound UDP socket (e.g. one received from the primary) on the loop. The
@@ -84,9 +76,13 @@ where
     F: FnMut(&mut EventLoop, UdpSocket, &[u8], SocketAddr) + 'static,
 {
     sock.set_nonblocking(true)?;
+    open(lp, mio::net::UdpSocket::from_std(sock), Box::new(on_message))
+}
+
+fn open(lp: &mut EventLoop, sock: mio::net::UdpSocket, on_msg: MsgCb) -> io::Result<UdpSocket> {
     let st = UdpState {
-        sock: mio::net::UdpSocket::from_std(sock),
-        on_msg: Some(Box::new(on_message)),
+        sock,
+        on_msg: Some(on_msg),
         on_error: None,
     };
     let id = lp.register(st, Interest::READABLE, |lp, id, _| {

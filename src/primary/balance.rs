@@ -330,7 +330,7 @@ impl Balancer {
     /// Binds a new handle for `key`.
     fn open(&self, key: HandleKey, backlog: u32) -> io::Result<(Handle, Option<OwnedFd>)> {
         let ipv6_only = key.flags & 1 != 0;
-        let adopted = self.adopted_for(&key.endpoint, backlog)?.filter(|_| false);
+        let adopted = self.adopted_for(&key.endpoint, backlog)?;
         let (mode, fd, bound, unix_path) = match (&key.endpoint, adopted) {
             (_, Some(opened)) => opened,
             (Endpoint::Udp(addr), None) => {

@@ -227,15 +227,15 @@ struct Inner {
 
 #[derive(Default)]
 struct Hooks {
-    cluster: Vec<Handler>,
-    workers: HashMap<u32, Vec<Handler>>,
+    cluster: crate::hooks::Hooks<Handler>,
+    workers: RefCell<HashMap<u32, Rc<crate::hooks::Hooks<Handler>>>>,
 }
 
 /// The primary's cluster state; clone the handle freely (it is an `Rc`).
 #[derive(Clone)]
 pub struct Primary {
     inner: Rc<RefCell<Inner>>,
-    hooks: Rc<RefCell<Hooks>>,
+    hooks: Rc<Hooks>,
 }
 
 impl fmt::Debug for Primary {
@@ -297,7 +297,7 @@ impl Primary {
                 config: opts.channel,
                 bal: Balancer::new(policy, opts.credit),
             })),
-            hooks: Rc::new(RefCell::new(Hooks::default())),
+            hooks: Rc::new(Hooks::default()),
         };
         let p = primary.clone();
         let id = lp.on_signal(nix::libc::SIGCHLD, move |lp, _| p.reap(lp))?;
@@ -334,7 +334,7 @@ impl Primary {
     where
         F: FnMut(&mut EventLoop, &Primary, &mut Event) + 'static,
     {
-        self.hooks.borrow_mut().cluster.push(Box::new(handler));
+        self.hooks.cluster.push(Box::new(handler));
     }
 
     /// Adds a handler for one worker's events (they run before the cluster-wide ones).
@@ -342,12 +342,8 @@ impl Primary {
     where
         F: FnMut(&mut EventLoop, &Primary, &mut Event) + 'static,
     {
-        let mut hooks = self.hooks.borrow_mut();
-        hooks
-            .workers
-            .entry(worker)
-            .or_default()
-            .push(Box::new(handler));
+        let list = self.hooks.workers.borrow_mut().entry(worker).or_default().clone();
+        list.push(Box::new(handler));
     }
 
     /// Spawns a worker with the current settings. Returns its id.
@@ -892,25 +888,12 @@ impl Primary {
     /// Runs the handlers for `ev`: the worker's, then the cluster's.
     fn emit(&self, lp: &mut EventLoop, mut ev: Event) {
         if let Some(w) = ev.worker() {
-            let taken = self.hooks.borrow_mut().workers.remove(&w);
-            if let Some(mut hs) = taken {
-                for h in hs.iter_mut() {
-                    h(lp, self, &mut ev);
-                }
-                let mut hooks = self.hooks.borrow_mut();
-                let added = hooks.workers.remove(&w).unwrap_or_default();
-                hs.extend(added);
-                hooks.workers.insert(w, hs);
+            let list = self.hooks.workers.borrow().get(&w).cloned();
+            if let Some(list) = list {
+                list.run(|h| h(lp, self, &mut ev));
             }
         }
-        let mut hs = std::mem::take(&mut self.hooks.borrow_mut().cluster);
-        for h in hs.iter_mut() {
-            h(lp, self, &mut ev);
-        }
-        let mut hooks = self.hooks.borrow_mut();
-        let added = std::mem::take(&mut hooks.cluster);
-        hs.extend(added);
-        hooks.cluster = hs;
+        self.hooks.cluster.run(|h| h(lp, self, &mut ev));
     }
 
     /// The channel of `worker` is ready: read every frame, then act on each.
@@ -1151,7 +1134,7 @@ impl Primary {
         };
         self.emit(lp, Event::Exit { worker, status });
         self.inner.borrow_mut().workers.remove(&worker);
-        self.hooks.borrow_mut().workers.remove(&worker);
+        self.hooks.workers.borrow_mut().remove(&worker);
         self.run_waiters(lp);
     }
 }

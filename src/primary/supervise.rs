@@ -315,7 +315,7 @@ struct Inner {
     forced: bool,
     reload: Option<Reload>,
     recycling: usize,
-    handlers: Vec<SupHandler>,
+    handlers: Rc<crate::hooks::Hooks<SupHandler>>,
     ping_seq: u64,
     interrupts: u32,
 }
@@ -360,7 +360,7 @@ impl Supervisor {
             forced: false,
             reload: None,
             recycling: 0,
-            handlers: Vec::new(),
+            handlers: Rc::default(),
             ping_seq: 0,
             interrupts: 0,
         })));
@@ -382,7 +382,7 @@ impl Supervisor {
     where
         F: FnMut(&mut EventLoop, &Supervisor, &SupervisorEvent) + 'static,
     {
-        self.0.borrow_mut().handlers.push(Box::new(handler));
+        self.0.borrow().handlers.push(Box::new(handler));
     }
 
     /// The primary supervised.
@@ -432,13 +432,8 @@ impl Supervisor {
     }
 
     fn emit(&self, lp: &mut EventLoop, ev: SupervisorEvent) {
-        let mut hs = std::mem::take(&mut self.0.borrow_mut().handlers);
-        for h in hs.iter_mut() {
-            h(lp, self, &ev);
-        }
-        let mut inner = self.0.borrow_mut();
-        hs.append(&mut inner.handlers);
-        inner.handlers = hs;
+        let handlers = self.0.borrow().handlers.clone();
+        handlers.run(|h| h(lp, self, &ev));
     }
 
     /// Forks a worker into `slot`; `replaces` is the worker it will take over from.

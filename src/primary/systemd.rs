@@ -18,7 +18,8 @@
 //! * The adopted socket itself is never closed: each handle uses a duplicate, so when the
 //!   last worker stops listening the socket stays with the primary (and with systemd)
 //!   for the next one, and a Unix socket's file is never removed.
-//! * Sockets nobody asks for stay open, unused.
+//! * Sockets nobody asks for stay open, unused. Adopt before forking workers: an endpoint
+//!   already bound by then keeps its own socket.
 //!
 //! # Notifications
 //!
@@ -350,7 +351,11 @@ mod tests {
     fn listen_env() {
         assert_eq!(parse_listen_env(None, Some("2"), 7).unwrap(), 0);
         assert_eq!(parse_listen_env(Some("7"), Some("2"), 7).unwrap(), 2);
-        assert_eq!(parse_listen_env(Some("8"), Some("2"), 7).unwrap(), 0, "not ours");
+        assert_eq!(
+            parse_listen_env(Some("8"), Some("2"), 7).unwrap(),
+            0,
+            "not ours"
+        );
         assert_eq!(parse_listen_env(Some("7"), None, 7).unwrap(), 0);
         assert!(parse_listen_env(Some("x"), Some("2"), 7).is_err());
         assert!(parse_listen_env(Some("0"), Some("2"), 7).is_err());
@@ -361,7 +366,10 @@ mod tests {
     #[test]
     fn fd_names() {
         assert_eq!(parse_fd_names(None, 2).unwrap(), ["unknown", "unknown"]);
-        assert_eq!(parse_fd_names(Some("web:admin"), 2).unwrap(), ["web", "admin"]);
+        assert_eq!(
+            parse_fd_names(Some("web:admin"), 2).unwrap(),
+            ["web", "admin"]
+        );
         assert_eq!(parse_fd_names(Some("web::"), 3).unwrap(), ["web", "", ""]);
         assert!(parse_fd_names(Some("web"), 2).is_err());
     }

@@ -136,15 +136,15 @@ impl Inner {
 
 #[derive(Default)]
 struct Hooks {
-    message: Vec<MessageCb>,
-    disconnect: Vec<DisconnectCb>,
+    message: crate::hooks::Hooks<MessageCb>,
+    disconnect: crate::hooks::Hooks<DisconnectCb>,
 }
 
 /// This process's side of the cluster; clone the handle freely (it is an `Rc`).
 #[derive(Clone)]
 pub struct Worker {
     inner: Rc<RefCell<Inner>>,
-    hooks: Rc<RefCell<Hooks>>,
+    hooks: Rc<Hooks>,
 }
 
 impl fmt::Debug for Worker {
@@ -201,7 +201,7 @@ impl Worker {
                 lag: Rc::new(lag::LagMeter::default()),
                 watchdog,
             })),
-            hooks: Rc::new(RefCell::new(Hooks::default())),
+            hooks: Rc::new(Hooks::default()),
         };
         let ch = Channel::new(fd, ChannelConfig::default())?;
         let w = worker.clone();
@@ -242,11 +242,7 @@ impl Worker {
     where
         F: FnMut(&mut EventLoop, &Worker, &mut Incoming) + 'static,
     {
-        let first = {
-            let mut hooks = self.hooks.borrow_mut();
-            hooks.message.push(Box::new(cb));
-            hooks.message.len() == 1
-        };
+        let first = self.hooks.message.push(Box::new(cb)) == 1;
         if first && !self.inner.borrow().unheard.is_empty() {
             let w = self.clone();
             lp.next_tick(move |lp| {
@@ -263,7 +259,7 @@ impl Worker {
     where
         F: FnMut(&mut EventLoop, &Worker) + 'static,
     {
-        self.hooks.borrow_mut().disconnect.push(Box::new(cb));
+        self.hooks.disconnect.push(Box::new(cb));
     }
 
     /// Sends user bytes to the primary.
@@ -645,18 +641,11 @@ impl Worker {
     }
 
     fn deliver(&self, lp: &mut EventLoop, mut msg: Incoming) {
-        let mut hs = std::mem::take(&mut self.hooks.borrow_mut().message);
-        if hs.is_empty() {
+        if self.hooks.message.is_empty() {
             self.inner.borrow_mut().unheard.push(msg);
             return;
         }
-        for h in hs.iter_mut() {
-            h(lp, self, &mut msg);
-        }
-        let mut hooks = self.hooks.borrow_mut();
-        let added = std::mem::take(&mut hooks.message);
-        hs.extend(added);
-        hooks.message = hs;
+        self.hooks.message.run(|h| h(lp, self, &mut msg));
     }
 
     /// The channel is closed: run the disconnect handlers; exit unless leaving on purpose.
@@ -674,15 +663,7 @@ impl Worker {
             )
         };
         lp.close(io, |_| {});
-        let mut hs = std::mem::take(&mut self.hooks.borrow_mut().disconnect);
-        for h in hs.iter_mut() {
-            h(lp, self);
-        }
-        let mut hooks = self.hooks.borrow_mut();
-        let added = std::mem::take(&mut hooks.disconnect);
-        hs.extend(added);
-        hooks.disconnect = hs;
-        drop(hooks);
+        self.hooks.disconnect.run(|h| h(lp, self));
         if !on_purpose || destroying {
             lp.exit(0);
         }

@@ -70,7 +70,10 @@ impl Config {
             check_every: CHECK_EVERY,
             grace: GRACE,
             on_orphan: Box::new(|why| {
-                log::warn!("worker {}: primary gone ({why:?}); exiting", std::process::id());
+                log::warn!(
+                    "worker {}: primary gone ({why:?}); exiting",
+                    std::process::id()
+                );
                 std::process::exit(0)
             }),
         }
@@ -283,7 +286,10 @@ mod tests {
         let w = Watchdog::start_with(a.as_fd(), cfg).expect("start");
         w.stand_down();
         a.shutdown(Shutdown::Both).expect("shutdown"); // what Channel::close does
-        assert!(rx.recv_timeout(QUIET).is_err(), "a graceful close is not orphaning");
+        assert!(
+            rx.recv_timeout(QUIET).is_err(),
+            "a graceful close is not orphaning"
+        );
     }
 
     #[test]
@@ -309,6 +315,9 @@ mod tests {
         b.set_read_timeout(Some(WAIT)).expect("timeout");
         let mut buf = [0u8; 1];
         assert_eq!((&b).read(&mut buf).expect("read"), 0, "EOF");
-        assert!(rx.recv_timeout(QUIET).is_err(), "a stopped watchdog never fires");
+        assert!(
+            rx.recv_timeout(QUIET).is_err(),
+            "a stopped watchdog never fires"
+        );
     }
 }
