@@ -109,7 +109,10 @@ fn primary(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
                     Endpoint::Tcp(a) => a.port(),
                     _ => 0,
                 };
-                println!("listening on {host}:{port} workers={workers} policy={}", policy.name());
+                println!(
+                    "listening on {host}:{port} workers={workers} policy={}",
+                    policy.name()
+                );
             }
         }
     });

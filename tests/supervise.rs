@@ -143,7 +143,13 @@ fn boot_crash_backs_off_and_trips_the_breaker() {
         "exponential backoff for boot failures: {log:?}"
     );
     assert!(
-        log.iter().any(|e| matches!(e, SupervisorEvent::BreakerTripped { slot: 0, restarts: 4 })),
+        log.iter().any(|e| matches!(
+            e,
+            SupervisorEvent::BreakerTripped {
+                slot: 0,
+                restarts: 4
+            }
+        )),
         "{log:?}"
     );
     assert!(answered.get(), "the healthy worker kept serving");
@@ -240,7 +246,10 @@ fn reload_replaces_every_worker_and_keeps_the_port() {
     let ids: Vec<u32> = after.iter().map(|s| s.id).collect();
     assert_eq!(ids, [3, 4], "every worker replaced");
     assert!(after.iter().all(|s| s.generation == 2));
-    assert!(answer == "w3" || answer == "w4", "the new generation serves the same port: {answer}");
+    assert!(
+        answer == "w3" || answer == "w4",
+        "the new generation serves the same port: {answer}"
+    );
 }
 
 #[test]
@@ -322,7 +331,11 @@ fn scale_stats_and_control_from_another_thread() {
                     let mut stats = Vec::new();
                     while Instant::now() < deadline {
                         stats = c.stats(IO_TIMEOUT).unwrap();
-                        if stats.len() == 3 && stats.iter().all(|s| s.state == forkloop::cluster::WorkerState::Listening) {
+                        if stats.len() == 3
+                            && stats
+                                .iter()
+                                .all(|s| s.state == forkloop::cluster::WorkerState::Listening)
+                        {
                             break;
                         }
                         std::thread::sleep(Duration::from_millis(20));
@@ -343,7 +356,11 @@ fn scale_stats_and_control_from_another_thread() {
     assert_eq!(run(&mut lp), 0);
     let (stats, reload) = outcome.borrow_mut().take().unwrap();
     assert_eq!(stats.len(), 3);
-    assert!(stats.iter().all(|s| s.pid > 0 && s.generation == 1 && s.routed));
+    assert!(
+        stats
+            .iter()
+            .all(|s| s.pid > 0 && s.generation == 1 && s.routed)
+    );
     assert!(stats.iter().all(|s| s.rss_bytes.is_some_and(|r| r > 0)));
     assert_eq!(reload, Ok(()));
     assert_eq!(sup.size(), 1);
@@ -355,8 +372,10 @@ fn hung_worker_is_replaced_without_failed_requests() {
     // replaced; a client making requests all along sees no failure.
     worker(|lp, w| {
         serve(lp, w);
-        w.on_message(lp, |_, _, _| loop {
-            std::hint::black_box(0u64);
+        w.on_message(lp, |_, _, _| {
+            loop {
+                std::hint::black_box(0u64);
+            }
         });
     });
     let (mut lp, p) = primary("hung_worker_is_replaced_without_failed_requests");
@@ -423,7 +442,8 @@ fn hung_worker_is_replaced_without_failed_requests() {
         "{log:?}"
     );
     assert!(
-        log.iter().any(|e| matches!(e, SupervisorEvent::Ready { slot: 0, worker } if *worker > 2)),
+        log.iter()
+            .any(|e| matches!(e, SupervisorEvent::Ready { slot: 0, worker } if *worker > 2)),
         "a replacement came up in the hung worker's slot: {log:?}"
     );
 }
@@ -457,7 +477,10 @@ fn going_down_starts_the_replacement_first() {
     let order = order.borrow();
     let fork2 = order.iter().position(|s| s == "fork 2").unwrap();
     let exit1 = order.iter().position(|s| s == "exit 1").unwrap();
-    assert!(fork2 < exit1, "replacement before the old one leaves: {order:?}");
+    assert!(
+        fork2 < exit1,
+        "replacement before the old one leaves: {order:?}"
+    );
 }
 
 #[test]
@@ -508,13 +531,29 @@ fn max_connections_recycles_one_at_a_time() {
     });
     sup.start(&mut lp).unwrap();
     assert_eq!(run(&mut lp), 0);
-    assert!(answers.borrow().iter().all(|a| a.is_ok()), "{:?}", answers.borrow());
+    assert!(
+        answers.borrow().iter().all(|a| a.is_ok()),
+        "{:?}",
+        answers.borrow()
+    );
     let recycled = log
         .borrow()
         .iter()
-        .filter(|e| matches!(e, SupervisorEvent::Retiring { cause: Cause::Connections, .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                SupervisorEvent::Retiring {
+                    cause: Cause::Connections,
+                    ..
+                }
+            )
+        })
         .count();
-    assert!(recycled >= 2, "workers were recycled after 3 connections: {:?}", log.borrow());
+    assert!(
+        recycled >= 2,
+        "workers were recycled after 3 connections: {:?}",
+        log.borrow()
+    );
 }
 
 /// The sub-primary of the graceful-shutdown test: a supervised cluster whose workers answer
@@ -591,7 +630,11 @@ fn sigterm_lets_slow_requests_finish() {
     )
     .unwrap();
     for c in clients {
-        assert_eq!(c.join().unwrap().unwrap(), "done", "in-flight request completed");
+        assert_eq!(
+            c.join().unwrap().unwrap(),
+            "done",
+            "in-flight request completed"
+        );
     }
     let status = guard.0.wait().unwrap();
     assert_eq!(status.code(), Some(0), "clean drain, exit 0");
@@ -640,4 +683,77 @@ fn restart_of_the_only_worker_refuses_no_client() {
     assert_eq!(run(&mut lp), 0);
     assert_eq!(*answer.borrow(), Some(Ok("w2".to_string())));
     assert_eq!(p.listener_count(), 0, "listeners closed at shutdown");
+}
+
+#[test]
+fn systemd_notifications_follow_the_lifecycle() {
+    worker(serve);
+    if std::env::var_os("FORKLOOP_TEST_SUB").is_some() {
+        // The sub-primary: ready, reload, shut down.
+        let mut lp = EventLoop::new().unwrap();
+        let p = Primary::new(&mut lp).unwrap();
+        p.setup(
+            &mut lp,
+            forkloop::primary::Settings::default()
+                .args(args_for("systemd_notifications_follow_the_lifecycle")),
+        );
+        let sup = Supervisor::new(&mut lp, &p, opts(1)).unwrap();
+        let s2 = sup.clone();
+        sup.on(move |lp, _, ev| {
+            if let SupervisorEvent::Ready { worker: 1, .. } = ev {
+                let s3 = s2.clone();
+                s2.reload(lp, move |lp, _| s3.shutdown(lp));
+            }
+        });
+        sup.start(&mut lp).unwrap();
+        std::process::exit(lp.run().unwrap());
+    }
+    let dir = std::env::temp_dir().join(format!("forkloop-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(args_for("systemd_notifications_follow_the_lifecycle"))
+        .env("FORKLOOP_TEST_SUB", "1")
+        .env("NOTIFY_SOCKET", &path)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(child);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !got
+        .iter()
+        .any(|m: &String| m.starts_with("STATUS=draining"))
+    {
+        let n = sock
+            .recv(&mut buf)
+            .expect("a notification before the timeout");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(guard.0.wait().unwrap().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|m| m.split(['\n', '=']).next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "READY",
+            "STATUS",
+            "RELOADING",
+            "STATUS",
+            "READY",
+            "STATUS",
+            "STOPPING",
+            "STATUS"
+        ],
+        "{got:?}"
+    );
+    assert_eq!(got[1], "STATUS=1 workers ready");
+    assert!(got[2].contains("MONOTONIC_USEC="), "{got:?}");
+    assert_eq!(got[5], "STATUS=reloaded");
 }

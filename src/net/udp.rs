@@ -76,7 +76,11 @@ where
     F: FnMut(&mut EventLoop, UdpSocket, &[u8], SocketAddr) + 'static,
 {
     sock.set_nonblocking(true)?;
-    open(lp, mio::net::UdpSocket::from_std(sock), Box::new(on_message))
+    open(
+        lp,
+        mio::net::UdpSocket::from_std(sock),
+        Box::new(on_message),
+    )
 }
 
 fn open(lp: &mut EventLoop, sock: mio::net::UdpSocket, on_msg: MsgCb) -> io::Result<UdpSocket> {

@@ -25,6 +25,18 @@
 //!   the sender's id, so a worker cannot pretend to be another.
 //! * Dropping the last [`Primary`] handle kills (`SIGKILL`) and reaps every worker still
 //!   alive, so a primary that unwinds leaves no orphans or zombies behind.
+//!
+//! # Implementation notes
+//!
+//! | | Linux | macOS / BSD |
+//! |---|---|---|
+//! | child exit | `SIGCHLD` on the loop, then `waitpid` for each worker | the same |
+//! | descriptor passing | `SCM_RIGHTS`, received with `MSG_CMSG_CLOEXEC` | `SCM_RIGHTS`, close-on-exec set right after |
+//! | workers outliving the primary | `PR_SET_PDEATHSIG(SIGKILL)` plus the worker's watchdog thread | the watchdog thread (channel hang-up, parent change) |
+//! | reuseport policy | `SO_REUSEPORT` groups | falls back to round-robin with a warning |
+//!
+//! Spawn workers from the loop's thread: Linux sends the parent-death signal when the
+//! *thread* that spawned a child exits, not only the process.
 
 mod balance;
 mod settings;
@@ -342,11 +354,18 @@ impl Primary {
     where
         F: FnMut(&mut EventLoop, &Primary, &mut Event) + 'static,
     {
-        let list = self.hooks.workers.borrow_mut().entry(worker).or_default().clone();
+        let list = self
+            .hooks
+            .workers
+            .borrow_mut()
+            .entry(worker)
+            .or_default()
+            .clone();
         list.push(Box::new(handler));
     }
 
-    /// Spawns a worker with the current settings. Returns its id.
+    /// Spawns a worker with the current settings (from the loop's thread; see the
+    /// implementation notes). Returns its id.
     ///
     /// # Errors
     ///
@@ -826,7 +845,11 @@ impl Primary {
         let idle = {
             let mut inner = self.inner.borrow_mut();
             inner.bal.keep_listeners = on;
-            if on { Vec::new() } else { inner.bal.close_idle() }
+            if on {
+                Vec::new()
+            } else {
+                inner.bal.close_idle()
+            }
         };
         for h in idle {
             close_handle(lp, h);
@@ -991,7 +1014,14 @@ impl Primary {
                 self.inner.borrow_mut().bal.rejected(worker, seq);
                 self.pump(lp);
             }
-            Message::Pong { seq, lag_us } => self.emit(lp, Event::Pong { worker, seq, lag_us }),
+            Message::Pong { seq, lag_us } => self.emit(
+                lp,
+                Event::Pong {
+                    worker,
+                    seq,
+                    lag_us,
+                },
+            ),
             Message::GoingDown { reason } => {
                 // Stop routing to it at once; whoever supervises starts the replacement.
                 self.set_routing(lp, worker, false);

@@ -30,6 +30,14 @@
 //! | ready / drain / shutdown deadlines | 30 s each | gunicorn's and Puma's graceful timeout |
 //! | recycling at once | 1 | never lose more than one worker's capacity |
 //!
+//! # systemd
+//!
+//! Under `Type=notify`, the supervisor sends `READY=1` once every slot's first worker is
+//! ready, `RELOADING=1` and then `READY=1` around a reload, `STOPPING=1` at shutdown,
+//! `STATUS=…` along the way, and `WATCHDOG=1` at half of `WATCHDOG_USEC`. With socket
+//! activation (`LISTEN_FDS`), listeners whose address matches a passed socket use it
+//! instead of binding.
+//!
 //! A crash after the minimum uptime is restarted at once (the first restart is immediate);
 //! a crash before it (unstable) waits `base × factor^(n−1)`, capped; a boot failure (exit
 //! before ready) always counts as unstable. After the minimum uptime the count resets.
@@ -318,6 +326,10 @@ struct Inner {
     handlers: Rc<crate::hooks::Hooks<SupHandler>>,
     ping_seq: u64,
     interrupts: u32,
+    /// systemd's notification socket, when run as a `Type=notify` service.
+    notifier: Option<super::systemd::Notifier>,
+    /// `READY=1` was sent for the first generation.
+    announced: bool,
 }
 
 /// The supervisor of a [`Primary`]; clone the handle freely (it is an `Rc`).
@@ -363,7 +375,17 @@ impl Supervisor {
             handlers: Rc::default(),
             ping_seq: 0,
             interrupts: 0,
+            notifier: super::systemd::Notifier::from_env(),
+            announced: false,
         })));
+        if std::env::var_os("LISTEN_FDS").is_some() {
+            // Socket activation: serve the sockets systemd bound instead of binding anew.
+            match super::systemd::listen_fds() {
+                Ok(fds) if !fds.is_empty() => p.adopt_listeners(fds),
+                Ok(_) => {}
+                Err(e) => log::warn!("LISTEN_FDS: {e}"),
+            }
+        }
         REGISTRY.with(|r| r.borrow_mut().insert(id, Rc::downgrade(&sup.0)));
         let weak = Rc::downgrade(&sup.0);
         p.on(move |lp, _, ev| {
@@ -408,6 +430,10 @@ impl Supervisor {
                 inner.slots.len() - 1
             };
             self.spawn(lp, slot, None)?;
+        }
+        let notifier = self.0.borrow().notifier.clone();
+        if let (Some(n), Some(every)) = (notifier, super::systemd::watchdog_interval()) {
+            n.start_watchdog(lp, every);
         }
         let health = self.0.borrow().opts.health;
         if let Some(h) = health {
@@ -458,10 +484,10 @@ impl Supervisor {
                 removing: false,
             },
         );
-        if replaces.is_none() {
-            if let Some(s) = inner.slots.get_mut(slot) {
-                s.worker = Some(w);
-            }
+        if replaces.is_none()
+            && let Some(s) = inner.slots.get_mut(slot)
+        {
+            s.worker = Some(w);
         }
         Ok(w)
     }
@@ -490,6 +516,7 @@ impl Supervisor {
             m.ready = true;
             (m.slot, m.replaces.take())
         };
+        self.maybe_announce();
         self.emit(lp, SupervisorEvent::Ready { slot, worker });
         if let Some(old) = replaces {
             // Step 3–5 of the retire path.
@@ -497,6 +524,27 @@ impl Supervisor {
                 s.worker = Some(worker);
             }
             self.drain(lp, old);
+        }
+    }
+
+    /// Tells systemd (if it listens) the service is ready once every slot's first worker is.
+    fn maybe_announce(&self) {
+        let mut inner = self.0.borrow_mut();
+        if inner.announced || inner.notifier.is_none() {
+            return;
+        }
+        let all = inner.slots.iter().filter(|s| s.active).all(|s| {
+            s.worker
+                .and_then(|w| inner.meta.get(&w))
+                .is_some_and(|m| m.ready)
+        });
+        if all {
+            inner.announced = true;
+            let n = inner.slots.iter().filter(|s| s.active).count();
+            if let Some(notifier) = &inner.notifier {
+                notifier.ready();
+                notifier.status(&format!("{n} workers ready"));
+            }
         }
     }
 
@@ -613,7 +661,12 @@ impl Supervisor {
         }
         if let Some(old) = m.replaces {
             // A replacement died before it was ready.
-            self.replacement_failed(lp, old, None, format!("replacement worker {worker} exited before ready"));
+            self.replacement_failed(
+                lp,
+                old,
+                None,
+                format!("replacement worker {worker} exited before ready"),
+            );
             return;
         }
         if m.removing {
@@ -720,10 +773,8 @@ impl Supervisor {
                 None => false,
             }
         };
-        if go {
-            if let Err(e) = self.spawn(lp, slot, None) {
-                log::error!("slot {slot}: cannot spawn a worker: {e}");
-            }
+        if go && let Err(e) = self.spawn(lp, slot, None) {
+            log::error!("slot {slot}: cannot spawn a worker: {e}");
         }
     }
 
@@ -731,7 +782,10 @@ impl Supervisor {
         let lag = Duration::from_micros(lag_us);
         let change = {
             let mut inner = self.0.borrow_mut();
-            let q = inner.opts.health.map_or(Duration::MAX, |h| h.quarantine_lag);
+            let q = inner
+                .opts
+                .health
+                .map_or(Duration::MAX, |h| h.quarantine_lag);
             let Some(m) = inner.meta.get_mut(&worker) else {
                 return;
             };
@@ -782,7 +836,10 @@ impl Supervisor {
                 continue;
             }
             if now.duration_since(last) > h.timeout {
-                log::warn!("worker {w} missed heartbeats for {:?}: replacing it", h.timeout);
+                log::warn!(
+                    "worker {w} missed heartbeats for {:?}: replacing it",
+                    h.timeout
+                );
                 self.retire(lp, w, Cause::Unresponsive);
                 continue;
             }
@@ -791,11 +848,11 @@ impl Supervisor {
             if recycling >= opts.concurrency {
                 continue;
             }
-            if let (Some(max), Some(info)) = (opts.max_rss, p.worker(w)) {
-                if crate::sys::rss::rss_bytes(info.pid).is_some_and(|r| r > max) {
-                    self.retire(lp, w, Cause::Memory);
-                    continue;
-                }
+            if let (Some(max), Some(info)) = (opts.max_rss, p.worker(w))
+                && crate::sys::rss::rss_bytes(info.pid).is_some_and(|r| r > max)
+            {
+                self.retire(lp, w, Cause::Memory);
+                continue;
             }
             if opts.max_connections.is_some_and(|max| p.handed(w) >= max) {
                 self.retire(lp, w, Cause::Connections);
@@ -826,6 +883,10 @@ impl Supervisor {
             });
         }
         log::info!("rolling reload started");
+        if let Some(n) = &self.0.borrow().notifier {
+            n.reloading();
+            n.status("reloading");
+        }
         self.reload_fill(lp);
     }
 
@@ -885,6 +946,13 @@ impl Supervisor {
                         match &result {
                             Ok(()) => log::info!("rolling reload finished"),
                             Err(e) => log::error!("rolling reload aborted: {e}"),
+                        }
+                        if let Some(n) = &self.0.borrow().notifier {
+                            n.ready();
+                            n.status(match &result {
+                                Ok(()) => "reloaded",
+                                Err(_) => "reload failed; previous generation serving",
+                            });
                         }
                         self.emit(lp, SupervisorEvent::ReloadFinished(result.clone()));
                         for cb in r.done {
@@ -968,13 +1036,21 @@ impl Supervisor {
                 return;
             }
             inner.shutting_down = true;
-            let timers: Vec<TimerId> = inner.slots.iter_mut().filter_map(|s| s.timer.take()).collect();
+            let timers: Vec<TimerId> = inner
+                .slots
+                .iter_mut()
+                .filter_map(|s| s.timer.take())
+                .collect();
             (inner.p.clone(), inner.opts.shutdown_timeout, timers)
         };
         for t in timers {
             lp.clear_timeout(t);
         }
         log::info!("shutting down: draining {} workers", p.workers().len());
+        if let Some(n) = &self.0.borrow().notifier {
+            n.stopping();
+            n.status("draining");
+        }
         self.emit(lp, SupervisorEvent::ShuttingDown);
         p.keep_listeners(lp, false);
         p.disconnect(lp, |_, _| {});
@@ -1149,9 +1225,16 @@ impl Control {
         if !self.post(move |s, _| {
             let _ = tx.send(s.stats());
         }) {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "the supervisor's loop is gone"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the supervisor's loop is gone",
+            ));
         }
-        rx.recv_timeout(timeout)
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer from the supervisor's loop"))
+        rx.recv_timeout(timeout).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no answer from the supervisor's loop",
+            )
+        })
     }
 }

@@ -12,6 +12,7 @@
 //! | [`Worker::disconnect`] | as above, then the worker tells the primary it leaves on purpose and closes the channel only after the primary's acknowledgement |
 //! | [`Worker::kill`] | tells the primary, waits for the acknowledgement, closes the channel, exits with code 0 |
 //! | the channel reaches EOF (primary gone, or it closed the channel) | `on_disconnect` handlers run, then the loop exits with code 0 unless the worker was leaving on purpose |
+//! | the primary dies while this worker's loop is blocked | Linux: the parent-death signal (`SIGKILL`, set between fork and exec) ends it at once; everywhere: a watchdog thread sees the channel hang up (or the parent change) and exits the process |
 //!
 //! "Exits" means [`EventLoop::exit`]: `run()` returns the code and the program's `main`
 //! ends the process with it.

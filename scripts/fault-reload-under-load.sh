@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Issue 6, fault test (b): rolling reload (SIGHUP) under keep-alive and
+# connection-per-request load must fail no request.
+#
+#   scripts/fault-reload-under-load.sh                       # keep-alive, then Connection: close; 20 s each
+#   DURATION=10 MODES=keepalive scripts/fault-reload-under-load.sh
+#
+# For each mode (MODES: "keepalive close"):
+#  1. start `http_cluster --workers WORKERS --port 0` (127.0.0.1), check it answers, warm
+#     it up (WARMUP s), note the primary (pid, start time) and its workers;
+#  2. run `wrk -t1 -c64 -dDURATION` (keep-alive, or -H 'Connection: close') and send the
+#     primary SIGHUP every HUP_EVERY seconds (at 2 s, 4 s, … before wrk's end); after each
+#     one, watch the cluster log for the supervisor's `ReloadFinished` line (the example
+#     prints every ReloadFinished/ReplacementFailed/Restarting event on stderr) and report
+#     how long the reload took and which worker pids serve afterwards. A SIGHUP that
+#     arrives while a reload is still running joins that reload (Supervisor::reload);
+#  3. when wrk ends, note which reloads had finished and which workers were live.
+#
+# Assertions (any failure → exit 1):
+#  - wrk: 0 socket errors (connect/read/write/timeout) and 0 non-2xx responses;
+#  - the reloads really happened under the load: at least one `ReloadFinished(Ok(()))`
+#    before wrk ended, none failed (`ReloadFinished(Err…)`/`ReplacementFailed`), and
+#    none of the workers that served before the first SIGHUP is still alive when wrk
+#    ends (every one was replaced while the load ran) — otherwise "0 errors" would be
+#    vacuous (e.g. a reload stuck draining keep-alive connections until wrk stops);
+#  - the primary never restarted and WORKERS workers are live at the end.
+#
+# Env: DURATION (20), WARMUP (2), WORKERS (2), MODES ("keepalive close"), HUP_EVERY (2),
+#      SKIP_BUILD=1, KEEP_DIR (copy logs and wrk output there).
+# Exit status: 0 all assertions hold, 1 one failed, 2 the test itself could not run.
+# Loopback only; every process started is stopped by its pid on exit.
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+SCRIPT_NAME=fault-reload-under-load
+# shellcheck source=scripts/fault-lib.sh
+source scripts/fault-lib.sh
+
+DURATION=${DURATION:-20}
+WARMUP=${WARMUP:-2}
+WORKERS=${WORKERS:-2}
+MODES=${MODES:-"keepalive close"}
+HUP_EVERY=${HUP_EVERY:-2}
+FL_BIN=target/release/examples/http_cluster
+# The supervisor logs (replacing worker…, did not drain in time…) at info/warn level.
+export RUST_LOG=${RUST_LOG:-forkloop=info}
+for v in DURATION WARMUP WORKERS HUP_EVERY; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
+done
+[ "$HUP_EVERY" -ge 1 ] && [ "$DURATION" -gt "$HUP_EVERY" ] && [ "$WORKERS" -ge 1 ] ||
+  die "need HUP_EVERY ≥ 1, DURATION > HUP_EVERY, WORKERS ≥ 1"
+
+need wrk wrk
+need curl curl
+need timeout coreutils
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  build_retry cargo build --release --quiet --example http_cluster
+fi
+[ -x "$FL_BIN" ] || die "missing $FL_BIN"
+
+PRIMARY=
+pre_cleanup() {
+  local w
+  if [ -n "$PRIMARY" ] && alive "$PRIMARY"; then
+    for w in $(worker_pids "$PRIMARY"); do track "$w"; done
+  fi
+}
+
+FAILS=0
+fail() { echo "  FAIL  $*"; FAILS=$((FAILS + 1)); }
+pass() { echo "  PASS  $*"; }
+count() { grep -c -- "$2" "$1" || true; }
+
+run_mode() {
+  local mode=$1 hdr=() log wrk_out wrk_pid st0 t_start k ms before t_hup done_ms rc
+  local -a first end_pids
+  local ok_during fail_during leftover w req errs n2 c r wr to rps line
+  case $mode in
+    keepalive) ;;
+    close) hdr=(-H 'Connection: close') ;;
+    *) die "unknown mode $mode (keepalive|close)" ;;
+  esac
+  log=$TMP_DIR/cluster-$mode.log
+  wrk_out=$TMP_DIR/wrk-$mode.txt
+  echo "== mode $mode: http_cluster --workers $WORKERS, wrk -t1 -c64 -d${DURATION}s ${hdr[*]:-(keep-alive)}, SIGHUP every ${HUP_EVERY}s"
+  start_cluster "$log" --workers "$WORKERS"
+  [ "$(curl -s --max-time 3 "http://127.0.0.1:$PORT/")" = "hello world" ] || die "no 'hello world' on port $PORT"
+  if [ "$WARMUP" -gt 0 ]; then
+    timeout -k 5 $((WARMUP + 20)) wrk -t1 -c64 -d"${WARMUP}s" "${hdr[@]}" "http://127.0.0.1:$PORT/" >/dev/null 2>&1 ||
+      die "warm-up wrk failed"
+  fi
+  sleep 0.5
+  st0=$(starttime "$PRIMARY")
+  mapfile -t first < <(worker_pids "$PRIMARY")
+  echo "  primary pid $PRIMARY, port $PORT; workers before the first SIGHUP: ${first[*]}"
+  [ ${#first[@]} = "$WORKERS" ] || fail "$mode: ${#first[@]} workers before the load (expected $WORKERS)"
+
+  timeout -k 5 $((DURATION + 30)) wrk -t1 -c64 -d"${DURATION}s" "${hdr[@]}" "http://127.0.0.1:$PORT/" >"$wrk_out" 2>&1 &
+  wrk_pid=$!
+  track "$wrk_pid"
+  t_start=$(now_ms)
+  for ((k = HUP_EVERY; k < DURATION; k += HUP_EVERY)); do
+    ms=$((t_start + k * 1000 - $(now_ms)))
+    if [ "$ms" -gt 0 ]; then sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"; fi
+    alive "$wrk_pid" || break
+    if ! alive "$PRIMARY" || [ "$(starttime "$PRIMARY")" != "$st0" ]; then
+      fail "$mode: the primary is gone at ${k}s"
+      break
+    fi
+    before=$(count "$log" 'ReloadFinished')
+    t_hup=$(now_ms)
+    kill -HUP "$PRIMARY"
+    # Watch for the reload's end until just before the next SIGHUP.
+    done_ms=
+    while [ $(($(now_ms) - t_hup)) -lt $((HUP_EVERY * 1000 - 150)) ] && alive "$wrk_pid"; do
+      if [ "$(count "$log" 'ReloadFinished')" -gt "$before" ]; then done_ms=$(($(now_ms) - t_hup)); break; fi
+      sleep 0.02
+    done
+    if [ -n "$done_ms" ]; then
+      printf '  SIGHUP at %5.1fs: %s after %4d ms; workers now %s\n' \
+        "$(awk -v a="$t_hup" -v b="$t_start" 'BEGIN {printf "%.1f", (a - b) / 1000}')" \
+        "$(grep 'ReloadFinished' "$log" | tail -1 | sed 's/^supervisor: //')" "$done_ms" "$(worker_pids "$PRIMARY" | tr '\n' ' ')"
+    else
+      printf '  SIGHUP at %5.1fs: reload still running %d ms later; live workers %s\n' \
+        "$(awk -v a="$t_hup" -v b="$t_start" 'BEGIN {printf "%.1f", (a - b) / 1000}')" \
+        $(($(now_ms) - t_hup)) "$(worker_pids "$PRIMARY" | tr '\n' ' ')"
+    fi
+  done
+  rc=0
+  wait "$wrk_pid" || rc=$?
+  # Snapshot at the end of the load.
+  ok_during=$(count "$log" 'ReloadFinished(Ok')
+  fail_during=$(( $(count "$log" 'ReloadFinished(Err') + $(count "$log" 'ReplacementFailed') ))
+  mapfile -t end_pids < <(worker_pids "$PRIMARY")
+  leftover=()
+  for w in "${first[@]}"; do if alive "$w"; then leftover+=("$w"); fi; done
+  [ "$rc" = 0 ] || fail "$mode: wrk exited with status $rc: $(tail -3 "$wrk_out" | tr '\n' ' ')"
+
+  echo "  -- $mode results"
+  read -r req errs n2 c r wr to rps <<<"$(parse_wrk "$wrk_out")"
+  line=$(grep -m1 'requests in' "$wrk_out" || echo "(no wrk summary)")
+  echo "  wrk: ${line## }; $rps req/s; socket errors: connect $c, read $r, write $wr, timeout $to (total $errs); non-2xx $n2"
+  echo "  at wrk's end: $ok_during reload(s) finished OK, $fail_during failure event(s); live workers: ${end_pids[*]}; first-generation workers still alive: ${leftover[*]:-none}"
+  [ "$errs" = 0 ] && pass "$mode: 0 socket errors" || fail "$mode: $errs socket errors (connect $c, read $r, write $wr, timeout $to)"
+  [ "$n2" = 0 ] && pass "$mode: 0 non-2xx responses" || fail "$mode: $n2 non-2xx responses"
+  [ "$req" -gt 0 ] || fail "$mode: wrk completed no request"
+  [ "$ok_during" -ge 1 ] && pass "$mode: $ok_during rolling reload(s) completed while the load ran" ||
+    fail "$mode: no rolling reload completed while the load ran"
+  [ "$fail_during" = 0 ] || fail "$mode: $fail_during reload failure event(s) (see the cluster log below)"
+  [ ${#leftover[@]} = 0 ] && pass "$mode: every first-generation worker was replaced during the load" ||
+    fail "$mode: first-generation worker(s) ${leftover[*]} still alive when the load ended (not drained)"
+
+  # After the load: the reload (if stuck) can finish now that wrk closed its connections.
+  for _ in $(seq 1 50); do
+    [ "$(live_children "$PRIMARY" | wc -l)" = "$WORKERS" ] && break
+    sleep 0.1
+  done
+  if alive "$PRIMARY" && [ "$(starttime "$PRIMARY")" = "$st0" ]; then
+    pass "$mode: primary never restarted (pid $PRIMARY)"
+  else
+    fail "$mode: the primary died or was replaced"
+  fi
+  [ "$(live_children "$PRIMARY" | wc -l)" = "$WORKERS" ] && pass "$mode: $WORKERS workers live after the load" ||
+    fail "$mode: $(live_children "$PRIMARY" | wc -l) workers live 5 s after the load (expected $WORKERS)"
+  echo "  after the load: $(count "$log" 'ReloadFinished(Ok') reload(s) finished OK in all"
+
+  local ws
+  mapfile -t ws < <(worker_pids "$PRIMARY")
+  kill -TERM "$PRIMARY"
+  for _ in $(seq 1 100); do alive "$PRIMARY" || break; sleep 0.1; done
+  if alive "$PRIMARY"; then
+    echo "  WARN  primary still running 10 s after SIGTERM; stopping it"
+    track "${ws[@]}"
+    stop_pids "$PRIMARY"
+  else
+    rc=0
+    wait "$PRIMARY" || rc=$?
+    echo "  primary exited with status $rc after SIGTERM"
+  fi
+  PRIMARY=
+  grep -v '^listening on ' "$log" | sed 's/worker: [0-9]*/worker: N/; s/worker [0-9]*/worker N/' | sort | uniq -c | sort -rn | head -8 | sed 's/^/  cluster log: /' || true
+}
+
+echo "fault-reload-under-load: DURATION=${DURATION}s WORKERS=$WORKERS HUP_EVERY=${HUP_EVERY}s MODES='$MODES' ($(nproc) CPUs, kernel $(uname -r))"
+for mode in $MODES; do
+  run_mode "$mode"
+  sleep 1
+done
+if [ "$FAILS" -gt 0 ]; then
+  echo "FAIL: $FAILS assertion(s) violated"
+  exit 1
+fi
+echo "PASS: all assertions hold"
