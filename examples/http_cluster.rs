@@ -25,7 +25,7 @@ use forkloop::net::Stream;
 use forkloop::primary::supervise::{Supervisor, SupervisorEvent, SupervisorOptions};
 use forkloop::primary::{Event, Policy, Primary, PrimaryOptions};
 use forkloop::rt::EventLoop;
-use forkloop::worker::Worker;
+use forkloop::worker::{Server, Worker, WorkerSideState};
 
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nhello world\n";
@@ -143,7 +143,13 @@ fn worker(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .map_err(|e| forkloop::Error::Config(format!("bad address: {e}")))?;
-    let server = w.listen_tcp(lp, addr, serve);
+    let w3 = w.clone();
+    let slot: Rc<RefCell<Option<Server>>> = Rc::default();
+    let s2 = slot.clone();
+    let server = w.listen_tcp(lp, addr, move |lp, conn| {
+        serve(lp, conn, w3.clone(), s2.borrow().clone())
+    });
+    *slot.borrow_mut() = Some(server.clone());
     server.on_error(|lp, _, e| {
         eprintln!("worker: cannot listen: {e}");
         lp.exit(1);
@@ -155,18 +161,37 @@ fn worker(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
 }
 
 /// Serves one connection: parse every complete request in the buffer, answer each.
-fn serve(lp: &mut EventLoop, conn: Stream) {
+/// Once the worker is leaving (reload, recycling, shutdown: its server stops accepting and
+/// waits for its connections to end), every response says `Connection: close` and ends
+/// its connection, so keep-alive clients move to the other workers instead of holding
+/// this one until the drain deadline kills it.
+///
+/// Between requests the connection is marked idle on its server, so a closing server ends
+/// it at once instead of waiting for the client (Node's `closeIdleConnections`).
+fn serve(lp: &mut EventLoop, conn: Stream, w: Worker, server: Option<Server>) {
     let _ = conn.set_nodelay(lp, true);
     let pending: Rc<RefCell<Vec<u8>>> = Rc::default();
     conn.on_data(lp, move |lp, conn, data| {
+        if let Some(s) = &server {
+            s.set_idle(lp, conn, false);
+        }
+        let leaving = !matches!(
+            w.state(),
+            WorkerSideState::Online | WorkerSideState::Listening
+        );
         let mut buf = pending.borrow_mut();
         if buf.is_empty() {
-            let used = answer(lp, conn, data);
+            let used = answer(lp, conn, data, leaving);
             buf.extend_from_slice(&data[used..]);
         } else {
             buf.extend_from_slice(data);
-            let used = answer(lp, conn, &buf);
+            let used = answer(lp, conn, &buf, leaving);
             buf.drain(..used);
+        }
+        if buf.is_empty()
+            && let Some(s) = &server
+        {
+            s.set_idle(lp, conn, true); // every request answered
         }
         if buf.len() > MAX_HEAD {
             conn.write(lp, b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -178,14 +203,15 @@ fn serve(lp: &mut EventLoop, conn: Stream) {
 }
 
 /// Answers every complete request at the start of `data`; returns the bytes used.
-fn answer(lp: &mut EventLoop, conn: Stream, data: &[u8]) -> usize {
+/// `leaving`: close the connection after the first response.
+fn answer(lp: &mut EventLoop, conn: Stream, data: &[u8], leaving: bool) -> usize {
     let mut used = 0;
     while used < data.len() {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&data[used..]) {
             Ok(httparse::Status::Complete(n)) => {
-                let close = wants_close(&req);
+                let close = leaving || wants_close(&req);
                 used += n + body_len(&req).min(data.len() - used - n);
                 if close {
                     conn.write(lp, RESPONSE_CLOSE);

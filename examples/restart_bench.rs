@@ -233,20 +233,16 @@ fn primary(lp: &mut EventLoop) -> forkloop::Result<i32> {
     } else {
         Duration::ZERO
     };
+    let pause = if default_policy {
+        min_uptime + PAUSE
+    } else {
+        PAUSE
+    };
     println!(
-        "config iterations={iterations} workers={WORKERS} restart=supervisor min_uptime_ms={} \
-         pause_ms={} policy={}",
+        "config iterations={iterations} workers={WORKERS} restart=supervisor \
+         min_uptime_ms={} pause_ms={}",
         min_uptime.as_millis(),
-        if default_policy {
-            (min_uptime + PAUSE).as_millis()
-        } else {
-            PAUSE.as_millis()
-        },
-        if default_policy {
-            "default"
-        } else {
-            "min_uptime=0"
-        }
+        pause.as_millis()
     );
 
     let p = Primary::new(lp)?;

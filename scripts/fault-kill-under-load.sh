@@ -34,11 +34,12 @@
 # expected: the connections a worker holds die with it (keep-alive: every connection
 # of the killed worker; Connection: close: the requests in flight on it).
 #
-# Env: DURATION (30), WARMUP (2), WORKERS (2), MODES ("keepalive close"), VICTIM
+# Env: POLICY (http_cluster --policy; unset: rr), DURATION (30), WARMUP (2), WORKERS (2), MODES ("keepalive close"), VICTIM
 #      (oldest|random), RESTORE_MS (1000), FD_TOLERANCE (2), SETTLE (1), SKIP_BUILD=1,
 #      KEEP_DIR (copy logs and wrk output there).
 # Exit status: 0 all assertions hold, 1 one failed, 2 the test itself could not run.
 # Loopback only; every process started is stopped by its pid on exit.
+# shellcheck disable=SC2015  # `A && pass … || fail …`: pass always succeeds
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 SCRIPT_NAME=fault-kill-under-load
@@ -49,6 +50,7 @@ DURATION=${DURATION:-30}
 WARMUP=${WARMUP:-2}
 WORKERS=${WORKERS:-2}
 MODES=${MODES:-"keepalive close"}
+POLICY=${POLICY:-}  # http_cluster --policy rr|none|reuseport (unset: its default, rr)
 VICTIM=${VICTIM:-oldest}
 RESTORE_MS=${RESTORE_MS:-1000}
 FD_TOLERANCE=${FD_TOLERANCE:-2}
@@ -94,7 +96,7 @@ pass() { echo "  PASS  $*"; }
 
 run_mode() {
   local mode=$1 hdr=() log wrk_out wrk_pid st0 fd0 fd fdmin fdmax w0 t_start k deadline
-  local victim t_kill restored ms kids n new worst=0 sum=0 kills=0 unrestored=0 rc
+  local victim t_kill restored ms kids n new before w worst=0 sum=0 kills=0 unrestored=0 rc
   local req errs n2 c r wr to rps line
   case $mode in
     keepalive) ;;
@@ -104,7 +106,7 @@ run_mode() {
   log=$TMP_DIR/cluster-$mode.log
   wrk_out=$TMP_DIR/wrk-$mode.txt
   echo "== mode $mode: http_cluster --workers $WORKERS, wrk -t1 -c64 -d${DURATION}s ${hdr[*]:-(keep-alive)}, SIGKILL the $VICTIM worker every second"
-  start_cluster "$log" --workers "$WORKERS"
+  start_cluster "$log" --workers "$WORKERS" ${POLICY:+--policy "$POLICY"}
   [ "$(curl -s --max-time 3 "http://127.0.0.1:$PORT/")" = "hello world" ] || die "no 'hello world' on port $PORT"
   if [ "$WARMUP" -gt 0 ]; then
     timeout -k 5 $((WARMUP + 20)) wrk -t1 -c64 -d"${WARMUP}s" "${hdr[@]}" "http://127.0.0.1:$PORT/" >/dev/null 2>&1 ||
@@ -134,6 +136,7 @@ run_mode() {
     mapfile -t kids < <(worker_pids "$PRIMARY")
     [ ${#kids[@]} -gt 0 ] || { fail "$mode: no worker to kill at second $k"; continue; }
     if [ "$VICTIM" = oldest ]; then victim=${kids[0]}; else victim=${kids[RANDOM % ${#kids[@]}]}; fi
+    before=" ${kids[*]} "
     t_kill=$(now_ms)
     kill -KILL "$victim" 2>/dev/null || { echo "  second $k: worker $victim already gone"; continue; }
     kills=$((kills + 1))
@@ -141,20 +144,23 @@ run_mode() {
     deadline=$((t_kill + RESTORE_MS))
     restored=
     while :; do
-      mapfile -t kids < <(live_children "$PRIMARY")
+      # The victim may still be alive for a moment after kill(2): count the others.
+      mapfile -t kids < <(live_children "$PRIMARY" | grep -vx "$victim")
       n=${#kids[@]}
       if [ "$n" -ge "$WORKERS" ] && ! alive "$victim"; then restored=$(($(now_ms) - t_kill)); break; fi
       [ "$(now_ms)" -lt "$deadline" ] || break
       sleep 0.01
     done
     if [ -n "$restored" ]; then
-      new=$(live_children "$PRIMARY" | sort -n | tail -1)
+      new=
+      for w in "${kids[@]}"; do [[ $before == *" $w "* ]] || new+="$w "; done
+      new=${new% }
       fd=$(fd_count "$PRIMARY")
       ((fd < fdmin)) && fdmin=$fd
       ((fd > fdmax)) && fdmax=$fd
       sum=$((sum + restored))
       ((restored > worst)) && worst=$restored
-      printf '  kill %2d at %5.1fs: worker pid %s; %s workers again after %4d ms (newest pid %s); primary fds %s\n' \
+      printf '  kill %2d at %5.1fs: worker pid %s; %s workers again after %4d ms (replacement pid %s); primary fds %s\n' \
         "$kills" "$(awk -v a="$t_kill" -v b="$t_start" 'BEGIN {printf "%.1f", (a - b) / 1000}')" "$victim" "$n" "$restored" "$new" "$fd"
     else
       unrestored=$((unrestored + 1))
@@ -221,7 +227,7 @@ run_mode() {
   log_summary "$log"
 }
 
-echo "fault-kill-under-load: DURATION=${DURATION}s WORKERS=$WORKERS VICTIM=$VICTIM MODES='$MODES' RESTORE_MS=$RESTORE_MS FD_TOLERANCE=$FD_TOLERANCE ($(nproc) CPUs, kernel $(uname -r))"
+echo "fault-kill-under-load: DURATION=${DURATION}s WORKERS=$WORKERS VICTIM=$VICTIM MODES='$MODES' POLICY=${POLICY:-default} RESTORE_MS=$RESTORE_MS FD_TOLERANCE=$FD_TOLERANCE ($(nproc) CPUs, kernel $(uname -r))"
 for mode in $MODES; do
   run_mode "$mode"
   sleep 1

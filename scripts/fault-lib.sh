@@ -48,7 +48,7 @@ cleanup() {
   if declare -F pre_cleanup >/dev/null; then pre_cleanup || true; fi
   if [ ${#STARTED_PIDS[@]} -gt 0 ]; then stop_pids "${STARTED_PIDS[@]}"; fi
   if [ -n "${KEEP_DIR:-}" ]; then
-    mkdir -p "$KEEP_DIR" && cp -r "$TMP_DIR"/. "$KEEP_DIR"/ 2>/dev/null || true
+    { mkdir -p "$KEEP_DIR" && cp -r "$TMP_DIR"/. "$KEEP_DIR"/; } 2>/dev/null || true
   fi
   rm -rf "$TMP_DIR"
   exit "$rc"
@@ -95,10 +95,10 @@ now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
 # starttime PID: the process's start time (clock ticks since boot), to tell a restarted
 # process from the one we started even if its pid were reused. Empty if it is gone.
 starttime() {
-  local line f
+  local line fields
   { read -r line <"/proc/$1/stat"; } 2>/dev/null || return 0
-  read -r -a f <<<"${line##*) }"
-  echo "${f[19]}"
+  read -r -a fields <<<"${line##*) }"
+  echo "${fields[19]}"
 }
 
 # worker_pids PRIMARY: live (non-zombie) children of PRIMARY (`ps -o pid= --ppid`),

@@ -14,7 +14,12 @@
 #     prints every ReloadFinished/ReplacementFailed/Restarting event on stderr) and report
 #     how long the reload took and which worker pids serve afterwards. A SIGHUP that
 #     arrives while a reload is still running joins that reload (Supervisor::reload);
-#  3. when wrk ends, note which reloads had finished and which workers were live.
+#     MODES may also include `idle` (not in the default): IDLE_CONNS (8) keep-alive
+#     connections that made one request and then stay silent, beside the Connection:
+#     close load — the case of pooled browser/proxy connections;
+#  3. SNAPSHOT_MS (500) before wrk's end, while its connections are still open, note
+#     which reloads had finished and which workers were live (after wrk closes its
+#     connections a worker stuck draining them leaves at once, which would hide it).
 #
 # Assertions (any failure → exit 1):
 #  - wrk: 0 socket errors (connect/read/write/timeout) and 0 non-2xx responses;
@@ -25,10 +30,11 @@
 #    vacuous (e.g. a reload stuck draining keep-alive connections until wrk stops);
 #  - the primary never restarted and WORKERS workers are live at the end.
 #
-# Env: DURATION (20), WARMUP (2), WORKERS (2), MODES ("keepalive close"), HUP_EVERY (2),
-#      SKIP_BUILD=1, KEEP_DIR (copy logs and wrk output there).
+# Env: POLICY (http_cluster --policy; unset: rr), DURATION (20), WARMUP (2), WORKERS (2), MODES ("keepalive close"), HUP_EVERY (2),
+#      SNAPSHOT_MS (500), IDLE_CONNS (8), SKIP_BUILD=1, KEEP_DIR (copy logs and wrk output there).
 # Exit status: 0 all assertions hold, 1 one failed, 2 the test itself could not run.
 # Loopback only; every process started is stopped by its pid on exit.
+# shellcheck disable=SC2015  # `A && pass … || fail …`: pass always succeeds
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 SCRIPT_NAME=fault-reload-under-load
@@ -39,11 +45,14 @@ DURATION=${DURATION:-20}
 WARMUP=${WARMUP:-2}
 WORKERS=${WORKERS:-2}
 MODES=${MODES:-"keepalive close"}
+POLICY=${POLICY:-}  # http_cluster --policy rr|none|reuseport (unset: its default, rr)
 HUP_EVERY=${HUP_EVERY:-2}
+SNAPSHOT_MS=${SNAPSHOT_MS:-500}
+IDLE_CONNS=${IDLE_CONNS:-8}
 FL_BIN=target/release/examples/http_cluster
 # The supervisor logs (replacing worker…, did not drain in time…) at info/warn level.
 export RUST_LOG=${RUST_LOG:-forkloop=info}
-for v in DURATION WARMUP WORKERS HUP_EVERY; do
+for v in DURATION WARMUP WORKERS HUP_EVERY SNAPSHOT_MS IDLE_CONNS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
 done
 [ "$HUP_EVERY" -ge 1 ] && [ "$DURATION" -gt "$HUP_EVERY" ] && [ "$WORKERS" -ge 1 ] ||
@@ -65,24 +74,54 @@ pre_cleanup() {
   fi
 }
 
+# open_idle N: N keep-alive connections (bash /dev/tcp) that make one request each, read
+# the response and then stay idle, like browsers' pooled connections.
+IDLE_FDS=()
+open_idle() {
+  local i fd status line
+  for ((i = 0; i < $1; i++)); do
+    exec {fd}<>"/dev/tcp/127.0.0.1/$PORT" || die "cannot connect to port $PORT"
+    IDLE_FDS+=("$fd")
+    printf 'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n' >&"$fd"
+    read -r -t 3 -u "$fd" status || die "idle connection $i: no response"
+    [[ $status == "HTTP/1.1 200"* ]] || die "idle connection $i: $status"
+    while read -r -t 3 -u "$fd" line && [ "${line%$'\r'}" != "" ]; do :; done
+    read -r -t 3 -N 12 -u "$fd" _ || die "idle connection $i: no body"
+  done
+  echo "  $1 idle keep-alive connections open (one request each, then silent)"
+}
+# check_idle: how many of them the server has closed so far (EOF), then close ours.
+check_idle() {
+  local fd n=0 rc
+  for fd in "${IDLE_FDS[@]}"; do
+    rc=0
+    read -r -t 0.05 -u "$fd" _ || rc=$?
+    # 1: EOF (closed by the server); > 128: still open and silent.
+    if [ "$rc" = 1 ]; then n=$((n + 1)); fi
+    exec {fd}>&-
+  done
+  echo "  idle connections closed by the server (EOF) before wrk's end: $n of ${#IDLE_FDS[@]}"
+  IDLE_FDS=()
+}
+
 FAILS=0
 fail() { echo "  FAIL  $*"; FAILS=$((FAILS + 1)); }
 pass() { echo "  PASS  $*"; }
 count() { grep -c -- "$2" "$1" || true; }
 
 run_mode() {
-  local mode=$1 hdr=() log wrk_out wrk_pid st0 t_start k ms before t_hup done_ms rc
+  local mode=$1 hdr=() log wrk_out wrk_pid st0 t_start k ms before t_hup done_ms until_ms rc
   local -a first end_pids
   local ok_during fail_during leftover w req errs n2 c r wr to rps line
   case $mode in
     keepalive) ;;
-    close) hdr=(-H 'Connection: close') ;;
-    *) die "unknown mode $mode (keepalive|close)" ;;
+    close | idle) hdr=(-H 'Connection: close') ;;
+    *) die "unknown mode $mode (keepalive|close|idle)" ;;
   esac
   log=$TMP_DIR/cluster-$mode.log
   wrk_out=$TMP_DIR/wrk-$mode.txt
   echo "== mode $mode: http_cluster --workers $WORKERS, wrk -t1 -c64 -d${DURATION}s ${hdr[*]:-(keep-alive)}, SIGHUP every ${HUP_EVERY}s"
-  start_cluster "$log" --workers "$WORKERS"
+  start_cluster "$log" --workers "$WORKERS" ${POLICY:+--policy "$POLICY"}
   [ "$(curl -s --max-time 3 "http://127.0.0.1:$PORT/")" = "hello world" ] || die "no 'hello world' on port $PORT"
   if [ "$WARMUP" -gt 0 ]; then
     timeout -k 5 $((WARMUP + 20)) wrk -t1 -c64 -d"${WARMUP}s" "${hdr[@]}" "http://127.0.0.1:$PORT/" >/dev/null 2>&1 ||
@@ -93,6 +132,8 @@ run_mode() {
   mapfile -t first < <(worker_pids "$PRIMARY")
   echo "  primary pid $PRIMARY, port $PORT; workers before the first SIGHUP: ${first[*]}"
   [ ${#first[@]} = "$WORKERS" ] || fail "$mode: ${#first[@]} workers before the load (expected $WORKERS)"
+  IDLE_FDS=()
+  [ "$mode" != idle ] || open_idle "$IDLE_CONNS"
 
   timeout -k 5 $((DURATION + 30)) wrk -t1 -c64 -d"${DURATION}s" "${hdr[@]}" "http://127.0.0.1:$PORT/" >"$wrk_out" 2>&1 &
   wrk_pid=$!
@@ -109,9 +150,11 @@ run_mode() {
     before=$(count "$log" 'ReloadFinished')
     t_hup=$(now_ms)
     kill -HUP "$PRIMARY"
-    # Watch for the reload's end until just before the next SIGHUP.
+    # Watch for the reload's end until just before the next SIGHUP (or the snapshot).
     done_ms=
-    while [ $(($(now_ms) - t_hup)) -lt $((HUP_EVERY * 1000 - 150)) ] && alive "$wrk_pid"; do
+    until_ms=$((t_hup + HUP_EVERY * 1000 - 150))
+    ((until_ms < t_start + DURATION * 1000 - SNAPSHOT_MS)) || until_ms=$((t_start + DURATION * 1000 - SNAPSHOT_MS - 50))
+    while [ "$(now_ms)" -lt "$until_ms" ] && alive "$wrk_pid"; do
       if [ "$(count "$log" 'ReloadFinished')" -gt "$before" ]; then done_ms=$(($(now_ms) - t_hup)); break; fi
       sleep 0.02
     done
@@ -125,21 +168,26 @@ run_mode() {
         $(($(now_ms) - t_hup)) "$(worker_pids "$PRIMARY" | tr '\n' ' ')"
     fi
   done
-  rc=0
-  wait "$wrk_pid" || rc=$?
-  # Snapshot at the end of the load.
+  # Snapshot just before wrk's end, while its connections are still open: once wrk stops,
+  # a worker stuck draining keep-alive connections leaves at once and would hide it.
+  ms=$((t_start + DURATION * 1000 - SNAPSHOT_MS - $(now_ms)))
+  if [ "$ms" -gt 0 ]; then sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"; fi
+  alive "$wrk_pid" || fail "$mode: wrk ended before the snapshot (${SNAPSHOT_MS} ms before its end)"
   ok_during=$(count "$log" 'ReloadFinished(Ok')
   fail_during=$(( $(count "$log" 'ReloadFinished(Err') + $(count "$log" 'ReplacementFailed') ))
   mapfile -t end_pids < <(worker_pids "$PRIMARY")
   leftover=()
   for w in "${first[@]}"; do if alive "$w"; then leftover+=("$w"); fi; done
+  [ "$mode" != idle ] || check_idle
+  rc=0
+  wait "$wrk_pid" || rc=$?
   [ "$rc" = 0 ] || fail "$mode: wrk exited with status $rc: $(tail -3 "$wrk_out" | tr '\n' ' ')"
 
   echo "  -- $mode results"
   read -r req errs n2 c r wr to rps <<<"$(parse_wrk "$wrk_out")"
   line=$(grep -m1 'requests in' "$wrk_out" || echo "(no wrk summary)")
   echo "  wrk: ${line## }; $rps req/s; socket errors: connect $c, read $r, write $wr, timeout $to (total $errs); non-2xx $n2"
-  echo "  at wrk's end: $ok_during reload(s) finished OK, $fail_during failure event(s); live workers: ${end_pids[*]}; first-generation workers still alive: ${leftover[*]:-none}"
+  echo "  ${SNAPSHOT_MS} ms before wrk's end: $ok_during reload(s) finished OK, $fail_during failure event(s); live workers: ${end_pids[*]}; first-generation workers still alive: ${leftover[*]:-none}"
   [ "$errs" = 0 ] && pass "$mode: 0 socket errors" || fail "$mode: $errs socket errors (connect $c, read $r, write $wr, timeout $to)"
   [ "$n2" = 0 ] && pass "$mode: 0 non-2xx responses" || fail "$mode: $n2 non-2xx responses"
   [ "$req" -gt 0 ] || fail "$mode: wrk completed no request"
@@ -177,10 +225,10 @@ run_mode() {
     echo "  primary exited with status $rc after SIGTERM"
   fi
   PRIMARY=
-  grep -v '^listening on ' "$log" | sed 's/worker: [0-9]*/worker: N/; s/worker [0-9]*/worker N/' | sort | uniq -c | sort -rn | head -8 | sed 's/^/  cluster log: /' || true
+  grep -v '^listening on ' "$log" | sed -E 's/^\[[^ ]+ /[/; s/worker: [0-9]+/worker: N/; s/worker [0-9]+/worker N/' | sort | uniq -c | sort -rn | head -8 | sed 's/^/  cluster log: /' || true
 }
 
-echo "fault-reload-under-load: DURATION=${DURATION}s WORKERS=$WORKERS HUP_EVERY=${HUP_EVERY}s MODES='$MODES' ($(nproc) CPUs, kernel $(uname -r))"
+echo "fault-reload-under-load: DURATION=${DURATION}s WORKERS=$WORKERS HUP_EVERY=${HUP_EVERY}s MODES='$MODES' POLICY=${POLICY:-default} ($(nproc) CPUs, kernel $(uname -r))"
 for mode in $MODES; do
   run_mode "$mode"
   sleep 1

@@ -24,20 +24,24 @@
 #
 # Each round visits every server once (the order rotates by one each round): start it,
 # warm up (WARMUP of keep-alive c64), one run per mode, stop it. Before every run the
-# script waits for the machine to be quiet; a run during which other work used more than
-# FOREIGN_MAX cores is discarded and repeated (at most FOREIGN_RETRIES times).
+# script waits until the machine has been quiet for QUIET_SECS seconds in a row; a run
+# during which other work used more than FOREIGN_MAX cores is discarded and repeated (at
+# most FOREIGN_RETRIES times, then kept and flagged NOISY).
 # Per run: req/s, p50/p99, socket errors, non-2xx, server CPU µs per request (utime+stime
 # from /proc/PID/stat of every server process over the run ÷ requests completed), and the
-# primary's (master's) own CPU µs per request where there is one.
+# primary's (master's) own CPU µs per request where there is one. Tables show the median
+# (min–max) over the rounds; the checks compare medians.
 #
 # Env: RUNS (3), DURATION (10s), WARMUP (2s), SERVERS, MODES, CREDIT (--credit for fl-*;
-#      unset = the library default), FOREIGN_MAX (0.10 cores), FOREIGN_RETRIES (2),
-#      QUIET_CORES (0.15), QUIET_MAX_S (300), OUT_DIR (keep raw wrk output, per-run TSV
-#      and server logs there), SKIP_BUILD=1 (use the binaries already built),
-#      ANCHORS (../shared/anchors).
+#      unset = the library default), FOREIGN_MAX (0.10 cores), FOREIGN_RETRIES (5),
+#      QUIET_CORES (0.15), QUIET_SECS (3), QUIET_MAX_S (300), OUT_DIR (keep the raw wrk
+#      output, runs.tsv and the server logs there), SKIP_BUILD=1 (use the binaries
+#      already built), REPORT_FROM=runs.tsv (only re-print the tables and checks of an
+#      earlier run), ANCHORS (../shared/anchors).
 # Exit status: 0 all acceptance checks pass (or are skipped because a server was not
 # run), 1 a check is missed, 2 the benchmark itself failed (build, start, crash).
 # Everything runs on 127.0.0.1; every process started is stopped by its pid on exit.
+# To see where the CPU goes when a CPU check misses: scripts/http-syscalls.sh.
 # shellcheck disable=SC2317  # functions called through traps and wait_for
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
@@ -50,8 +54,9 @@ MODES=${MODES:-"ka-c64 close-c64 ka-c1"}
 CREDIT=${CREDIT:-}
 ANCHORS=${ANCHORS:-../shared/anchors}
 FOREIGN_MAX=${FOREIGN_MAX:-0.10}
-FOREIGN_RETRIES=${FOREIGN_RETRIES:-2}
+FOREIGN_RETRIES=${FOREIGN_RETRIES:-5}
 QUIET_CORES=${QUIET_CORES:-0.15}
+QUIET_SECS=${QUIET_SECS:-3}
 QUIET_MAX_S=${QUIET_MAX_S:-300}
 OUT_DIR=${OUT_DIR:-}
 
@@ -175,16 +180,19 @@ read_child_ticks() {
     printf "%d\n", t * h + 0.5 }' "$TMP_DIR/times")
 }
 
-# wait_quiet: wait (up to QUIET_MAX_S) until the machine uses < QUIET_CORES over 1 s.
+# wait_quiet: wait (up to QUIET_MAX_S) until the machine has used < QUIET_CORES in each of
+# QUIET_SECS consecutive 1 s samples (other sessions' builds pause for a second or two
+# between steps; one quiet second is weak evidence).
 wait_quiet() {
-  local b0 b1 waited=0 limit
+  local b0 b1 waited=0 calm=0 limit
   limit=$(awk -v c="$QUIET_CORES" -v h="$CLK_TCK" 'BEGIN {printf "%d", c * h}')
-  while :; do
+  while [ "$calm" -lt "$QUIET_SECS" ]; do
     b0=$(sys_busy); sleep 1; b1=$(sys_busy)
     if [ $((b1 - b0)) -le "$limit" ]; then
-      if [ "$waited" -gt 0 ]; then echo "  (machine quiet again after ${waited}s)" >&2; fi
-      return 0
+      calm=$((calm + 1))
+      continue
     fi
+    calm=0
     if [ "$waited" = 0 ]; then
       echo "  machine busy ($(awk -v b=$((b1 - b0)) -v h="$CLK_TCK" 'BEGIN {printf "%.2f", b / h}') cores); waiting..." >&2
     fi
@@ -194,6 +202,8 @@ wait_quiet() {
       return 0
     fi
   done
+  if [ "$waited" -gt 0 ]; then echo "  (machine quiet again after ${waited}s busy)" >&2; fi
+  return 0
 }
 
 # parse_wrk FILE: "rps p50_us p99_us requests errors non2xx" (errors = connect+read+write+timeout)
@@ -388,8 +398,9 @@ measure() {
   wrkc=$(awk -v t=$((c1 - c0)) -v h="$CLK_TCK" -v s="$SECS" 'BEGIN {printf "%.2f", t / h / s}')
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$name" "$round" \
     "$rps" "$p50" "$p99" "$req" "$errs" "$n2" "$cpu" "$prim" "$srv" "$wrkc" "$f" >>"$RESULTS"
-  printf '  %-14s %-9s round %s: %7s req/s  p50 %5s us  p99 %6s us  cpu %6s us/req  primary %6s us/req  errors %s non2xx %s  wrk %s  foreign %s\n' \
-    "$name" "$mode" "$round" "$rps" "$p50" "$p99" "$cpu" "$prim" "$errs" "$n2" "$wrkc" "$f" >&2
+  printf '  %-14s %-9s round %s: %7s req/s  p50 %5s us  p99 %6s us  cpu %6s us/req  primary %6s us/req  errors %s non2xx %s  wrk %s  foreign %s%s\n' \
+    "$name" "$mode" "$round" "$rps" "$p50" "$p99" "$cpu" "$prim" "$errs" "$n2" "$wrkc" "$f" \
+    "$(awk -v f="$f" -v m="$FOREIGN_MAX" 'BEGIN {if (f > m) print "  NOISY (kept after the last retry)"}')" >&2
 }
 
 # ---------------------------------------------------------------- medians and checks
@@ -411,12 +422,12 @@ agg() {
       print r }' "$RESULTS"
 }
 
-# cell MODE SERVER COLUMN DECIMALS: "median (min–max)".
+# cell MODE SERVER COLUMN DECIMALS [median|max]: "median (min–max)", or one figure.
 cell() {
   local m lo hi
-  m=$(agg "$1" "$2" "$3"); lo=$(agg "$1" "$2" "$3" min); hi=$(agg "$1" "$2" "$3" max)
+  m=$(agg "$1" "$2" "$3" "${5:-median}"); lo=$(agg "$1" "$2" "$3" min); hi=$(agg "$1" "$2" "$3" max)
   [ "$m" = NA ] && { echo "–"; return; }
-  if [ "$RUNS" = 1 ]; then
+  if [ "$RUNS" = 1 ] || [ -n "${5:-}" ]; then
     awk -v m="$m" -v d="$4" 'BEGIN {printf "%." d "f", m}'
   else
     awk -v m="$m" -v a="$lo" -v b="$hi" -v d="$4" 'BEGIN {printf "%." d "f (%." d "f–%." d "f)", m, a, b}'
@@ -429,14 +440,15 @@ print_tables() {
     echo
     echo "#### $(mode_title "$mode")"
     echo
-    echo "| server | req/s median (min–max) | p50 µs | p99 µs | server CPU µs/req | primary CPU µs/req | errors / non-2xx (sum) | server cores | wrk cores | foreign cores (max) |"
+    echo "| server | req/s median (min–max) | p50 µs | p99 µs | server CPU µs/req | primary CPU µs/req | errors / non-2xx (sum) | server cores (median) | wrk cores (median) | foreign cores (max) |"
     echo "|---|---|---|---|---|---|---|---|---|---|"
     for name in "${SERVER_LIST[@]}"; do
       printf '| %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s |\n' "$(label "$name")" \
         "$(cell "$mode" "$name" req_s 0)" "$(cell "$mode" "$name" p50_us 0)" "$(cell "$mode" "$name" p99_us 0)" \
         "$(cell "$mode" "$name" cpu_us_req 1)" "$(cell "$mode" "$name" primary_us_req 1)" \
         "$(agg "$mode" "$name" errors sum)" "$(agg "$mode" "$name" non2xx sum)" \
-        "$(agg "$mode" "$name" server_cores)" "$(agg "$mode" "$name" wrk_cores)" "$(agg "$mode" "$name" foreign_cores max)"
+        "$(cell "$mode" "$name" server_cores 2 median)" "$(cell "$mode" "$name" wrk_cores 2 median)" \
+        "$(cell "$mode" "$name" foreign_cores 2 max)"
     done
   done
 }
@@ -506,6 +518,9 @@ print_checks() {
       [ "$e" = 0 ] || echo "WARNING: $name $mode: $e socket errors / non-2xx responses over the runs"
     done
   done
+  local noisy
+  noisy=$(awk -F'\t' -v c="$(col foreign_cores)" -v m="$FOREIGN_MAX" 'NR > 1 && $c > m {n++} END {print n + 0}' "$RESULTS")
+  [ "$noisy" = 0 ] || echo "WARNING: $noisy run(s) kept with other work above FOREIGN_MAX=$FOREIGN_MAX cores (see the foreign column)"
 }
 
 # ---------------------------------------------------------------- main
@@ -535,17 +550,26 @@ build_retry() {
   done
   die "build failed: $*"
 }
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
+if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${REPORT_FROM:-}" ]; then
   if [ "$USE_FL" = 1 ]; then build_retry cargo build --release --quiet --example http_cluster; fi
   if [ "$USE_MIO" = 1 ]; then
     build_retry cargo build --release --quiet --locked --manifest-path "$ANCHORS/Cargo.toml" \
       --target-dir target/anchors --bin mio-http
   fi
 fi
-[ "$USE_FL" = 0 ] || [ -x "$FL_BIN" ] || die "missing $FL_BIN"
-[ "$USE_MIO" = 0 ] || [ -x "$MIO_BIN" ] || die "missing $MIO_BIN"
+if [ -z "${REPORT_FROM:-}" ]; then
+  [ "$USE_FL" = 0 ] || [ -x "$FL_BIN" ] || die "missing $FL_BIN"
+  [ "$USE_MIO" = 0 ] || [ -x "$MIO_BIN" ] || die "missing $MIO_BIN"
+fi
 
 START=$(date -u +%Y-%m-%dT%H:%MZ)
+if [ -n "${REPORT_FROM:-}" ]; then
+  # Re-print the tables and checks of an earlier run (its runs.tsv); SERVERS and MODES
+  # select the rows, RUNS only decides whether ranges are shown.
+  cp "$REPORT_FROM" "$RESULTS"
+  RUNS=$(awk -F'\t' 'NR > 1 && $3 > n {n = $3} END {print n + 0}' "$RESULTS")
+  START="(report of $REPORT_FROM)"
+else
 echo "http-compare: RUNS=$RUNS DURATION=${SECS}s WARMUP=${WARM_SECS}s SERVERS='$SERVERS' MODES='$MODES' CREDIT=${CREDIT:-default}" >&2
 N=${#SERVER_LIST[@]}
 for ((r = 1; r <= RUNS; r++)); do
@@ -562,6 +586,7 @@ for ((r = 1; r <= RUNS; r++)); do
     sleep 1
   done
 done
+fi
 
 echo
 echo "<!-- scripts/http-compare.sh; $(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r), $({ wrk -v 2>&1 || true; } | head -1 | awk '{print $1, $2}'); started $START; RUNS=$RUNS DURATION=${SECS}s CREDIT=${CREDIT:-default} -->"

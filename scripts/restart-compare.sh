@@ -62,8 +62,8 @@ fi
 # free_port: a TCP port below the ephemeral range that no socket uses (Node's workers
 # listen on a fixed $PORT).
 free_port() {
-  local lo hi p
-  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
+  local lo p
+  read -r lo _ </proc/sys/net/ipv4/ip_local_port_range
   [ "$lo" -gt 11000 ] || lo=65000
   for _ in $(seq 1 500); do
     p=$((10000 + RANDOM % (lo - 10000)))
@@ -150,13 +150,13 @@ for ((r = 1; r <= RUNS; r++)); do
   done
 done
 
+# shellcheck disable=SC2086  # MED values are space-separated lists, split on purpose
 cell() {
-  # shellcheck disable=SC2086
   local m; m=$(median ${MED[$1]:-})
   if [ "$m" = NA ]; then echo "–"; elif [ "$RUNS" = 1 ]; then echo "$m"; else echo "$m ($(minmax ${MED[$1]}))"; fi
 }
+# shellcheck disable=SC2086
 ratio() {
-  # shellcheck disable=SC2086
   local a b; a=$(median ${MED[$1]:-}); b=$(median ${MED[$2]:-})
   if [ "$a" = NA ] || [ "$b" = NA ]; then echo NA; return; fi
   awk -v a="$a" -v b="$b" 'BEGIN {if (b <= 0) print "NA"; else printf "%.1f\n", a / b}'

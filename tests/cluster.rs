@@ -1069,3 +1069,60 @@ fn channel_fd_not_inherited_by_grandchildren() {
     run(&mut lp);
     assert_eq!(*got.borrow(), "clean");
 }
+
+#[test]
+fn idle_connections_close_when_the_server_closes() {
+    // A keep-alive client that made one request and went quiet must not hold a leaving
+    // worker until a deadline: connections marked idle close with the server.
+    worker(|lp, w| {
+        let slot: Rc<RefCell<Option<Server>>> = Rc::default();
+        let s2 = slot.clone();
+        let server = Server::bind(lp, local(), move |lp, conn| {
+            let s3 = s2.clone();
+            conn.on_data(lp, move |lp, c, _| {
+                c.write(lp, b"answer");
+                if let Some(s) = s3.borrow().as_ref() {
+                    s.set_idle(lp, c, true);
+                }
+            });
+        })
+        .unwrap();
+        *slot.borrow_mut() = Some(server.clone());
+        server.announce(lp, w, 0);
+    });
+    let (mut lp, p) = primary("idle_connections_close_when_the_server_closes");
+    let client: Rc<RefCell<Option<std::net::TcpStream>>> = Rc::default();
+    let started = Rc::new(Cell::new(None));
+    let took = Rc::new(Cell::new(None));
+    let (c, st, tk) = (client.clone(), started.clone(), took.clone());
+    p.on(move |lp, p, ev| match ev {
+        Event::Listening {
+            worker,
+            address: Endpoint::Tcp(addr),
+        } => {
+            let mut s = std::net::TcpStream::connect(*addr).unwrap();
+            s.write_all(b"request").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut b = [0u8; 6];
+            s.read_exact(&mut b).unwrap();
+            *c.borrow_mut() = Some(s); // the client stays connected, silent
+            st.set(Some(std::time::Instant::now()));
+            p.disconnect_worker(lp, *worker);
+        }
+        Event::Exit { status, .. } => {
+            assert_eq!(status.code, Some(0));
+            tk.set(st.get().map(|t| t.elapsed()));
+        }
+        _ => {}
+    });
+    p.fork(&mut lp).unwrap();
+    run(&mut lp);
+    let took = took.get().expect("the worker exited");
+    assert!(
+        took < Duration::from_secs(2),
+        "idle connection held the worker for {took:?}"
+    );
+    let mut b = [0u8; 1];
+    let n = client.borrow_mut().as_mut().unwrap().read(&mut b).unwrap();
+    assert_eq!(n, 0, "the idle client sees a clean close");
+}

@@ -10,6 +10,11 @@
 //! | [`Policy::Shared`] (`none`) | binds and listens; sends the socket | accept on their own loops |
 //! | [`Policy::ReusePort`] | reserves the port (bound, not listening) | bind their own `SO_REUSEPORT` sockets; the kernel spreads connections |
 //!
+//! With `reuseport`, each worker's socket has its own accept queue: when a worker retires,
+//! the connections still queued on its socket are reset unless the kernel migrates them
+//! (`net.ipv4.tcp_migrate_req = 1`, Linux ≥ 5.14; the primary warns at start when it is 0).
+//! `rr` and `none` lose nothing on reload.
+//!
 //! UDP is always shared, as in Node. The backlog is the largest any worker asked for
 //! (Node: the first worker's in round-robin, the last one's when shared).
 //!
@@ -103,6 +108,13 @@ impl Policy {
         if self == Policy::ReusePort && !sysnet::REUSEPORT_BALANCES {
             log::warn!("reuseport does not balance connections on this platform; using rr");
             return Policy::RoundRobin;
+        }
+        if self == Policy::ReusePort && sysnet::reuseport_migrates() == Some(false) {
+            log::warn!(
+                "reuseport: net.ipv4.tcp_migrate_req is 0, so connections waiting in a \
+                 retiring worker's accept queue are reset on reload; set it to 1 (Linux ≥ 5.14) \
+                 or use rr"
+            );
         }
         self
     }

@@ -15,6 +15,13 @@ use nix::sys::socket::{
 /// Elsewhere the reuseport policy falls back to round-robin.
 pub const REUSEPORT_BALANCES: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
+/// Whether the kernel moves queued connections from a closing `SO_REUSEPORT` listener to
+/// another one of its group (`net.ipv4.tcp_migrate_req`); `None` where it cannot be told.
+pub fn reuseport_migrates() -> Option<bool> {
+    let v = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").ok()?;
+    Some(v.trim() != "0")
+}
+
 /// How to bind a TCP or UDP socket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BindOptions {

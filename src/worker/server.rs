@@ -38,6 +38,8 @@ pub(super) struct Inner {
     max_connections: Option<usize>,
     /// UDP bindings: what to do with the shared socket when it arrives.
     pub(super) datagram: Option<DatagramCb>,
+    /// Connections the application marked idle (between requests).
+    idle: Vec<Stream>,
     conns: Vec<Stream>,
     on_connection: Option<ConnCb>,
     closing: bool,
@@ -78,6 +80,7 @@ impl Server {
             key: None,
             max_connections: None,
             datagram: None,
+            idle: Vec::new(),
             conns: Vec::new(),
             on_connection: Some(Box::new(on_connection)),
             closing: false,
@@ -304,10 +307,29 @@ impl Server {
         }
     }
 
+    /// Marks `conn` idle (`true`: between requests, nothing in flight) or busy. When the
+    /// server closes, idle connections are closed at once instead of holding a retiring
+    /// worker until its drain deadline (Node ≥ 19's `closeIdleConnections`); a connection
+    /// marked idle while the server is closing is closed then.
+    pub fn set_idle(&self, lp: &mut EventLoop, conn: Stream, idle: bool) {
+        let closing = {
+            let mut inner = self.0.borrow_mut();
+            inner.idle.retain(|c| *c != conn);
+            if idle {
+                inner.idle.push(conn);
+            }
+            inner.closing
+        };
+        if idle && closing {
+            conn.destroy(lp);
+        }
+    }
+
     /// Open connections.
     pub fn connections(&self, lp: &EventLoop) -> usize {
         let mut inner = self.0.borrow_mut();
         inner.conns.retain(|c| c.is_open(lp));
+        inner.idle.retain(|c| c.is_open(lp));
         inner.conns.len()
     }
 
@@ -349,6 +371,12 @@ impl Server {
         }
         if let Some(t) = keepalive {
             lp.clear_interval(t);
+        }
+        // Nothing is in flight on an idle connection: close it outright (a half-close would
+        // wait for a client that may never hang up).
+        let idle = std::mem::take(&mut self.0.borrow_mut().idle);
+        for conn in idle {
+            conn.destroy(lp);
         }
         if let (true, Some((worker, token))) = (first, tracked) {
             // Stop routing new connections here at once; the ones we have still drain.

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Where a forkloop http_cluster (or the raw mio server) spends its CPU per connection
+# under `wrk -t1 -c64 -H 'Connection: close'`: a companion to scripts/http-compare.sh
+# for diagnosing its CPU checks.
+#
+#   scripts/http-syscalls.sh                      # fl-rr fl-reuseport mio-2
+#   SERVERS="fl-rr@4 fl-rr@16" scripts/http-syscalls.sh
+#
+# Per server, two runs:
+#  1. untraced (DURATION, default 10s): connections/s and, per process role (primary /
+#     each worker), user and system CPU µs per connection from /proc/PID/stat;
+#  2. with `perf stat` counting syscall entries (tracepoints; this slows every syscall,
+#     so rates and the counts of timing-dependent calls — epoll_wait, EAGAIN reads,
+#     batched acks — shift; per-connection counts of the structural calls do not):
+#     syscalls per connection per role over a TRACE_S window (default 5 s).
+# Connections are counted by wrk (run 1) and, per process, by its close() calls (run 2:
+# every server process closes each connection it served once; the rr primary closes its
+# copy of each handed-off descriptor once).
+# Needs wrk and perf (apt-get install -y linux-perf) with tracepoint access (root).
+# Env: SERVERS, DURATION (10s), TRACE_S (5), ANCHORS (../shared/anchors).
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+
+SERVERS=${SERVERS:-"fl-rr fl-reuseport mio-2"}
+SECS=${DURATION:-10s}; SECS=${SECS%s}
+TRACE_S=${TRACE_S:-5}
+ANCHORS=${ANCHORS:-../shared/anchors}
+FL_BIN=target/release/examples/http_cluster
+MIO_BIN=target/anchors/release/mio-http
+CLK_TCK=$(getconf CLK_TCK)
+TMP_DIR=$(mktemp -d -t http-syscalls.XXXXXX)
+SYSCALLS="accept4 sendmsg recvmsg recvfrom read sendto write writev shutdown close epoll_ctl epoll_wait setsockopt ioctl fcntl"
+PIDS=()
+
+cleanup() {
+  local p
+  trap - EXIT INT TERM
+  for p in ${PIDS[@]+"${PIDS[@]}"}; do kill -TERM "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in ${PIDS[@]+"${PIDS[@]}"}; do kill -KILL "$p" 2>/dev/null || true; done
+  rm -rf "$TMP_DIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+die() { echo "http-syscalls: $*" >&2; exit 2; }
+command -v wrk >/dev/null || die "wrk not found"
+command -v perf >/dev/null || die "perf not found (apt-get install -y linux-perf)"
+
+free_port() {
+  local lo p i
+  read -r lo _ </proc/sys/net/ipv4/ip_local_port_range
+  for i in $(seq 1 500); do
+    p=$((10000 + RANDOM % (lo - 10000)))
+    ss -Htan "( sport = :$p or dport = :$p )" | grep -q . || { echo "$p"; return 0; }
+  done
+  return 1
+}
+
+# start NAME: sets PORT, ROLE_PIDS ("role:pid" for every server process).
+start() {
+  local name=$1 base=${1%%@*} k='' i p
+  ROLE_PIDS=()
+  case $base in
+    fl-rr | fl-reuseport | fl-none)
+      [[ $name == *@* ]] && k=${name#*@}
+      "$FL_BIN" --workers 2 --port 0 --policy "${base#fl-}" ${k:+--credit "$k"} >"$TMP_DIR/log" 2>&1 &
+      p=$!; PIDS+=("$p")
+      for i in $(seq 1 100); do grep -q '^listening on' "$TMP_DIR/log" && break; sleep 0.1; done
+      PORT=$(sed -n 's/^listening on .*:\([0-9]*\) .*/\1/p' "$TMP_DIR/log")
+      [ -n "$PORT" ] || die "$name did not start: $(cat "$TMP_DIR/log")"
+      ROLE_PIDS=("primary:$p")
+      i=1
+      for p in $(ps -o pid= --ppid "$p"); do ROLE_PIDS+=("worker$i:$p"); PIDS+=("$p"); i=$((i + 1)); done
+      ;;
+    mio-1 | mio-2)
+      PORT=$(free_port)
+      for i in $(seq 1 "${base#mio-}"); do
+        "$MIO_BIN" --addr "127.0.0.1:$PORT" --reuseport >>"$TMP_DIR/log" 2>&1 &
+        PIDS+=($!); ROLE_PIDS+=("process$i:$!")
+      done
+      for i in $(seq 1 100); do
+        [ "$(ss -Hltn "sport = :$PORT" | wc -l)" -ge "${base#mio-}" ] && break
+        sleep 0.1
+      done
+      ;;
+    *) die "unknown server $name (fl-rr[@K], fl-reuseport, fl-none, mio-1, mio-2)" ;;
+  esac
+}
+
+stop() {
+  local rp
+  for rp in "${ROLE_PIDS[@]}"; do kill -TERM "${rp#*:}" 2>/dev/null || true; done
+  sleep 1
+}
+
+# wait_quiet: up to 300 s for 3 s in a row with < 0.15 cores busy on the machine.
+wait_quiet() {
+  local calm=0 i b0 b1
+  for i in $(seq 1 300); do
+    b0=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat); sleep 1
+    b1=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat)
+    if [ $((b1 - b0)) -le $((CLK_TCK * 15 / 100)) ]; then calm=$((calm + 1)); else calm=0; fi
+    [ "$calm" -ge 3 ] && return 0
+  done
+  echo "  (machine still busy; measuring anyway)"
+}
+
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# child_ticks FILE: children's CPU ticks from the output of `times`.
+child_ticks() {
+  awk -v h="$CLK_TCK" 'NR == 2 { t = 0
+    for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
+    printf "%d\n", t * h + 0.5 }' "$1"
+}
+
+ticks() { awk '{sub(/.*\) /, ""); print $12, $13}' "/proc/$1/stat"; }
+
+close_wrk() { timeout -k 5 $(($1 + 20)) wrk -t1 -c64 -d"$1s" -H 'Connection: close' "http://127.0.0.1:$PORT/"; }
+
+for name in $SERVERS; do
+  echo "== $name"
+  start "$name"
+  timeout 20 wrk -t1 -c64 -d2s "http://127.0.0.1:$PORT/" >/dev/null
+  # 1. untraced
+  wait_quiet
+  declare -A U0=() S0=()
+  for rp in "${ROLE_PIDS[@]}"; do read -r U0[$rp] S0[$rp] < <(ticks "${rp#*:}"); done
+  b0=$(busy); times >"$TMP_DIR/t0"
+  close_wrk "$SECS" >"$TMP_DIR/wrk1"
+  b1=$(busy); times >"$TMP_DIR/t1"
+  req=$(awk '/ requests in / {print $1}' "$TMP_DIR/wrk1")
+  ours=0
+  for rp in "${ROLE_PIDS[@]}"; do read -r u s < <(ticks "${rp#*:}"); ours=$((ours + u + s - U0[$rp] - S0[$rp])); done
+  ours=$((ours + $(child_ticks "$TMP_DIR/t1") - $(child_ticks "$TMP_DIR/t0")))
+  printf '  untraced: %s conn/s (%s connections in %ss); other work on the machine: %s cores\n' \
+    "$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$TMP_DIR/wrk1")" "$req" "$SECS" \
+    "$(awk -v b=$((b1 - b0 - ours)) -v h="$CLK_TCK" -v s="$SECS" 'BEGIN {f = b / h / s; printf "%.2f", f < 0 ? 0 : f}')"
+  printf '  %-10s %10s %10s %10s   (CPU µs per connection of the whole run)\n' role user sys total
+  for rp in "${ROLE_PIDS[@]}"; do
+    read -r u s < <(ticks "${rp#*:}")
+    awk -v r="${rp%%:*}" -v u=$((u - U0[$rp])) -v s=$((s - S0[$rp])) -v h="$CLK_TCK" -v n="$req" \
+      'BEGIN {printf "  %-10s %10.1f %10.1f %10.1f\n", r, u / h * 1e6 / n, s / h * 1e6 / n, (u + s) / h * 1e6 / n}'
+  done
+  # 2. syscall counts
+  wait_quiet
+  ev=$(for s in $SYSCALLS; do printf 'syscalls:sys_enter_%s,' "$s"; done)
+  pids=$(for rp in "${ROLE_PIDS[@]}"; do printf '%s,' "${rp#*:}"; done)
+  close_wrk $((TRACE_S + 4)) >"$TMP_DIR/wrk2" &
+  wrk_pid=$!
+  sleep 2
+  timeout $((TRACE_S + 10)) perf stat --per-thread -x, -e "${ev%,}" -p "${pids%,}" -- sleep "$TRACE_S" 2>"$TMP_DIR/perf" || true
+  wait "$wrk_pid" || true
+  printf '  traced (perf stat, %ss window; wrk ran at %s conn/s): syscalls per connection\n' "$TRACE_S" \
+    "$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$TMP_DIR/wrk2")"
+  {
+    printf '  %-10s %8s' role conns
+    for s in $SYSCALLS; do printf ' %9s' "${s/epoll_/e_}"; done
+    printf ' %9s\n' total
+    for rp in "${ROLE_PIDS[@]}"; do
+      role=${rp%%:*} pid=${rp#*:}
+      awk -F, -v pid="$pid" -v role="$role" -v list="$SYSCALLS" '
+        { split($1, t, "-"); if (t[length(t)] != pid) next
+          ev = $4; sub(/.*sys_enter_/, "", ev); c[ev] = $2 + 0 }
+        END {
+          n = split(list, names, " ")
+          conns = c["close"]  # one per connection everywhere (the rr primary closes its copy)
+          if (conns == 0) { printf "  %-10s no connections counted\n", role; exit }
+          printf "  %-10s %8d", role, conns
+          tot = 0
+          for (i = 1; i <= n; i++) { v = c[names[i]] / conns; tot += v; printf " %9.2f", v }
+          printf " %9.2f\n", tot }' "$TMP_DIR/perf"
+    done
+  }
+  stop
+  unset U0 S0
+done
