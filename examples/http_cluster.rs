@@ -180,13 +180,19 @@ fn serve(lp: &mut EventLoop, conn: Stream, w: Worker, server: Option<Server>) {
             WorkerSideState::Online | WorkerSideState::Listening
         );
         let mut buf = pending.borrow_mut();
-        if buf.is_empty() {
-            let used = answer(lp, conn, data, leaving);
+        let ended = if buf.is_empty() {
+            let (used, ended) = answer(lp, conn, data, leaving);
             buf.extend_from_slice(&data[used..]);
+            ended
         } else {
             buf.extend_from_slice(data);
-            let used = answer(lp, conn, &buf, leaving);
+            let (used, ended) = answer(lp, conn, &buf, leaving);
             buf.drain(..used);
+            ended
+        };
+        if ended {
+            buf.clear();
+            return;
         }
         if buf.is_empty()
             && let Some(s) = &server
@@ -202,21 +208,28 @@ fn serve(lp: &mut EventLoop, conn: Stream, w: Worker, server: Option<Server>) {
     conn.on_end(lp, |lp, c| c.end(lp));
 }
 
-/// Answers every complete request at the start of `data`; returns the bytes used.
-/// `leaving`: close the connection after the first response.
-fn answer(lp: &mut EventLoop, conn: Stream, data: &[u8], leaving: bool) -> usize {
+/// Answers every complete request at the start of `data`; returns the bytes used and
+/// whether the connection was ended. `leaving`: close the connection after the first
+/// response.
+fn answer(lp: &mut EventLoop, conn: Stream, data: &[u8], leaving: bool) -> (usize, bool) {
     let mut used = 0;
     while used < data.len() {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&data[used..]) {
             Ok(httparse::Status::Complete(n)) => {
-                let close = leaving || wants_close(&req);
+                let asked = wants_close(&req);
                 used += n + body_len(&req).min(data.len() - used - n);
-                if close {
+                if asked || leaving {
                     conn.write(lp, RESPONSE_CLOSE);
-                    conn.end(lp);
-                    return data.len();
+                    if asked && used == data.len() && conn.buffered(lp) == 0 {
+                        // The client asked to close and sent nothing more: the response is
+                        // out, so close now rather than wait for its FIN.
+                        conn.destroy(lp);
+                    } else {
+                        conn.end(lp);
+                    }
+                    return (data.len(), true);
                 }
                 conn.write(lp, RESPONSE);
             }
@@ -227,11 +240,11 @@ fn answer(lp: &mut EventLoop, conn: Stream, data: &[u8], leaving: bool) -> usize
                     b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                 );
                 conn.end(lp);
-                return data.len();
+                return (data.len(), true);
             }
         }
     }
-    used
+    (used, false)
 }
 
 fn header<'a>(req: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a [u8]> {

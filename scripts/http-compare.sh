@@ -398,8 +398,8 @@ measure() {
   wrkc=$(awk -v t=$((c1 - c0)) -v h="$CLK_TCK" -v s="$SECS" 'BEGIN {printf "%.2f", t / h / s}')
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$name" "$round" \
     "$rps" "$p50" "$p99" "$req" "$errs" "$n2" "$cpu" "$prim" "$srv" "$wrkc" "$f" >>"$RESULTS"
-  printf '  %-14s %-9s round %s: %7s req/s  p50 %5s us  p99 %6s us  cpu %6s us/req  primary %6s us/req  errors %s non2xx %s  wrk %s  foreign %s%s\n' \
-    "$name" "$mode" "$round" "$rps" "$p50" "$p99" "$cpu" "$prim" "$errs" "$n2" "$wrkc" "$f" \
+  printf '  %s %-14s %-9s round %s: %7s req/s  p50 %5s us  p99 %6s us  cpu %6s us/req  primary %6s us/req  errors %s non2xx %s  wrk %s  foreign %s%s\n' \
+    "$(date +%H:%M:%S)" "$name" "$mode" "$round" "$rps" "$p50" "$p99" "$cpu" "$prim" "$errs" "$n2" "$wrkc" "$f" \
     "$(awk -v f="$f" -v m="$FOREIGN_MAX" 'BEGIN {if (f > m) print "  NOISY (kept after the last retry)"}')" >&2
 }
 
@@ -557,9 +557,28 @@ if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${REPORT_FROM:-}" ]; then
       --target-dir target/anchors --bin mio-http
   fi
 fi
+# Measure private copies: others rebuild target/ in this tree while a run goes on, and a
+# run must not switch binaries half-way. (http_cluster starts its workers from its own
+# executable, so they run the copy too.)
+BUILD_NOTE="report only"
 if [ -z "${REPORT_FROM:-}" ]; then
-  [ "$USE_FL" = 0 ] || [ -x "$FL_BIN" ] || die "missing $FL_BIN"
-  [ "$USE_MIO" = 0 ] || [ -x "$MIO_BIN" ] || die "missing $MIO_BIN"
+  mkdir -p "$TMP_DIR/bin"
+  BUILD_NOTE=""
+  if [ "$USE_FL" = 1 ]; then
+    [ -x "$FL_BIN" ] || die "missing $FL_BIN"
+    cp "$FL_BIN" "$TMP_DIR/bin/http_cluster"
+    rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [ -n "$(git --no-optional-locks status --porcelain -- src examples Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+      rev+="+uncommitted"
+    fi
+    BUILD_NOTE="http_cluster $rev built $(date -r "$FL_BIN" +%H:%M:%S) sha256 $(sha256sum "$FL_BIN" | cut -c1-12)"
+    FL_BIN=$TMP_DIR/bin/http_cluster
+  fi
+  if [ "$USE_MIO" = 1 ]; then
+    [ -x "$MIO_BIN" ] || die "missing $MIO_BIN"
+    cp "$MIO_BIN" "$TMP_DIR/bin/mio-http"
+    MIO_BIN=$TMP_DIR/bin/mio-http
+  fi
 fi
 
 START=$(date -u +%Y-%m-%dT%H:%MZ)
@@ -570,7 +589,7 @@ if [ -n "${REPORT_FROM:-}" ]; then
   RUNS=$(awk -F'\t' 'NR > 1 && $3 > n {n = $3} END {print n + 0}' "$RESULTS")
   START="(report of $REPORT_FROM)"
 else
-echo "http-compare: RUNS=$RUNS DURATION=${SECS}s WARMUP=${WARM_SECS}s SERVERS='$SERVERS' MODES='$MODES' CREDIT=${CREDIT:-default}" >&2
+echo "http-compare: RUNS=$RUNS DURATION=${SECS}s WARMUP=${WARM_SECS}s SERVERS='$SERVERS' MODES='$MODES' CREDIT=${CREDIT:-default}; $BUILD_NOTE" >&2
 N=${#SERVER_LIST[@]}
 for ((r = 1; r <= RUNS; r++)); do
   for ((i = 0; i < N; i++)); do
@@ -589,7 +608,7 @@ done
 fi
 
 echo
-echo "<!-- scripts/http-compare.sh; $(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r), $({ wrk -v 2>&1 || true; } | head -1 | awk '{print $1, $2}'); started $START; RUNS=$RUNS DURATION=${SECS}s CREDIT=${CREDIT:-default} -->"
+echo "<!-- scripts/http-compare.sh; $(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r), $({ wrk -v 2>&1 || true; } | head -1 | awk '{print $1, $2}'); started $START; RUNS=$RUNS DURATION=${SECS}s CREDIT=${CREDIT:-default}; ${BUILD_NOTE:-} -->"
 echo "CPU columns: utime+stime of the server processes over the run ÷ requests completed (under Connection: close, per connection). Latencies: wrk's p50/p99."
 print_tables
 print_checks

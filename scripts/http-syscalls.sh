@@ -16,7 +16,8 @@
 # Connections are counted by wrk (run 1) and, per process, by its close() calls (run 2:
 # every server process closes each connection it served once; the rr primary closes its
 # copy of each handed-off descriptor once).
-# Needs wrk and perf (apt-get install -y linux-perf) with tracepoint access (root).
+# Needs wrk and perf (apt-get install -y linux-perf) with tracepoint access (root), and
+# the binaries scripts/http-compare.sh builds (it measures copies of them).
 # Env: SERVERS, DURATION (10s), TRACE_S (5), ANCHORS (../shared/anchors).
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,10 @@ FL_BIN=target/release/examples/http_cluster
 MIO_BIN=target/anchors/release/mio-http
 CLK_TCK=$(getconf CLK_TCK)
 TMP_DIR=$(mktemp -d -t http-syscalls.XXXXXX)
+# Private copies: others may rebuild target/ while this runs.
+mkdir -p "$TMP_DIR/bin"
+[ -x "$FL_BIN" ] && cp "$FL_BIN" "$TMP_DIR/bin/" && FL_BIN=$TMP_DIR/bin/http_cluster
+[ -x "$MIO_BIN" ] && cp "$MIO_BIN" "$TMP_DIR/bin/" && MIO_BIN=$TMP_DIR/bin/mio-http
 SYSCALLS="accept4 sendmsg recvmsg recvfrom read sendto write writev shutdown close epoll_ctl epoll_wait setsockopt ioctl fcntl"
 PIDS=()
 

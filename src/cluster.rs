@@ -153,3 +153,82 @@ pub enum WorkerState {
     /// into `Disconnected`.
     Dead,
 }
+
+/// Flushes a channel registered on `lp` and keeps its interest in step: readable only
+/// while nothing waits to be written (so a peer's reads do not wake this loop as
+/// "writable"), readable and writable while a flush is pending.
+///
+/// # Errors
+///
+/// The channel failed (it is then closed; its readable event reports the disconnect), or
+/// `io` is not a channel.
+pub(crate) fn flush_channel(
+    lp: &mut crate::rt::EventLoop,
+    io: crate::rt::IoId,
+) -> Result<(), crate::ipc::ChannelError> {
+    use crate::ipc::{Channel, ChannelError, Flush};
+    use crate::rt::Interest;
+    let Some(ch) = lp.io_mut::<Channel>(io) else {
+        return Err(ChannelError::Closed);
+    };
+    let want = match ch.flush()? {
+        Flush::Done => Interest::READABLE,
+        Flush::Pending => Interest::READABLE | Interest::WRITABLE,
+    };
+    if lp.interest(io) != Some(want) {
+        lp.set_interest(io, Some(want))?;
+    }
+    Ok(())
+}
+
+/// Queues a frame on the loop-registered channel `io` and writes it at once (see
+/// [`flush_channel`]).
+///
+/// # Errors
+///
+/// No channel ([`SendErrorKind::Closed`](crate::ipc::SendErrorKind), the descriptors come
+/// back), a refused frame, or a write that failed (the channel is then closed).
+pub(crate) fn send_frame(
+    lp: &mut crate::rt::EventLoop,
+    io: Option<crate::rt::IoId>,
+    kind: crate::ipc::Kind,
+    data: &[u8],
+    fds: Vec<crate::ipc::SendFd>,
+) -> Result<(), crate::ipc::SendError> {
+    use crate::ipc::{Channel, SendError, SendErrorKind};
+    let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
+        return Err(SendError::new(SendErrorKind::Closed, fds));
+    };
+    ch.send_with_fds(kind, data, fds)?;
+    flushed(lp, io)
+}
+
+/// Queues a typed message on the loop-registered channel `io` and writes it at once.
+///
+/// # Errors
+///
+/// As [`send_frame`].
+pub(crate) fn send_message(
+    lp: &mut crate::rt::EventLoop,
+    io: Option<crate::rt::IoId>,
+    msg: &crate::ipc::Message,
+    fds: Vec<crate::ipc::SendFd>,
+) -> Result<(), crate::ipc::SendError> {
+    use crate::ipc::{Channel, SendError, SendErrorKind};
+    let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
+        return Err(SendError::new(SendErrorKind::Closed, fds));
+    };
+    ch.send_msg(msg, fds)?;
+    flushed(lp, io)
+}
+
+fn flushed(
+    lp: &mut crate::rt::EventLoop,
+    io: Option<crate::rt::IoId>,
+) -> Result<(), crate::ipc::SendError> {
+    use crate::ipc::{SendError, SendErrorKind};
+    match io.map(|io| flush_channel(lp, io)) {
+        Some(Ok(())) => Ok(()),
+        _ => Err(SendError::new(SendErrorKind::Closed, Vec::new())),
+    }
+}

@@ -64,8 +64,7 @@ use balance::{Balancer, Mode, RawListener};
 
 use crate::cluster::{CHANNEL_FD_ENV, ExitStatus, WORKER_ID_ENV, WorkerState};
 use crate::ipc::{
-    Channel, ChannelConfig, Endpoint, Kind, ListenMode, Message, Recv, SendError, SendErrorKind,
-    SendFd,
+    Channel, ChannelConfig, Endpoint, Kind, ListenMode, Message, Recv, SendError, SendFd,
 };
 use crate::rt::{EventLoop, Interest, IoId, SignalId};
 
@@ -451,11 +450,7 @@ impl Primary {
     ) -> io::Result<IoId> {
         let ch = Channel::new(fd, config)?;
         let p = self.clone();
-        lp.register(
-            ch,
-            Interest::READABLE | Interest::WRITABLE,
-            move |lp, _, _| p.on_channel(lp, id),
-        )
+        lp.register(ch, Interest::READABLE, move |lp, _, _| p.on_channel(lp, id))
     }
 
     /// Node's `cluster.workers`: ids of the workers listed (spawned, and neither
@@ -527,12 +522,7 @@ impl Primary {
         msg: &Message,
     ) -> Result<(), SendError> {
         let io = self.channel_of(worker);
-        let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
-            return Err(closed(Vec::new()));
-        };
-        ch.send_msg(msg, Vec::new())?;
-        let _ = ch.flush();
-        Ok(())
+        crate::cluster::send_message(lp, io, msg, Vec::new())
     }
 
     /// Sends user bytes to every connected worker; returns how many it was queued for.
@@ -729,12 +719,7 @@ impl Primary {
         };
         let fds: Vec<SendFd> = g.fd.into_iter().map(SendFd::Shared).collect();
         let io = self.channel_of(worker);
-        let sent = match io.and_then(|io| lp.io_mut::<Channel>(io)) {
-            Some(ch) => ch.send_msg(&reply, fds).map(|_| {
-                let _ = ch.flush();
-            }),
-            None => Err(closed(Vec::new())),
-        };
+        let sent = crate::cluster::send_message(lp, io, &reply, fds);
         if sent.is_err() {
             log::info!("worker {worker}: listener reply not delivered");
         }
@@ -747,7 +732,7 @@ impl Primary {
         loop {
             let picked = self.inner.borrow().bal.pick(hid);
             let Some(worker) = picked else {
-                self.pause(lp, hid);
+                self.pause(hid);
                 return;
             };
             let queued = self.inner.borrow_mut().bal.next_queued(hid);
@@ -787,12 +772,7 @@ impl Primary {
             .hand_off(worker, hid, fd.clone());
         let msg = Message::NewConn { key: hid, seq };
         let io = self.channel_of(worker);
-        let sent = match io.and_then(|io| lp.io_mut::<Channel>(io)) {
-            Some(ch) => ch
-                .send_msg(&msg, vec![SendFd::Shared(fd)])
-                .and_then(|_| ch.flush().map(|_| ()).map_err(|_| closed(Vec::new()))),
-            None => Err(closed(Vec::new())),
-        };
+        let sent = crate::cluster::send_message(lp, io, &msg, vec![SendFd::Shared(fd)]);
         if sent.is_err() {
             let mut inner = self.inner.borrow_mut();
             inner.bal.unsend(seq);
@@ -800,19 +780,12 @@ impl Primary {
         }
     }
 
-    fn pause(&self, lp: &mut EventLoop, hid: u32) {
-        let io = {
-            let mut inner = self.inner.borrow_mut();
-            match inner.bal.handles.get_mut(&hid) {
-                Some(h) if !h.paused => {
-                    h.paused = true;
-                    h.listener
-                }
-                _ => None,
-            }
-        };
-        if let Some(io) = io {
-            let _ = lp.set_interest(io, None);
+    /// No worker has credit: stop accepting (the kernel backlog holds clients). Only a
+    /// flag: the listener stays registered (edge-triggered, so it costs nothing), and
+    /// `pump` accepts again, until `WouldBlock`, once credit returns.
+    fn pause(&self, hid: u32) {
+        if let Some(h) = self.inner.borrow_mut().bal.handles.get_mut(&hid) {
+            h.paused = true;
         }
     }
 
@@ -820,21 +793,20 @@ impl Primary {
     fn pump(&self, lp: &mut EventLoop) {
         let waiting = self.inner.borrow().bal.waiting_handles();
         for hid in waiting {
-            let resume = {
+            let ready = {
                 let mut inner = self.inner.borrow_mut();
                 let has_credit = inner.bal.pick(hid).is_some();
                 match inner.bal.handles.get_mut(&hid) {
-                    Some(h) if has_credit && h.paused && h.mode == Mode::RoundRobin => {
+                    Some(h) if has_credit => {
                         h.paused = false;
-                        h.listener
+                        true
                     }
-                    _ => None,
+                    _ => false,
                 }
             };
-            if let Some(io) = resume {
-                let _ = lp.set_interest(io, Some(Interest::READABLE));
+            if ready {
+                self.accept(lp, hid);
             }
-            self.accept(lp, hid);
         }
     }
 
@@ -932,10 +904,10 @@ impl Primary {
         };
         let mut msgs = Vec::new();
         let mut closed = None;
+        if let Err(e) = crate::cluster::flush_channel(lp, io) {
+            closed = Some(format!("write failed: {e}"));
+        }
         if let Some(ch) = lp.io_mut::<Channel>(io) {
-            if let Err(e) = ch.flush() {
-                closed = Some(format!("write failed: {e}"));
-            }
             while closed.is_none() {
                 match ch.recv() {
                     Ok(Recv::Frame(f)) => match f.into_message() {
@@ -1177,10 +1149,6 @@ fn close_handle(lp: &mut EventLoop, h: balance::Handle) {
     log::debug!("listener {:?} closed: no worker listens on it", h.bound);
 }
 
-fn closed(fds: Vec<SendFd>) -> SendError {
-    SendError::new(SendErrorKind::Closed, fds)
-}
-
 /// Queues a frame on a registered channel and writes it at once.
 fn send_on(
     lp: &mut EventLoop,
@@ -1189,13 +1157,7 @@ fn send_on(
     data: &[u8],
     fds: Vec<SendFd>,
 ) -> Result<(), SendError> {
-    let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
-        return Err(closed(fds));
-    };
-    ch.send_with_fds(kind, data, fds)?;
-    // A write error closes the channel; its readable event then reports the disconnect.
-    let _ = ch.flush();
-    Ok(())
+    crate::cluster::send_frame(lp, io, kind, data, fds)
 }
 
 /// The command that starts worker `id`.

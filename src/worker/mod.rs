@@ -31,9 +31,7 @@ use std::fmt;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
-use crate::ipc::{
-    Channel, ChannelConfig, Endpoint, Kind, Message, Recv, SendError, SendErrorKind, SendFd,
-};
+use crate::ipc::{Channel, ChannelConfig, Endpoint, Kind, Message, Recv, SendError, SendFd};
 use crate::rt::{EventLoop, Interest, IoId};
 
 /// Where the worker is in leaving (Node's worker-side `state`).
@@ -206,11 +204,7 @@ impl Worker {
         };
         let ch = Channel::new(fd, ChannelConfig::default())?;
         let w = worker.clone();
-        let io = lp.register(
-            ch,
-            Interest::READABLE | Interest::WRITABLE,
-            move |lp, _, _| w.on_channel(lp),
-        )?;
+        let io = lp.register(ch, Interest::READABLE, move |lp, _, _| w.on_channel(lp))?;
         worker.inner.borrow_mut().channel = Some(io);
         let meter = worker.inner.borrow().lag.clone();
         lag::start(lp, meter);
@@ -284,12 +278,7 @@ impl Worker {
         fds: Vec<SendFd>,
     ) -> Result<(), SendError> {
         let io = self.inner.borrow().channel;
-        let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
-            return Err(SendError::new(SendErrorKind::Closed, fds));
-        };
-        ch.send_with_fds(Kind::User, data, fds)?;
-        let _ = ch.flush();
-        Ok(())
+        crate::cluster::send_frame(lp, io, Kind::User, data, fds)
     }
 
     /// Sends `value` to the primary as a JSON user message.
@@ -363,12 +352,7 @@ impl Worker {
 
     pub(crate) fn send_msg(&self, lp: &mut EventLoop, msg: &Message) -> Result<(), SendError> {
         let io = self.inner.borrow().channel;
-        let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
-            return Err(SendError::new(SendErrorKind::Closed, Vec::new()));
-        };
-        ch.send_msg(msg, Vec::new())?;
-        let _ = ch.flush();
-        Ok(())
+        crate::cluster::send_message(lp, io, msg, Vec::new())
     }
 
     /// Tracks a server that must close before the worker disconnects. `close` is called
@@ -569,10 +553,10 @@ impl Worker {
         };
         let mut msgs = Vec::new();
         let mut gone = false;
+        if crate::cluster::flush_channel(lp, io).is_err() {
+            gone = true;
+        }
         if let Some(ch) = lp.io_mut::<Channel>(io) {
-            if ch.flush().is_err() {
-                gone = true;
-            }
             while !gone {
                 match ch.recv() {
                     Ok(Recv::Frame(f)) => match f.into_message() {

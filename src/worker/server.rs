@@ -5,6 +5,7 @@
 //! [`Server::adopt`] (how round-robin hand-offs from the primary arrive).
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -39,13 +40,25 @@ pub(super) struct Inner {
     /// UDP bindings: what to do with the shared socket when it arrives.
     pub(super) datagram: Option<DatagramCb>,
     /// Connections the application marked idle (between requests).
-    idle: Vec<Stream>,
-    conns: Vec<Stream>,
+    idle: HashSet<Stream>,
+    /// Connections handed to the server (closed ones are pruned now and then).
+    conns: HashSet<Stream>,
+    /// Prune closed connections when `conns` grows past this.
+    prune_at: usize,
     on_connection: Option<ConnCb>,
     closing: bool,
     on_close: Vec<CloseCb>,
     watcher: Option<WatcherId>,
     tracked: Option<(Worker, u64)>,
+}
+
+impl Inner {
+    /// Forgets closed connections.
+    fn prune(&mut self, lp: &EventLoop) {
+        self.conns.retain(|c| c.is_open(lp));
+        self.idle.retain(|c| c.is_open(lp));
+        self.prune_at = (2 * self.conns.len()).max(64);
+    }
 }
 
 /// A server whose connections are tracked; clone the handle freely.
@@ -80,8 +93,9 @@ impl Server {
             key: None,
             max_connections: None,
             datagram: None,
-            idle: Vec::new(),
-            conns: Vec::new(),
+            idle: HashSet::new(),
+            conns: HashSet::new(),
+            prune_at: 64,
             on_connection: Some(Box::new(on_connection)),
             closing: false,
             on_close: Vec::new(),
@@ -275,8 +289,11 @@ impl Server {
                 conn.destroy(lp);
                 return false;
             }
-            inner.conns.retain(|c| c.is_open(lp));
-            inner.conns.push(conn);
+            if inner.conns.len() >= inner.prune_at {
+                // Amortised: prune only when the set doubled since the last prune.
+                inner.prune(lp);
+            }
+            inner.conns.insert(conn);
             inner.on_connection.take()
         };
         if let Some(mut cb) = cb {
@@ -314,9 +331,10 @@ impl Server {
     pub fn set_idle(&self, lp: &mut EventLoop, conn: Stream, idle: bool) {
         let closing = {
             let mut inner = self.0.borrow_mut();
-            inner.idle.retain(|c| *c != conn);
             if idle {
-                inner.idle.push(conn);
+                inner.idle.insert(conn);
+            } else {
+                inner.idle.remove(&conn);
             }
             inner.closing
         };
@@ -328,8 +346,7 @@ impl Server {
     /// Open connections.
     pub fn connections(&self, lp: &EventLoop) -> usize {
         let mut inner = self.0.borrow_mut();
-        inner.conns.retain(|c| c.is_open(lp));
-        inner.idle.retain(|c| c.is_open(lp));
+        inner.prune(lp);
         inner.conns.len()
     }
 
