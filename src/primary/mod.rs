@@ -475,7 +475,7 @@ impl Primary {
     ///
     /// # Errors
     ///
-    /// The worker is unknown or disconnected ([`SendErrorKind::Closed`]), or its queue is
+    /// The worker is unknown or disconnected ([`SendErrorKind::Closed`](crate::ipc::SendErrorKind::Closed)), or its queue is
     /// full (back-pressure).
     pub fn send(&self, lp: &mut EventLoop, worker: u32, data: &[u8]) -> Result<(), SendError> {
         self.send_with_fds(lp, worker, data, Vec::new())
