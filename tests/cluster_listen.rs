@@ -12,15 +12,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::time::Duration;
 
-use cluster_util::{primary, primary_with, run, worker};
-use forkloop::ipc::Endpoint;
+use cluster_util::{
+    IO_TIMEOUT, count_answers, fetch, on_all_ready, primary, primary_with, run, tcp_port, worker,
+};
+
 use forkloop::net::Stream;
 use forkloop::primary::{Event, Policy, Primary, PrimaryOptions};
 use forkloop::rt::EventLoop;
 use forkloop::worker::Worker;
 use nix::sys::signal::Signal;
-
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -48,26 +48,6 @@ fn serve_id(lp: &mut EventLoop, w: &Worker, conn: Stream) {
 fn listen_id(lp: &mut EventLoop, w: &Worker, addr: SocketAddr) -> forkloop::worker::Server {
     let w2 = w.clone();
     w.listen_tcp(lp, addr, move |lp, c| serve_id(lp, &w2, c))
-}
-
-/// One request: connect, send a byte, read the answer to EOF.
-fn fetch(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.write_all(b"x")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
-
-fn tcp_port(ev: &Event) -> Option<u16> {
-    match ev {
-        Event::Listening {
-            address: Endpoint::Tcp(a),
-            ..
-        } => Some(a.port()),
-        _ => None,
-    }
 }
 
 #[test]
@@ -390,24 +370,8 @@ fn many_clients_after_ready(
     kill_after: Option<u64>,
 ) -> Rc<RefCell<BTreeMap<String, usize>>> {
     let tally: Rc<RefCell<BTreeMap<String, usize>>> = Rc::default();
-    let ready = Rc::new(Cell::new(0));
-    let port = Rc::new(Cell::new(0u16));
-    let (t, r, pt) = (tally.clone(), ready.clone(), port.clone());
-    p.on(move |lp, p, ev| {
-        if let Some(port) = tcp_port(ev) {
-            pt.set(port);
-        }
-        let Event::Message { data, .. } = ev else {
-            return;
-        };
-        if data != b"ready" {
-            return;
-        }
-        r.set(r.get() + 1);
-        if r.get() != workers {
-            return;
-        }
-        let addr = SocketAddr::from(([127, 0, 0, 1], pt.get()));
+    let t = tally.clone();
+    on_all_ready(p, workers, move |lp, p, addr| {
         let (t, p2) = (t.clone(), p.clone());
         lp.spawn_blocking(
             move || {
@@ -428,11 +392,7 @@ fn many_clients_after_ready(
                     .collect::<Vec<_>>()
             },
             move |lp, r| {
-                for answer in r.unwrap() {
-                    *t.borrow_mut()
-                        .entry(answer.unwrap_or_else(|e| format!("{e}")))
-                        .or_default() += 1;
-                }
+                count_answers(&t, r.unwrap());
                 p2.disconnect(lp, |_, _| {});
             },
         );
@@ -511,20 +471,8 @@ fn net_server_drop_connection() {
     });
     let (mut lp, p) = primary("net_server_drop_connection");
     let tally: Rc<RefCell<BTreeMap<String, usize>>> = Rc::default();
-    let (ready, port) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0u16)));
     let t = tally.clone();
-    p.on(move |lp, p, ev| {
-        if let Some(pn) = tcp_port(ev) {
-            port.set(pn);
-        }
-        if !matches!(ev, Event::Message { .. }) {
-            return;
-        }
-        ready.set(ready.get() + 1);
-        if ready.get() != 3 {
-            return;
-        }
-        let addr = SocketAddr::from(([127, 0, 0, 1], port.get()));
+    on_all_ready(&p, 3, move |lp, p, addr| {
         let (t, p2) = (t.clone(), p.clone());
         lp.spawn_blocking(
             move || {
@@ -547,11 +495,7 @@ fn net_server_drop_connection() {
                     .collect::<Vec<_>>()
             },
             move |lp, r| {
-                for a in r.unwrap() {
-                    *t.borrow_mut()
-                        .entry(a.unwrap_or_else(|e| e.to_string()))
-                        .or_default() += 1;
-                }
+                count_answers(&t, r.unwrap());
                 p2.disconnect(lp, |_, _| {});
             },
         );
@@ -644,24 +588,17 @@ fn shared_leak() {
         });
     });
     let (mut lp, p) = with_policy("shared_leak", Policy::Shared);
-    let (ready, port) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0u16)));
+    let port = Rc::new(Cell::new(0u16));
     let exits = Rc::new(RefCell::new(Vec::new()));
-    let (e, pt) = (exits.clone(), port.clone());
-    p.on(move |lp, p, ev| {
-        if let Some(pn) = tcp_port(ev) {
-            pt.set(pn);
-        }
+    let e = exits.clone();
+    p.on(move |_, _, ev| {
         if let Event::Exit { status, .. } = ev {
             e.borrow_mut().push(status.code);
         }
-        if !matches!(ev, Event::Message { .. }) {
-            return;
-        }
-        ready.set(ready.get() + 1);
-        if ready.get() != 2 {
-            return;
-        }
-        let addr = SocketAddr::from(([127, 0, 0, 1], pt.get()));
+    });
+    let pt = port.clone();
+    on_all_ready(&p, 2, move |lp, p, addr| {
+        pt.set(addr.port());
         let p2 = p.clone();
         lp.spawn_blocking(
             move || {
@@ -700,29 +637,13 @@ fn rr_distribution_is_even() {
     });
     let (mut lp, p) = primary("rr_distribution_is_even");
     let tally: Rc<RefCell<BTreeMap<String, usize>>> = Rc::default();
-    let (ready, port) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0u16)));
     let t = tally.clone();
-    p.on(move |lp, p, ev| {
-        if let Some(pn) = tcp_port(ev) {
-            port.set(pn);
-        }
-        if !matches!(ev, Event::Message { .. }) {
-            return;
-        }
-        ready.set(ready.get() + 1);
-        if ready.get() != 4 {
-            return;
-        }
-        let addr = SocketAddr::from(([127, 0, 0, 1], port.get()));
+    on_all_ready(&p, 4, move |lp, p, addr| {
         let (t, p2) = (t.clone(), p.clone());
         lp.spawn_blocking(
             move || (0..N).map(|_| fetch(addr)).collect::<Vec<_>>(),
             move |lp, r| {
-                for a in r.unwrap() {
-                    *t.borrow_mut()
-                        .entry(a.unwrap_or_else(|e| e.to_string()))
-                        .or_default() += 1;
-                }
+                count_answers(&t, r.unwrap());
                 p2.disconnect(lp, |_, _| {});
             },
         );

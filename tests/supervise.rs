@@ -4,13 +4,13 @@
 mod cluster_util;
 
 use std::cell::{Cell, RefCell};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use cluster_util::{ChildGuard, args_for, primary, run, worker};
+use cluster_util::{ChildGuard, IO_TIMEOUT, args_for, fetch, primary, run, worker};
 use forkloop::ipc::Endpoint;
 use forkloop::net::Stream;
 use forkloop::primary::supervise::{
@@ -19,8 +19,6 @@ use forkloop::primary::supervise::{
 use forkloop::primary::{Event, Primary};
 use forkloop::rt::EventLoop;
 use forkloop::worker::Worker;
-
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn opts(workers: usize) -> SupervisorOptions {
     SupervisorOptions {
@@ -42,15 +40,6 @@ fn serve(lp: &mut EventLoop, w: &Worker) {
         });
     });
     server.on_error(|_, _, e| panic!("listen failed: {e}"));
-}
-
-fn fetch(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.write_all(b"x")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
 }
 
 fn record(sup: &Supervisor) -> Rc<RefCell<Vec<SupervisorEvent>>> {

@@ -3,9 +3,14 @@
 //! exits, and in the test process returns so the test plays the primary.
 #![allow(dead_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+use forkloop::ipc::Endpoint;
 
 use forkloop::Role;
 use forkloop::primary::{Event, Primary, Settings};
@@ -141,5 +146,68 @@ impl Drop for PidGuard {
             nix::unistd::Pid::from_raw(self.0 as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+}
+
+/// Every client-side wait in cluster tests gives up after this long.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One request: connect, send a byte, read the answer to EOF.
+pub fn fetch(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.write_all(b"x")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// The port of a `Listening` event on TCP.
+pub fn tcp_port(ev: &Event) -> Option<u16> {
+    match ev {
+        Event::Listening {
+            address: Endpoint::Tcp(a),
+            ..
+        } => Some(a.port()),
+        _ => None,
+    }
+}
+
+/// Once `n` workers have sent "ready", calls `then` (once) with the loopback address the
+/// workers listen on.
+pub fn on_all_ready<F>(p: &Primary, n: usize, then: F)
+where
+    F: FnOnce(&mut EventLoop, &Primary, SocketAddr) + 'static,
+{
+    let ready = Cell::new(0);
+    let port = Cell::new(0u16);
+    let then = RefCell::new(Some(then));
+    p.on(move |lp, p, ev| {
+        if let Some(pn) = tcp_port(ev) {
+            port.set(pn);
+        }
+        let Event::Message { data, .. } = ev else {
+            return;
+        };
+        if data != b"ready" {
+            return;
+        }
+        ready.set(ready.get() + 1);
+        if ready.get() == n
+            && let Some(f) = then.borrow_mut().take()
+        {
+            f(lp, p, SocketAddr::from(([127, 0, 0, 1], port.get())));
+        }
+    });
+}
+
+/// Counts answers (errors by their text) into `tally`.
+pub fn count_answers(
+    tally: &RefCell<BTreeMap<String, usize>>,
+    answers: Vec<std::io::Result<String>>,
+) {
+    let mut t = tally.borrow_mut();
+    for a in answers {
+        *t.entry(a.unwrap_or_else(|e| e.to_string())).or_default() += 1;
     }
 }
