@@ -214,12 +214,28 @@ pub(crate) fn send_message(
     msg: &crate::ipc::Message,
     fds: Vec<crate::ipc::SendFd>,
 ) -> Result<(), crate::ipc::SendError> {
+    queue_message(lp, io, msg, fds)?;
+    flushed(lp, io)
+}
+
+/// Queues a typed message on the loop-registered channel `io` without writing it: the
+/// caller flushes later (see [`flush_channel`]), so that replies produced together leave
+/// in one `sendmsg` and wake the peer once.
+///
+/// # Errors
+///
+/// As [`send_frame`], except that nothing is written yet.
+pub(crate) fn queue_message(
+    lp: &mut crate::rt::EventLoop,
+    io: Option<crate::rt::IoId>,
+    msg: &crate::ipc::Message,
+    fds: Vec<crate::ipc::SendFd>,
+) -> Result<(), crate::ipc::SendError> {
     use crate::ipc::{Channel, SendError, SendErrorKind};
     let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
         return Err(SendError::new(SendErrorKind::Closed, fds));
     };
-    ch.send_msg(msg, fds)?;
-    flushed(lp, io)
+    ch.send_msg(msg, fds)
 }
 
 fn flushed(

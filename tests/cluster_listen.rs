@@ -50,6 +50,15 @@ fn listen_id(lp: &mut EventLoop, w: &Worker, addr: SocketAddr) -> forkloop::work
     w.listen_tcp(lp, addr, move |lp, c| serve_id(lp, &w2, c))
 }
 
+/// A worker body: [`listen_id`] on any port, then tell the primary "ready".
+fn listen_id_and_say_ready(lp: &mut EventLoop, w: &Worker) {
+    let server = listen_id(lp, w, any_port());
+    let w2 = w.clone();
+    server.on_listening(lp, move |lp, _| {
+        let _ = w2.send(lp, b"ready");
+    });
+}
+
 #[test]
 fn listening_port() {
     worker(|lp, w| {
@@ -447,6 +456,78 @@ fn hand_offs_in_flight_survive_a_killed_worker() {
 }
 
 #[test]
+fn a_burst_of_connections_goes_to_one_worker_in_one_message() {
+    // Eight connections wait in the backlog when the primary next accepts: the worker with
+    // the most free credit takes the whole burst (one NewConn message, one wake-up) and
+    // answers each one; the next burst starts at the other worker.
+    worker(listen_id_and_say_ready);
+    let (mut lp, p) = primary("a_burst_of_connections_goes_to_one_worker_in_one_message");
+    let tallies: Rc<RefCell<Vec<BTreeMap<String, usize>>>> = Rc::default();
+    let t = tallies.clone();
+    on_all_ready(&p, 2, move |lp, p, addr| {
+        burst(lp, p, addr, t, 2);
+    });
+    for _ in 0..2 {
+        p.fork(&mut lp).unwrap();
+    }
+    run(&mut lp);
+    let tallies = tallies.borrow();
+    assert_eq!(tallies.len(), 2, "{tallies:?}");
+    let firsts: Vec<&String> = tallies
+        .iter()
+        .map(|t| {
+            assert_eq!(t.len(), 1, "a burst went to one worker: {t:?}");
+            let (who, n) = t.iter().next().unwrap();
+            assert_eq!(*n, 8, "every connection served: {t:?}");
+            who
+        })
+        .collect();
+    assert_ne!(firsts[0], firsts[1], "bursts take turns: {tallies:?}");
+}
+
+/// Connects eight clients from the primary's loop (so the primary accepts none of them
+/// before they all wait in the backlog), collects their answers into `tallies`, and
+/// repeats `rounds` times; then disconnects the workers.
+fn burst(
+    lp: &mut EventLoop,
+    p: &Primary,
+    addr: SocketAddr,
+    tallies: Rc<RefCell<Vec<BTreeMap<String, usize>>>>,
+    rounds: usize,
+) {
+    let conns: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            s.write_all(b"x").unwrap();
+            s
+        })
+        .collect();
+    let p2 = p.clone();
+    lp.spawn_blocking(
+        move || {
+            conns
+                .into_iter()
+                .map(|mut s| {
+                    let mut out = String::new();
+                    s.read_to_string(&mut out).map(|_| out)
+                })
+                .collect::<Vec<_>>()
+        },
+        move |lp, r| {
+            let tally = RefCell::new(BTreeMap::new());
+            count_answers(&tally, r.unwrap());
+            tallies.borrow_mut().push(tally.into_inner());
+            if rounds > 1 {
+                burst(lp, &p2, addr, tallies, rounds - 1);
+            } else {
+                p2.disconnect(lp, |_, _| {});
+            }
+        },
+    );
+}
+
+#[test]
 fn net_server_drop_connection() {
     // maxConnections 0, 1 and 9 on three workers: of 10 connections each gets exactly that
     // many; the rest are refused and go elsewhere.
@@ -628,13 +709,7 @@ fn shared_leak() {
 fn rr_distribution_is_even() {
     // 20 000 connections, one at a time, over 4 workers: each gets 5 000 ± 5 %.
     const N: usize = 20_000;
-    worker(|lp, w| {
-        let server = listen_id(lp, w, any_port());
-        let w2 = w.clone();
-        server.on_listening(lp, move |lp, _| {
-            let _ = w2.send(lp, b"ready");
-        });
-    });
+    worker(listen_id_and_say_ready);
     let (mut lp, p) = primary("rr_distribution_is_even");
     let tally: Rc<RefCell<BTreeMap<String, usize>>> = Rc::default();
     let t = tally.clone();

@@ -145,6 +145,32 @@ fn send_msg_refuses_a_wrong_fd_count_and_gives_the_fd_back() {
     assert_eq!(a.queued_bytes(), 0);
 }
 
+#[test]
+fn new_conn_carries_a_burst_of_connections_in_order() {
+    // One NewConn frame with three descriptors: connections seq, seq+1, seq+2, in order.
+    let (mut a, mut b) = Channel::pair(ChannelConfig::default()).unwrap();
+    let (mut readers, writers): (Vec<_>, Vec<SendFd>) = (0..3)
+        .map(|_| {
+            let (r, w) = pipe();
+            (r, SendFd::from(w))
+        })
+        .unzip();
+    a.send_msg(&Message::NewConn { key: 3, seq: 7 }, writers)
+        .unwrap();
+    let mut got = pump(&mut a, &mut b).unwrap();
+    assert_eq!(got.len(), 1);
+    let g = got.pop().unwrap();
+    let m = Message::decode(g.kind, &g.payload, g.fds.len()).unwrap();
+    assert_eq!(m, Message::NewConn { key: 3, seq: 7 });
+    assert_eq!(g.fds.len(), 3);
+    for (i, fd) in g.fds.into_iter().enumerate() {
+        write_tag(fd, 7 + i as u32);
+    }
+    for (i, r) in readers.iter_mut().enumerate() {
+        assert_eq!(read_tag(r), 7 + i as u32);
+    }
+}
+
 /// Node's test-cluster-send-handle-large-payload: 800 KB plus a descriptor, both ways; the
 /// descriptor stays paired with its message across many reads.
 #[test]

@@ -11,7 +11,7 @@
 //! | `QueryServer` | W→P | seq, [`ListenRequest`] | 0 |
 //! | `QueryReply` | P→W | seq, errno, key id, [`ListenMode`], bound address | 0 or 1 (the listener, shared policy) |
 //! | `Listening` | W→P | key id, bound address | 0 |
-//! | `NewConn` | P→W | key id, hand-off seq | 1 (the connection) |
+//! | `NewConn` | P→W | key id, first hand-off seq | 1 or more (connections `seq`, `seq + 1`, …) |
 //! | `Accepted` | W→P | hand-off seq, free credit | 0 |
 //! | `Rejected` | W→P | hand-off seq | 0 |
 //! | `Disconnect` | P→W | — | 0 |
@@ -117,11 +117,13 @@ pub enum Message {
         /// The address it listens on.
         bound: Endpoint,
     },
-    /// P→W: a new connection for listener `key` (the descriptor travels with the frame).
+    /// P→W: new connections for listener `key`, one per descriptor travelling with the
+    /// frame (a burst of accepts leaves in one `sendmsg` and wakes the worker once).
     NewConn {
         /// The listener's id.
         key: u32,
-        /// The hand-off's number, echoed in `Accepted` / `Rejected`.
+        /// The first connection's hand-off number; the i-th descriptor's is
+        /// `seq.wrapping_add(i)`. Each is echoed in its own `Accepted` / `Rejected`.
         seq: u32,
     },
     /// W→P: hand-off `seq` was taken; the worker can take `credit` more.
@@ -190,6 +192,8 @@ pub enum FdRule {
     None,
     /// Exactly one.
     One,
+    /// One or more, up to the frame limit.
+    Some,
     /// Zero or one.
     Optional,
     /// Any number up to the frame limit.
@@ -202,6 +206,7 @@ impl FdRule {
         match self {
             FdRule::None => n == 0,
             FdRule::One => n == 1,
+            FdRule::Some => n >= 1,
             FdRule::Optional => n <= 1,
             FdRule::Any => true,
         }
@@ -290,7 +295,7 @@ impl Message {
     /// How many descriptors messages of `kind` may carry.
     pub fn fd_rule(kind: Kind) -> FdRule {
         match kind {
-            Kind::NewConn => FdRule::One,
+            Kind::NewConn => FdRule::Some,
             Kind::QueryReply => FdRule::Optional,
             Kind::User => FdRule::Any,
             _ => FdRule::None,

@@ -92,3 +92,71 @@ pub fn open_std(lp: &mut EventLoop, s: std::net::TcpStream) -> io::Result<Stream
     s.set_nonblocking(true)?;
     Stream::open(lp, Sock::Tcp(mio::net::TcpStream::from_std(s)), false)
 }
+
+/// As [`open_std`] for a connection the primary handed off. It is non-blocking already
+/// (the primary accepted it with `SOCK_NONBLOCK`, a flag of the open file the hand-off
+/// shares), which saves a system call; and the primary may still hold its copy, so closing
+/// shuts down the write side first (the FIN leaves at once, from this process).
+pub(crate) fn open_handed_off(lp: &mut EventLoop, s: std::net::TcpStream) -> io::Result<Stream> {
+    let stream = Stream::open(lp, Sock::Tcp(mio::net::TcpStream::from_std(s)), false)?;
+    stream.set_shared(lp);
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A connected (client, server) pair; the client's reads time out after `timeout`.
+    fn pair(timeout: Duration) -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        client.set_read_timeout(Some(timeout)).unwrap();
+        let (server, _) = l.accept().unwrap();
+        (client, server)
+    }
+
+    #[test]
+    fn closing_a_handed_off_connection_ends_it_while_another_copy_is_open() {
+        // The primary may still hold its copy when the worker closes: the client must see
+        // the end of the stream all the same.
+        let (mut client, server) = pair(Duration::from_secs(10));
+        server.set_nonblocking(true).unwrap();
+        let other_copy = OwnedFd::from(server.try_clone().unwrap());
+        let mut lp = EventLoop::new().unwrap();
+        let s = open_handed_off(&mut lp, server).unwrap();
+        s.write(&mut lp, b"bye");
+        s.destroy(&mut lp);
+        lp.run().unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye");
+        drop(other_copy);
+    }
+
+    #[test]
+    fn closing_an_adopted_connection_leaves_other_copies_alone() {
+        // `open_std` takes a socket this process owns: closing it does not shut down a
+        // socket someone else still uses.
+        let (mut client, server) = pair(Duration::from_millis(200));
+        let other_copy = server.try_clone().unwrap();
+        let mut lp = EventLoop::new().unwrap();
+        let s = open_std(&mut lp, server).unwrap();
+        s.destroy(&mut lp);
+        lp.run().unwrap();
+        let mut b = [0u8; 1];
+        let e = client.read(&mut b).unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        );
+        drop(other_copy);
+    }
+}

@@ -94,6 +94,17 @@ pub fn open_std(lp: &mut EventLoop, s: std::os::unix::net::UnixStream) -> io::Re
     Stream::open(lp, Sock::Unix(mio::net::UnixStream::from_std(s)), false)
 }
 
+/// As [`open_std`] for a connection the primary handed off (see
+/// [`tcp::open_handed_off`](super::tcp::open_handed_off)).
+pub(crate) fn open_handed_off(
+    lp: &mut EventLoop,
+    s: std::os::unix::net::UnixStream,
+) -> io::Result<Stream> {
+    let stream = Stream::open(lp, Sock::Unix(mio::net::UnixStream::from_std(s)), false)?;
+    stream.set_shared(lp);
+    Ok(stream)
+}
+
 fn unix_from(fd: OwnedFd) -> mio::net::UnixStream {
     mio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))
 }

@@ -6,7 +6,7 @@
 //!
 //! | policy | primary | workers |
 //! |---|---|---|
-//! | [`Policy::RoundRobin`] (default) | binds, listens, accepts; hands each connection to a worker (`NewConn` + fd) | adopt the connection, answer `Accepted` or `Rejected` |
+//! | [`Policy::RoundRobin`] (default) | binds, listens, accepts; hands connections to workers (`NewConn` + fds, a burst per message) | adopt the connection, answer `Accepted` or `Rejected` |
 //! | [`Policy::Shared`] (`none`) | binds and listens; sends the socket | accept on their own loops |
 //! | [`Policy::ReusePort`] | reserves the port (bound, not listening) | bind their own `SO_REUSEPORT` sockets; the kernel spreads connections |
 //!
@@ -20,8 +20,12 @@
 //!
 //! # Round-robin with credit
 //!
-//! Each connection goes to the worker with the most free credit (round-robin among
-//! equals). A worker holds at most `credit` hand-offs it has not answered; its
+//! Connections go to the worker with the most free credit (round-robin among equals),
+//! a burst at a time: every connection waiting when the primary accepts goes to that
+//! worker, up to its free credit and [`HAND_OFF_BATCH`], in one `NewConn` message (one
+//! `sendmsg`, one wake-up of the worker; the worker's answers leave together too), and
+//! the next burst starts at the next worker. A worker holds at most `credit` hand-offs it
+//! has not answered; its
 //! `Accepted` answers may lower that (a worker near its own connection limit). When no
 //! worker has credit the primary stops accepting, and the kernel's backlog holds the
 //! clients: no unbounded queue, no busy loop (Node's RR has both).
@@ -49,6 +53,9 @@ use crate::sys::net::{self as sysnet, BindOptions};
 pub const POLICY_ENV: &str = "FORKLOOP_SCHED_POLICY";
 /// Default hand-offs a worker may hold unanswered.
 pub const DEFAULT_CREDIT: u32 = 16;
+/// Most connections handed to a worker in one `NewConn` message (also bounded by the
+/// channel's descriptors per frame and by the worker's free credit).
+pub const HAND_OFF_BATCH: u32 = 16;
 /// `listen()` backlog when a worker asks for none (Node's default).
 pub const DEFAULT_BACKLOG: u32 = 511;
 
@@ -419,7 +426,7 @@ impl Balancer {
     }
 
     /// Free credit of `worker`, or 0.
-    fn free(&self, worker: u32) -> u32 {
+    pub(crate) fn free(&self, worker: u32) -> u32 {
         if self.excluded.contains(&worker) {
             return 0;
         }
@@ -446,16 +453,28 @@ impl Balancer {
         best.map(|(_, w)| w)
     }
 
-    /// Records a hand-off of `fd` to `worker`; returns its sequence number.
-    pub(crate) fn hand_off(&mut self, worker: u32, handle: u32, fd: Arc<OwnedFd>) -> u32 {
-        let seq = self.next_seq;
-        self.next_seq = self.next_seq.wrapping_add(1).max(1);
-        self.inflight.insert(seq, InFlight { worker, handle, fd });
-        self.load.entry(worker).or_default().inflight += 1;
+    /// Records the hand-off of `fds` to `worker` in one message; returns the first
+    /// sequence number (the i-th connection's is that plus i, never 0).
+    pub(crate) fn hand_off(&mut self, worker: u32, handle: u32, fds: &[Arc<OwnedFd>]) -> u32 {
+        let n = fds.len() as u32;
+        if self.next_seq.checked_add(n).is_none() {
+            self.next_seq = 1;
+        }
+        let first = self.next_seq;
+        self.next_seq = first.wrapping_add(n).max(1);
+        for (i, fd) in fds.iter().enumerate() {
+            let f = InFlight {
+                worker,
+                handle,
+                fd: fd.clone(),
+            };
+            self.inflight.insert(first + i as u32, f);
+        }
+        self.load.entry(worker).or_default().inflight += n;
         if let Some(h) = self.handles.get_mut(&handle) {
             h.cursor = worker + 1;
         }
-        seq
+        first
     }
 
     /// A hand-off could not be sent: forget it and queue the connection again.

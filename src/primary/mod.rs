@@ -57,7 +57,7 @@ use std::sync::Arc;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
-pub use balance::{DEFAULT_BACKLOG, DEFAULT_CREDIT, POLICY_ENV, Policy};
+pub use balance::{DEFAULT_BACKLOG, DEFAULT_CREDIT, HAND_OFF_BATCH, POLICY_ENV, Policy};
 pub use settings::Settings;
 
 use balance::{Balancer, Mode, RawListener};
@@ -233,6 +233,9 @@ struct Inner {
     sigchld: Option<SignalId>,
     waiters: Vec<(BTreeSet<u32>, Option<DoneCb>)>,
     config: ChannelConfig,
+    /// Most connections per `NewConn` message ([`HAND_OFF_BATCH`], within the channel's
+    /// descriptor limit).
+    batch: u32,
     bal: Balancer,
 }
 
@@ -305,6 +308,9 @@ impl Primary {
                 workers: BTreeMap::new(),
                 sigchld: None,
                 waiters: Vec::new(),
+                batch: HAND_OFF_BATCH
+                    .min(u32::from(opts.channel.limits.max_fds))
+                    .max(1),
                 config: opts.channel,
                 bal: Balancer::new(policy, opts.credit),
             })),
@@ -728,54 +734,75 @@ impl Primary {
     }
 
     /// Accepts on round-robin handle `hid` while some worker has credit.
+    ///
+    /// Connections are handed off in bursts: the worker with the most free credit
+    /// (round-robin among equals) gets every connection waiting at that moment, up to its
+    /// free credit and [`HAND_OFF_BATCH`], in one message — one `sendmsg` and one wake-up
+    /// of the worker for the burst. The next burst starts at the next worker.
     fn accept(&self, lp: &mut EventLoop, hid: u32) {
         loop {
-            let picked = self.inner.borrow().bal.pick(hid);
-            let Some(worker) = picked else {
+            let picked = {
+                let inner = self.inner.borrow();
+                inner
+                    .bal
+                    .pick(hid)
+                    .map(|w| (w, inner.bal.free(w).min(inner.batch)))
+            };
+            let Some((worker, room)) = picked else {
                 self.pause(hid);
                 return;
             };
-            let queued = self.inner.borrow_mut().bal.next_queued(hid);
-            let fd = match queued {
-                Some(fd) => fd,
-                None => {
-                    let accepted = {
-                        let inner = self.inner.borrow();
-                        match inner.bal.accept_fd(hid) {
-                            Some(l) => balance::accept_one(l.as_ref()),
-                            None => return,
-                        }
-                    };
-                    match accepted {
-                        Ok(fd) => Arc::new(fd),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                        Err(e) => {
-                            // EMFILE, ECONNABORTED…: skip, as Node does; the next
-                            // connection retries.
-                            log::warn!("accept on listener {hid}: {e}");
-                            return;
-                        }
+            let mut batch = Vec::new();
+            let mut drained = false;
+            while batch.len() < room as usize {
+                match self.next_conn(hid) {
+                    Some(fd) => batch.push(fd),
+                    None => {
+                        drained = true;
+                        break;
                     }
                 }
-            };
-            self.dispatch(lp, worker, hid, fd);
+            }
+            if !batch.is_empty() {
+                self.dispatch(lp, worker, hid, batch);
+            }
+            if drained {
+                return;
+            }
         }
     }
 
-    /// Hands `fd` to `worker`; on failure the connection is queued again and the worker is
-    /// excluded from further hand-offs (its channel is going away).
-    fn dispatch(&self, lp: &mut EventLoop, worker: u32, hid: u32, fd: Arc<OwnedFd>) {
-        let seq = self
-            .inner
-            .borrow_mut()
-            .bal
-            .hand_off(worker, hid, fd.clone());
+    /// The next connection for handle `hid`: one that came back, else a new one; `None`
+    /// once the backlog is empty (or accepting failed; the next connection retries).
+    fn next_conn(&self, hid: u32) -> Option<Arc<OwnedFd>> {
+        let mut inner = self.inner.borrow_mut();
+        if let Some(fd) = inner.bal.next_queued(hid) {
+            return Some(fd);
+        }
+        match balance::accept_one(inner.bal.accept_fd(hid)?.as_ref()) {
+            Ok(fd) => Some(Arc::new(fd)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => {
+                // EMFILE, ECONNABORTED…: skip, as Node does; the next connection retries.
+                log::warn!("accept on listener {hid}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Hands `fds` to `worker` in one message; on failure the connections are queued
+    /// again and the worker is excluded from further hand-offs (its channel is going away).
+    fn dispatch(&self, lp: &mut EventLoop, worker: u32, hid: u32, fds: Vec<Arc<OwnedFd>>) {
+        let seq = self.inner.borrow_mut().bal.hand_off(worker, hid, &fds);
+        let n = fds.len() as u32;
         let msg = Message::NewConn { key: hid, seq };
         let io = self.channel_of(worker);
-        let sent = crate::cluster::send_message(lp, io, &msg, vec![SendFd::Shared(fd)]);
-        if sent.is_err() {
+        let fds = fds.into_iter().map(SendFd::Shared).collect();
+        if crate::cluster::send_message(lp, io, &msg, fds).is_err() {
             let mut inner = self.inner.borrow_mut();
-            inner.bal.unsend(seq);
+            for i in 0..n {
+                inner.bal.unsend(seq.wrapping_add(i));
+            }
             inner.bal.excluded.insert(worker);
         }
     }

@@ -269,38 +269,44 @@ impl Worker {
         p.server.now_listening(lp, mode == ListenMode::HandOff);
     }
 
+    /// Connections handed off by the primary: `fds[i]` is hand-off `seq + i`. Each gets
+    /// its own `Accepted` (with the credit left) or `Rejected`; the replies are queued and
+    /// leave together once the batch of messages is handled.
     pub(super) fn on_new_conn(&self, lp: &mut EventLoop, key: u32, seq: u32, fds: Vec<OwnedFd>) {
         let server = self.inner.borrow().by_key.get(&key).cloned();
-        let fd = fds.into_iter().next();
-        let mut credit = u32::MAX;
-        let taken = match (server, fd) {
-            (Some(s), Some(fd)) if !s.is_closing() && s.capacity(lp) > 0 => {
-                let stream = match s.endpoint() {
-                    Some(Endpoint::Unix(_)) => {
-                        unix::open_std(lp, std::os::unix::net::UnixStream::from(fd))
-                    }
-                    _ => tcp::open_std(lp, std::net::TcpStream::from(fd)),
-                };
-                match stream {
-                    Ok(stream) => {
-                        let took = s.adopt(lp, stream);
-                        credit = s.capacity(lp);
-                        took
-                    }
-                    Err(e) => {
-                        log::warn!("cannot serve a handed-off connection: {e}");
-                        false
-                    }
-                }
-            }
-            _ => false, // unknown or closing server: the descriptor is closed here
-        };
-        let reply = if taken {
-            Message::Accepted { seq, credit }
-        } else {
-            Message::Rejected { seq }
-        };
-        let _ = self.send_msg(lp, &reply);
+        for (i, fd) in fds.into_iter().enumerate() {
+            let seq = seq.wrapping_add(i as u32);
+            let reply = match &server {
+                Some(s) => match adopt_handed_off(lp, s, fd) {
+                    Some(credit) => Message::Accepted { seq, credit },
+                    None => Message::Rejected { seq },
+                },
+                None => Message::Rejected { seq }, // unknown server: the descriptor closes
+            };
+            let _ = self.send_msg(lp, &reply);
+        }
+    }
+}
+
+/// Serves one handed-off connection on `server`; returns the credit left, or `None` if the
+/// server refuses it (closing, at its limit, or the socket cannot be registered: the
+/// descriptor is closed here and the primary hands the connection to another worker).
+fn adopt_handed_off(lp: &mut EventLoop, server: &Server, fd: OwnedFd) -> Option<u32> {
+    if server.is_closing() || server.capacity(lp) == 0 {
+        return None;
+    }
+    let stream = match server.endpoint() {
+        Some(Endpoint::Unix(_)) => {
+            unix::open_handed_off(lp, std::os::unix::net::UnixStream::from(fd))
+        }
+        _ => tcp::open_handed_off(lp, std::net::TcpStream::from(fd)),
+    };
+    match stream {
+        Ok(stream) => server.adopt(lp, stream).then(|| server.capacity(lp)),
+        Err(e) => {
+            log::warn!("cannot serve a handed-off connection: {e}");
+            None
+        }
     }
 }
 

@@ -121,6 +121,9 @@ struct Inner {
     lag: Rc<lag::LagMeter>,
     /// Ends the process if the primary dies, even while the loop is blocked.
     watchdog: Option<watchdog::Watchdog>,
+    /// While a batch of the primary's messages is handled, control replies are queued
+    /// and leave together afterwards (one `sendmsg`, one wake-up of the primary).
+    corked: bool,
 }
 
 impl Inner {
@@ -199,6 +202,7 @@ impl Worker {
                 key_index: HashMap::new(),
                 lag: Rc::new(lag::LagMeter::default()),
                 watchdog,
+                corked: false,
             })),
             hooks: Rc::new(Hooks::default()),
         };
@@ -351,8 +355,15 @@ impl Worker {
     }
 
     pub(crate) fn send_msg(&self, lp: &mut EventLoop, msg: &Message) -> Result<(), SendError> {
-        let io = self.inner.borrow().channel;
-        crate::cluster::send_message(lp, io, msg, Vec::new())
+        let (io, corked) = {
+            let inner = self.inner.borrow();
+            (inner.channel, inner.corked)
+        };
+        if corked {
+            crate::cluster::queue_message(lp, io, msg, Vec::new())
+        } else {
+            crate::cluster::send_message(lp, io, msg, Vec::new())
+        }
     }
 
     /// Tracks a server that must close before the worker disconnects. `close` is called
@@ -572,8 +583,22 @@ impl Worker {
                 }
             }
         }
-        for (msg, fds) in msgs {
-            self.handle(lp, msg, fds);
+        if !msgs.is_empty() {
+            self.inner.borrow_mut().corked = true;
+            for (msg, fds) in msgs {
+                self.handle(lp, msg, fds);
+            }
+            let io = {
+                let mut inner = self.inner.borrow_mut();
+                inner.corked = false;
+                inner.channel
+            };
+            if let Some(io) = io
+                && !gone
+                && crate::cluster::flush_channel(lp, io).is_err()
+            {
+                gone = true;
+            }
         }
         if gone {
             self.channel_gone(lp);
