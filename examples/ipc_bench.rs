@@ -5,6 +5,7 @@
 //! cargo run --release --example ipc_bench -- pingpong SIZE COUNT
 //! cargo run --release --example ipc_bench -- oneway SIZE COUNT
 //! cargo run --release --example ipc_bench -- fdpass-stream COUNT [WINDOW]
+//! cargo run --release --example ipc_bench -- pingpong SIZE COUNT --busy-poll US
 //! ```
 //!
 //! * `pingpong`: a `User` frame of SIZE bytes to the child, which echoes it; COUNT round
@@ -19,17 +20,36 @@
 //! one line: `mode=… size=… count=… secs=… rate_per_s=… mean_us=… p50_us=… p99_us=…`
 //! (`oneway` and `fdpass-stream` report percentiles of the per-message time over batches
 //! of 1000). `scripts/ipc-compare.sh` runs it beside the raw-socket and Node anchors.
+//!
+//! `--busy-poll US` (any mode; parent and child): each wait spins for up to US
+//! microseconds before it blocks, as a loop with [`EventLoop::set_busy_poll`] does (the
+//! same code, [`poll_spinning`]); the line then ends with `busy_poll_us=US`. Off by
+//! default: the default figures are those of blocking waits, like the anchors'.
+//!
+//! `PIN=same` pins parent and child to CPU 0, `PIN=split` the parent to CPU 0 and the
+//! child to CPU 1, as the anchors' benchmarks do; unset leaves placement to the scheduler.
+//!
+//! [`EventLoop::set_busy_poll`]: forkloop::rt::EventLoop::set_busy_poll
+//! [`poll_spinning`]: forkloop::rt::poll_spinning
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use forkloop::ipc::{Channel, ChannelConfig, Flush, InFrame, Kind, Recv, SendFd};
 use mio::{Events, Interest, Poll, Token};
 
 const FD_ENV: &str = "FORKLOOP_BENCH_FD";
+/// Tells the child how long to spin (µs) before blocking.
+const SPIN_ENV: &str = "FORKLOOP_BENCH_SPIN_US";
+/// How long every wait spins before it blocks (`--busy-poll`; zero: it does not).
+static SPIN: OnceLock<Duration> = OnceLock::new();
+
+fn spin() -> Duration {
+    SPIN.get().copied().unwrap_or_default()
+}
 const ACK_EVERY: usize = 64;
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -54,7 +74,7 @@ impl Endpoint {
     }
 
     fn wait(&mut self) -> io::Result<()> {
-        self.poll.poll(&mut self.events, Some(WAIT))?;
+        forkloop::rt::poll_spinning(&mut self.poll, &mut self.events, Some(WAIT), spin())?;
         if self.events.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -108,7 +128,8 @@ impl Endpoint {
 fn usage(why: &str) -> ! {
     eprintln!("ipc_bench: {why}");
     eprintln!(
-        "usage: ipc_bench pingpong SIZE COUNT | oneway SIZE COUNT | fdpass-stream COUNT [WINDOW]"
+        "usage: ipc_bench pingpong SIZE COUNT | oneway SIZE COUNT | fdpass-stream COUNT [WINDOW] \
+         [--busy-poll US]"
     );
     std::process::exit(2)
 }
@@ -132,8 +153,12 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 fn report(mode: &str, size: usize, count: usize, secs: f64, mut lat_us: Vec<f64>) {
     lat_us.sort_by(f64::total_cmp);
+    let spinning = match spin().as_micros() {
+        0 => String::new(),
+        us => format!(" busy_poll_us={us}"),
+    };
     println!(
-        "mode={mode} size={size} count={count} secs={secs:.3} rate_per_s={:.0} mean_us={:.2} p50_us={:.2} p99_us={:.2}",
+        "mode={mode} size={size} count={count} secs={secs:.3} rate_per_s={:.0} mean_us={:.2} p50_us={:.2} p99_us={:.2}{spinning}",
         count as f64 / secs,
         secs * 1e6 / count as f64,
         pct(&lat_us, 50.0),
@@ -145,6 +170,7 @@ fn spawn_child(args: &[String]) -> io::Result<(Endpoint, std::process::Child)> {
     let (mine, theirs) = forkloop::sys::socketpair()?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--child").args(args);
+    cmd.env(SPIN_ENV, spin().as_micros().to_string());
     let child = forkloop::sys::process::spawn_with_fd(&mut cmd, theirs.as_fd(), FD_ENV)?;
     drop(theirs);
     Ok((Endpoint::new(mine)?, child))
@@ -313,8 +339,38 @@ fn child(args: &[String]) -> io::Result<()> {
     Ok(())
 }
 
+/// Pins this process as `PIN` says (`same`, `split` or unset), `child` choosing the side.
+fn pin(child: bool) {
+    let cpu = match (std::env::var("PIN").as_deref(), child) {
+        (Ok("same"), _) | (Ok("split"), false) => 0,
+        (Ok("split"), true) => 1,
+        (Ok("") | Err(_), _) => return,
+        (Ok(other), _) => usage(&format!("PIN must be same or split, not {other}")),
+    };
+    let mut set = nix::sched::CpuSet::new();
+    let pinned = set
+        .set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    if let Err(e) = pinned {
+        eprintln!("ipc_bench: cannot pin to CPU {cpu}: {e}");
+    }
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let spin_us = match args.iter().position(|a| a == "--busy-poll") {
+        Some(i) => {
+            let us = num(args.get(i + 1), "--busy-poll microseconds");
+            args.drain(i..(i + 2).min(args.len()));
+            us as u64
+        }
+        None => std::env::var(SPIN_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    };
+    let _ = SPIN.set(Duration::from_micros(spin_us));
+    pin(args.first().is_some_and(|a| a == "--child"));
     let res = match args.first().map(String::as_str) {
         Some("--child") => child(&args[1..]),
         Some("pingpong") => pingpong(&args),

@@ -7,6 +7,10 @@
 #   fdpass-stream   ours >= 0.8x raw (streamed, ack per 64, window 256)
 # Usage: scripts/ipc-compare.sh            (RUNS=3 rounds; counts as in the issue)
 # Env: RUNS, PP_COUNT (100000), OW_COUNT (1000000), FD_COUNT (500000), ANCHORS (../shared/anchors)
+#      PINS ("split same"): also run the three ping-pongs with PIN=split (parent CPU 0,
+#        child CPU 1) and PIN=same (both on CPU 0), as the anchors' RESULTS.md does; these
+#        and the busy-poll rows are information, the checks use the unpinned runs;
+#      SPIN_US (50): ours again with --busy-poll SPIN_US (0 skips it).
 # Exits 1 if a target is missed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +18,8 @@ ANCHORS=${ANCHORS:-../shared/anchors}
 RUNS=${RUNS:-3}
 PP_COUNT=${PP_COUNT:-100000}
 OW_COUNT=${OW_COUNT:-1000000}
+PINS=${PINS-"split same"}
+SPIN_US=${SPIN_US:-50}
 FD_COUNT=${FD_COUNT:-500000}
 
 cargo build --release --quiet --example ipc_bench
@@ -66,6 +72,14 @@ for i in $(seq 1 "$RUNS"); do
   [ $have_node = 1 ] && sample node_ow rate_per_s node "$NODE_JS" oneway-small 500000
   sample ours_fd rate_per_s "$OURS" fdpass-stream "$FD_COUNT"
   sample raw_fd fds_per_s "$RAW" fdpass-stream "$FD_COUNT"
+  if [ "$SPIN_US" != 0 ]; then
+    sample ours_pp_spin rate_per_s "$OURS" pingpong 16 "$PP_COUNT" --busy-poll "$SPIN_US"
+  fi
+  for pin in $PINS; do
+    sample "ours_pp_$pin" rate_per_s env PIN="$pin" "$OURS" pingpong 16 "$PP_COUNT"
+    sample "raw_pp_$pin" rate_per_s env PIN="$pin" "$RAW" pingpong 16 "$PP_COUNT"
+    [ $have_node = 1 ] && sample "node_pp_$pin" rate_per_s env PIN="$pin" node "$NODE_JS" pingpong-small "$PP_COUNT"
+  done
 done
 
 fail=0
@@ -86,4 +100,22 @@ check "pingpong 16 B vs raw socketpair" ours_pp raw_pp 0.9
 check "oneway 16 B vs raw socketpair" ours_ow raw_ow 0.9
 [ $have_node = 1 ] && check "oneway 16 B vs Node" ours_ow node_ow 2.0
 check "fdpass-stream vs raw streamed" ours_fd raw_fd 0.8
+# info LABEL OURS PEER: the ratio of medians, without a target.
+info() {
+  local a b
+  a=$(median "${vals[$2]:-}"); b=$(median "${vals[$3]:-}")
+  if [ -z "$a" ] || [ -z "$b" ]; then return; fi
+  printf '%-34s ours %12.0f/s  peer %12.0f/s  ratio %6sx  (information)\n' "$1" "$a" "$b" \
+    "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", a / b}')"
+}
+info "raw socketpair vs Node, pingpong" raw_pp node_pp
+for pin in $PINS; do
+  info "PIN=$pin pingpong vs raw" "ours_pp_$pin" "raw_pp_$pin"
+  info "PIN=$pin pingpong vs Node" "ours_pp_$pin" "node_pp_$pin"
+  info "PIN=$pin raw vs Node" "raw_pp_$pin" "node_pp_$pin"
+done
+if [ "$SPIN_US" != 0 ]; then
+  info "pingpong busy-poll ${SPIN_US}us vs raw" ours_pp_spin raw_pp
+  info "pingpong busy-poll ${SPIN_US}us vs Node" ours_pp_spin node_pp
+fi
 exit $fail

@@ -15,6 +15,15 @@ use std::time::{Duration, Instant};
 use forkloop::rt::{EventLoop, Interest, Phase, RunMode, with_loop, yield_now};
 use util_loop::{Log, auto_loop, guard, unix_pair};
 
+/// Reads what the registered Unix stream `id` has (up to 8 bytes); returns the count.
+fn read_some(lp: &mut EventLoop, id: forkloop::rt::IoId) -> usize {
+    let mut buf = [0u8; 8];
+    lp.io_mut::<mio::net::UnixStream>(id)
+        .unwrap()
+        .read(&mut buf)
+        .unwrap()
+}
+
 #[test]
 fn registered_source_gets_events_and_drains_after_each_callback() {
     let mut lp = EventLoop::new().unwrap();
@@ -25,12 +34,7 @@ fn registered_source_gets_events_and_drains_after_each_callback() {
     let l = log.clone();
     lp.register(a, Interest::READABLE, move |lp, id, ready| {
         assert!(ready.readable);
-        let mut buf = [0u8; 8];
-        let n = lp
-            .io_mut::<mio::net::UnixStream>(id)
-            .unwrap()
-            .read(&mut buf)
-            .unwrap();
+        let n = read_some(lp, id);
         l.push(format!("read {n}"));
         lp.next_tick(l.cb("tick"));
         lp.set_immediate(l.cb("immediate"));
@@ -306,4 +310,82 @@ fn a_loop_can_run_again_after_a_natural_exit() {
     lp.set_immediate(log.cb("second"));
     assert_eq!(lp.run().unwrap(), 0);
     log.expect(&["first", "exit", "tick", "second", "exit"]);
+}
+
+#[test]
+fn busy_poll_spins_then_blocks_and_keeps_timers_on_time() {
+    // A loop spinning 2 ms per poll: a message written from another thread mid-wait is
+    // read; a 60 ms timer fires at 60 ms (not earlier, not a spin later); and the waits
+    // block after their spin instead of burning the CPU until the timer.
+    use forkloop::sys::cputime::thread_cpu_time;
+    let mut lp = EventLoop::new().unwrap();
+    guard(&mut lp, 5000);
+    lp.set_busy_poll(Duration::from_millis(2));
+    assert_eq!(lp.busy_poll(), Duration::from_millis(2));
+    let (a, mut b) = unix_pair();
+    let got = Rc::new(Cell::new(0usize));
+    let g = got.clone();
+    lp.register(a, Interest::READABLE, move |lp, id, _| {
+        let n = read_some(lp, id);
+        g.set(g.get() + n);
+        lp.close(id, |_| {});
+    })
+    .unwrap();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        b.write_all(b"hi").unwrap();
+        b
+    });
+    let fired = Rc::new(Cell::new(None));
+    let f = fired.clone();
+    let start = Instant::now();
+    let cpu0 = thread_cpu_time().unwrap();
+    lp.set_timeout(60, move |_| f.set(Some(start.elapsed())));
+    lp.run().unwrap();
+    let cpu = thread_cpu_time().unwrap() - cpu0;
+    let _b = writer.join().unwrap();
+    assert_eq!(got.get(), 2, "the message arrived");
+    let at = fired.get().expect("the timer fired");
+    assert!(
+        at >= Duration::from_millis(60) && at < Duration::from_millis(200),
+        "timer at {at:?}"
+    );
+    assert!(
+        cpu < Duration::from_millis(40),
+        "spun {cpu:?} of CPU over {at:?}: the waits must block after their 2 ms spin"
+    );
+}
+
+#[test]
+fn poll_spinning_returns_what_arrives_during_the_spin() {
+    // Data already there: found by the first, non-blocking poll of the spin. Nothing there
+    // and a 30 ms timeout: the call returns empty after ~30 ms.
+    let mut poll = mio::Poll::new().unwrap();
+    let mut events = mio::Events::with_capacity(8);
+    let (mut a, mut b) = unix_pair();
+    poll.registry()
+        .register(&mut a, mio::Token(7), Interest::READABLE)
+        .unwrap();
+    let spin = Duration::from_millis(5);
+    let start = Instant::now();
+    forkloop::rt::poll_spinning(
+        &mut poll,
+        &mut events,
+        Some(Duration::from_millis(30)),
+        spin,
+    )
+    .unwrap();
+    assert!(events.is_empty());
+    assert!(
+        start.elapsed() >= Duration::from_millis(29),
+        "{:?}",
+        start.elapsed()
+    );
+    b.write_all(b"x").unwrap();
+    forkloop::rt::poll_spinning(&mut poll, &mut events, Some(Duration::from_secs(5)), spin)
+        .unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.token()).collect::<Vec<_>>(),
+        [mio::Token(7)]
+    );
 }

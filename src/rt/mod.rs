@@ -44,7 +44,8 @@
 //! Differences from Node, by design: [`EventLoop::exit`] returns to its caller (finish the
 //! callback; nothing else runs and [`EventLoop::run`] returns the code); calling an `async`
 //! block's future starts it at the next microtask, not synchronously up to its first
-//! `await`; a timeout that already fired cannot be re-armed with `refresh`.
+//! `await`; a timeout that already fired cannot be re-armed with `refresh`. One addition:
+//! [`EventLoop::set_busy_poll`] lets the poll phase spin before it blocks (off by default).
 //!
 //! # Example
 //!
@@ -84,7 +85,7 @@ mod timers;
 mod watchers;
 
 pub use clock::{Clock, FakeClock, SystemClock};
-pub use io::{IoId, Readiness};
+pub use io::{IoId, Readiness, poll_spinning};
 pub use local::{YieldNow, with_loop, yield_now};
 pub use mio::Interest;
 pub use pool::{POOL_SIZE_ENV, RequestId};
