@@ -167,7 +167,9 @@ fn worker(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
 /// this one until the drain deadline kills it.
 ///
 /// Between requests the connection is marked idle on its server, so a closing server ends
-/// it at once instead of waiting for the client (Node's `closeIdleConnections`).
+/// it instead of waiting for the client (Node's `closeIdleConnections`) — once it has been
+/// idle for the server's grace (100 ms by default), so that a request already on the wire
+/// is answered rather than reset.
 fn serve(lp: &mut EventLoop, conn: Stream, w: Worker, server: Option<Server>) {
     let _ = conn.set_nodelay(lp, true);
     let pending: Rc<RefCell<Vec<u8>>> = Rc::default();

@@ -1126,3 +1126,81 @@ fn idle_connections_close_when_the_server_closes() {
     let n = client.borrow_mut().as_mut().unwrap().read(&mut b).unwrap();
     assert_eq!(n, 0, "the idle client sees a clean close");
 }
+
+#[test]
+fn a_closing_server_gives_idle_connections_a_grace_before_ending_them() {
+    // Two keep-alive clients each got an answer (their connections are idle) when the
+    // server closes. One sends its next request 30 ms later, inside the 300 ms grace: it
+    // is answered (with a goodbye), not reset. The other stays silent: it is ended, cleanly,
+    // once it has been idle for the grace.
+    thread_local! {
+        // The loop thread's server, for the close posted from the client thread.
+        static SERVER: RefCell<Option<Server>> = const { RefCell::new(None) };
+    }
+    let mut lp = EventLoop::new().unwrap();
+    let server = Server::bind(&mut lp, local(), move |lp, conn| {
+        conn.on_data(lp, move |lp, c, _| {
+            let Some(s) = SERVER.with(|s| s.borrow().clone()) else {
+                return;
+            };
+            s.set_idle(lp, c, false);
+            if s.is_closing() {
+                c.write(lp, b"bye");
+                c.end(lp);
+            } else {
+                c.write(lp, b"ok");
+                s.set_idle(lp, c, true);
+            }
+        });
+        conn.on_end(lp, |lp, c| c.end(lp));
+    })
+    .unwrap();
+    server.set_idle_grace(Duration::from_millis(300));
+    let addr = server.address().unwrap();
+    SERVER.with(|s| *s.borrow_mut() = Some(server));
+    let connect = move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"1").unwrap();
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ok");
+        s
+    };
+    let handle = lp.handle();
+    let clients = std::thread::spawn(move || {
+        let (mut busy, mut quiet) = (connect(), connect());
+        let (tx, rx) = std::sync::mpsc::channel();
+        handle.post(move |lp| {
+            if let Some(s) = SERVER.with(|s| s.borrow().clone()) {
+                s.close(lp, |_| {});
+            }
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(); // the server is closing
+        let closed_at = std::time::Instant::now();
+        std::thread::sleep(Duration::from_millis(30));
+        busy.write_all(b"2").unwrap();
+        let mut got = Vec::new();
+        let busy_got = busy.read_to_end(&mut got).map(|_| got);
+        let mut rest = Vec::new();
+        let quiet_got = quiet
+            .read_to_end(&mut rest)
+            .map(|n| (n, closed_at.elapsed()));
+        (busy_got, quiet_got)
+    });
+    lp.run().unwrap();
+    SERVER.with(|s| s.borrow_mut().take());
+    let (busy, quiet) = clients.join().unwrap();
+    assert_eq!(
+        busy.unwrap(),
+        b"bye",
+        "the request inside the grace is answered"
+    );
+    let (n, after) = quiet.unwrap();
+    assert_eq!(n, 0, "the silent client sees a clean close");
+    assert!(
+        after >= Duration::from_millis(200),
+        "the silent client was ended {after:?} after the close, before its grace"
+    );
+}

@@ -23,7 +23,7 @@ mod server;
 mod watchdog;
 
 pub use listen::{ListenOptions, listen_tcp};
-pub use server::Server;
+pub use server::{DEFAULT_IDLE_GRACE_MS, Server};
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};

@@ -5,7 +5,7 @@
 //! [`Server::adopt`] (how round-robin hand-offs from the primary arrive).
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +16,9 @@ use crate::net::{Listener, Stream, tcp};
 use crate::rt::{EventLoop, Phase, TimerId, WatcherId};
 
 use super::Worker;
+
+/// Default of [`Server::set_idle_grace`], in milliseconds.
+pub const DEFAULT_IDLE_GRACE_MS: u64 = 100;
 
 type ConnCb = Box<dyn FnMut(&mut EventLoop, Stream)>;
 type CloseCb = Box<dyn FnOnce(&mut EventLoop)>;
@@ -39,8 +42,13 @@ pub(super) struct Inner {
     max_connections: Option<usize>,
     /// UDP bindings: what to do with the shared socket when it arrives.
     pub(super) datagram: Option<DatagramCb>,
-    /// Connections the application marked idle (between requests).
-    idle: HashSet<Stream>,
+    /// Connections the application marked idle (between requests), with the loop time
+    /// (ms) they became idle.
+    idle: HashMap<Stream, u64>,
+    /// How long a connection must have been idle before a closing server ends it.
+    idle_grace_ms: u64,
+    /// While closing: the timer that ends idle connections as their grace runs out.
+    idle_sweep: Option<TimerId>,
     /// Connections handed to the server (closed ones are pruned now and then).
     conns: HashSet<Stream>,
     /// Prune closed connections when `conns` grows past this.
@@ -56,7 +64,7 @@ impl Inner {
     /// Forgets closed connections.
     fn prune(&mut self, lp: &EventLoop) {
         self.conns.retain(|c| c.is_open(lp));
-        self.idle.retain(|c| c.is_open(lp));
+        self.idle.retain(|c, _| c.is_open(lp));
         self.prune_at = (2 * self.conns.len()).max(64);
     }
 }
@@ -93,7 +101,9 @@ impl Server {
             key: None,
             max_connections: None,
             datagram: None,
-            idle: HashSet::new(),
+            idle: HashMap::new(),
+            idle_grace_ms: DEFAULT_IDLE_GRACE_MS,
+            idle_sweep: None,
             conns: HashSet::new(),
             prune_at: 64,
             on_connection: Some(Box::new(on_connection)),
@@ -325,22 +335,71 @@ impl Server {
     }
 
     /// Marks `conn` idle (`true`: between requests, nothing in flight) or busy. When the
-    /// server closes, idle connections are closed at once instead of holding a retiring
-    /// worker until its drain deadline (Node ≥ 19's `closeIdleConnections`); a connection
-    /// marked idle while the server is closing is closed then.
+    /// server closes, idle connections are ended instead of holding a retiring worker until
+    /// its drain deadline (Node ≥ 19's `closeIdleConnections`) — but only once they have
+    /// been idle for the grace period ([`Server::set_idle_grace`]): a client that just got
+    /// its response may already have the next request on the wire, and closing under it
+    /// would reset that request. A connection that turns busy again is left to the
+    /// application (which answers with `Connection: close` while its worker leaves).
     pub fn set_idle(&self, lp: &mut EventLoop, conn: Stream, idle: bool) {
-        let closing = {
+        let sweep = {
             let mut inner = self.0.borrow_mut();
             if idle {
-                inner.idle.insert(conn);
+                inner.idle.insert(conn, lp.now());
             } else {
                 inner.idle.remove(&conn);
             }
-            inner.closing
+            idle && inner.closing && inner.idle_sweep.is_none()
         };
-        if idle && closing {
+        if sweep {
+            let grace = self.0.borrow().idle_grace_ms;
+            self.arm_idle_sweep(lp, grace.max(1));
+        }
+    }
+
+    /// How long (default [`DEFAULT_IDLE_GRACE_MS`]) a connection must have been idle
+    /// before a closing server ends it (see [`Server::set_idle`]); 0 ends idle
+    /// connections at once.
+    pub fn set_idle_grace(&self, grace: std::time::Duration) {
+        self.0.borrow_mut().idle_grace_ms = grace.as_millis().min(u64::MAX as u128) as u64;
+    }
+
+    /// Ends the idle connections whose grace has run out; re-arms itself for the rest.
+    fn sweep_idle(&self, lp: &mut EventLoop) {
+        let now = lp.now();
+        let (due, next) = {
+            let mut inner = self.0.borrow_mut();
+            inner.idle_sweep = None;
+            let grace = inner.idle_grace_ms;
+            let due: Vec<Stream> = inner
+                .idle
+                .iter()
+                .filter(|&(_, &since)| now.saturating_sub(since) >= grace)
+                .map(|(&c, _)| c)
+                .collect();
+            for c in &due {
+                inner.idle.remove(c);
+            }
+            let next = inner
+                .idle
+                .values()
+                .map(|&since| since.saturating_add(grace).saturating_sub(now).max(1))
+                .min();
+            (due, next)
+        };
+        for conn in due {
             conn.destroy(lp);
         }
+        if let Some(ms) = next {
+            self.arm_idle_sweep(lp, ms);
+        }
+    }
+
+    fn arm_idle_sweep(&self, lp: &mut EventLoop, ms: u64) {
+        let s = self.clone();
+        let t = lp.set_timeout(ms, move |lp| s.sweep_idle(lp));
+        lp.unref(t); // the connections keep the loop alive, not the wait
+        self.0.borrow_mut().idle_sweep = Some(t);
     }
 
     /// Open connections.
@@ -389,11 +448,11 @@ impl Server {
         if let Some(t) = keepalive {
             lp.clear_interval(t);
         }
-        // Nothing is in flight on an idle connection: close it outright (a half-close would
-        // wait for a client that may never hang up).
-        let idle = std::mem::take(&mut self.0.borrow_mut().idle);
-        for conn in idle {
-            conn.destroy(lp);
+        // Nothing is in flight on a connection idle past its grace: close it outright (a
+        // half-close would wait for a client that may never hang up); the others follow as
+        // their grace runs out.
+        if first {
+            self.sweep_idle(lp);
         }
         if let (true, Some((worker, token))) = (first, tracked) {
             // Stop routing new connections here at once; the ones we have still drain.
