@@ -39,6 +39,9 @@
 //! *thread* that spawned a child exits, not only the process.
 
 mod balance;
+mod events;
+mod listen;
+mod messages;
 mod settings;
 mod stdio;
 pub mod supervise;
@@ -52,145 +55,20 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 pub use balance::{DEFAULT_BACKLOG, DEFAULT_CREDIT, HAND_OFF_BATCH, POLICY_ENV, Policy};
+pub use events::{Event, WorkerInfo};
 pub use settings::Settings;
 
-use balance::{Balancer, Mode, RawListener};
+use balance::Balancer;
+use listen::close_handle;
 
 use crate::cluster::{CHANNEL_FD_ENV, ExitStatus, WORKER_ID_ENV, WorkerState};
-use crate::ipc::{
-    Channel, ChannelConfig, Endpoint, Kind, ListenMode, Message, Recv, SendError, SendFd,
-};
+use crate::ipc::{Channel, ChannelConfig, Kind, Message, SendError, SendFd};
 use crate::rt::{EventLoop, Interest, IoId, SignalId};
-
-/// Something that happened in the cluster. Handlers get `&mut Event` so they can take the
-/// descriptors out of a [`Event::Message`].
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Event {
-    /// Settings were applied (once per [`Primary::setup`] call, and once per fork, as Node).
-    Setup(Settings),
-    /// A worker was spawned.
-    Fork {
-        /// The worker.
-        worker: u32,
-    },
-    /// A worker said "online".
-    Online {
-        /// The worker.
-        worker: u32,
-    },
-    /// One of a worker's servers is listening.
-    Listening {
-        /// The worker.
-        worker: u32,
-        /// Where (the real bound address).
-        address: Endpoint,
-    },
-    /// A worker reported it is ready for traffic.
-    Ready {
-        /// The worker.
-        worker: u32,
-    },
-    /// A user message from a worker.
-    Message {
-        /// The sender.
-        worker: u32,
-        /// The bytes.
-        data: Vec<u8>,
-        /// Descriptors that came with it.
-        fds: Vec<OwnedFd>,
-    },
-    /// A worker's channel closed.
-    Disconnect {
-        /// The worker.
-        worker: u32,
-    },
-    /// A worker's process ended (always after its `Disconnect`).
-    Exit {
-        /// The worker.
-        worker: u32,
-        /// How it ended.
-        status: ExitStatus,
-    },
-    /// A worker answered a heartbeat.
-    Pong {
-        /// The worker.
-        worker: u32,
-        /// The heartbeat's number.
-        seq: u64,
-        /// The worker's event-loop lag, in microseconds.
-        lag_us: u64,
-    },
-    /// A worker hit a fatal error, stopped accepting and asks to be replaced.
-    GoingDown {
-        /// The worker.
-        worker: u32,
-        /// Why.
-        reason: String,
-    },
-    /// A worker misbehaved (malformed or unexpected message); its channel was closed.
-    Error {
-        /// The worker.
-        worker: u32,
-        /// What went wrong.
-        reason: String,
-    },
-}
-
-impl Event {
-    /// The worker this event is about, if any.
-    pub fn worker(&self) -> Option<u32> {
-        match *self {
-            Event::Setup(_) => None,
-            Event::Fork { worker }
-            | Event::Online { worker }
-            | Event::Listening { worker, .. }
-            | Event::Ready { worker }
-            | Event::Message { worker, .. }
-            | Event::Disconnect { worker }
-            | Event::Exit { worker, .. }
-            | Event::Pong { worker, .. }
-            | Event::GoingDown { worker, .. }
-            | Event::Error { worker, .. } => Some(worker),
-        }
-    }
-}
-
-/// A read-only view of one worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerInfo {
-    /// Its id (from 1).
-    pub id: u32,
-    /// Its process id.
-    pub pid: u32,
-    /// Where it is in its life.
-    pub state: WorkerState,
-    /// Whether its channel is still open (false from the moment it closes).
-    pub connected: bool,
-    /// `None` until it disconnects or exits; then whether it left on purpose (the primary
-    /// called [`Primary::disconnect_worker`], or the worker disconnected or killed itself).
-    pub exited_after_disconnect: Option<bool>,
-    /// How it ended, once it has.
-    pub exit: Option<ExitStatus>,
-}
-
-impl WorkerInfo {
-    /// Whether the process has exited.
-    pub fn is_dead(&self) -> bool {
-        self.exit.is_some()
-    }
-
-    /// Whether the channel is open.
-    pub fn is_connected(&self) -> bool {
-        self.connected
-    }
-}
 
 /// How a primary is set up (besides [`Settings`], which say how workers are spawned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -653,234 +531,6 @@ impl Primary {
         }
     }
 
-    /// Answers a worker's request for a listener.
-    fn query_server(
-        &self,
-        lp: &mut EventLoop,
-        worker: u32,
-        seq: u32,
-        req: &crate::ipc::ListenRequest,
-    ) {
-        let leaving = {
-            let inner = self.inner.borrow();
-            inner
-                .workers
-                .get(&worker)
-                .is_none_or(|e| e.info.exited_after_disconnect == Some(true))
-        };
-        if leaving {
-            // Node leaves such a query unanswered; refusing is clearer.
-            let reply = Message::QueryReply {
-                seq,
-                errno: nix::libc::ESHUTDOWN,
-                key: 0,
-                mode: ListenMode::HandOff,
-                bound: None,
-            };
-            let _ = self.send_msg(lp, worker, &reply);
-            return;
-        }
-        let granted = self.inner.borrow_mut().bal.query(worker, req);
-        let g = match granted {
-            Ok(g) => g,
-            Err(e) => {
-                log::info!("worker {worker}: cannot listen on {:?}: {e}", req.endpoint);
-                let errno = e.raw_os_error().unwrap_or(nix::libc::EINVAL);
-                let reply = Message::QueryReply {
-                    seq,
-                    errno,
-                    key: 0,
-                    mode: ListenMode::HandOff,
-                    bound: None,
-                };
-                let _ = self.send_msg(lp, worker, &reply);
-                return;
-            }
-        };
-        if let Some(fd) = g.start_accepting {
-            let p = self.clone();
-            let hid = g.handle;
-            match lp.register(RawListener(fd), Interest::READABLE, move |lp, _, _| {
-                p.accept(lp, hid)
-            }) {
-                Ok(io) => {
-                    if let Some(h) = self.inner.borrow_mut().bal.handles.get_mut(&hid) {
-                        h.listener = Some(io);
-                    }
-                }
-                Err(e) => log::error!("cannot watch listener {hid}: {e}"),
-            }
-        }
-        let mode = match g.mode {
-            Mode::RoundRobin => ListenMode::HandOff,
-            Mode::Shared => ListenMode::Shared,
-            Mode::ReusePort => ListenMode::ReusePort,
-        };
-        let reply = Message::QueryReply {
-            seq,
-            errno: 0,
-            key: g.handle,
-            mode,
-            bound: Some(g.bound),
-        };
-        let fds: Vec<SendFd> = g.fd.into_iter().map(SendFd::Shared).collect();
-        let io = self.channel_of(worker);
-        let sent = crate::cluster::send_message(lp, io, &reply, fds);
-        if sent.is_err() {
-            log::info!("worker {worker}: listener reply not delivered");
-        }
-        // A worker joined: connections waiting on a kept listener can go now.
-        self.pump(lp);
-    }
-
-    /// Accepts on round-robin handle `hid` while some worker has credit.
-    ///
-    /// Connections are handed off in bursts: the worker with the most free credit
-    /// (round-robin among equals) gets every connection waiting at that moment, up to its
-    /// free credit and [`HAND_OFF_BATCH`], in one message — one `sendmsg` and one wake-up
-    /// of the worker for the burst. The next burst starts at the next worker.
-    fn accept(&self, lp: &mut EventLoop, hid: u32) {
-        loop {
-            let picked = {
-                let inner = self.inner.borrow();
-                inner
-                    .bal
-                    .pick(hid)
-                    .map(|w| (w, inner.bal.free(w).min(inner.batch)))
-            };
-            let Some((worker, room)) = picked else {
-                self.pause(hid);
-                return;
-            };
-            let mut batch = Vec::new();
-            let mut drained = false;
-            while batch.len() < room as usize {
-                match self.next_conn(hid) {
-                    Some(fd) => batch.push(fd),
-                    None => {
-                        drained = true;
-                        break;
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                self.dispatch(lp, worker, hid, batch);
-            }
-            if drained {
-                return;
-            }
-        }
-    }
-
-    /// The next connection for handle `hid`: one that came back, else a new one; `None`
-    /// once the backlog is empty (or accepting failed; the next connection retries).
-    fn next_conn(&self, hid: u32) -> Option<Arc<OwnedFd>> {
-        let mut inner = self.inner.borrow_mut();
-        if let Some(fd) = inner.bal.next_queued(hid) {
-            return Some(fd);
-        }
-        match balance::accept_one(inner.bal.accept_fd(hid)?.as_ref()) {
-            Ok(fd) => Some(Arc::new(fd)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-            Err(e) => {
-                // EMFILE, ECONNABORTED…: skip, as Node does; the next connection retries.
-                log::warn!("accept on listener {hid}: {e}");
-                None
-            }
-        }
-    }
-
-    /// Hands `fds` to `worker` in one message; on failure the connections are queued
-    /// again and the worker is excluded from further hand-offs (its channel is going away).
-    fn dispatch(&self, lp: &mut EventLoop, worker: u32, hid: u32, fds: Vec<Arc<OwnedFd>>) {
-        let seq = self.inner.borrow_mut().bal.hand_off(worker, hid, &fds);
-        let n = fds.len() as u32;
-        let msg = Message::NewConn { key: hid, seq };
-        let io = self.channel_of(worker);
-        let fds = fds.into_iter().map(SendFd::Shared).collect();
-        if crate::cluster::send_message(lp, io, &msg, fds).is_err() {
-            let mut inner = self.inner.borrow_mut();
-            for i in 0..n {
-                inner.bal.unsend(seq.wrapping_add(i));
-            }
-            inner.bal.excluded.insert(worker);
-        }
-    }
-
-    /// No worker has credit: stop accepting (the kernel backlog holds clients). Only a
-    /// flag: the listener stays registered (edge-triggered, so it costs nothing), and
-    /// `pump` accepts again, until `WouldBlock`, once credit returns.
-    fn pause(&self, hid: u32) {
-        if let Some(h) = self.inner.borrow_mut().bal.handles.get_mut(&hid) {
-            h.paused = true;
-        }
-    }
-
-    /// Gives waiting connections to workers with credit, and resumes paused accepting.
-    fn pump(&self, lp: &mut EventLoop) {
-        let waiting = self.inner.borrow().bal.waiting_handles();
-        for hid in waiting {
-            let ready = {
-                let mut inner = self.inner.borrow_mut();
-                let has_credit = inner.bal.pick(hid).is_some();
-                match inner.bal.handles.get_mut(&hid) {
-                    Some(h) if has_credit => {
-                        h.paused = false;
-                        true
-                    }
-                    _ => false,
-                }
-            };
-            if ready {
-                self.accept(lp, hid);
-            }
-        }
-    }
-
-    /// Keeps listeners open while no worker listens on them (accepting paused; clients wait
-    /// in the backlog), so a restart or a reload of the last worker refuses nobody. Turning
-    /// it off closes the listeners no worker uses. The supervisor turns it on while it runs.
-    pub fn keep_listeners(&self, lp: &mut EventLoop, on: bool) {
-        let idle = {
-            let mut inner = self.inner.borrow_mut();
-            inner.bal.keep_listeners = on;
-            if on {
-                Vec::new()
-            } else {
-                inner.bal.close_idle()
-            }
-        };
-        for h in idle {
-            close_handle(lp, h);
-        }
-    }
-
-    /// Stops (`false`) or resumes (`true`) handing new connections to `worker` under the
-    /// round-robin policy (quarantine, retirement). Its open connections are not touched.
-    pub fn set_routing(&self, lp: &mut EventLoop, worker: u32, on: bool) {
-        {
-            let mut inner = self.inner.borrow_mut();
-            if on {
-                inner.bal.excluded.remove(&worker);
-            } else {
-                inner.bal.excluded.insert(worker);
-            }
-        }
-        if on {
-            self.pump(lp);
-        }
-    }
-
-    /// Whether new connections go to `worker`.
-    pub fn is_routed(&self, worker: u32) -> bool {
-        !self.inner.borrow().bal.excluded.contains(&worker)
-    }
-
-    /// Connections handed off to `worker` and accepted so far (round-robin policy).
-    pub fn handed(&self, worker: u32) -> u64 {
-        self.inner.borrow().bal.handed_to(worker)
-    }
-
     /// Sends a heartbeat to `worker`; its answer arrives as [`Event::Pong`].
     ///
     /// # Errors
@@ -888,23 +538,6 @@ impl Primary {
     /// As [`Primary::send`].
     pub fn ping(&self, lp: &mut EventLoop, worker: u32, seq: u64) -> Result<(), SendError> {
         self.send_msg(lp, worker, &Message::Ping { seq })
-    }
-
-    /// Listening endpoints the primary holds (one per key any worker listens on).
-    pub fn listener_count(&self) -> usize {
-        self.inner.borrow().bal.handles.len()
-    }
-
-    /// Adopts listening sockets bound by someone else, typically the service manager's
-    /// ([`systemd::listen_fds`]). A worker's listen request whose address is exactly one
-    /// of theirs uses it instead of binding; see [`systemd`] for the matching rules.
-    pub fn adopt_listeners(&self, fds: Vec<OwnedFd>) {
-        self.inner.borrow_mut().bal.adopt(fds);
-    }
-
-    /// Hand-offs sent to `worker` and not yet answered.
-    pub fn in_flight(&self, worker: u32) -> u32 {
-        self.inner.borrow().bal.inflight_of(worker)
     }
 
     /// Runs the handlers for `ev`: the worker's, then the cluster's.
@@ -916,134 +549,6 @@ impl Primary {
             }
         }
         self.hooks.cluster.run(|h| h(lp, self, &mut ev));
-    }
-
-    /// The channel of `worker` is ready: read every frame, then act on each.
-    fn on_channel(&self, lp: &mut EventLoop, worker: u32) {
-        let Some(io) = self
-            .inner
-            .borrow()
-            .workers
-            .get(&worker)
-            .and_then(|e| e.channel)
-        else {
-            return;
-        };
-        let mut msgs = Vec::new();
-        let mut closed = None;
-        if let Err(e) = crate::cluster::flush_channel(lp, io) {
-            closed = Some(format!("write failed: {e}"));
-        }
-        if let Some(ch) = lp.io_mut::<Channel>(io) {
-            while closed.is_none() {
-                match ch.recv() {
-                    Ok(Recv::Frame(f)) => match f.into_message() {
-                        Ok(m) => msgs.push(m),
-                        Err(e) => {
-                            log::warn!("worker {worker}: closing its channel: bad message: {e}");
-                            ch.close();
-                            closed = Some(format!("bad message: {e}"));
-                        }
-                    },
-                    Ok(Recv::WouldBlock) => break,
-                    Ok(Recv::Eof) => closed = Some(String::new()),
-                    Err(e) => closed = Some(e.to_string()),
-                }
-            }
-        }
-        for (msg, fds) in msgs {
-            self.handle(lp, worker, msg, fds);
-        }
-        if let Some(reason) = closed {
-            if !reason.is_empty() {
-                let p = self.clone();
-                let err = Event::Error { worker, reason };
-                p.emit(lp, err);
-            }
-            self.channel_closed(lp, worker);
-        }
-    }
-
-    /// Acts on one message from `worker`.
-    fn handle(&self, lp: &mut EventLoop, worker: u32, msg: Message, fds: Vec<OwnedFd>) {
-        match msg {
-            Message::Online => {
-                self.set_state(worker, WorkerState::Online);
-                self.emit(lp, Event::Online { worker });
-            }
-            Message::Listening { bound, .. } => {
-                self.set_state(worker, WorkerState::Listening);
-                self.emit(
-                    lp,
-                    Event::Listening {
-                        worker,
-                        address: bound,
-                    },
-                );
-            }
-            Message::Ready => self.emit(lp, Event::Ready { worker }),
-            Message::User(data) => self.emit(lp, Event::Message { worker, data, fds }),
-            Message::Relay { peer, payload } => {
-                let stamped = Message::Relay {
-                    peer: worker,
-                    payload,
-                };
-                if self.send_msg(lp, peer, &stamped).is_err() {
-                    log::info!("worker {worker}: relay to worker {peer} dropped: not connected");
-                }
-            }
-            Message::ExitedAfterDisconnect { seq } => {
-                if let Some(e) = self.inner.borrow_mut().workers.get_mut(&worker) {
-                    e.info.exited_after_disconnect = Some(true);
-                }
-                let _ = self.send_msg(lp, worker, &Message::Ack { seq });
-            }
-            Message::QueryServer { seq, request } => self.query_server(lp, worker, seq, &request),
-            Message::Close { key } => {
-                let gone = self.inner.borrow_mut().bal.leave(worker, key);
-                if let Some(h) = gone {
-                    close_handle(lp, h);
-                }
-            }
-            Message::Accepted { seq, credit } => {
-                self.inner.borrow_mut().bal.accepted(worker, seq, credit);
-                self.pump(lp);
-            }
-            Message::Rejected { seq } => {
-                self.inner.borrow_mut().bal.rejected(worker, seq);
-                self.pump(lp);
-            }
-            Message::Pong { seq, lag_us } => self.emit(
-                lp,
-                Event::Pong {
-                    worker,
-                    seq,
-                    lag_us,
-                },
-            ),
-            Message::GoingDown { reason } => {
-                // Stop routing to it at once; whoever supervises starts the replacement.
-                self.set_routing(lp, worker, false);
-                self.emit(lp, Event::GoingDown { worker, reason });
-            }
-            other => self.misbehaved(
-                lp,
-                worker,
-                format!("unexpected {:?} from a worker", other.kind()),
-            ),
-        }
-    }
-
-    fn misbehaved(&self, lp: &mut EventLoop, worker: u32, reason: String) {
-        log::warn!("worker {worker}: closing its channel: {reason}");
-        if let Some(ch) = self
-            .channel_of(worker)
-            .and_then(|io| lp.io_mut::<Channel>(io))
-        {
-            ch.close();
-        }
-        self.emit(lp, Event::Error { worker, reason });
-        self.channel_closed(lp, worker);
     }
 
     fn set_state(&self, worker: u32, state: WorkerState) {
@@ -1166,14 +671,6 @@ impl Primary {
         self.hooks.workers.borrow_mut().remove(&worker);
         self.run_waiters(lp);
     }
-}
-
-/// A listener no worker uses any more: stop accepting; queued connections close with it.
-fn close_handle(lp: &mut EventLoop, h: balance::Handle) {
-    if let Some(io) = h.listener {
-        lp.close(io, |_| {});
-    }
-    log::debug!("listener {:?} closed: no worker listens on it", h.bound);
 }
 
 /// Queues a frame on a registered channel and writes it at once.

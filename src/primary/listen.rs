@@ -1,0 +1,267 @@
+//! The primary's side of listening: answering workers' listen requests, accepting on
+//! round-robin listeners and handing connections off in bursts (the bookkeeping lives in
+//! [`balance`](super::balance)).
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use super::Primary;
+use super::balance::{self, Mode, RawListener};
+use crate::ipc::{ListenMode, ListenRequest, Message, SendFd};
+use crate::rt::{EventLoop, Interest};
+
+impl Primary {
+    /// Answers a worker's request for a listener.
+    pub(super) fn query_server(
+        &self,
+        lp: &mut EventLoop,
+        worker: u32,
+        seq: u32,
+        req: &ListenRequest,
+    ) {
+        let leaving = {
+            let inner = self.inner.borrow();
+            inner
+                .workers
+                .get(&worker)
+                .is_none_or(|e| e.info.exited_after_disconnect == Some(true))
+        };
+        if leaving {
+            // Node leaves such a query unanswered; refusing is clearer.
+            let reply = Message::QueryReply {
+                seq,
+                errno: nix::libc::ESHUTDOWN,
+                key: 0,
+                mode: ListenMode::HandOff,
+                bound: None,
+            };
+            let _ = self.send_msg(lp, worker, &reply);
+            return;
+        }
+        let granted = self.inner.borrow_mut().bal.query(worker, req);
+        let g = match granted {
+            Ok(g) => g,
+            Err(e) => {
+                log::info!("worker {worker}: cannot listen on {:?}: {e}", req.endpoint);
+                let errno = e.raw_os_error().unwrap_or(nix::libc::EINVAL);
+                let reply = Message::QueryReply {
+                    seq,
+                    errno,
+                    key: 0,
+                    mode: ListenMode::HandOff,
+                    bound: None,
+                };
+                let _ = self.send_msg(lp, worker, &reply);
+                return;
+            }
+        };
+        if let Some(fd) = g.start_accepting {
+            let p = self.clone();
+            let hid = g.handle;
+            match lp.register(RawListener(fd), Interest::READABLE, move |lp, _, _| {
+                p.accept(lp, hid)
+            }) {
+                Ok(io) => {
+                    if let Some(h) = self.inner.borrow_mut().bal.handles.get_mut(&hid) {
+                        h.listener = Some(io);
+                    }
+                }
+                Err(e) => log::error!("cannot watch listener {hid}: {e}"),
+            }
+        }
+        let mode = match g.mode {
+            Mode::RoundRobin => ListenMode::HandOff,
+            Mode::Shared => ListenMode::Shared,
+            Mode::ReusePort => ListenMode::ReusePort,
+        };
+        let reply = Message::QueryReply {
+            seq,
+            errno: 0,
+            key: g.handle,
+            mode,
+            bound: Some(g.bound),
+        };
+        let fds: Vec<SendFd> = g.fd.into_iter().map(SendFd::Shared).collect();
+        let io = self.channel_of(worker);
+        let sent = crate::cluster::send_message(lp, io, &reply, fds);
+        if sent.is_err() {
+            log::info!("worker {worker}: listener reply not delivered");
+        }
+        // A worker joined: connections waiting on a kept listener can go now.
+        self.pump(lp);
+    }
+
+    /// Accepts on round-robin handle `hid` while some worker has credit.
+    ///
+    /// Connections are handed off in bursts: the worker with the most free credit
+    /// (round-robin among equals) gets every connection waiting at that moment, up to its
+    /// free credit and [`HAND_OFF_BATCH`], in one message — one `sendmsg` and one wake-up
+    /// of the worker for the burst. The next burst starts at the next worker.
+    fn accept(&self, lp: &mut EventLoop, hid: u32) {
+        loop {
+            let picked = {
+                let inner = self.inner.borrow();
+                inner
+                    .bal
+                    .pick(hid)
+                    .map(|w| (w, inner.bal.free(w).min(inner.batch)))
+            };
+            let Some((worker, room)) = picked else {
+                self.pause(hid);
+                return;
+            };
+            let mut batch = Vec::new();
+            let mut drained = false;
+            while batch.len() < room as usize {
+                match self.next_conn(hid) {
+                    Some(fd) => batch.push(fd),
+                    None => {
+                        drained = true;
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.dispatch(lp, worker, hid, batch);
+            }
+            if drained {
+                return;
+            }
+        }
+    }
+
+    /// The next connection for handle `hid`: one that came back, else a new one; `None`
+    /// once the backlog is empty (or accepting failed; the next connection retries).
+    fn next_conn(&self, hid: u32) -> Option<Arc<OwnedFd>> {
+        let mut inner = self.inner.borrow_mut();
+        if let Some(fd) = inner.bal.next_queued(hid) {
+            return Some(fd);
+        }
+        match balance::accept_one(inner.bal.accept_fd(hid)?.as_ref()) {
+            Ok(fd) => Some(Arc::new(fd)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => {
+                // EMFILE, ECONNABORTED…: skip, as Node does; the next connection retries.
+                log::warn!("accept on listener {hid}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Hands `fds` to `worker` in one message; on failure the connections are queued
+    /// again and the worker is excluded from further hand-offs (its channel is going away).
+    fn dispatch(&self, lp: &mut EventLoop, worker: u32, hid: u32, fds: Vec<Arc<OwnedFd>>) {
+        let seq = self.inner.borrow_mut().bal.hand_off(worker, hid, &fds);
+        let n = fds.len() as u32;
+        let msg = Message::NewConn { key: hid, seq };
+        let io = self.channel_of(worker);
+        let fds = fds.into_iter().map(SendFd::Shared).collect();
+        if crate::cluster::send_message(lp, io, &msg, fds).is_err() {
+            let mut inner = self.inner.borrow_mut();
+            for i in 0..n {
+                inner.bal.unsend(seq.wrapping_add(i));
+            }
+            inner.bal.excluded.insert(worker);
+        }
+    }
+
+    /// No worker has credit: stop accepting (the kernel backlog holds clients). Only a
+    /// flag: the listener stays registered (edge-triggered, so it costs nothing), and
+    /// `pump` accepts again, until `WouldBlock`, once credit returns.
+    fn pause(&self, hid: u32) {
+        if let Some(h) = self.inner.borrow_mut().bal.handles.get_mut(&hid) {
+            h.paused = true;
+        }
+    }
+
+    /// Gives waiting connections to workers with credit, and resumes paused accepting.
+    pub(super) fn pump(&self, lp: &mut EventLoop) {
+        let waiting = self.inner.borrow().bal.waiting_handles();
+        for hid in waiting {
+            let ready = {
+                let mut inner = self.inner.borrow_mut();
+                let has_credit = inner.bal.pick(hid).is_some();
+                match inner.bal.handles.get_mut(&hid) {
+                    Some(h) if has_credit => {
+                        h.paused = false;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if ready {
+                self.accept(lp, hid);
+            }
+        }
+    }
+
+    /// Keeps listeners open while no worker listens on them (accepting paused; clients wait
+    /// in the backlog), so a restart or a reload of the last worker refuses nobody. Turning
+    /// it off closes the listeners no worker uses. The supervisor turns it on while it runs.
+    pub fn keep_listeners(&self, lp: &mut EventLoop, on: bool) {
+        let idle = {
+            let mut inner = self.inner.borrow_mut();
+            inner.bal.keep_listeners = on;
+            if on {
+                Vec::new()
+            } else {
+                inner.bal.close_idle()
+            }
+        };
+        for h in idle {
+            close_handle(lp, h);
+        }
+    }
+
+    /// Stops (`false`) or resumes (`true`) handing new connections to `worker` under the
+    /// round-robin policy (quarantine, retirement). Its open connections are not touched.
+    pub fn set_routing(&self, lp: &mut EventLoop, worker: u32, on: bool) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            if on {
+                inner.bal.excluded.remove(&worker);
+            } else {
+                inner.bal.excluded.insert(worker);
+            }
+        }
+        if on {
+            self.pump(lp);
+        }
+    }
+
+    /// Whether new connections go to `worker`.
+    pub fn is_routed(&self, worker: u32) -> bool {
+        !self.inner.borrow().bal.excluded.contains(&worker)
+    }
+
+    /// Connections handed off to `worker` and accepted so far (round-robin policy).
+    pub fn handed(&self, worker: u32) -> u64 {
+        self.inner.borrow().bal.handed_to(worker)
+    }
+
+    /// Listening endpoints the primary holds (one per key any worker listens on).
+    pub fn listener_count(&self) -> usize {
+        self.inner.borrow().bal.handles.len()
+    }
+
+    /// Adopts listening sockets bound by someone else, typically the service manager's
+    /// ([`systemd::listen_fds`](super::systemd::listen_fds)). A worker's listen request whose address is exactly one
+    /// of theirs uses it instead of binding; see [`systemd`](super::systemd) for the matching rules.
+    pub fn adopt_listeners(&self, fds: Vec<OwnedFd>) {
+        self.inner.borrow_mut().bal.adopt(fds);
+    }
+
+    /// Hand-offs sent to `worker` and not yet answered.
+    pub fn in_flight(&self, worker: u32) -> u32 {
+        self.inner.borrow().bal.inflight_of(worker)
+    }
+}
+
+/// A listener no worker uses any more: stop accepting; queued connections close with it.
+pub(super) fn close_handle(lp: &mut EventLoop, h: balance::Handle) {
+    if let Some(io) = h.listener {
+        lp.close(io, |_| {});
+    }
+    log::debug!("listener {:?} closed: no worker listens on it", h.bound);
+}

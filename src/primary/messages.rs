@@ -1,0 +1,139 @@
+//! Reading a worker's channel and acting on what it says.
+
+use std::os::fd::OwnedFd;
+
+use super::listen::close_handle;
+use super::{Event, Primary};
+use crate::cluster::WorkerState;
+use crate::ipc::{Channel, Message, Recv};
+use crate::rt::EventLoop;
+
+impl Primary {
+    /// The channel of `worker` is ready: read every frame, then act on each.
+    pub(super) fn on_channel(&self, lp: &mut EventLoop, worker: u32) {
+        let Some(io) = self
+            .inner
+            .borrow()
+            .workers
+            .get(&worker)
+            .and_then(|e| e.channel)
+        else {
+            return;
+        };
+        let mut msgs = Vec::new();
+        let mut closed = None;
+        if let Err(e) = crate::cluster::flush_channel(lp, io) {
+            closed = Some(format!("write failed: {e}"));
+        }
+        if let Some(ch) = lp.io_mut::<Channel>(io) {
+            while closed.is_none() {
+                match ch.recv() {
+                    Ok(Recv::Frame(f)) => match f.into_message() {
+                        Ok(m) => msgs.push(m),
+                        Err(e) => {
+                            log::warn!("worker {worker}: closing its channel: bad message: {e}");
+                            ch.close();
+                            closed = Some(format!("bad message: {e}"));
+                        }
+                    },
+                    Ok(Recv::WouldBlock) => break,
+                    Ok(Recv::Eof) => closed = Some(String::new()),
+                    Err(e) => closed = Some(e.to_string()),
+                }
+            }
+        }
+        for (msg, fds) in msgs {
+            self.handle(lp, worker, msg, fds);
+        }
+        if let Some(reason) = closed {
+            if !reason.is_empty() {
+                let p = self.clone();
+                let err = Event::Error { worker, reason };
+                p.emit(lp, err);
+            }
+            self.channel_closed(lp, worker);
+        }
+    }
+
+    /// Acts on one message from `worker`.
+    fn handle(&self, lp: &mut EventLoop, worker: u32, msg: Message, fds: Vec<OwnedFd>) {
+        match msg {
+            Message::Online => {
+                self.set_state(worker, WorkerState::Online);
+                self.emit(lp, Event::Online { worker });
+            }
+            Message::Listening { bound, .. } => {
+                self.set_state(worker, WorkerState::Listening);
+                self.emit(
+                    lp,
+                    Event::Listening {
+                        worker,
+                        address: bound,
+                    },
+                );
+            }
+            Message::Ready => self.emit(lp, Event::Ready { worker }),
+            Message::User(data) => self.emit(lp, Event::Message { worker, data, fds }),
+            Message::Relay { peer, payload } => {
+                let stamped = Message::Relay {
+                    peer: worker,
+                    payload,
+                };
+                if self.send_msg(lp, peer, &stamped).is_err() {
+                    log::info!("worker {worker}: relay to worker {peer} dropped: not connected");
+                }
+            }
+            Message::ExitedAfterDisconnect { seq } => {
+                if let Some(e) = self.inner.borrow_mut().workers.get_mut(&worker) {
+                    e.info.exited_after_disconnect = Some(true);
+                }
+                let _ = self.send_msg(lp, worker, &Message::Ack { seq });
+            }
+            Message::QueryServer { seq, request } => self.query_server(lp, worker, seq, &request),
+            Message::Close { key } => {
+                let gone = self.inner.borrow_mut().bal.leave(worker, key);
+                if let Some(h) = gone {
+                    close_handle(lp, h);
+                }
+            }
+            Message::Accepted { seq, credit } => {
+                self.inner.borrow_mut().bal.accepted(worker, seq, credit);
+                self.pump(lp);
+            }
+            Message::Rejected { seq } => {
+                self.inner.borrow_mut().bal.rejected(worker, seq);
+                self.pump(lp);
+            }
+            Message::Pong { seq, lag_us } => self.emit(
+                lp,
+                Event::Pong {
+                    worker,
+                    seq,
+                    lag_us,
+                },
+            ),
+            Message::GoingDown { reason } => {
+                // Stop routing to it at once; whoever supervises starts the replacement.
+                self.set_routing(lp, worker, false);
+                self.emit(lp, Event::GoingDown { worker, reason });
+            }
+            other => self.misbehaved(
+                lp,
+                worker,
+                format!("unexpected {:?} from a worker", other.kind()),
+            ),
+        }
+    }
+
+    fn misbehaved(&self, lp: &mut EventLoop, worker: u32, reason: String) {
+        log::warn!("worker {worker}: closing its channel: {reason}");
+        if let Some(ch) = self
+            .channel_of(worker)
+            .and_then(|io| lp.io_mut::<Channel>(io))
+        {
+            ch.close();
+        }
+        self.emit(lp, Event::Error { worker, reason });
+        self.channel_closed(lp, worker);
+    }
+}

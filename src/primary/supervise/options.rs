@@ -1,0 +1,224 @@
+//! The supervisor's knobs and what it reports: restart and health policies, options,
+//! events and per-worker statistics.
+
+use std::time::Duration;
+
+use crate::cluster::WorkerState;
+
+/// How unexpected exits are restarted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RestartPolicy {
+    /// First delay after an unstable exit.
+    pub base: Duration,
+    /// Growth of the delay per consecutive unstable exit.
+    pub factor: f64,
+    /// Largest delay.
+    pub cap: Duration,
+    /// A worker up this long (and ready) is stable: its crash restarts at once.
+    pub min_uptime: Duration,
+    /// More than this many unstable restarts within `breaker_window` trips the breaker.
+    pub breaker_max: u32,
+    /// The breaker's window.
+    pub breaker_window: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            base: Duration::from_millis(100),
+            factor: 1.5,
+            cap: Duration::from_secs(15),
+            min_uptime: Duration::from_secs(1),
+            breaker_max: 5,
+            breaker_window: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The delay before the `n`-th consecutive unstable restart (n ≥ 1).
+    pub fn delay(&self, n: u32) -> Duration {
+        let exp = self.factor.powi(n.saturating_sub(1).min(64) as i32);
+        self.base.mul_f64(exp.min(1e9)).min(self.cap)
+    }
+}
+
+/// Heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// How often each worker is pinged.
+    pub interval: Duration,
+    /// Above this loop lag a worker gets no new connections until it recovers.
+    pub quarantine_lag: Duration,
+    /// No answer for this long: the worker is replaced and killed.
+    pub timeout: Duration,
+    /// Between `SIGTERM` and `SIGKILL` for an unresponsive worker.
+    pub kill_grace: Duration,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        HealthPolicy {
+            interval: Duration::from_secs(1),
+            quarantine_lag: Duration::from_millis(500),
+            timeout: Duration::from_secs(10),
+            kill_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Everything the supervisor does, configurable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorOptions {
+    /// Workers to keep running.
+    pub workers: usize,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Heartbeats (`None`: off).
+    pub health: Option<HealthPolicy>,
+    /// A new worker must be ready within this.
+    pub ready_timeout: Duration,
+    /// A retiring worker is killed after this.
+    pub drain_timeout: Duration,
+    /// Graceful shutdown deadline; then `SIGKILL`.
+    pub shutdown_timeout: Duration,
+    /// Workers replaced at once (reload and recycling).
+    pub concurrency: usize,
+    /// Recycle a worker whose resident memory exceeds this many bytes.
+    pub max_rss: Option<u64>,
+    /// Recycle a worker after it accepted this many handed-off connections.
+    pub max_connections: Option<u64>,
+    /// Ready means the worker's explicit `Ready` message (true) or its first `Listening`.
+    pub ready_on_message: bool,
+    /// Handle `SIGHUP` (reload), `SIGTERM`/`SIGINT`/`SIGQUIT` (shutdown; a second `SIGINT`
+    /// forces), `SIGTTIN`/`SIGTTOU` (one worker more / less).
+    pub signals: bool,
+}
+
+impl Default for SupervisorOptions {
+    fn default() -> Self {
+        SupervisorOptions {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            restart: RestartPolicy::default(),
+            health: Some(HealthPolicy::default()),
+            ready_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+            concurrency: 1,
+            max_rss: None,
+            max_connections: None,
+            ready_on_message: false,
+            signals: true,
+        }
+    }
+}
+
+/// Why a worker is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Rolling reload.
+    Reload,
+    /// Resident memory over the limit.
+    Memory,
+    /// Handed-off connections over the limit.
+    Connections,
+    /// Missed heartbeats.
+    Unresponsive,
+    /// The worker said it is going down.
+    GoingDown,
+}
+
+/// What the supervisor did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SupervisorEvent {
+    /// A worker is ready (listening or said so).
+    Ready {
+        /// Slot.
+        slot: usize,
+        /// Worker.
+        worker: u32,
+    },
+    /// A slot's worker exited unexpectedly and will be restarted after `delay`.
+    Restarting {
+        /// Slot.
+        slot: usize,
+        /// The worker that exited.
+        worker: u32,
+        /// Before the restart.
+        delay: Duration,
+        /// It exited before it was ready.
+        boot_failure: bool,
+    },
+    /// Too many unstable restarts: the slot stays empty; the others keep serving.
+    BreakerTripped {
+        /// Slot.
+        slot: usize,
+        /// Unstable restarts within the window.
+        restarts: u32,
+    },
+    /// A worker's loop lags: no new connections for it until it recovers.
+    Quarantined {
+        /// Worker.
+        worker: u32,
+        /// Its lag.
+        lag: Duration,
+    },
+    /// A quarantined worker recovered.
+    Released {
+        /// Worker.
+        worker: u32,
+    },
+    /// A worker is being replaced.
+    Retiring {
+        /// Worker.
+        worker: u32,
+        /// Why.
+        cause: Cause,
+    },
+    /// A replacement failed (missed its deadline or died); the old worker keeps serving.
+    ReplacementFailed {
+        /// The worker it was to replace.
+        worker: u32,
+        /// What happened.
+        reason: String,
+    },
+    /// A rolling reload ended.
+    ReloadFinished(Result<(), String>),
+    /// Shutdown began.
+    ShuttingDown,
+    /// Every worker is gone after a shutdown; `clean` unless some had to be killed.
+    Stopped {
+        /// Whether every worker drained in time.
+        clean: bool,
+    },
+}
+
+/// Statistics of one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Worker id.
+    pub id: u32,
+    /// Slot.
+    pub slot: usize,
+    /// Process id.
+    pub pid: u32,
+    /// State.
+    pub state: WorkerState,
+    /// Generation (grows with every reload).
+    pub generation: u64,
+    /// Time since spawned.
+    pub uptime: Duration,
+    /// Restarts of its slot.
+    pub restarts: u32,
+    /// Connections handed off to it and accepted.
+    pub connections_handed: u64,
+    /// Hand-offs not yet answered.
+    pub in_flight: u32,
+    /// Last reported event-loop lag.
+    pub loop_lag: Duration,
+    /// Resident memory in bytes, where known.
+    pub rss_bytes: Option<u64>,
+    /// Whether new connections go to it.
+    pub routed: bool,
+}
