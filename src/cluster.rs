@@ -181,6 +181,44 @@ pub(crate) fn flush_channel(
     Ok(())
 }
 
+/// Messages read from a channel in one go, with their descriptors.
+pub(crate) type Received = Vec<(crate::ipc::Message, Vec<std::os::fd::OwnedFd>)>;
+
+/// Answers a readiness event on the loop-registered channel `io`: writes what is queued,
+/// then reads every whole message. Returns the messages and, if the channel is finished,
+/// why: `Some("")` for a clean end of stream, `Some(reason)` for a failure. A malformed
+/// message closes the channel; it is logged as coming from `peer`.
+pub(crate) fn drain_channel(
+    lp: &mut crate::rt::EventLoop,
+    io: crate::rt::IoId,
+    peer: &dyn std::fmt::Display,
+) -> (Received, Option<String>) {
+    use crate::ipc::{Channel, Recv};
+    let mut msgs = Vec::new();
+    let mut closed = None;
+    if let Err(e) = flush_channel(lp, io) {
+        closed = Some(format!("write failed: {e}"));
+    }
+    if let Some(ch) = lp.io_mut::<Channel>(io) {
+        while closed.is_none() {
+            match ch.recv() {
+                Ok(Recv::Frame(f)) => match f.into_message() {
+                    Ok(m) => msgs.push(m),
+                    Err(e) => {
+                        log::warn!("closing the channel to {peer}: bad message: {e}");
+                        ch.close();
+                        closed = Some(format!("bad message: {e}"));
+                    }
+                },
+                Ok(Recv::WouldBlock) => break,
+                Ok(Recv::Eof) => closed = Some(String::new()),
+                Err(e) => closed = Some(e.to_string()),
+            }
+        }
+    }
+    (msgs, closed)
+}
+
 /// Queues a frame on the loop-registered channel `io` and writes it at once (see
 /// [`flush_channel`]).
 ///

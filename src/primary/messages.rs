@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 use super::listen::close_handle;
 use super::{Event, Primary};
 use crate::cluster::WorkerState;
-use crate::ipc::{Channel, Message, Recv};
+use crate::ipc::{Channel, Message};
 use crate::rt::EventLoop;
 
 impl Primary {
@@ -20,28 +20,8 @@ impl Primary {
         else {
             return;
         };
-        let mut msgs = Vec::new();
-        let mut closed = None;
-        if let Err(e) = crate::cluster::flush_channel(lp, io) {
-            closed = Some(format!("write failed: {e}"));
-        }
-        if let Some(ch) = lp.io_mut::<Channel>(io) {
-            while closed.is_none() {
-                match ch.recv() {
-                    Ok(Recv::Frame(f)) => match f.into_message() {
-                        Ok(m) => msgs.push(m),
-                        Err(e) => {
-                            log::warn!("worker {worker}: closing its channel: bad message: {e}");
-                            ch.close();
-                            closed = Some(format!("bad message: {e}"));
-                        }
-                    },
-                    Ok(Recv::WouldBlock) => break,
-                    Ok(Recv::Eof) => closed = Some(String::new()),
-                    Err(e) => closed = Some(e.to_string()),
-                }
-            }
-        }
+        let peer = format!("worker {worker}");
+        let (msgs, closed) = crate::cluster::drain_channel(lp, io, &peer);
         for (msg, fds) in msgs {
             self.handle(lp, worker, msg, fds);
         }

@@ -31,7 +31,7 @@ use std::fmt;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
-use crate::ipc::{Channel, ChannelConfig, Endpoint, Kind, Message, Recv, SendError, SendFd};
+use crate::ipc::{Channel, ChannelConfig, Endpoint, Kind, Message, SendError, SendFd};
 use crate::rt::{EventLoop, Interest, IoId};
 
 /// Where the worker is in leaving (Node's worker-side `state`).
@@ -562,27 +562,8 @@ impl Worker {
         let Some(io) = self.inner.borrow().channel else {
             return;
         };
-        let mut msgs = Vec::new();
-        let mut gone = false;
-        if crate::cluster::flush_channel(lp, io).is_err() {
-            gone = true;
-        }
-        if let Some(ch) = lp.io_mut::<Channel>(io) {
-            while !gone {
-                match ch.recv() {
-                    Ok(Recv::Frame(f)) => match f.into_message() {
-                        Ok(m) => msgs.push(m),
-                        Err(e) => {
-                            log::warn!("closing the channel to the primary: bad message: {e}");
-                            ch.close();
-                            gone = true;
-                        }
-                    },
-                    Ok(Recv::WouldBlock) => break,
-                    Ok(Recv::Eof) | Err(_) => gone = true,
-                }
-            }
-        }
+        let (msgs, closed) = crate::cluster::drain_channel(lp, io, &"the primary");
+        let mut gone = closed.is_some();
         if !msgs.is_empty() {
             self.inner.borrow_mut().corked = true;
             for (msg, fds) in msgs {
