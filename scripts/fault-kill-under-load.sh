@@ -43,8 +43,8 @@
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 SCRIPT_NAME=fault-kill-under-load
-# shellcheck source=scripts/fault-lib.sh
-source scripts/fault-lib.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 DURATION=${DURATION:-30}
 WARMUP=${WARMUP:-2}
@@ -55,30 +55,16 @@ VICTIM=${VICTIM:-oldest}
 RESTORE_MS=${RESTORE_MS:-1000}
 FD_TOLERANCE=${FD_TOLERANCE:-2}
 SETTLE=${SETTLE:-1}
-FL_BIN=target/release/examples/http_cluster
 for v in DURATION WARMUP WORKERS RESTORE_MS FD_TOLERANCE SETTLE; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
 done
 [ "$DURATION" -ge 3 ] && [ "$WORKERS" -ge 1 ] || die "DURATION must be ≥ 3 and WORKERS ≥ 1"
 case $VICTIM in oldest | random) ;; *) die "VICTIM must be oldest or random" ;; esac
 
-need wrk wrk
-need curl curl
-need timeout coreutils
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  build_retry cargo build --release --quiet --example http_cluster
-fi
-[ -x "$FL_BIN" ] || die "missing $FL_BIN"
+prepare_http_cluster
 
-PRIMARY=
-# On any exit: also stop the primary's current workers (children of it right now, so no
-# risk of signalling a reused pid).
-pre_cleanup() {
-  local w
-  if [ -n "$PRIMARY" ] && alive "$PRIMARY"; then
-    for w in $(worker_pids "$PRIMARY"); do track "$w"; done
-  fi
-}
+# On any exit: also stop the primary's current workers.
+pre_cleanup() { track_cluster_workers; }
 
 # log_summary LOG: what the cluster logged (its stderr): supervisor restarts, delayed ones
 # (backoff), and anything else.
@@ -90,29 +76,21 @@ log_summary() {
   grep -v -e 'supervisor: Restarting' -e '^listening on ' "$1" | sort | uniq -c | sort -rn | head -8 | sed 's/^/  cluster log: /' || true
 }
 
-FAILS=0
-fail() { echo "  FAIL  $*"; FAILS=$((FAILS + 1)); }
-pass() { echo "  PASS  $*"; }
 
 run_mode() {
-  local mode=$1 hdr=() log wrk_out wrk_pid st0 fd0 fd fdmin fdmax w0 t_start k deadline
+  local mode=$1 log wrk_out wrk_pid st0 fd0 fd fdmin fdmax w0 t_start k deadline
   local victim t_kill restored ms kids n new before w worst=0 sum=0 kills=0 unrestored=0 rc
   local req errs n2 c r wr to rps line
+  HDR=()
   case $mode in
     keepalive) ;;
-    close) hdr=(-H 'Connection: close') ;;
+    close) HDR=(-H 'Connection: close') ;;
     *) die "unknown mode $mode (keepalive|close)" ;;
   esac
   log=$TMP_DIR/cluster-$mode.log
   wrk_out=$TMP_DIR/wrk-$mode.txt
-  echo "== mode $mode: http_cluster --workers $WORKERS, wrk -t1 -c64 -d${DURATION}s ${hdr[*]:-(keep-alive)}, SIGKILL the $VICTIM worker every second"
-  start_cluster "$log" --workers "$WORKERS" ${POLICY:+--policy "$POLICY"}
-  [ "$(curl -s --max-time 3 "http://127.0.0.1:$PORT/")" = "hello world" ] || die "no 'hello world' on port $PORT"
-  if [ "$WARMUP" -gt 0 ]; then
-    timeout -k 5 $((WARMUP + 20)) wrk -t1 -c64 -d"${WARMUP}s" "${hdr[@]}" "http://127.0.0.1:$PORT/" >/dev/null 2>&1 ||
-      die "warm-up wrk failed"
-  fi
-  sleep 0.5
+  echo "== mode $mode: http_cluster --workers $WORKERS, wrk -t1 -c64 -d${DURATION}s ${HDR[*]:-(keep-alive)}, SIGKILL the $VICTIM worker every second"
+  start_warm_cluster "$log"
   st0=$(starttime "$PRIMARY")
   fd0=$(fd_count "$PRIMARY")
   w0=$(worker_pids "$PRIMARY" | wc -l)
@@ -120,14 +98,12 @@ run_mode() {
   [ "$w0" = "$WORKERS" ] || fail "$mode: $w0 workers after warm-up (expected $WORKERS)"
   fdmin=$fd0 fdmax=$fd0
 
-  timeout -k 5 $((DURATION + 30)) wrk -t1 -c64 -d"${DURATION}s" "${hdr[@]}" "http://127.0.0.1:$PORT/" >"$wrk_out" 2>&1 &
-  wrk_pid=$!
-  track "$wrk_pid"
-  t_start=$(now_ms)
+  start_load "$wrk_out"
+  wrk_pid=$WRK_PID
+  t_start=$T_START
   for ((k = 1; k < DURATION; k++)); do
     # Sleep until second k of the run.
-    ms=$((t_start + k * 1000 - $(now_ms)))
-    if [ "$ms" -gt 0 ]; then sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"; fi
+    sleep_until_second "$k"
     alive "$wrk_pid" || break
     if ! alive "$PRIMARY" || [ "$(starttime "$PRIMARY")" != "$st0" ]; then
       fail "$mode: the primary (pid $PRIMARY) is gone at second $k"
@@ -178,7 +154,7 @@ run_mode() {
   done
 
   echo "  -- $mode results"
-  read -r req errs n2 c r wr to rps <<<"$(parse_wrk "$wrk_out")"
+  read -r req errs n2 c r wr to rps _ <<<"$(parse_wrk "$wrk_out")"
   line=$(grep -m1 'requests in' "$wrk_out" || echo "(no wrk summary)")
   echo "  wrk: ${line## }; $rps req/s; socket errors: connect $c, read $r, write $wr, timeout $to (total $errs); non-2xx $n2"
   if [ "$kills" -gt 0 ]; then
@@ -206,24 +182,12 @@ run_mode() {
     fail "$mode: $(live_children "$PRIMARY" | wc -l) workers at the end (expected $WORKERS)"
 
   # Graceful stop: SIGTERM, exit status 0 expected within 10 s (reported, not asserted).
-  local ws
-  mapfile -t ws < <(worker_pids "$PRIMARY")
-  kill -TERM "$PRIMARY"
-  for _ in $(seq 1 100); do alive "$PRIMARY" || break; sleep 0.1; done
-  if alive "$PRIMARY"; then
-    echo "  WARN  primary still running 10 s after SIGTERM; stopping it"
-    track "${ws[@]}"
-    stop_pids "$PRIMARY"
-  else
-    rc=0
-    wait "$PRIMARY" || rc=$?
-    echo "  primary exited with status $rc after SIGTERM"
+  if stop_cluster; then
     sleep 0.5
-    for w in "${ws[@]}"; do
+    for w in ${STOPPED_WORKERS[@]+"${STOPPED_WORKERS[@]}"}; do
       if alive "$w"; then fail "$mode: worker $w still alive after the primary exited"; track "$w"; fi
     done
   fi
-  PRIMARY=
   log_summary "$log"
 }
 

@@ -38,8 +38,8 @@
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 SCRIPT_NAME=fault-reload-under-load
-# shellcheck source=scripts/fault-lib.sh
-source scripts/fault-lib.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 DURATION=${DURATION:-20}
 WARMUP=${WARMUP:-2}
@@ -49,7 +49,6 @@ POLICY=${POLICY:-}  # http_cluster --policy rr|none|reuseport (unset: its defaul
 HUP_EVERY=${HUP_EVERY:-2}
 SNAPSHOT_MS=${SNAPSHOT_MS:-500}
 IDLE_CONNS=${IDLE_CONNS:-8}
-FL_BIN=target/release/examples/http_cluster
 # The supervisor logs (replacing worker…, did not drain in time…) at info/warn level.
 export RUST_LOG=${RUST_LOG:-forkloop=info}
 for v in DURATION WARMUP WORKERS HUP_EVERY SNAPSHOT_MS IDLE_CONNS; do
@@ -58,21 +57,10 @@ done
 [ "$HUP_EVERY" -ge 1 ] && [ "$DURATION" -gt "$HUP_EVERY" ] && [ "$WORKERS" -ge 1 ] ||
   die "need HUP_EVERY ≥ 1, DURATION > HUP_EVERY, WORKERS ≥ 1"
 
-need wrk wrk
-need curl curl
-need timeout coreutils
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  build_retry cargo build --release --quiet --example http_cluster
-fi
-[ -x "$FL_BIN" ] || die "missing $FL_BIN"
+prepare_http_cluster
 
-PRIMARY=
-pre_cleanup() {
-  local w
-  if [ -n "$PRIMARY" ] && alive "$PRIMARY"; then
-    for w in $(worker_pids "$PRIMARY"); do track "$w"; done
-  fi
-}
+# On any exit: also stop the primary's current workers.
+pre_cleanup() { track_cluster_workers; }
 
 # open_idle N: N keep-alive connections (bash /dev/tcp) that make one request each, read
 # the response and then stay idle, like browsers' pooled connections.
@@ -104,30 +92,22 @@ check_idle() {
   IDLE_FDS=()
 }
 
-FAILS=0
-fail() { echo "  FAIL  $*"; FAILS=$((FAILS + 1)); }
-pass() { echo "  PASS  $*"; }
 count() { grep -c -- "$2" "$1" || true; }
 
 run_mode() {
-  local mode=$1 hdr=() log wrk_out wrk_pid st0 t_start k ms before t_hup done_ms until_ms rc
+  local mode=$1 log wrk_out wrk_pid st0 t_start k ms before t_hup done_ms until_ms rc
   local -a first end_pids
   local ok_during fail_during leftover w req errs n2 c r wr to rps line
+  HDR=()
   case $mode in
     keepalive) ;;
-    close | idle) hdr=(-H 'Connection: close') ;;
+    close | idle) HDR=(-H 'Connection: close') ;;
     *) die "unknown mode $mode (keepalive|close|idle)" ;;
   esac
   log=$TMP_DIR/cluster-$mode.log
   wrk_out=$TMP_DIR/wrk-$mode.txt
-  echo "== mode $mode: http_cluster --workers $WORKERS, wrk -t1 -c64 -d${DURATION}s ${hdr[*]:-(keep-alive)}, SIGHUP every ${HUP_EVERY}s"
-  start_cluster "$log" --workers "$WORKERS" ${POLICY:+--policy "$POLICY"}
-  [ "$(curl -s --max-time 3 "http://127.0.0.1:$PORT/")" = "hello world" ] || die "no 'hello world' on port $PORT"
-  if [ "$WARMUP" -gt 0 ]; then
-    timeout -k 5 $((WARMUP + 20)) wrk -t1 -c64 -d"${WARMUP}s" "${hdr[@]}" "http://127.0.0.1:$PORT/" >/dev/null 2>&1 ||
-      die "warm-up wrk failed"
-  fi
-  sleep 0.5
+  echo "== mode $mode: http_cluster --workers $WORKERS, wrk -t1 -c64 -d${DURATION}s ${HDR[*]:-(keep-alive)}, SIGHUP every ${HUP_EVERY}s"
+  start_warm_cluster "$log"
   st0=$(starttime "$PRIMARY")
   mapfile -t first < <(worker_pids "$PRIMARY")
   echo "  primary pid $PRIMARY, port $PORT; workers before the first SIGHUP: ${first[*]}"
@@ -135,13 +115,11 @@ run_mode() {
   IDLE_FDS=()
   [ "$mode" != idle ] || open_idle "$IDLE_CONNS"
 
-  timeout -k 5 $((DURATION + 30)) wrk -t1 -c64 -d"${DURATION}s" "${hdr[@]}" "http://127.0.0.1:$PORT/" >"$wrk_out" 2>&1 &
-  wrk_pid=$!
-  track "$wrk_pid"
-  t_start=$(now_ms)
+  start_load "$wrk_out"
+  wrk_pid=$WRK_PID
+  t_start=$T_START
   for ((k = HUP_EVERY; k < DURATION; k += HUP_EVERY)); do
-    ms=$((t_start + k * 1000 - $(now_ms)))
-    if [ "$ms" -gt 0 ]; then sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"; fi
+    sleep_until_second "$k"
     alive "$wrk_pid" || break
     if ! alive "$PRIMARY" || [ "$(starttime "$PRIMARY")" != "$st0" ]; then
       fail "$mode: the primary is gone at ${k}s"
@@ -184,7 +162,7 @@ run_mode() {
   [ "$rc" = 0 ] || fail "$mode: wrk exited with status $rc: $(tail -3 "$wrk_out" | tr '\n' ' ')"
 
   echo "  -- $mode results"
-  read -r req errs n2 c r wr to rps <<<"$(parse_wrk "$wrk_out")"
+  read -r req errs n2 c r wr to rps _ <<<"$(parse_wrk "$wrk_out")"
   line=$(grep -m1 'requests in' "$wrk_out" || echo "(no wrk summary)")
   echo "  wrk: ${line## }; $rps req/s; socket errors: connect $c, read $r, write $wr, timeout $to (total $errs); non-2xx $n2"
   echo "  ${SNAPSHOT_MS} ms before wrk's end: $ok_during reload(s) finished OK, $fail_during failure event(s); live workers: ${end_pids[*]}; first-generation workers still alive: ${leftover[*]:-none}"
@@ -211,20 +189,7 @@ run_mode() {
     fail "$mode: $(live_children "$PRIMARY" | wc -l) workers live 5 s after the load (expected $WORKERS)"
   echo "  after the load: $(count "$log" 'ReloadFinished(Ok') reload(s) finished OK in all"
 
-  local ws
-  mapfile -t ws < <(worker_pids "$PRIMARY")
-  kill -TERM "$PRIMARY"
-  for _ in $(seq 1 100); do alive "$PRIMARY" || break; sleep 0.1; done
-  if alive "$PRIMARY"; then
-    echo "  WARN  primary still running 10 s after SIGTERM; stopping it"
-    track "${ws[@]}"
-    stop_pids "$PRIMARY"
-  else
-    rc=0
-    wait "$PRIMARY" || rc=$?
-    echo "  primary exited with status $rc after SIGTERM"
-  fi
-  PRIMARY=
+  stop_cluster || true
   grep -v '^listening on ' "$log" | sed -E 's/^\[[^ ]+ /[/; s/worker: [0-9]+/worker: N/; s/worker [0-9]+/worker N/' | sort | uniq -c | sort -rn | head -8 | sed 's/^/  cluster log: /' || true
 }
 

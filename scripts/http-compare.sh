@@ -45,6 +45,10 @@
 # shellcheck disable=SC2317  # functions called through traps and wait_for
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
+SCRIPT_NAME=http-compare
+STOP_GRACE_S=5
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
@@ -70,89 +74,18 @@ if [ ${#SERVER_LIST[@]} = 0 ] || [ ${#MODE_LIST[@]} = 0 ]; then echo "empty SERV
 
 FL_BIN=target/release/examples/http_cluster
 MIO_BIN=target/anchors/release/mio-http
-CLK_TCK=$(getconf CLK_TCK)
-TMP_DIR=$(mktemp -d -t http-compare.XXXXXX)
 RAW_DIR=${OUT_DIR:-$TMP_DIR}
 mkdir -p "$RAW_DIR"
 RESULTS=$RAW_DIR/runs.tsv
 printf 'mode\tserver\tround\treq_s\tp50_us\tp99_us\trequests\terrors\tnon2xx\tcpu_us_req\tprimary_us_req\tserver_cores\twrk_cores\tforeign_cores\n' >"$RESULTS"
 
 # ---------------------------------------------------------------- process bookkeeping
-STARTED_PIDS=()   # every process we started or learnt about (workers), for the exit trap
-track() { STARTED_PIDS+=("$@"); }
-
-# alive PID: the process exists and is not a zombie.
-alive() {
-  local st
-  st=$(awk '{sub(/.*\) /, ""); print $1}' "/proc/$1/stat" 2>/dev/null) || return 1
-  [ -n "$st" ] && [ "$st" != Z ]
-}
-
-# stop_pids PID...: SIGTERM, up to 5 s for them to go, then SIGKILL; reaps our children.
-stop_pids() {
-  local p any i
-  [ $# -gt 0 ] || return 0
-  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
-  for i in $(seq 1 50); do
-    any=0
-    for p in "$@"; do if alive "$p"; then any=1; fi; done
-    [ "$any" = 0 ] && break
-    sleep 0.1
-  done
-  for p in "$@"; do
-    if alive "$p"; then
-      echo "  pid $p did not stop on SIGTERM within 5 s; SIGKILL" >&2
-      kill -KILL "$p" 2>/dev/null || true
-    fi
-  done
-  for p in "$@"; do wait "$p" 2>/dev/null || true; done
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM ERR
-  if [ ${#STARTED_PIDS[@]} -gt 0 ]; then stop_pids "${STARTED_PIDS[@]}"; fi
+# Processes are tracked and stopped through scripts/lib.sh; the server logs are kept.
+post_cleanup() {
   if [ -n "$OUT_DIR" ]; then cp "$TMP_DIR"/*.log "$OUT_DIR"/ 2>/dev/null || true; fi
-  rm -rf "$TMP_DIR"
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-trap 'echo "http-compare: failed at line $LINENO: $BASH_COMMAND" >&2; exit 2' ERR
-
-die() { echo "http-compare: $*" >&2; exit 2; }
 
 # ---------------------------------------------------------------- helpers
-# free_port: a TCP port below the ephemeral range (so wrk's own connections never take
-# it) that no socket on this machine uses.
-free_port() {
-  local lo hi p i
-  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
-  [ "$lo" -gt 11000 ] || lo=65000  # odd setups: fall back to the top of the range
-  for i in $(seq 1 500); do
-    p=$((10000 + RANDOM % (lo - 10000)))
-    if ! ss -Htan "( sport = :$p or dport = :$p )" | grep -q .; then
-      echo "$p"
-      return 0
-    fi
-  done
-  return 1
-}
-
-# wait_for DESCRIPTION TIMEOUT_S PID COMMAND...: poll COMMAND every 0.1 s until it
-# succeeds; fail early if PID died, or after TIMEOUT_S.
-wait_for() {
-  local what=$1 t=$2 pid=$3 i
-  shift 3
-  for i in $(seq 1 $((t * 10))); do
-    if "$@"; then return 0; fi
-    alive "$pid" || { echo "  $what: process $pid exited" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "  $what: timeout after ${t}s" >&2
-  return 1
-}
-has_line() { grep -Eq "$2" "$1" 2>/dev/null; }
 listeners_on() { [ "$(ss -Hltn "sport = :$1" | wc -l)" -ge "$2" ]; }
 children_of() { ps -o pid= --ppid "$1" | tr -d ' ' | grep . || true; }
 has_children() { [ "$(children_of "$1" | wc -l)" -ge "$2" ]; }
@@ -165,59 +98,6 @@ cpu_ticks() {
     sum=$((sum + ${t:-0}))
   done
   echo "$sum"
-}
-
-# sys_busy: machine-wide busy ticks so far (user+nice+system+irq+softirq+steal).
-sys_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
-
-# read_child_ticks: CHILD_TICKS = CPU ticks of this shell's reaped children (wrk). Must
-# not run in a subshell.
-read_child_ticks() {
-  times >"$TMP_DIR/times"
-  CHILD_TICKS=$(awk -v h="$CLK_TCK" 'NR == 2 {
-    t = 0
-    for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
-    printf "%d\n", t * h + 0.5 }' "$TMP_DIR/times")
-}
-
-# wait_quiet: wait (up to QUIET_MAX_S) until the machine has used < QUIET_CORES in each of
-# QUIET_SECS consecutive 1 s samples (other sessions' builds pause for a second or two
-# between steps; one quiet second is weak evidence).
-wait_quiet() {
-  local b0 b1 waited=0 calm=0 limit
-  limit=$(awk -v c="$QUIET_CORES" -v h="$CLK_TCK" 'BEGIN {printf "%d", c * h}')
-  while [ "$calm" -lt "$QUIET_SECS" ]; do
-    b0=$(sys_busy); sleep 1; b1=$(sys_busy)
-    if [ $((b1 - b0)) -le "$limit" ]; then
-      calm=$((calm + 1))
-      continue
-    fi
-    calm=0
-    if [ "$waited" = 0 ]; then
-      echo "  machine busy ($(awk -v b=$((b1 - b0)) -v h="$CLK_TCK" 'BEGIN {printf "%.2f", b / h}') cores); waiting..." >&2
-    fi
-    waited=$((waited + 1))
-    if [ "$waited" -ge "$QUIET_MAX_S" ]; then
-      echo "  machine still busy after ${waited}s; measuring anyway (see the foreign column)" >&2
-      return 0
-    fi
-  done
-  if [ "$waited" -gt 0 ]; then echo "  (machine quiet again after ${waited}s busy)" >&2; fi
-  return 0
-}
-
-# parse_wrk FILE: "rps p50_us p99_us requests errors non2xx" (errors = connect+read+write+timeout)
-parse_wrk() {
-  awk '
-    function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000;
-                     if (v ~ /m$/) return v * 60000000; if (v ~ /s$/) return v * 1000000; return v + 0 }
-    /Requests\/sec:/ { rps = $2 }
-    /^ *50% /        { p50 = us($2) }
-    /^ *99% /        { p99 = us($2) }
-    / requests in /  { req = $1 }
-    /Socket errors:/ { gsub(",", ""); e = $4 + $6 + $8 + $10 }
-    /Non-2xx/        { n2 = $NF }
-    END { printf "%.0f %.0f %.0f %d %d %d\n", rps, p50, p99, req, e, n2 }' "$1"
 }
 
 # ---------------------------------------------------------------- servers
@@ -387,7 +267,8 @@ measure() {
     fi
     break
   done
-  read -r rps p50 p99 req errs n2 <<<"$(parse_wrk "$out")"
+  read -r req errs n2 _ _ _ _ rps p50 p99 <<<"$(parse_wrk "$out")"
+  rps=$(printf '%.0f' "$rps")
   [ "$req" -gt 0 ] || die "$name $mode: no requests completed: $(tr '\n' ' ' <"$out")"
   cpu=$(awk -v t=$((a1 - a0 + b1 - b0)) -v h="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t / h * 1e6 / n}')
   prim=-
@@ -524,7 +405,6 @@ print_checks() {
 }
 
 # ---------------------------------------------------------------- main
-need() { command -v "$1" >/dev/null || die "$1 not found (apt-get install -y $2)"; }
 need wrk wrk
 need ss iproute2
 need timeout coreutils
@@ -540,16 +420,6 @@ for name in "${SERVER_LIST[@]}"; do
 done
 for mode in "${MODE_LIST[@]}"; do mode_title "$mode" >/dev/null || die "unknown mode $mode (ka-c64 close-c64 ka-c1)"; done
 
-# build_retry CMD...: others may be mid-edit in this tree; retry a failed build.
-build_retry() {
-  local i
-  for i in 1 2 3; do
-    if "$@"; then return 0; fi
-    echo "  build failed (attempt $i); retrying in 60 s" >&2
-    sleep 60
-  done
-  die "build failed: $*"
-}
 if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${REPORT_FROM:-}" ]; then
   if [ "$USE_FL" = 1 ]; then build_retry cargo build --release --quiet --example http_cluster; fi
   if [ "$USE_MIO" = 1 ]; then

@@ -21,6 +21,11 @@
 # Env: SERVERS, DURATION (10s), TRACE_S (5), ANCHORS (../shared/anchors).
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
+SCRIPT_NAME=http-syscalls
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+QUIET_SECS=${QUIET_SECS:-3}
+QUIET_MAX_S=${QUIET_MAX_S:-300}
 
 SERVERS=${SERVERS:-"fl-rr fl-reuseport mio-2"}
 SECS=${DURATION:-10s}; SECS=${SECS%s}
@@ -28,38 +33,13 @@ TRACE_S=${TRACE_S:-5}
 ANCHORS=${ANCHORS:-../shared/anchors}
 FL_BIN=target/release/examples/http_cluster
 MIO_BIN=target/anchors/release/mio-http
-CLK_TCK=$(getconf CLK_TCK)
-TMP_DIR=$(mktemp -d -t http-syscalls.XXXXXX)
 # Private copies: others may rebuild target/ while this runs.
 mkdir -p "$TMP_DIR/bin"
 [ -x "$FL_BIN" ] && cp "$FL_BIN" "$TMP_DIR/bin/" && FL_BIN=$TMP_DIR/bin/http_cluster
 [ -x "$MIO_BIN" ] && cp "$MIO_BIN" "$TMP_DIR/bin/" && MIO_BIN=$TMP_DIR/bin/mio-http
 SYSCALLS="accept4 sendmsg recvmsg recvfrom read sendto write writev shutdown close epoll_ctl epoll_wait setsockopt ioctl fcntl"
-PIDS=()
-
-cleanup() {
-  local p
-  trap - EXIT INT TERM
-  for p in ${PIDS[@]+"${PIDS[@]}"}; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in ${PIDS[@]+"${PIDS[@]}"}; do kill -KILL "$p" 2>/dev/null || true; done
-  rm -rf "$TMP_DIR"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-die() { echo "http-syscalls: $*" >&2; exit 2; }
-command -v wrk >/dev/null || die "wrk not found"
-command -v perf >/dev/null || die "perf not found (apt-get install -y linux-perf)"
-
-free_port() {
-  local lo p i
-  read -r lo _ </proc/sys/net/ipv4/ip_local_port_range
-  for i in $(seq 1 500); do
-    p=$((10000 + RANDOM % (lo - 10000)))
-    ss -Htan "( sport = :$p or dport = :$p )" | grep -q . || { echo "$p"; return 0; }
-  done
-  return 1
-}
+need wrk wrk
+need perf linux-perf
 
 # start NAME: sets PORT, ROLE_PIDS ("role:pid" for every server process).
 start() {
@@ -69,19 +49,19 @@ start() {
     fl-rr | fl-reuseport | fl-none)
       [[ $name == *@* ]] && k=${name#*@}
       "$FL_BIN" --workers 2 --port 0 --policy "${base#fl-}" ${k:+--credit "$k"} >"$TMP_DIR/log" 2>&1 &
-      p=$!; PIDS+=("$p")
+      p=$!; track "$p"
       for i in $(seq 1 100); do grep -q '^listening on' "$TMP_DIR/log" && break; sleep 0.1; done
       PORT=$(sed -n 's/^listening on .*:\([0-9]*\) .*/\1/p' "$TMP_DIR/log")
       [ -n "$PORT" ] || die "$name did not start: $(cat "$TMP_DIR/log")"
       ROLE_PIDS=("primary:$p")
       i=1
-      for p in $(ps -o pid= --ppid "$p"); do ROLE_PIDS+=("worker$i:$p"); PIDS+=("$p"); i=$((i + 1)); done
+      for p in $(ps -o pid= --ppid "$p"); do ROLE_PIDS+=("worker$i:$p"); track "$p"; i=$((i + 1)); done
       ;;
     mio-1 | mio-2)
       PORT=$(free_port)
       for i in $(seq 1 "${base#mio-}"); do
         "$MIO_BIN" --addr "127.0.0.1:$PORT" --reuseport >>"$TMP_DIR/log" 2>&1 &
-        PIDS+=($!); ROLE_PIDS+=("process$i:$!")
+        track $!; ROLE_PIDS+=("process$i:$!")
       done
       for i in $(seq 1 100); do
         [ "$(ss -Hltn "sport = :$PORT" | wc -l)" -ge "${base#mio-}" ] && break
@@ -98,21 +78,7 @@ stop() {
   sleep 1
 }
 
-# wait_quiet: up to 300 s for 3 s in a row with < 0.15 cores busy on the machine.
-wait_quiet() {
-  local calm=0 i b0 b1
-  for i in $(seq 1 300); do
-    b0=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat); sleep 1
-    b1=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat)
-    if [ $((b1 - b0)) -le $((CLK_TCK * 15 / 100)) ]; then calm=$((calm + 1)); else calm=0; fi
-    [ "$calm" -ge 3 ] && return 0
-  done
-  echo "  (machine still busy; measuring anyway)"
-}
-
-busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-# child_ticks FILE: children's CPU ticks from the output of `times`.
-child_ticks() {
+ticks() {
   awk -v h="$CLK_TCK" 'NR == 2 { t = 0
     for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
     printf "%d\n", t * h + 0.5 }' "$1"
@@ -130,13 +96,13 @@ for name in $SERVERS; do
   wait_quiet
   declare -A U0=() S0=()
   for rp in "${ROLE_PIDS[@]}"; do read -r U0[$rp] S0[$rp] < <(ticks "${rp#*:}"); done
-  b0=$(busy); times >"$TMP_DIR/t0"
+  b0=$(sys_busy); read_child_ticks; t0=$CHILD_TICKS
   close_wrk "$SECS" >"$TMP_DIR/wrk1"
-  b1=$(busy); times >"$TMP_DIR/t1"
+  b1=$(sys_busy); read_child_ticks; t1=$CHILD_TICKS
   req=$(awk '/ requests in / {print $1}' "$TMP_DIR/wrk1")
   ours=0
   for rp in "${ROLE_PIDS[@]}"; do read -r u s < <(ticks "${rp#*:}"); ours=$((ours + u + s - U0[$rp] - S0[$rp])); done
-  ours=$((ours + $(child_ticks "$TMP_DIR/t1") - $(child_ticks "$TMP_DIR/t0")))
+  ours=$((ours + t1 - t0))
   printf '  untraced: %s conn/s (%s connections in %ss); other work on the machine: %s cores\n' \
     "$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$TMP_DIR/wrk1")" "$req" "$SECS" \
     "$(awk -v b=$((b1 - b0 - ours)) -v h="$CLK_TCK" -v s="$SECS" 'BEGIN {f = b / h / s; printf "%.2f", f < 0 ? 0 : f}')"

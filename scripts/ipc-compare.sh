@@ -12,8 +12,11 @@
 #        and the busy-poll rows are information, the checks use the unpinned runs;
 #      SPIN_US (50): ours again with --busy-poll SPIN_US (0 skips it).
 # Exits 1 if a target is missed.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
+SCRIPT_NAME=ipc-compare
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 ANCHORS=${ANCHORS:-../shared/anchors}
 RUNS=${RUNS:-3}
 PP_COUNT=${PP_COUNT:-100000}
@@ -31,27 +34,10 @@ NODE_JS="$ANCHORS/js/ipc-bench.js"
 have_node=1
 command -v node >/dev/null || { echo "node not found: Node rows skipped" >&2; have_node=0; }
 
-# wait_quiet: other work on a 2-CPU machine (builds, tests) changes every figure, and busy
-# CPUs wake faster than idle ones, which flatters ping-pong. Wait (up to QUIET_MAX_S, default
-# 120 s) until the machine uses less than 0.15 cores over a 1 s sample.
-busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
-wait_quiet() {
-  local b0 b1 waited=0 limit
-  limit=$(awk -v h="$(getconf CLK_TCK)" 'BEGIN {printf "%d", 0.15 * h}')
-  while :; do
-    b0=$(busy); sleep 1; b1=$(busy)
-    [ $((b1 - b0)) -le "$limit" ] && return 0
-    waited=$((waited + 1))
-    if [ "$waited" -ge "${QUIET_MAX_S:-120}" ]; then
-      echo "  machine still busy after ${waited}s; measuring anyway" >&2
-      return 0
-    fi
-  done
-}
-
+# wait_quiet (scripts/lib.sh) before every sample: other work on a 2-CPU machine (builds,
+# tests) changes every figure, and busy CPUs wake faster than idle ones, which flatters
+# ping-pong.
 declare -A vals
-# kv KEY LINE
-kv() { tr ' ' '\n' <<<"$2" | awk -F= -v k="$1" '$1 == k {print $2; exit}'; }
 # sample NAME KEY CMD...: run CMD (60 s cap), keep KEY's value under NAME.
 sample() {
   local name=$1 key=$2 line; shift 2

@@ -12,8 +12,11 @@
 #                      delay itself), Node / ours; late_ms is printed for both
 #   timeout0-chain     per_s ratio, which must stay within 0.8–1.2 (the 1 ms clamp)
 # Run from the repository root; Node's script is expected at ../shared/anchors/js/.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
+SCRIPT_NAME=loop-compare
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 RUNS=${RUNS:-5}
 TIMEOUT0_N=${TIMEOUT0_N:-2000}
@@ -25,16 +28,13 @@ command -v node >/dev/null || { echo "node not found" >&2; exit 1; }
 cargo build --release --quiet --example loop_bench
 OURS=target/release/examples/loop_bench
 
-# field NAME LINE: the value of key NAME in a key=value line.
-field() { tr ' ' '\n' <<<"$2" | awk -F= -v k="$1" '$1 == k { print $2 }'; }
-
 # metric TEST LINE: the single number compared for TEST.
 metric() {
   case "$1" in
-    timers-same) field total_ms "$2" ;;
-    timers-spread) awk -v a="$(field create_ms "$2")" -v b="$(field fire_cpu_ms "$2")" \
+    timers-same) kv total_ms "$2" ;;
+    timers-spread) awk -v a="$(kv create_ms "$2")" -v b="$(kv fire_cpu_ms "$2")" \
       'BEGIN { printf "%.3f", a + b }' ;;
-    *) field per_s "$2" ;;
+    *) kv per_s "$2" ;;
   esac
 }
 
@@ -62,8 +62,8 @@ for t in $TESTS; do
     ours+=("$(metric "$t" "$lo")")
     theirs+=("$(metric "$t" "$ln")")
     if [ "$t" = timers-spread ]; then
-      late_o+=("$(field late_ms "$lo")")
-      late_n+=("$(field late_ms "$ln")")
+      late_o+=("$(kv late_ms "$lo")")
+      late_n+=("$(kv late_ms "$ln")")
     fi
   done
   mo=$(printf '%s\n' "${ours[@]}" | median)

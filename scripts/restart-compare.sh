@@ -33,8 +33,8 @@
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 SCRIPT_NAME=restart-compare
-# shellcheck source=scripts/fault-lib.sh
-source scripts/fault-lib.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 RUNS=${RUNS:-3}
 ITERATIONS=${ITERATIONS:-20}
@@ -58,31 +58,6 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   build_retry cargo build --release --quiet --example restart_bench
 fi
 [ -x "$BENCH" ] || die "missing $BENCH"
-
-# free_port: a TCP port below the ephemeral range that no socket uses (Node's workers
-# listen on a fixed $PORT).
-free_port() {
-  local lo p
-  read -r lo _ </proc/sys/net/ipv4/ip_local_port_range
-  [ "$lo" -gt 11000 ] || lo=65000
-  for _ in $(seq 1 500); do
-    p=$((10000 + RANDOM % (lo - 10000)))
-    if ! ss -Htan "( sport = :$p or dport = :$p )" | grep -q .; then
-      echo "$p"
-      return 0
-    fi
-  done
-  return 1
-}
-
-# read_child_ticks: CPU ticks used so far by this shell's waited-for children.
-read_child_ticks() {
-  times >"$TMP_DIR/times"
-  CHILD_TICKS=$(awk -v h="$CLK_TCK" 'NR == 2 {
-    t = 0
-    for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
-    printf "%d\n", t * h + 0.5 }' "$TMP_DIR/times")
-}
 
 # run_one WHO ROUND: runs forkloop or node once (repeating a noisy run); output in
 # $TMP_DIR/WHO-ROUND.txt; sets FOREIGN.
@@ -117,9 +92,6 @@ run_one() {
   done
   echo "foreign_cores=$FOREIGN" >>"$out"
 }
-
-# kv KEY LINE: the value of KEY=… in a key=value line.
-kv() { tr ' ' '\n' <<<"$2" | awk -F= -v k="$1" '$1 == k {print $2; exit}'; }
 
 # median V...: median of the numbers (NA if none).
 median() {
