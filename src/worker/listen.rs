@@ -1,9 +1,11 @@
 //! Cluster-aware listening in a worker: `listen` asks the primary (Node's `queryServer`),
 //! which answers how to serve the endpoint (see [`crate::primary`]'s policy table):
 //!
-//! * **hand-off** (round-robin): connections arrive as `NewConn` messages with a
-//!   descriptor; the worker answers `Accepted` (with its free credit) or `Rejected` (server
-//!   closing or unknown), and a rejected connection goes to another worker;
+//! * **hand-off** (round-robin): connections arrive as `NewConn` messages, each with one or
+//!   more descriptors (a burst the primary accepted at once); the worker answers each
+//!   connection with `Accepted` (with its free credit) or `Rejected` (server closing, at its
+//!   limit, or unknown) — the answers leave together — and a rejected connection goes to
+//!   another worker;
 //! * **shared**: the listening socket comes with the reply; the worker accepts on it;
 //! * **reuseport**: the worker binds its own `SO_REUSEPORT` socket to the address the
 //!   primary reserved.
