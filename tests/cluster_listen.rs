@@ -528,6 +528,38 @@ fn burst(
 }
 
 #[test]
+fn a_worker_at_its_connection_limit_gets_connections_again_once_one_ends() {
+    // One worker with maxConnections 1: three clients one after the other are all served
+    // (each connection ends before the next starts), so the primary must learn that the
+    // worker has room again after it answered a hand-off with no credit left.
+    worker(|lp, w| {
+        let server = listen_id(lp, w, any_port());
+        server.set_max_connections(Some(1));
+        let w2 = w.clone();
+        server.on_listening(lp, move |lp, _| {
+            let _ = w2.send(lp, b"ready");
+        });
+    });
+    let (mut lp, p) =
+        primary("a_worker_at_its_connection_limit_gets_connections_again_once_one_ends");
+    let tally: Rc<RefCell<BTreeMap<String, usize>>> = Rc::default();
+    let t = tally.clone();
+    on_all_ready(&p, 1, move |lp, p, addr| {
+        let (t, p2) = (t.clone(), p.clone());
+        lp.spawn_blocking(
+            move || (0..3).map(|_| fetch(addr)).collect::<Vec<_>>(),
+            move |lp, r| {
+                count_answers(&t, r.unwrap());
+                p2.disconnect(lp, |_, _| {});
+            },
+        );
+    });
+    p.fork(&mut lp).unwrap();
+    run(&mut lp);
+    assert_eq!(tally.borrow().get("w1"), Some(&3), "{:?}", tally.borrow());
+}
+
+#[test]
 fn net_server_drop_connection() {
     // maxConnections 0, 1 and 9 on three workers: of 10 connections each gets exactly that
     // many; the rest are refused and go elsewhere.

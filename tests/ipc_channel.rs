@@ -92,6 +92,7 @@ fn all_messages() -> Vec<Message> {
         Message::GoingDown {
             reason: "out of memory".into(),
         },
+        Message::Credit { credit: 5 },
         Message::User(vec![]),
         Message::User(vec![0xff; 300]),
     ]

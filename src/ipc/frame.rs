@@ -76,13 +76,16 @@ pub enum Kind {
     Ack = 15,
     /// W→P: the worker hit a fatal error, stopped accepting, and asks to be replaced.
     GoingDown = 16,
+    /// W→P: the worker's free credit changed outside an answer (room again after being
+    /// full).
+    Credit = 17,
     /// Application bytes (and optional descriptors).
     User = 32,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Online,
         Kind::QueryServer,
         Kind::QueryReply,
@@ -99,6 +102,7 @@ impl Kind {
         Kind::ExitedAfterDisconnect,
         Kind::Ack,
         Kind::GoingDown,
+        Kind::Credit,
         Kind::User,
     ];
 
@@ -121,6 +125,7 @@ impl Kind {
             14 => Kind::ExitedAfterDisconnect,
             15 => Kind::Ack,
             16 => Kind::GoingDown,
+            17 => Kind::Credit,
             32 => Kind::User,
             _ => return None,
         })

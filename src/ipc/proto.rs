@@ -22,6 +22,7 @@
 //! | `ExitedAfterDisconnect` | W→P | seq | 0 |
 //! | `Ack` | P→W | seq | 0 |
 //! | `GoingDown` | W→P | reason | 0 |
+//! | `Credit` | W→P | free credit (room again after answering a hand-off with none) | 0 |
 //! | `User` | both | bytes | 0 to the frame limit |
 
 use std::fmt;
@@ -181,6 +182,12 @@ pub enum Message {
         /// Why, for the log.
         reason: String,
     },
+    /// W→P: the worker has room for `credit` more hand-offs again (it answered an earlier
+    /// one with no credit left, or refused one, and a connection has ended since).
+    Credit {
+        /// Free credit now.
+        credit: u32,
+    },
     /// Application bytes.
     User(Vec<u8>),
 }
@@ -288,6 +295,7 @@ impl Message {
             Message::ExitedAfterDisconnect { .. } => Kind::ExitedAfterDisconnect,
             Message::Ack { .. } => Kind::Ack,
             Message::GoingDown { .. } => Kind::GoingDown,
+            Message::Credit { .. } => Kind::Credit,
             Message::User(_) => Kind::User,
         }
     }
@@ -359,6 +367,7 @@ impl Message {
                 w.0.extend_from_slice(payload);
             }
             Message::GoingDown { reason } => w.0.extend_from_slice(reason.as_bytes()),
+            Message::Credit { credit } => w.u32(*credit),
             Message::User(bytes) => w.0.extend_from_slice(bytes),
         }
     }
@@ -424,6 +433,9 @@ impl Message {
             },
             Kind::GoingDown => Message::GoingDown {
                 reason: String::from_utf8_lossy(r.rest()).into_owned(),
+            },
+            Kind::Credit => Message::Credit {
+                credit: r.u32("credit")?,
             },
             Kind::User => Message::User(r.rest().to_vec()),
         };

@@ -26,8 +26,10 @@
 //! `sendmsg`, one wake-up of the worker; the worker's answers leave together too), and
 //! the next burst starts at the next worker. A worker holds at most `credit` hand-offs it
 //! has not answered; its
-//! `Accepted` answers may lower that (a worker near its own connection limit). When no
-//! worker has credit the primary stops accepting, and the kernel's backlog holds the
+//! `Accepted` answers may lower that (a worker near its own connection limit); a worker
+//! that answered with no credit left, or refused a connection for lack of room, sends
+//! `Credit` once a connection has ended (it checks every 10 ms while full), and takes
+//! connections again. When no worker has credit the primary stops accepting, and the kernel's backlog holds the
 //! clients: no unbounded queue, no busy loop (Node's RR has both).
 //!
 //! The primary keeps its own reference to every connection in flight. A `Rejected` answer,
@@ -502,6 +504,17 @@ impl Balancer {
         if let Some(l) = self.load.get_mut(&worker) {
             l.reported = credit;
             l.handed += 1;
+        }
+    }
+
+    /// `worker` has room for `credit` more hand-offs again: it takes connections once more,
+    /// including on the handles where it refused one.
+    pub(crate) fn credit(&mut self, worker: u32, credit: u32) {
+        if let Some(l) = self.load.get_mut(&worker) {
+            l.reported = credit;
+        }
+        for h in self.handles.values_mut() {
+            h.refused.remove(&worker);
         }
     }
 

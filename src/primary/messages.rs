@@ -84,6 +84,10 @@ impl Primary {
                 self.inner.borrow_mut().bal.rejected(worker, seq);
                 self.pump(lp);
             }
+            Message::Credit { credit } => {
+                self.inner.borrow_mut().bal.credit(worker, credit);
+                self.pump(lp);
+            }
             Message::Pong { seq, lag_us } => self.emit(
                 lp,
                 Event::Pong {

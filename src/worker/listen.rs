@@ -20,6 +20,9 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use crate::ipc::{Endpoint, ListenMode, ListenRequest, Message};
+
+/// How often (ms) a worker with a full hand-off server checks whether it has room again.
+const CREDIT_POLL_MS: u64 = 10;
 use crate::net::{Stream, UdpSocket, tcp, udp, unix};
 use crate::rt::EventLoop;
 use crate::sys::net::{self as sysnet, BindOptions};
@@ -273,19 +276,83 @@ impl Worker {
 
     /// Connections handed off by the primary: `fds[i]` is hand-off `seq + i`. Each gets
     /// its own `Accepted` (with the credit left) or `Rejected`; the replies are queued and
-    /// leave together once the batch of messages is handled.
+    /// leave together once the batch of messages is handled. A server left with no room is
+    /// watched, so that the primary hears when it has some again.
     pub(super) fn on_new_conn(&self, lp: &mut EventLoop, key: u32, seq: u32, fds: Vec<OwnedFd>) {
         let server = self.inner.borrow().by_key.get(&key).cloned();
+        let mut full = false;
         for (i, fd) in fds.into_iter().enumerate() {
             let seq = seq.wrapping_add(i as u32);
             let reply = match &server {
                 Some(s) => match adopt_handed_off(lp, s, fd) {
-                    Some(credit) => Message::Accepted { seq, credit },
-                    None => Message::Rejected { seq },
+                    Some(credit) => {
+                        full |= credit == 0;
+                        Message::Accepted { seq, credit }
+                    }
+                    None => {
+                        full |= !s.is_closing() && s.capacity(lp) == 0;
+                        Message::Rejected { seq }
+                    }
                 },
                 None => Message::Rejected { seq }, // unknown server: the descriptor closes
             };
             let _ = self.send_msg(lp, &reply);
+        }
+        if full {
+            self.watch_credit(lp, key);
+        }
+    }
+
+    /// Watches hand-off server `key`, which has no room: once a connection of it has
+    /// ended, the primary is told the credit it has again.
+    fn watch_credit(&self, lp: &mut EventLoop, key: u32) {
+        let arm = {
+            let mut inner = self.inner.borrow_mut();
+            inner.full.insert(key);
+            inner.credit_watch.is_none()
+        };
+        if arm {
+            self.arm_credit_watch(lp);
+        }
+    }
+
+    fn arm_credit_watch(&self, lp: &mut EventLoop) {
+        let w = self.clone();
+        let t = lp.set_timeout(CREDIT_POLL_MS, move |lp| w.check_credit(lp));
+        lp.unref(t); // the servers keep the loop alive, not the watch
+        self.inner.borrow_mut().credit_watch = Some(t);
+    }
+
+    fn check_credit(&self, lp: &mut EventLoop) {
+        let watched: Vec<(u32, Option<Server>)> = {
+            let mut inner = self.inner.borrow_mut();
+            inner.credit_watch = None;
+            let keys: Vec<u32> = inner.full.iter().copied().collect();
+            keys.into_iter()
+                .map(|k| (k, inner.by_key.get(&k).cloned()))
+                .collect()
+        };
+        let mut room = 0;
+        for (key, server) in watched {
+            match server {
+                Some(s) if !s.is_closing() => {
+                    let credit = s.capacity(lp);
+                    if credit > 0 {
+                        self.inner.borrow_mut().full.remove(&key);
+                        room = room.max(credit);
+                    }
+                }
+                // Gone or closing: nothing to wait for.
+                _ => {
+                    self.inner.borrow_mut().full.remove(&key);
+                }
+            }
+        }
+        if room > 0 {
+            let _ = self.send_msg(lp, &Message::Credit { credit: room });
+        }
+        if !self.inner.borrow().full.is_empty() {
+            self.arm_credit_watch(lp);
         }
     }
 }

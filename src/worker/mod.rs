@@ -124,6 +124,11 @@ struct Inner {
     /// While a batch of the primary's messages is handled, control replies are queued
     /// and leave together afterwards (one `sendmsg`, one wake-up of the primary).
     corked: bool,
+    /// Hand-off servers (by listener id) that answered with no credit left; watched until
+    /// one has room again, which the primary is then told ([`Message::Credit`]).
+    full: BTreeSet<u32>,
+    /// The timer of that watch, while it runs.
+    credit_watch: Option<crate::rt::TimerId>,
 }
 
 impl Inner {
@@ -203,6 +208,8 @@ impl Worker {
                 lag: Rc::new(lag::LagMeter::default()),
                 watchdog,
                 corked: false,
+                full: BTreeSet::new(),
+                credit_watch: None,
             })),
             hooks: Rc::new(Hooks::default()),
         };
