@@ -290,7 +290,9 @@ impl Worker {
                         Message::Accepted { seq, credit }
                     }
                     None => {
-                        full |= !s.is_closing() && s.capacity(lp) == 0;
+                        // Full, or the socket could not be served (out of descriptors…):
+                        // either way, say so once there is room again.
+                        full |= !s.is_closing();
                         Message::Rejected { seq }
                     }
                 },
@@ -303,8 +305,9 @@ impl Worker {
         }
     }
 
-    /// Watches hand-off server `key`, which has no room: once a connection of it has
-    /// ended, the primary is told the credit it has again.
+    /// Watches hand-off server `key`, which refused a connection or has no room left: once
+    /// it has room (a connection of it has ended), the primary is told the credit it has
+    /// again and stops skipping this worker.
     fn watch_credit(&self, lp: &mut EventLoop, key: u32) {
         let arm = {
             let mut inner = self.inner.borrow_mut();
