@@ -284,3 +284,45 @@ fn accepts_every_queued_connection_and_unref_lets_the_loop_end() {
     lp.unref(l.id());
     assert_eq!(lp.run().unwrap(), 0);
 }
+
+#[test]
+fn a_short_read_still_sees_a_later_or_simultaneous_end() {
+    // Reads that come back short skip the confirming read; the client's FIN must still be
+    // seen, whether it arrives with the request or a while after it.
+    for delay_ms in [0u64, 50] {
+        let mut lp = EventLoop::new().unwrap();
+        guard(&mut lp, 5000);
+        let listener = Rc::new(Cell::new(None));
+        let li = listener.clone();
+        let server = tcp::listen(&mut lp, any_port(), move |lp, conn| {
+            conn.on_data(lp, |lp, c, d| {
+                c.write(lp, d);
+            });
+            let li = li.clone();
+            conn.on_end(lp, move |lp, c| {
+                c.write(lp, b"/end");
+                c.end(lp);
+                if let Some(l) = li.get() {
+                    forkloop::net::Listener::close(l, lp, |_| {});
+                }
+            });
+        })
+        .unwrap();
+        listener.set(Some(server));
+        let addr = server.local_addr(&lp).unwrap();
+        let client = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            s.write_all(b"req").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).map(|_| got)
+        });
+        assert_eq!(lp.run().unwrap(), 0);
+        let got = client.join().unwrap().unwrap();
+        assert_eq!(got, b"req/end", "FIN {delay_ms} ms after the request");
+    }
+}
