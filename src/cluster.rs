@@ -184,20 +184,28 @@ pub(crate) fn flush_channel(
 /// Messages read from a channel in one go, with their descriptors.
 pub(crate) type Received = Vec<(crate::ipc::Message, Vec<std::os::fd::OwnedFd>)>;
 
+/// How a channel finished.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The peer closed it cleanly.
+    Eof,
+    /// It failed (or carried a malformed message), for this reason.
+    Failed(String),
+}
+
 /// Answers a readiness event on the loop-registered channel `io`: writes what is queued,
 /// then reads every whole message. Returns the messages and, if the channel is finished,
-/// why: `Some("")` for a clean end of stream, `Some(reason)` for a failure. A malformed
-/// message closes the channel; it is logged as coming from `peer`.
+/// how. A malformed message closes the channel; it is logged as coming from `peer`.
 pub(crate) fn drain_channel(
     lp: &mut crate::rt::EventLoop,
     io: crate::rt::IoId,
     peer: &dyn std::fmt::Display,
-) -> (Received, Option<String>) {
+) -> (Received, Option<Ended>) {
     use crate::ipc::{Channel, Recv};
     let mut msgs = Vec::new();
     let mut closed = None;
     if let Err(e) = flush_channel(lp, io) {
-        closed = Some(format!("write failed: {e}"));
+        closed = Some(Ended::Failed(format!("write failed: {e}")));
     }
     if let Some(ch) = lp.io_mut::<Channel>(io) {
         while closed.is_none() {
@@ -207,12 +215,12 @@ pub(crate) fn drain_channel(
                     Err(e) => {
                         log::warn!("closing the channel to {peer}: bad message: {e}");
                         ch.close();
-                        closed = Some(format!("bad message: {e}"));
+                        closed = Some(Ended::Failed(format!("bad message: {e}")));
                     }
                 },
                 Ok(Recv::WouldBlock) => break,
-                Ok(Recv::Eof) => closed = Some(String::new()),
-                Err(e) => closed = Some(e.to_string()),
+                Ok(Recv::Eof) => closed = Some(Ended::Eof),
+                Err(e) => closed = Some(Ended::Failed(e.to_string())),
             }
         }
     }
@@ -233,11 +241,7 @@ pub(crate) fn send_frame(
     data: &[u8],
     fds: Vec<crate::ipc::SendFd>,
 ) -> Result<(), crate::ipc::SendError> {
-    use crate::ipc::{Channel, SendError, SendErrorKind};
-    let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
-        return Err(SendError::new(SendErrorKind::Closed, fds));
-    };
-    ch.send_with_fds(kind, data, fds)?;
+    with_channel(lp, io, fds, |ch, fds| ch.send_with_fds(kind, data, fds))?;
     flushed(lp, io)
 }
 
@@ -269,11 +273,28 @@ pub(crate) fn queue_message(
     msg: &crate::ipc::Message,
     fds: Vec<crate::ipc::SendFd>,
 ) -> Result<(), crate::ipc::SendError> {
+    with_channel(lp, io, fds, |ch, fds| ch.send_msg(msg, fds))
+}
+
+/// Runs `queue` on the loop-registered channel `io`, or gives `fds` back in a `Closed`
+/// error if there is none.
+fn with_channel<F>(
+    lp: &mut crate::rt::EventLoop,
+    io: Option<crate::rt::IoId>,
+    fds: Vec<crate::ipc::SendFd>,
+    queue: F,
+) -> Result<(), crate::ipc::SendError>
+where
+    F: FnOnce(
+        &mut crate::ipc::Channel,
+        Vec<crate::ipc::SendFd>,
+    ) -> Result<(), crate::ipc::SendError>,
+{
     use crate::ipc::{Channel, SendError, SendErrorKind};
-    let Some(ch) = io.and_then(|io| lp.io_mut::<Channel>(io)) else {
-        return Err(SendError::new(SendErrorKind::Closed, fds));
-    };
-    ch.send_msg(msg, fds)
+    match io.and_then(|io| lp.io_mut::<Channel>(io)) {
+        Some(ch) => queue(ch, fds),
+        None => Err(SendError::new(SendErrorKind::Closed, fds)),
+    }
 }
 
 fn flushed(

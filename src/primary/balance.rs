@@ -25,12 +25,12 @@
 //! worker, up to its free credit and [`HAND_OFF_BATCH`], in one `NewConn` message (one
 //! `sendmsg`, one wake-up of the worker; the worker's answers leave together too), and
 //! the next burst starts at the next worker. A worker holds at most `credit` hand-offs it
-//! has not answered; its
-//! `Accepted` answers may lower that (a worker near its own connection limit); a worker
-//! that answered with no credit left, or refused a connection for lack of room, sends
-//! `Credit` once a connection has ended (it checks every 10 ms while full), and takes
-//! connections again. When no worker has credit the primary stops accepting, and the kernel's backlog holds the
-//! clients: no unbounded queue, no busy loop (Node's RR has both).
+//! has not answered; its `Accepted` answers may lower that (a worker near its own
+//! connection limit). A worker that answered with no credit left, or refused a
+//! connection, sends `Credit` once it has room again (it checks every 10 ms while full)
+//! and takes connections again. When no worker has credit the primary stops accepting,
+//! and the kernel's backlog holds the clients: no unbounded queue, no busy loop (Node's
+//! RR has both).
 //!
 //! The primary keeps its own reference to every connection in flight. A `Rejected` answer,
 //! or a worker that dies before answering, puts the connection back in the handle's queue

@@ -25,11 +25,10 @@ impl Primary {
         for (msg, fds) in msgs {
             self.handle(lp, worker, msg, fds);
         }
-        if let Some(reason) = closed {
-            if !reason.is_empty() {
+        if let Some(ended) = closed {
+            if let crate::cluster::Ended::Failed(reason) = ended {
                 let p = self.clone();
-                let err = Event::Error { worker, reason };
-                p.emit(lp, err);
+                p.emit(lp, Event::Error { worker, reason });
             }
             self.channel_closed(lp, worker);
         }

@@ -20,14 +20,14 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use crate::ipc::{Endpoint, ListenMode, ListenRequest, Message};
-
-/// How often (ms) a worker with a full hand-off server checks whether it has room again.
-const CREDIT_POLL_MS: u64 = 10;
 use crate::net::{Stream, UdpSocket, tcp, udp, unix};
 use crate::rt::EventLoop;
 use crate::sys::net::{self as sysnet, BindOptions};
 
 use super::{Server, Worker};
+
+/// How often (ms) a worker with a full hand-off server checks whether it has room again.
+const CREDIT_POLL_MS: u64 = 10;
 
 /// How to listen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
