@@ -2,12 +2,14 @@
 //! the primary shares the port among them.
 //!
 //! ```text
-//! cargo run --release --example http_cluster -- [--workers N] [--port P] [--host H] [--policy rr|none|reuseport] [--credit K]
+//! cargo run --release --example http_cluster -- [--workers N] [--port P] [--host H] [--policy rr|none|reuseport] [--credit K] [--accept-window-ms W]
 //! ```
 //!
 //! Defaults: one worker per available core, port 8000, host 127.0.0.1, policy from
 //! `FORKLOOP_SCHED_POLICY` or `rr`, credit (round-robin hand-offs a worker may hold
-//! unanswered) 16. The primary prints one line,
+//! unanswered) 16, no accept windows (`--accept-window-ms W`: under a heavy stream of new
+//! connections the round-robin primary accepts every W ms instead of waking for each one;
+//! see `forkloop::primary::window`). The primary prints one line,
 //! `listening on HOST:PORT workers=N policy=P`, once every worker listens.
 //!
 //! Supervised: a crashed worker is restarted (with backoff if it keeps crashing), a hung
@@ -39,12 +41,13 @@ struct Args {
     host: String,
     policy: Option<Policy>,
     credit: u32,
+    accept_window_ms: u64,
 }
 
 fn usage(why: &str) -> ! {
     eprintln!("http_cluster: {why}");
     eprintln!(
-        "usage: http_cluster [--workers N] [--port P] [--host H] [--policy rr|none|reuseport] [--credit K]"
+        "usage: http_cluster [--workers N] [--port P] [--host H] [--policy rr|none|reuseport] [--credit K] [--accept-window-ms W]"
     );
     std::process::exit(2)
 }
@@ -56,6 +59,7 @@ fn parse_args() -> Args {
         host: "127.0.0.1".into(),
         policy: None,
         credit: forkloop::primary::DEFAULT_CREDIT,
+        accept_window_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,6 +73,11 @@ fn parse_args() -> Args {
             "--host" => a.host = val(),
             "--policy" => a.policy = Some(Policy::parse(&val()).unwrap_or_else(|e| usage(&e))),
             "--credit" => a.credit = val().parse().unwrap_or_else(|_| usage("bad --credit")),
+            "--accept-window-ms" => {
+                a.accept_window_ms = val()
+                    .parse()
+                    .unwrap_or_else(|_| usage("bad --accept-window-ms"))
+            }
             other => usage(&format!("unknown flag {other}")),
         }
     }
@@ -93,6 +102,8 @@ fn primary(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
     let opts = PrimaryOptions {
         policy: args.policy,
         credit: args.credit,
+        accept_window: (args.accept_window_ms > 0)
+            .then(|| std::time::Duration::from_millis(args.accept_window_ms)),
         ..PrimaryOptions::default()
     };
     let p = Primary::with_options(lp, opts)?;

@@ -7,10 +7,12 @@
 #   RUNS=1 DURATION=3s scripts/http-compare.sh    # quick smoke run
 #   SERVERS="fl-rr mio-2" MODES=ka-c64 scripts/http-compare.sh
 #   SERVERS="fl-rr@1 fl-rr@4 fl-rr@16 fl-rr@64" MODES="close-c64 ka-c64" scripts/http-compare.sh
+#   SERVERS="fl-rr fl-rr~1 mio-2" MODES="close-c64 close-c16" scripts/http-compare.sh
 #
 # Servers (2 workers/processes each unless noted):
 #   fl-rr fl-reuseport fl-none   forkloop http_cluster --policy rr|reuseport|none
-#                                (NAME@K: the same with --credit K, e.g. fl-rr@4)
+#                                (NAME@K: the same with --credit K, e.g. fl-rr@4;
+#                                NAME~W: with --accept-window-ms W, e.g. fl-rr~1; both: fl-rr@4~1)
 #   node-rr node-none            Node cluster (../shared/anchors/js/http-cluster.js)
 #   node-single                  Node, one process
 #   nginx                        nginx, worker_processes 2 (a copy of the anchors' nginx.conf)
@@ -21,6 +23,8 @@
 #   ka-c64      -c64 keep-alive
 #   close-c64   -c64 -H 'Connection: close' (every request a new TCP connection)
 #   ka-c1       -c1 keep-alive (latency)
+#   close-c16   -c16 -H 'Connection: close' (not in the default MODES; no check uses it: it
+#               shows the cost of accept windows to a client with few connections in flight)
 #
 # Each round visits every server once (the order rotates by one each round): start it,
 # warm up (WARMUP of keep-alive c64), one run per mode, stop it. Before every run the
@@ -101,12 +105,18 @@ cpu_ticks() {
 }
 
 # ---------------------------------------------------------------- servers
+# server_base NAME: NAME without its @K and ~W suffixes.
+server_base() { echo "${1%%[@~]*}"; }
+# server_credit NAME / server_window NAME: the K of @K and the W of ~W, or nothing.
+server_credit() { if [[ $1 =~ @([0-9]+) ]]; then echo "${BASH_REMATCH[1]}"; fi; }
+server_window() { if [[ $1 =~ ~([0-9]+) ]]; then echo "${BASH_REMATCH[1]}"; fi; }
+
 label() {
-  local base=${1%%@*} k=
-  [[ $1 == *@* ]] && k=${1#*@}
+  local base k w
+  base=$(server_base "$1") k=$(server_credit "$1") w=$(server_window "$1")
   [ -z "$k" ] && k=${CREDIT:-default}
   case $base in
-    fl-rr) echo "forkloop rr, 2 workers, credit $k" ;;
+    fl-rr) echo "forkloop rr, 2 workers, credit $k${w:+, accept window $w ms}" ;;
     fl-reuseport) echo "forkloop reuseport, 2 workers" ;;
     fl-none) echo "forkloop none (shared socket), 2 workers" ;;
     node-rr) echo "Node cluster SCHED_RR, 2 workers" ;;
@@ -122,7 +132,8 @@ label() {
 # start_server NAME: sets PORT, PRIMARY (the primary/master pid, or empty) and OTHERS
 # (every other server process), MAIN (the pids we started ourselves).
 start_server() {
-  local name=$1 base=${1%%@*} log="$TMP_DIR/$1.log" credit=() k p try
+  local name=$1 base log="$TMP_DIR/$1.log" credit=() k w p try
+  base=$(server_base "$name")
   for try in 1 2 3; do
     PRIMARY=() OTHERS=() MAIN=()
     : >"$log"
@@ -137,9 +148,10 @@ start_server() {
 start_server_once() {
   case $base in
     fl-rr | fl-reuseport | fl-none)
-      k=${CREDIT:-}
-      [[ $name == *@* ]] && k=${name#*@}
+      k=$(server_credit "$name") w=$(server_window "$name")
+      [ -z "$k" ] && k=${CREDIT:-}
       [ -n "$k" ] && credit=(--credit "$k")
+      [ -n "$w" ] && credit+=(--accept-window-ms "$w")
       "$FL_BIN" --workers 2 --port 0 --host 127.0.0.1 --policy "${base#fl-}" ${credit[@]+"${credit[@]}"} >"$log" 2>&1 &
       MAIN=($!); track $!; PRIMARY=($!)
       wait_for "$name listening line" 20 "$!" has_line "$log" '^listening on 127\.0\.0\.1:[0-9]+ workers=2 ' || return 1
@@ -222,6 +234,7 @@ mode_title() {
     ka-c64) echo "keep-alive, 64 connections: wrk -t1 -c64 -d${SECS}s --latency" ;;
     close-c64) echo "new connection per request, 64 concurrent: wrk -t1 -c64 -d${SECS}s --latency -H 'Connection: close' (req/s = connections/s)" ;;
     ka-c1) echo "keep-alive, 1 connection (latency): wrk -t1 -c1 -d${SECS}s --latency" ;;
+    close-c16) echo "new connection per request, 16 concurrent: wrk -t1 -c16 -d${SECS}s --latency -H 'Connection: close' (req/s = connections/s)" ;;
     *) return 1 ;;
   esac
 }
@@ -232,6 +245,7 @@ run_wrk() {
   case $mode in
     ka-c64) extra=(-c64) ;;
     close-c64) extra=(-c64 -H 'Connection: close') ;;
+    close-c16) extra=(-c16 -H 'Connection: close') ;;
     ka-c1) extra=(-c1) ;;
     *) die "unknown mode $mode" ;;
   esac
@@ -385,6 +399,18 @@ print_checks() {
   info "server CPU/conn fl-rr / mio-1" "$(ratio close-c64 fl-rr mio-1 cpu_us_req)" "$(pair close-c64 fl-rr mio-1 cpu_us_req)"
   check "primary CPU µs per handed-off conn, fl-rr" "$(agg close-c64 fl-rr primary_us_req)" "<=" 10 \
     "(Node rr primary: $(agg close-c64 node-rr primary_us_req) µs)"
+  local w
+  for w in "${SERVER_LIST[@]}"; do
+    [[ $(server_base "$w") == fl-rr && -n $(server_window "$w") ]] || continue
+    echo "Connection: close c64, $w (accept windows, opt-in; the checks above use the default):"
+    info "conn/s $w / node-rr" "$(ratio close-c64 "$w" node-rr req_s)" "$(pair close-c64 "$w" node-rr req_s)"
+    info "conn/s $w / nginx" "$(ratio close-c64 "$w" nginx req_s)" "$(pair close-c64 "$w" nginx req_s)"
+    info "conn/s $w / fl-rr" "$(ratio close-c64 "$w" fl-rr req_s)" "$(pair close-c64 "$w" fl-rr req_s)"
+    info "server CPU/conn $w / mio-2" "$(ratio close-c64 "$w" mio-2 cpu_us_req)" "$(pair close-c64 "$w" mio-2 cpu_us_req)"
+    info "primary CPU µs per handed-off conn, $w" "$(agg close-c64 "$w" primary_us_req)" "(fl-rr: $(agg close-c64 fl-rr primary_us_req) µs)"
+    info "p50 $w / fl-rr" "$(ratio close-c64 "$w" fl-rr p50_us)" "$(pair close-c64 "$w" fl-rr p50_us)"
+    info "close-c16 conn/s $w / fl-rr" "$(ratio close-c16 "$w" fl-rr req_s)" "$(pair close-c16 "$w" fl-rr req_s)"
+  done
   echo "reuseport:"
   check "keep-alive c64 req/s fl-reuseport / mio-2" "$(ratio ka-c64 fl-reuseport mio-2 req_s)" ">=" 0.95 "$(pair ka-c64 fl-reuseport mio-2 req_s)"
   check "c1 p50 fl-reuseport / mio-2" "$(ratio ka-c1 fl-reuseport mio-2 p50_us)" "<=" 1.1 "$(pair ka-c1 fl-reuseport mio-2 p50_us)"
@@ -410,7 +436,7 @@ need ss iproute2
 need timeout coreutils
 USE_FL=0 USE_MIO=0
 for name in "${SERVER_LIST[@]}"; do
-  case ${name%%@*} in
+  case $(server_base "$name") in
     fl-rr | fl-reuseport | fl-none) USE_FL=1 ;;
     mio-1 | mio-2) USE_MIO=1 ;;
     node-*) need node nodejs; [ -f "$ANCHORS/js/http-cluster.js" ] || die "missing $ANCHORS/js" ;;
@@ -418,7 +444,7 @@ for name in "${SERVER_LIST[@]}"; do
     *) die "unknown server $name (see the header of $0)" ;;
   esac
 done
-for mode in "${MODE_LIST[@]}"; do mode_title "$mode" >/dev/null || die "unknown mode $mode (ka-c64 close-c64 ka-c1)"; done
+for mode in "${MODE_LIST[@]}"; do mode_title "$mode" >/dev/null || die "unknown mode $mode (ka-c64 close-c64 ka-c1 close-c16)"; done
 
 if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${REPORT_FROM:-}" ]; then
   if [ "$USE_FL" = 1 ]; then build_retry cargo build --release --quiet --example http_cluster; fi

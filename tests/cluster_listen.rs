@@ -371,6 +371,29 @@ fn worker_handle_close() {
 /// Once `workers` said "ready", opens `n` connections at once from a thread, then reads
 /// every answer; the tally of answers by worker is returned. `kill_after` kills worker 1
 /// that long after the clients start. Disconnects the cluster afterwards.
+/// Opens `n` connections to `addr`, each sending one byte (read timeouts set).
+fn ask(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            s.write_all(b"x").unwrap();
+            s
+        })
+        .collect()
+}
+
+/// Everything each connection receives until the server ends it.
+fn read_answers(conns: &mut [TcpStream]) -> Vec<std::io::Result<String>> {
+    conns
+        .iter_mut()
+        .map(|s| {
+            let mut out = String::new();
+            s.read_to_string(&mut out).map(|_| out)
+        })
+        .collect()
+}
+
 fn many_clients_after_ready(
     lp: &mut EventLoop,
     p: &Primary,
@@ -384,21 +407,8 @@ fn many_clients_after_ready(
         let (t, p2) = (t.clone(), p.clone());
         lp.spawn_blocking(
             move || {
-                let mut conns: Vec<TcpStream> = (0..n)
-                    .map(|_| {
-                        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
-                        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                        s.write_all(b"x").unwrap();
-                        s
-                    })
-                    .collect();
-                conns
-                    .iter_mut()
-                    .map(|s| {
-                        let mut out = String::new();
-                        s.read_to_string(&mut out).map(|_| out)
-                    })
-                    .collect::<Vec<_>>()
+                let mut conns = ask(addr, n);
+                read_answers(&mut conns)
             },
             move |lp, r| {
                 count_answers(&t, r.unwrap());
@@ -485,6 +495,66 @@ fn a_burst_of_connections_goes_to_one_worker_in_one_message() {
     assert_ne!(firsts[0], firsts[1], "bursts take turns: {tallies:?}");
 }
 
+#[test]
+fn accept_windows_open_under_a_burst_and_close_when_connections_thin_out() {
+    // With 300 ms accept windows: sixteen connections waiting at once open a window (the
+    // primary stops waking for each connection); every one is served; once connections
+    // thin out the primary wakes for each again, so a client making one connection at a
+    // time is not held back by windows.
+    const WINDOW_MS: u64 = 300;
+    worker(listen_id_and_say_ready);
+    let (mut lp, p) = primary_with(
+        "accept_windows_open_under_a_burst_and_close_when_connections_thin_out",
+        PrimaryOptions {
+            accept_window: Some(Duration::from_millis(WINDOW_MS)),
+            ..PrimaryOptions::default()
+        },
+    );
+    type Outcome = (BTreeMap<String, usize>, u64, Duration);
+    let outcome: Rc<RefCell<Option<Outcome>>> = Rc::default();
+    let o = outcome.clone();
+    on_all_ready(&p, 2, move |lp, p, addr| {
+        // Connected from the primary's loop: all sixteen wait in the backlog when it
+        // next accepts.
+        let mut conns = ask(addr, 16);
+        let p2 = p.clone();
+        lp.spawn_blocking(
+            move || {
+                let mut answers = read_answers(&mut conns);
+                // The first one-at-a-time connection may still wait for the window that
+                // is open; then windows close, and the next four go through at once.
+                answers.push(fetch(addr));
+                let started = std::time::Instant::now();
+                answers.extend((0..4).map(|_| fetch(addr)));
+                (answers, started.elapsed())
+            },
+            move |lp, r| {
+                let (answers, four) = r.unwrap();
+                let tally = RefCell::new(BTreeMap::new());
+                count_answers(&tally, answers);
+                *o.borrow_mut() = Some((tally.into_inner(), p2.accept_windows(), four));
+                p2.disconnect(lp, |_, _| {});
+            },
+        );
+    });
+    for _ in 0..2 {
+        p.fork(&mut lp).unwrap();
+    }
+    run(&mut lp);
+    let (tally, windows, four) = outcome.borrow_mut().take().expect("clients finished");
+    let served: usize = tally
+        .iter()
+        .filter(|(k, _)| k.starts_with('w'))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(served, 21, "every connection served: {tally:?}");
+    assert!(windows >= 1, "the burst opened an accept window");
+    assert!(
+        four < Duration::from_millis(WINDOW_MS),
+        "four connections one at a time took {four:?}: windows stayed open"
+    );
+}
+
 /// Connects eight clients from the primary's loop (so the primary accepts none of them
 /// before they all wait in the backlog), collects their answers into `tallies`, and
 /// repeats `rounds` times; then disconnects the workers.
@@ -495,25 +565,10 @@ fn burst(
     tallies: Rc<RefCell<Vec<BTreeMap<String, usize>>>>,
     rounds: usize,
 ) {
-    let conns: Vec<TcpStream> = (0..8)
-        .map(|_| {
-            let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
-            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-            s.write_all(b"x").unwrap();
-            s
-        })
-        .collect();
+    let mut conns = ask(addr, 8);
     let p2 = p.clone();
     lp.spawn_blocking(
-        move || {
-            conns
-                .into_iter()
-                .map(|mut s| {
-                    let mut out = String::new();
-                    s.read_to_string(&mut out).map(|_| out)
-                })
-                .collect::<Vec<_>>()
-        },
+        move || read_answers(&mut conns),
         move |lp, r| {
             let tally = RefCell::new(BTreeMap::new());
             count_answers(&tally, r.unwrap());
@@ -590,14 +645,7 @@ fn net_server_drop_connection() {
         lp.spawn_blocking(
             move || {
                 // Hold all 10 open until each has its answer.
-                let mut conns: Vec<TcpStream> = (0..10)
-                    .map(|_| {
-                        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
-                        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                        s.write_all(b"x").unwrap();
-                        s
-                    })
-                    .collect();
+                let mut conns = ask(addr, 10);
                 conns
                     .iter_mut()
                     .map(|s| {

@@ -32,6 +32,10 @@
 //! and the kernel's backlog holds the clients: no unbounded queue, no busy loop (Node's
 //! RR has both).
 //!
+//! By default the listener wakes the primary for every connection that reaches an empty
+//! accept queue. With accept windows ([`window`](super::window), opt-in) a heavy stream
+//! of connections is accepted once per window instead, so bursts grow and wake-ups fall.
+//!
 //! The primary keeps its own reference to every connection in flight. A `Rejected` answer,
 //! or a worker that dies before answering, puts the connection back in the handle's queue
 //! for another worker: nothing is leaked or reset (Node leaks these). The queue holds only
@@ -47,8 +51,9 @@ use mio::event::Source;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
+use super::window::AcceptWindow;
 use crate::ipc::{Endpoint, ListenRequest};
-use crate::rt::IoId;
+use crate::rt::{IoId, TimerId};
 use crate::sys::net::{self as sysnet, BindOptions};
 
 /// Environment variable choosing the policy: `rr`, `none` or `reuseport`.
@@ -175,6 +180,9 @@ pub(crate) struct Handle {
     pub(crate) listener: Option<IoId>,
     /// RoundRobin: accepting is paused because no worker has credit.
     pub(crate) paused: bool,
+    /// RoundRobin with accept windows: their state, and the timer ending the open one.
+    pub(crate) window: Option<AcceptWindow>,
+    pub(crate) window_timer: Option<TimerId>,
     /// Connections waiting for a worker with credit (only ones that came back).
     queue: VecDeque<Arc<OwnedFd>>,
     /// Workers that refused a connection of this handle; skipped until they accept one.
@@ -205,6 +213,10 @@ struct Load {
 pub(crate) struct Balancer {
     pub(crate) policy: Policy,
     credit: u32,
+    /// Accept windows of round-robin listeners, in ms (0: off).
+    window_ms: u64,
+    /// Accept windows opened so far (each time waking for every connection stopped).
+    pub(crate) windows_opened: u64,
     by_key: HashMap<HandleKey, u32>,
     pub(crate) handles: HashMap<u32, Handle>,
     next_handle: u32,
@@ -238,10 +250,12 @@ pub(crate) struct Granted {
 }
 
 impl Balancer {
-    pub(crate) fn new(policy: Policy, credit: u32) -> Balancer {
+    pub(crate) fn new(policy: Policy, credit: u32, window_ms: u64) -> Balancer {
         Balancer {
             policy: policy.effective(),
             credit: credit.max(1),
+            window_ms,
+            windows_opened: 0,
             by_key: HashMap::new(),
             handles: HashMap::new(),
             next_handle: 1,
@@ -419,6 +433,9 @@ impl Balancer {
             fd: Some(Arc::new(fd)),
             listener: None,
             paused: false,
+            window: (mode == Mode::RoundRobin && self.window_ms > 0)
+                .then(|| AcceptWindow::new(self.window_ms)),
+            window_timer: None,
             queue: VecDeque::new(),
             refused: HashSet::new(),
             cursor: 0,

@@ -5,6 +5,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::Primary;
 use super::balance::{self, Mode, RawListener};
@@ -60,7 +61,7 @@ impl Primary {
             let p = self.clone();
             let hid = g.handle;
             match lp.register(RawListener(fd), Interest::READABLE, move |lp, _, _| {
-                p.accept(lp, hid)
+                p.on_listener(lp, hid)
             }) {
                 Ok(io) => {
                     if let Some(h) = self.inner.borrow_mut().bal.handles.get_mut(&hid) {
@@ -98,7 +99,9 @@ impl Primary {
     /// (round-robin among equals) gets every connection waiting at that moment, up to its
     /// free credit and [`HAND_OFF_BATCH`], in one message — one `sendmsg` and one wake-up
     /// of the worker for the burst. The next burst starts at the next worker.
-    fn accept(&self, lp: &mut EventLoop, hid: u32) {
+    /// Returns how many connections were handed off.
+    fn accept(&self, lp: &mut EventLoop, hid: u32) -> u32 {
+        let mut took = 0;
         loop {
             let picked = {
                 let inner = self.inner.borrow();
@@ -109,7 +112,7 @@ impl Primary {
             };
             let Some((worker, room)) = picked else {
                 self.pause(hid);
-                return;
+                return took;
             };
             let mut batch = Vec::new();
             let mut drained = false;
@@ -122,11 +125,99 @@ impl Primary {
                     }
                 }
             }
+            took += batch.len() as u32;
             if !batch.is_empty() {
                 self.dispatch(lp, worker, hid, batch);
             }
             if drained {
-                return;
+                return took;
+            }
+        }
+    }
+
+    /// The listener of handle `hid` is readable: accept, and open an accept window if
+    /// connections come fast enough (see [`window`](super::window)).
+    fn on_listener(&self, lp: &mut EventLoop, hid: u32) {
+        let took = self.accept(lp, hid);
+        let now = Instant::now();
+        let open = {
+            let mut inner = self.inner.borrow_mut();
+            let open = match inner.bal.handles.get_mut(&hid) {
+                Some(h) => h.window.as_mut().is_some_and(|w| w.woke(now, took)),
+                None => false,
+            };
+            inner.bal.windows_opened += u64::from(open);
+            open
+        };
+        if open {
+            self.watch_listener(lp, hid, false);
+            self.start_window(lp, hid);
+        }
+    }
+
+    /// Arms the timer that ends handle `hid`'s open accept window.
+    fn start_window(&self, lp: &mut EventLoop, hid: u32) {
+        let Some(len) = self
+            .inner
+            .borrow()
+            .bal
+            .handles
+            .get(&hid)
+            .and_then(|h| h.window.map(|w| w.len_ms()))
+        else {
+            return;
+        };
+        let p = self.clone();
+        let t = lp.set_timeout(len, move |lp| p.end_window(lp, hid));
+        // The workers' channels keep the loop alive, not a listener's window.
+        lp.unref(t);
+        if let Some(h) = self.inner.borrow_mut().bal.handles.get_mut(&hid) {
+            h.window_timer = Some(t);
+        }
+    }
+
+    /// Handle `hid`'s accept window ended: take what came during it, then open the next
+    /// window or watch the listener again.
+    fn end_window(&self, lp: &mut EventLoop, hid: u32) {
+        match self.inner.borrow_mut().bal.handles.get_mut(&hid) {
+            Some(h) => h.window_timer = None,
+            None => return,
+        }
+        let took = self.accept(lp, hid);
+        let now = Instant::now();
+        let again = {
+            let mut inner = self.inner.borrow_mut();
+            match inner.bal.handles.get_mut(&hid) {
+                Some(h) => {
+                    let paused = h.paused;
+                    h.window
+                        .as_mut()
+                        .is_some_and(|w| w.ended(now, took, paused))
+                }
+                None => return,
+            }
+        };
+        if again {
+            self.start_window(lp, hid);
+        } else {
+            self.watch_listener(lp, hid, true);
+        }
+    }
+
+    /// Starts or stops waking up for handle `hid`'s new connections. Watching again reports
+    /// connections already waiting, so none is left behind.
+    fn watch_listener(&self, lp: &mut EventLoop, hid: u32, on: bool) {
+        let io = self
+            .inner
+            .borrow()
+            .bal
+            .handles
+            .get(&hid)
+            .and_then(|h| h.listener);
+        if let Some(io) = io {
+            let interest = on.then_some(Interest::READABLE);
+            if let Err(e) = lp.set_interest(io, interest) {
+                log::error!("listener {hid}: cannot change what it waits for: {e}");
             }
         }
     }
@@ -252,6 +343,13 @@ impl Primary {
         self.inner.borrow_mut().bal.adopt(fds);
     }
 
+    /// How many times a round-robin listener stopped waking the primary for each new
+    /// connection and accepted in windows instead (see
+    /// [`PrimaryOptions::accept_window`](super::PrimaryOptions::accept_window)).
+    pub fn accept_windows(&self) -> u64 {
+        self.inner.borrow().bal.windows_opened
+    }
+
     /// Hand-offs sent to `worker` and not yet answered.
     pub fn in_flight(&self, worker: u32) -> u32 {
         self.inner.borrow().bal.inflight_of(worker)
@@ -260,6 +358,9 @@ impl Primary {
 
 /// A listener no worker uses any more: stop accepting; queued connections close with it.
 pub(super) fn close_handle(lp: &mut EventLoop, h: balance::Handle) {
+    if let Some(t) = h.window_timer {
+        lp.clear_timeout(t);
+    }
     if let Some(io) = h.listener {
         lp.close(io, |_| {});
     }

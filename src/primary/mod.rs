@@ -46,6 +46,7 @@ mod settings;
 mod stdio;
 pub mod supervise;
 pub mod systemd;
+pub mod window;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -55,6 +56,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
+use std::time::Duration;
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -62,9 +64,11 @@ use nix::unistd::Pid;
 pub use balance::{DEFAULT_BACKLOG, DEFAULT_CREDIT, HAND_OFF_BATCH, POLICY_ENV, Policy};
 pub use events::{Event, WorkerInfo};
 pub use settings::Settings;
+pub use window::{ACCEPT_WINDOW_HOLD_OFF_MS, ACCEPT_WINDOW_MIN_BATCH};
 
 use balance::Balancer;
 use listen::close_handle;
+use window::window_ms;
 
 use crate::cluster::{CHANNEL_FD_ENV, ExitStatus, WORKER_ID_ENV, WorkerState};
 use crate::ipc::{Channel, ChannelConfig, Kind, Message, SendError, SendFd};
@@ -78,6 +82,12 @@ pub struct PrimaryOptions {
     pub policy: Option<Policy>,
     /// Round-robin: hand-offs a worker may hold unanswered (default [`DEFAULT_CREDIT`]).
     pub credit: u32,
+    /// Round-robin: accept windows (default `None`: off). Under a heavy stream of new
+    /// connections the primary then accepts once per window instead of waking for each
+    /// connection — far less CPU, at the price of up to this much wait in the accept
+    /// queue; see [`window`] for when windows open and close. Rounded up to whole
+    /// milliseconds (the loop's timer resolution).
+    pub accept_window: Option<Duration>,
     /// Limits of every worker channel.
     pub channel: ChannelConfig,
 }
@@ -87,6 +97,7 @@ impl Default for PrimaryOptions {
         PrimaryOptions {
             policy: None,
             credit: DEFAULT_CREDIT,
+            accept_window: None,
             channel: ChannelConfig::default(),
         }
     }
@@ -190,7 +201,7 @@ impl Primary {
                     .min(u32::from(opts.channel.limits.max_fds))
                     .max(1),
                 config: opts.channel,
-                bal: Balancer::new(policy, opts.credit),
+                bal: Balancer::new(policy, opts.credit, window_ms(opts.accept_window)),
             })),
             hooks: Rc::new(Hooks::default()),
         };
