@@ -34,7 +34,7 @@
 # expected: the connections a worker holds die with it (keep-alive: every connection
 # of the killed worker; Connection: close: the requests in flight on it).
 #
-# Env: POLICY (http_cluster --policy; unset: rr), DURATION (30), WARMUP (2), WORKERS (2), MODES ("keepalive close"), VICTIM
+# Env: POLICY (http_cluster --policy; unset: rr), ACCEPT_WINDOW_MS (--accept-window-ms; unset: off), DURATION (30), WARMUP (2), WORKERS (2), MODES ("keepalive close"), VICTIM
 #      (oldest|random), RESTORE_MS (1000), FD_TOLERANCE (2), SETTLE (1), SKIP_BUILD=1,
 #      KEEP_DIR (copy logs and wrk output there).
 # Exit status: 0 all assertions hold, 1 one failed, 2 the test itself could not run.
@@ -191,7 +191,7 @@ run_mode() {
   log_summary "$log"
 }
 
-echo "fault-kill-under-load: DURATION=${DURATION}s WORKERS=$WORKERS VICTIM=$VICTIM MODES='$MODES' POLICY=${POLICY:-default} RESTORE_MS=$RESTORE_MS FD_TOLERANCE=$FD_TOLERANCE ($(nproc) CPUs, kernel $(uname -r))"
+echo "fault-kill-under-load: DURATION=${DURATION}s WORKERS=$WORKERS VICTIM=$VICTIM MODES='$MODES' POLICY=${POLICY:-default} ACCEPT_WINDOW_MS=${ACCEPT_WINDOW_MS:-off} RESTORE_MS=$RESTORE_MS FD_TOLERANCE=$FD_TOLERANCE ($(nproc) CPUs, kernel $(uname -r))"
 for mode in $MODES; do
   run_mode "$mode"
   sleep 1

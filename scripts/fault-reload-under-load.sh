@@ -30,7 +30,7 @@
 #    vacuous (e.g. a reload stuck draining keep-alive connections until wrk stops);
 #  - the primary never restarted and WORKERS workers are live at the end.
 #
-# Env: POLICY (http_cluster --policy; unset: rr), DURATION (20), WARMUP (2), WORKERS (2), MODES ("keepalive close"), HUP_EVERY (2),
+# Env: POLICY (http_cluster --policy; unset: rr), ACCEPT_WINDOW_MS (--accept-window-ms; unset: off), DURATION (20), WARMUP (2), WORKERS (2), MODES ("keepalive close"), HUP_EVERY (2),
 #      SNAPSHOT_MS (500), IDLE_CONNS (8), SKIP_BUILD=1, KEEP_DIR (copy logs and wrk output there).
 # Exit status: 0 all assertions hold, 1 one failed, 2 the test itself could not run.
 # Loopback only; every process started is stopped by its pid on exit.
@@ -193,7 +193,7 @@ run_mode() {
   grep -v '^listening on ' "$log" | sed -E 's/^\[[^ ]+ /[/; s/worker: [0-9]+/worker: N/; s/worker [0-9]+/worker N/' | sort | uniq -c | sort -rn | head -8 | sed 's/^/  cluster log: /' || true
 }
 
-echo "fault-reload-under-load: DURATION=${DURATION}s WORKERS=$WORKERS HUP_EVERY=${HUP_EVERY}s MODES='$MODES' POLICY=${POLICY:-default} ($(nproc) CPUs, kernel $(uname -r))"
+echo "fault-reload-under-load: DURATION=${DURATION}s WORKERS=$WORKERS HUP_EVERY=${HUP_EVERY}s MODES='$MODES' POLICY=${POLICY:-default} ACCEPT_WINDOW_MS=${ACCEPT_WINDOW_MS:-off} ($(nproc) CPUs, kernel $(uname -r))"
 for mode in $MODES; do
   run_mode "$mode"
   sleep 1

@@ -173,11 +173,13 @@ track_cluster_workers() {
   fi
 }
 
-# start_warm_cluster LOG: start_cluster LOG --workers $WORKERS [--policy $POLICY], checks
+# start_warm_cluster LOG: start_cluster LOG --workers $WORKERS [--policy $POLICY]
+# [--accept-window-ms $ACCEPT_WINDOW_MS], checks
 # that it answers "hello world", warms it up with WARMUP seconds of wrk (with the headers
 # in the array HDR) and lets it settle for 0.5 s.
 start_warm_cluster() {
-  start_cluster "$1" --workers "$WORKERS" ${POLICY:+--policy "$POLICY"}
+  start_cluster "$1" --workers "$WORKERS" ${POLICY:+--policy "$POLICY"} \
+    ${ACCEPT_WINDOW_MS:+--accept-window-ms "$ACCEPT_WINDOW_MS"}
   [ "$(curl -s --max-time 3 "http://127.0.0.1:$PORT/")" = "hello world" ] || die "no 'hello world' on port $PORT"
   if [ "$WARMUP" -gt 0 ]; then
     timeout -k 5 $((WARMUP + 20)) wrk -t1 -c64 -d"${WARMUP}s" ${HDR[@]+"${HDR[@]}"} "http://127.0.0.1:$PORT/" >/dev/null 2>&1 ||
