@@ -383,11 +383,12 @@ fn ask(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
-/// Everything each connection receives until the server ends it.
-fn read_answers(conns: &mut [TcpStream]) -> Vec<std::io::Result<String>> {
+/// Everything each connection receives until the server ends it, in order; each is
+/// closed once read.
+fn read_answers(conns: Vec<TcpStream>) -> Vec<std::io::Result<String>> {
     conns
-        .iter_mut()
-        .map(|s| {
+        .into_iter()
+        .map(|mut s| {
             let mut out = String::new();
             s.read_to_string(&mut out).map(|_| out)
         })
@@ -407,8 +408,8 @@ fn many_clients_after_ready(
         let (t, p2) = (t.clone(), p.clone());
         lp.spawn_blocking(
             move || {
-                let mut conns = ask(addr, n);
-                read_answers(&mut conns)
+                let conns = ask(addr, n);
+                read_answers(conns)
             },
             move |lp, r| {
                 count_answers(&t, r.unwrap());
@@ -503,36 +504,104 @@ fn accept_windows_open_under_a_burst_and_close_when_connections_thin_out() {
     // time is not held back by windows.
     const WINDOW_MS: u64 = 300;
     worker(listen_id_and_say_ready);
-    let (mut lp, p) = primary_with(
+    let (tally, windows, four) = burst_with_windows(
         "accept_windows_open_under_a_burst_and_close_when_connections_thin_out",
+        WINDOW_MS,
+        |conns, addr| {
+            let mut answers = read_answers(conns);
+            // The first one-at-a-time connection may still wait for the window that is
+            // open; then windows close, and the next four go through at once.
+            answers.push(fetch(addr));
+            let started = std::time::Instant::now();
+            answers.extend((0..4).map(|_| fetch(addr)));
+            (answers, started.elapsed())
+        },
+    );
+    let served: usize = tally
+        .iter()
+        .filter_map(|(k, n)| k.starts_with('w').then_some(n))
+        .sum();
+    assert_eq!(served, 21, "every connection served: {tally:?}");
+    assert!(windows >= 1, "the burst opened an accept window");
+    assert!(
+        four < Duration::from_millis(WINDOW_MS),
+        "four connections one at a time took {four:?}: windows stayed open"
+    );
+}
+
+#[test]
+fn an_accept_window_that_ran_out_of_credit_resumes_with_it() {
+    // Two workers that each hold at most four connections, answering each after 100 ms:
+    // sixteen connections at once open a window, the workers fill up and accepting
+    // pauses with the window open. Once they have room the rest are served, and a later
+    // client is still accepted (the window resumed, then closed for want of connections).
+    worker(|lp, w| {
+        let reply = format!("w{}", w.id());
+        let server = w.listen_tcp(lp, any_port(), move |lp, conn| {
+            let reply = reply.clone();
+            conn.on_data(lp, move |lp, c, _| {
+                let reply = reply.clone();
+                lp.set_timeout(100, move |lp| {
+                    c.write(lp, reply.as_bytes());
+                    c.end(lp);
+                });
+            });
+        });
+        server.set_max_connections(Some(4));
+        let w2 = w.clone();
+        server.on_listening(lp, move |lp, _| {
+            let _ = w2.send(lp, b"ready");
+        });
+    });
+    let (tally, windows, ()) = burst_with_windows(
+        "an_accept_window_that_ran_out_of_credit_resumes_with_it",
+        20,
+        |conns, addr| {
+            let mut answers = read_answers(conns);
+            answers.extend((0..2).map(|_| fetch(addr)));
+            (answers, ())
+        },
+    );
+    let served: usize = tally
+        .iter()
+        .filter_map(|(k, n)| k.starts_with('w').then_some(n))
+        .sum();
+    assert_eq!(served, 18, "every connection served: {tally:?}");
+    assert!(windows >= 1, "the burst opened an accept window");
+}
+
+/// Two workers (the test's `worker` body) under a primary with accept windows of
+/// `window_ms`: once both are ready, sixteen clients connect from the primary's loop (so
+/// all wait in the backlog when it next accepts) and `clients` gets them on a blocking
+/// thread. Returns the answers tallied (`w<ID>` → count; errors by their text), the
+/// accept windows opened by then, and the rest of what `clients` returned.
+fn burst_with_windows<T: Send + 'static>(
+    test: &str,
+    window_ms: u64,
+    clients: impl FnOnce(Vec<TcpStream>, SocketAddr) -> (Vec<std::io::Result<String>>, T)
+    + Send
+    + 'static,
+) -> (BTreeMap<String, usize>, u64, T) {
+    let (mut lp, p) = primary_with(
+        test,
         PrimaryOptions {
-            accept_window: Some(Duration::from_millis(WINDOW_MS)),
+            accept_window: Some(Duration::from_millis(window_ms)),
             ..PrimaryOptions::default()
         },
     );
-    type Outcome = (BTreeMap<String, usize>, u64, Duration);
-    let outcome: Rc<RefCell<Option<Outcome>>> = Rc::default();
+    type Outcome<T> = (BTreeMap<String, usize>, u64, T);
+    let outcome: Rc<RefCell<Option<Outcome<T>>>> = Rc::default();
     let o = outcome.clone();
     on_all_ready(&p, 2, move |lp, p, addr| {
-        // Connected from the primary's loop: all sixteen wait in the backlog when it
-        // next accepts.
-        let mut conns = ask(addr, 16);
+        let conns = ask(addr, 16);
         let p2 = p.clone();
         lp.spawn_blocking(
-            move || {
-                let mut answers = read_answers(&mut conns);
-                // The first one-at-a-time connection may still wait for the window that
-                // is open; then windows close, and the next four go through at once.
-                answers.push(fetch(addr));
-                let started = std::time::Instant::now();
-                answers.extend((0..4).map(|_| fetch(addr)));
-                (answers, started.elapsed())
-            },
+            move || clients(conns, addr),
             move |lp, r| {
-                let (answers, four) = r.unwrap();
+                let (answers, rest) = r.unwrap();
                 let tally = RefCell::new(BTreeMap::new());
                 count_answers(&tally, answers);
-                *o.borrow_mut() = Some((tally.into_inner(), p2.accept_windows(), four));
+                *o.borrow_mut() = Some((tally.into_inner(), p2.accept_windows(), rest));
                 p2.disconnect(lp, |_, _| {});
             },
         );
@@ -541,18 +610,7 @@ fn accept_windows_open_under_a_burst_and_close_when_connections_thin_out() {
         p.fork(&mut lp).unwrap();
     }
     run(&mut lp);
-    let (tally, windows, four) = outcome.borrow_mut().take().expect("clients finished");
-    let served: usize = tally
-        .iter()
-        .filter(|(k, _)| k.starts_with('w'))
-        .map(|(_, n)| n)
-        .sum();
-    assert_eq!(served, 21, "every connection served: {tally:?}");
-    assert!(windows >= 1, "the burst opened an accept window");
-    assert!(
-        four < Duration::from_millis(WINDOW_MS),
-        "four connections one at a time took {four:?}: windows stayed open"
-    );
+    outcome.borrow_mut().take().expect("clients finished")
 }
 
 /// Connects eight clients from the primary's loop (so the primary accepts none of them
@@ -565,10 +623,10 @@ fn burst(
     tallies: Rc<RefCell<Vec<BTreeMap<String, usize>>>>,
     rounds: usize,
 ) {
-    let mut conns = ask(addr, 8);
+    let conns = ask(addr, 8);
     let p2 = p.clone();
     lp.spawn_blocking(
-        move || read_answers(&mut conns),
+        move || read_answers(conns),
         move |lp, r| {
             let tally = RefCell::new(BTreeMap::new());
             count_answers(&tally, r.unwrap());

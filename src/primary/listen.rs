@@ -185,22 +185,42 @@ impl Primary {
         }
         let took = self.accept(lp, hid);
         let now = Instant::now();
-        let again = {
+        let (again, paused) = {
             let mut inner = self.inner.borrow_mut();
             match inner.bal.handles.get_mut(&hid) {
                 Some(h) => {
                     let paused = h.paused;
-                    h.window
+                    let again = h
+                        .window
                         .as_mut()
-                        .is_some_and(|w| w.ended(now, took, paused))
+                        .is_some_and(|w| w.ended(now, took, paused));
+                    (again, paused)
                 }
                 None => return,
             }
         };
-        if again {
+        match (again, paused) {
+            (true, false) => self.start_window(lp, hid),
+            // No worker has credit: no timer until `pump` accepts again.
+            (true, true) => {}
+            (false, _) => self.watch_listener(lp, hid, true),
+        }
+    }
+
+    /// Accepting on handle `hid` resumed after a pause: an open window that stopped its
+    /// timer for the pause starts a fresh one.
+    fn resume_window(&self, lp: &mut EventLoop, hid: u32) {
+        let resume = {
+            let mut inner = self.inner.borrow_mut();
+            match inner.bal.handles.get_mut(&hid) {
+                Some(h) if !h.paused && h.window_timer.is_none() => {
+                    h.window.as_mut().is_some_and(|w| w.resumed(Instant::now()))
+                }
+                _ => false,
+            }
+        };
+        if resume {
             self.start_window(lp, hid);
-        } else {
-            self.watch_listener(lp, hid, true);
         }
     }
 
@@ -283,6 +303,7 @@ impl Primary {
             };
             if ready {
                 self.accept(lp, hid);
+                self.resume_window(lp, hid);
             }
         }
     }

@@ -103,9 +103,19 @@ impl AcceptWindow {
         false
     }
 
+    /// Accepting resumed at `now` after the window ended with no worker having credit:
+    /// whether a window is open (its next one starts now).
+    pub(crate) fn resumed(&mut self, now: Instant) -> bool {
+        if self.opened.is_some() {
+            self.opened = Some(now);
+        }
+        self.opened.is_some()
+    }
+
     /// The open window ended at `now` having handed off `took` connections; `paused`:
     /// accepting stopped because no worker had credit (the count then says nothing about
-    /// demand). Returns whether the next window opens (`false`: watch the listener again).
+    /// demand; the primary starts the next window once accepting resumes). Returns whether
+    /// the next window opens (`false`: watch the listener again).
     ///
     /// The loop's timers tick in whole milliseconds, so a window may end early or late;
     /// what counts is the rate over the recent windows (each one's weight falling by
@@ -115,6 +125,11 @@ impl AcceptWindow {
         let Some(opened) = self.opened else {
             return false;
         };
+        if paused {
+            // Not a sample of demand: leave the recent rate alone.
+            self.opened = Some(now);
+            return true;
+        }
         let spent = now
             .saturating_duration_since(opened)
             .max(Duration::from_micros(1));
@@ -122,7 +137,7 @@ impl AcceptWindow {
         self.recent = (n * DECAY + f64::from(took), t * DECAY + spent.as_secs_f64());
         let (n, t) = self.recent;
         let enough = n * self.len.as_secs_f64() >= f64::from(ACCEPT_WINDOW_MIN_BATCH) * t;
-        if paused || enough {
+        if enough {
             self.opened = Some(now);
             return true;
         }
@@ -177,6 +192,13 @@ mod tests {
             assert!(w.ended(at(t0, t), 0, true));
         }
         assert!(w.is_open());
+        // Credit came back long after: the next window is timed from then, so a long
+        // pause does not read as a low rate.
+        assert!(w.resumed(at(t0, 500)));
+        assert!(w.ended(at(t0, 502), MIN, false));
+        // A closed window does not resume.
+        let mut closed = AcceptWindow::new(2);
+        assert!(!closed.resumed(t0));
     }
 
     #[test]
