@@ -7,9 +7,9 @@
 //!
 //! Defaults: one worker per available core, port 8000, host 127.0.0.1, policy from
 //! `FORKLOOP_SCHED_POLICY` or `rr`, credit (round-robin hand-offs a worker may hold
-//! unanswered) 16, no accept windows (`--accept-window-ms W`: under a heavy stream of new
-//! connections the round-robin primary accepts every W ms instead of waking for each one;
-//! see `forkloop::primary::window`). The primary prints one line,
+//! unanswered) 16, no accept windows (`--accept-window-ms W`, fractions allowed: under a
+//! heavy stream of new connections the round-robin primary accepts every W ms instead of
+//! waking for each one; see `forkloop::primary::window`). The primary prints one line,
 //! `listening on HOST:PORT workers=N policy=P`, once every worker listens.
 //!
 //! Supervised: a crashed worker is restarted (with backoff if it keeps crashing), a hung
@@ -41,7 +41,7 @@ struct Args {
     host: String,
     policy: Option<Policy>,
     credit: u32,
-    accept_window_ms: u64,
+    accept_window_ms: f64,
 }
 
 fn usage(why: &str) -> ! {
@@ -59,7 +59,7 @@ fn parse_args() -> Args {
         host: "127.0.0.1".into(),
         policy: None,
         credit: forkloop::primary::DEFAULT_CREDIT,
-        accept_window_ms: 0,
+        accept_window_ms: 0.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,7 +76,9 @@ fn parse_args() -> Args {
             "--accept-window-ms" => {
                 a.accept_window_ms = val()
                     .parse()
-                    .unwrap_or_else(|_| usage("bad --accept-window-ms"))
+                    .ok()
+                    .filter(|ms: &f64| ms.is_finite() && *ms >= 0.0)
+                    .unwrap_or_else(|| usage("bad --accept-window-ms"))
             }
             other => usage(&format!("unknown flag {other}")),
         }
@@ -102,8 +104,8 @@ fn primary(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
     let opts = PrimaryOptions {
         policy: args.policy,
         credit: args.credit,
-        accept_window: (args.accept_window_ms > 0)
-            .then(|| std::time::Duration::from_millis(args.accept_window_ms)),
+        accept_window: (args.accept_window_ms > 0.0)
+            .then(|| std::time::Duration::from_secs_f64(args.accept_window_ms / 1000.0)),
         ..PrimaryOptions::default()
     };
     let p = Primary::with_options(lp, opts)?;

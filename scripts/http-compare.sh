@@ -12,7 +12,8 @@
 # Servers (2 workers/processes each unless noted):
 #   fl-rr fl-reuseport fl-none   forkloop http_cluster --policy rr|reuseport|none
 #                                (NAME@K: the same with --credit K, e.g. fl-rr@4;
-#                                NAME~W: with --accept-window-ms W, e.g. fl-rr~1; both: fl-rr@4~1)
+#                                NAME~W: with --accept-window-ms W, e.g. fl-rr~1 or fl-rr~0.5;
+#                                both: fl-rr@4~1)
 #   node-rr node-none            Node cluster (../shared/anchors/js/http-cluster.js)
 #   node-single                  Node, one process
 #   nginx                        nginx, worker_processes 2 (a copy of the anchors' nginx.conf)
@@ -109,7 +110,7 @@ cpu_ticks() {
 server_base() { echo "${1%%[@~]*}"; }
 # server_credit NAME / server_window NAME: the K of @K and the W of ~W, or nothing.
 server_credit() { if [[ $1 =~ @([0-9]+) ]]; then echo "${BASH_REMATCH[1]}"; fi; }
-server_window() { if [[ $1 =~ ~([0-9]+) ]]; then echo "${BASH_REMATCH[1]}"; fi; }
+server_window() { if [[ $1 =~ ~([0-9.]+) ]]; then echo "${BASH_REMATCH[1]}"; fi; }
 
 label() {
   local base k w

@@ -46,6 +46,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mio::event::Source;
 use mio::unix::SourceFd;
@@ -53,7 +54,7 @@ use mio::{Interest, Registry, Token};
 
 use super::window::AcceptWindow;
 use crate::ipc::{Endpoint, ListenRequest};
-use crate::rt::{IoId, TimerId};
+use crate::rt::IoId;
 use crate::sys::net::{self as sysnet, BindOptions};
 
 /// Environment variable choosing the policy: `rr`, `none` or `reuseport`.
@@ -134,11 +135,12 @@ impl Policy {
     }
 }
 
-/// A listening socket owned by the loop while the primary accepts on it.
+/// A descriptor the primary's loop polls: a listening socket it accepts on, an accept
+/// window's timer.
 #[derive(Debug)]
-pub(crate) struct RawListener(pub(crate) OwnedFd);
+pub(crate) struct Polled<T: AsRawFd>(pub(crate) T);
 
-impl Source for RawListener {
+impl<T: AsRawFd> Source for Polled<T> {
     fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         SourceFd(&self.0.as_raw_fd()).register(r, t, i)
     }
@@ -180,9 +182,11 @@ pub(crate) struct Handle {
     pub(crate) listener: Option<IoId>,
     /// RoundRobin: accepting is paused because no worker has credit.
     pub(crate) paused: bool,
-    /// RoundRobin with accept windows: their state, and the timer ending the open one.
+    /// RoundRobin with accept windows: their state, the timer ending the open one (made
+    /// when the first window opens), and whether it is armed.
     pub(crate) window: Option<AcceptWindow>,
-    pub(crate) window_timer: Option<TimerId>,
+    pub(crate) window_timer: Option<IoId>,
+    pub(crate) window_armed: bool,
     /// Connections waiting for a worker with credit (only ones that came back).
     queue: VecDeque<Arc<OwnedFd>>,
     /// Workers that refused a connection of this handle; skipped until they accept one.
@@ -213,8 +217,8 @@ struct Load {
 pub(crate) struct Balancer {
     pub(crate) policy: Policy,
     credit: u32,
-    /// Accept windows of round-robin listeners, in ms (0: off).
-    window_ms: u64,
+    /// The length of round-robin listeners' accept windows (`None`: off).
+    window: Option<Duration>,
     /// Accept windows opened so far (each time waking for every connection stopped).
     pub(crate) windows_opened: u64,
     by_key: HashMap<HandleKey, u32>,
@@ -250,11 +254,11 @@ pub(crate) struct Granted {
 }
 
 impl Balancer {
-    pub(crate) fn new(policy: Policy, credit: u32, window_ms: u64) -> Balancer {
+    pub(crate) fn new(policy: Policy, credit: u32, window: Option<Duration>) -> Balancer {
         Balancer {
             policy: policy.effective(),
             credit: credit.max(1),
-            window_ms,
+            window,
             windows_opened: 0,
             by_key: HashMap::new(),
             handles: HashMap::new(),
@@ -433,9 +437,12 @@ impl Balancer {
             fd: Some(Arc::new(fd)),
             listener: None,
             paused: false,
-            window: (mode == Mode::RoundRobin && self.window_ms > 0)
-                .then(|| AcceptWindow::new(self.window_ms)),
+            window: self
+                .window
+                .filter(|_| mode == Mode::RoundRobin)
+                .map(AcceptWindow::new),
             window_timer: None,
+            window_armed: false,
             queue: VecDeque::new(),
             refused: HashSet::new(),
             cursor: 0,

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Primary;
-use super::balance::{self, Mode, RawListener};
+use super::balance::{self, Mode, Polled};
 use crate::ipc::{ListenMode, ListenRequest, Message, SendFd};
-use crate::rt::{EventLoop, Interest};
+use crate::rt::{EventLoop, Interest, IoId};
+use crate::sys::OneShotTimer;
 
 impl Primary {
     /// Answers a worker's request for a listener.
@@ -60,7 +61,7 @@ impl Primary {
         if let Some(fd) = g.start_accepting {
             let p = self.clone();
             let hid = g.handle;
-            match lp.register(RawListener(fd), Interest::READABLE, move |lp, _, _| {
+            match lp.register(Polled(fd), Interest::READABLE, move |lp, _, _| {
                 p.on_listener(lp, hid)
             }) {
                 Ok(io) => {
@@ -155,33 +156,82 @@ impl Primary {
         }
     }
 
-    /// Arms the timer that ends handle `hid`'s open accept window.
+    /// Arms the timer that ends handle `hid`'s open accept window (made on first use). If
+    /// that fails the window closes and the listener is watched again.
     fn start_window(&self, lp: &mut EventLoop, hid: u32) {
-        let Some(len) = self
-            .inner
-            .borrow()
-            .bal
-            .handles
-            .get(&hid)
-            .and_then(|h| h.window.map(|w| w.len_ms()))
-        else {
+        let (len, timer) = {
+            let inner = self.inner.borrow();
+            let Some(h) = inner.bal.handles.get(&hid) else {
+                return;
+            };
+            let Some(w) = h.window else {
+                return;
+            };
+            (w.len(), h.window_timer)
+        };
+        let armed = match timer {
+            Some(io) => Ok(io),
+            None => self.window_timer(lp, hid),
+        }
+        .and_then(|io| {
+            let t = lp
+                .io_ref::<Polled<OneShotTimer>>(io)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "window timer closed"))?;
+            t.0.arm(len).map(|()| io)
+        });
+        let mut inner = self.inner.borrow_mut();
+        let Some(h) = inner.bal.handles.get_mut(&hid) else {
             return;
         };
-        let p = self.clone();
-        let t = lp.set_timeout(len, move |lp| p.end_window(lp, hid));
-        // The workers' channels keep the loop alive, not a listener's window.
-        lp.unref(t);
-        if let Some(h) = self.inner.borrow_mut().bal.handles.get_mut(&hid) {
-            h.window_timer = Some(t);
+        match armed {
+            Ok(io) => {
+                h.window_timer = Some(io);
+                h.window_armed = true;
+            }
+            Err(e) => {
+                log::error!("listener {hid}: accept window timer failed, windows off: {e}");
+                h.window = None;
+                drop(inner);
+                self.watch_listener(lp, hid, true);
+            }
         }
+    }
+
+    /// Makes and registers handle `hid`'s window timer; its firing ends the window.
+    fn window_timer(&self, lp: &mut EventLoop, hid: u32) -> io::Result<IoId> {
+        let p = self.clone();
+        let io = lp.register(
+            Polled(OneShotTimer::new()?),
+            Interest::READABLE,
+            move |lp, _, _| p.end_window(lp, hid),
+        )?;
+        // The workers' channels keep the loop alive, not a listener's window.
+        lp.unref(io);
+        Ok(io)
     }
 
     /// Handle `hid`'s accept window ended: take what came during it, then open the next
     /// window or watch the listener again.
     fn end_window(&self, lp: &mut EventLoop, hid: u32) {
-        match self.inner.borrow_mut().bal.handles.get_mut(&hid) {
-            Some(h) => h.window_timer = None,
-            None => return,
+        let Some(io) = self
+            .inner
+            .borrow()
+            .bal
+            .handles
+            .get(&hid)
+            .and_then(|h| h.window_timer)
+        else {
+            return;
+        };
+        let fired = lp.io_ref::<Polled<OneShotTimer>>(io).map(|t| t.0.take());
+        match fired {
+            Some(Ok(true)) => {}
+            // Not fired (a stale readiness report), or gone.
+            Some(Ok(false)) | None => return,
+            Some(Err(e)) => log::warn!("listener {hid}: reading the window timer: {e}"),
+        }
+        if let Some(h) = self.inner.borrow_mut().bal.handles.get_mut(&hid) {
+            h.window_armed = false;
         }
         let took = self.accept(lp, hid);
         let now = Instant::now();
@@ -213,7 +263,7 @@ impl Primary {
         let resume = {
             let mut inner = self.inner.borrow_mut();
             match inner.bal.handles.get_mut(&hid) {
-                Some(h) if !h.paused && h.window_timer.is_none() => {
+                Some(h) if !h.paused && !h.window_armed => {
                     h.window.as_mut().is_some_and(|w| w.resumed(Instant::now()))
                 }
                 _ => false,
@@ -379,8 +429,8 @@ impl Primary {
 
 /// A listener no worker uses any more: stop accepting; queued connections close with it.
 pub(super) fn close_handle(lp: &mut EventLoop, h: balance::Handle) {
-    if let Some(t) = h.window_timer {
-        lp.clear_timeout(t);
+    if let Some(io) = h.window_timer {
+        lp.close(io, |_| {});
     }
     if let Some(io) = h.listener {
         lp.close(io, |_| {});

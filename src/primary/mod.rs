@@ -64,11 +64,11 @@ use nix::unistd::Pid;
 pub use balance::{DEFAULT_BACKLOG, DEFAULT_CREDIT, HAND_OFF_BATCH, POLICY_ENV, Policy};
 pub use events::{Event, WorkerInfo};
 pub use settings::Settings;
-pub use window::{ACCEPT_WINDOW_HOLD_OFF_MS, ACCEPT_WINDOW_MIN_BATCH};
+pub use window::{ACCEPT_WINDOW_HOLD_OFF_MS, ACCEPT_WINDOW_MIN_BATCH, ACCEPT_WINDOW_SHORTEST};
 
 use balance::Balancer;
 use listen::close_handle;
-use window::window_ms;
+use window::window_len;
 
 use crate::cluster::{CHANNEL_FD_ENV, ExitStatus, WORKER_ID_ENV, WorkerState};
 use crate::ipc::{Channel, ChannelConfig, Kind, Message, SendError, SendFd};
@@ -85,8 +85,8 @@ pub struct PrimaryOptions {
     /// Round-robin: accept windows (default `None`: off). Under a heavy stream of new
     /// connections the primary then accepts once per window instead of waking for each
     /// connection — far less CPU, at the price of up to this much wait in the accept
-    /// queue; see [`window`] for when windows open and close. Rounded up to whole
-    /// milliseconds (the loop's timer resolution).
+    /// queue; see [`window`] for when windows open and close. At least
+    /// [`ACCEPT_WINDOW_SHORTEST`]; zero means off.
     pub accept_window: Option<Duration>,
     /// Limits of every worker channel.
     pub channel: ChannelConfig,
@@ -201,7 +201,7 @@ impl Primary {
                     .min(u32::from(opts.channel.limits.max_fds))
                     .max(1),
                 config: opts.channel,
-                bal: Balancer::new(policy, opts.credit, window_ms(opts.accept_window)),
+                bal: Balancer::new(policy, opts.credit, window_len(opts.accept_window)),
             })),
             hooks: Rc::new(Hooks::default()),
         };

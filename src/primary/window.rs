@@ -4,14 +4,20 @@
 //! Without a window, every connection that reaches an empty accept queue wakes the
 //! primary, which accepts it, hands it off (waking a worker) and sleeps again: at tens of
 //! thousands of connections per second most of the primary's CPU goes to those wake-ups
-//! and the context switches around them, not to accepting. With a window of `W` ms, once
+//! and the context switches around them, not to accepting. With windows of length `W`, once
 //! connections come fast (at least [`ACCEPT_WINDOW_MIN_BATCH`] within `W`), the primary
-//! stops watching the listener and accepts every `W` ms instead, handing each batch off in
-//! as few messages as credit allows. It goes back to waking for each connection as soon as
-//! a window brings fewer than [`ACCEPT_WINDOW_MIN_BATCH`] connections, and then waits
-//! [`ACCEPT_WINDOW_HOLD_OFF_MS`] before opening another.
+//! stops watching the listener and accepts every `W` instead (on a timer of its own, finer
+//! than the loop's milliseconds: a `timerfd` on Linux, a kqueue timer elsewhere), handing
+//! each batch off in
+//! as few messages as credit allows. Windows stay open while the recent windows brought at
+//! least [`ACCEPT_WINDOW_MIN_BATCH`] connections per `W` on average (older windows weigh
+//! less, so one quiet window between two waves of clients does not close them); below
+//! that the primary goes back to waking for each connection, and waits
+//! [`ACCEPT_WINDOW_HOLD_OFF_MS`] before it opens another window. While no worker has
+//! credit there is no window timer either: accepting resumes, and the next window starts,
+//! when a worker has room again.
 //!
-//! The price is latency: while windows are open, a new connection waits up to `W` ms in
+//! The price is latency: while windows are open, a new connection waits up to `W` in
 //! the kernel's accept queue before the primary takes it (the client has connected and may
 //! have sent its request; it is not refused). A closed-loop client with fewer connections
 //! in flight than [`ACCEPT_WINDOW_MIN_BATCH`] never keeps windows open; one with a few more
@@ -21,20 +27,22 @@
 
 use std::time::{Duration, Instant};
 
-/// Connections one window must bring for the next window to open (and, counted within one
-/// window's length while waking for each connection, for the first window to open).
+/// Connections per window length that open windows (counted while waking for each
+/// connection) and keep them open (the recent windows' average).
 pub const ACCEPT_WINDOW_MIN_BATCH: u32 = 8;
 
 /// After a window brought too few connections, the primary wakes for each connection for
 /// at least this long before it opens a window again.
 pub const ACCEPT_WINDOW_HOLD_OFF_MS: u64 = 100;
 
-/// An accept window's length in whole milliseconds, rounded up (0: off).
-pub(crate) fn window_ms(d: Option<Duration>) -> u64 {
-    d.map_or(0, |d| {
-        let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
-        u64::try_from(ms).unwrap_or(u64::MAX)
-    })
+/// The shortest accept window: shorter ones are made this long.
+pub const ACCEPT_WINDOW_SHORTEST: Duration = Duration::from_micros(100);
+
+/// The window length asked for, at least [`ACCEPT_WINDOW_SHORTEST`]; `None` (off) for
+/// `None` or zero.
+pub(crate) fn window_len(d: Option<Duration>) -> Option<Duration> {
+    d.filter(|d| !d.is_zero())
+        .map(|d| d.max(ACCEPT_WINDOW_SHORTEST))
 }
 
 /// The state of one listener's accept windows.
@@ -58,10 +66,10 @@ pub(crate) struct AcceptWindow {
 const DECAY: f64 = 0.75;
 
 impl AcceptWindow {
-    /// Windows of `len_ms` milliseconds (at least 1).
-    pub(crate) fn new(len_ms: u64) -> AcceptWindow {
+    /// Windows of `len` (at least [`ACCEPT_WINDOW_SHORTEST`]).
+    pub(crate) fn new(len: Duration) -> AcceptWindow {
         AcceptWindow {
-            len: Duration::from_millis(len_ms.max(1)),
+            len: len.max(ACCEPT_WINDOW_SHORTEST),
             opened: None,
             since: None,
             count: 0,
@@ -70,9 +78,9 @@ impl AcceptWindow {
         }
     }
 
-    /// The window length in whole milliseconds.
-    pub(crate) fn len_ms(&self) -> u64 {
-        u64::try_from(self.len.as_millis()).unwrap_or(u64::MAX)
+    /// The window length.
+    pub(crate) fn len(&self) -> Duration {
+        self.len
     }
 
     /// Whether a window is open (the listener is not watched).
@@ -117,8 +125,8 @@ impl AcceptWindow {
     /// demand; the primary starts the next window once accepting resumes). Returns whether
     /// the next window opens (`false`: watch the listener again).
     ///
-    /// The loop's timers tick in whole milliseconds, so a window may end early or late;
-    /// what counts is the rate over the recent windows (each one's weight falling by
+    /// A busy loop may end a window late, so what counts is the rate over the recent
+    /// windows (each one's weight falling by
     /// [`DECAY`] per window, the opening count counting as one full window): at least
     /// [`ACCEPT_WINDOW_MIN_BATCH`] per window length.
     pub(crate) fn ended(&mut self, now: Instant, took: u32, paused: bool) -> bool {
@@ -162,13 +170,13 @@ mod tests {
     #[test]
     fn opens_only_once_enough_connections_come_within_one_window_length() {
         let t0 = Instant::now();
-        let mut w = AcceptWindow::new(2);
+        let mut w = AcceptWindow::new(Duration::from_millis(2));
         // Spread out: never MIN within 2 ms.
         for t in 0..20 {
             assert!(!w.woke(at(t0, t * 2), MIN - 1), "opened at {t}");
         }
         // MIN - 1 then 1 more within the same 2 ms: open.
-        let mut w = AcceptWindow::new(2);
+        let mut w = AcceptWindow::new(Duration::from_millis(2));
         assert!(!w.woke(at(t0, 100), MIN - 1));
         assert!(w.woke(at(t0, 101), 1));
         assert!(w.is_open());
@@ -180,7 +188,7 @@ mod tests {
     #[test]
     fn stays_open_while_windows_bring_enough_or_credit_ran_out() {
         let t0 = Instant::now();
-        let mut w = AcceptWindow::new(2);
+        let mut w = AcceptWindow::new(Duration::from_millis(2));
         assert!(w.woke(t0, MIN));
         assert!(w.ended(at(t0, 2), MIN, false));
         assert!(w.ended(at(t0, 4), 40, false));
@@ -197,14 +205,14 @@ mod tests {
         assert!(w.resumed(at(t0, 500)));
         assert!(w.ended(at(t0, 502), MIN, false));
         // A closed window does not resume.
-        let mut closed = AcceptWindow::new(2);
+        let mut closed = AcceptWindow::new(Duration::from_millis(2));
         assert!(!closed.resumed(t0));
     }
 
     #[test]
     fn closes_when_the_recent_rate_falls_and_holds_off_before_opening_again() {
         let t0 = Instant::now();
-        let mut w = AcceptWindow::new(1);
+        let mut w = AcceptWindow::new(Duration::from_millis(1));
         assert!(w.woke(t0, MIN));
         // One connection per window: the rate falls below MIN per window within a few.
         let mut t = 0;
@@ -220,19 +228,19 @@ mod tests {
         // After it: opens again.
         assert!(w.woke(at(t0, closed + ACCEPT_WINDOW_HOLD_OFF_MS), MIN));
         // A window that was not open does not end.
-        let mut idle = AcceptWindow::new(5);
+        let mut idle = AcceptWindow::new(Duration::from_millis(5));
         assert!(!idle.ended(t0, 100, false));
     }
 
     #[test]
     fn a_late_window_is_judged_by_its_rate() {
         let t0 = Instant::now();
-        let mut w = AcceptWindow::new(1);
+        let mut w = AcceptWindow::new(Duration::from_millis(1));
         assert!(w.woke(t0, MIN));
         // The loop ended the window 10 lengths late: MIN connections in it are a low rate.
         assert!(!w.ended(at(t0, 11), MIN, false));
         // Windows that end early need proportionally fewer.
-        let mut w = AcceptWindow::new(4);
+        let mut w = AcceptWindow::new(Duration::from_millis(4));
         assert!(w.woke(t0, MIN));
         for t in 1..20 {
             assert!(w.ended(at(t0, t), MIN / 4 + 1, false), "closed at {t}");
@@ -240,12 +248,14 @@ mod tests {
     }
 
     #[test]
-    fn lengths_round_up_to_whole_milliseconds() {
-        assert_eq!(AcceptWindow::new(0).len_ms(), 1);
-        assert_eq!(window_ms(None), 0);
-        assert_eq!(window_ms(Some(Duration::ZERO)), 0);
-        assert_eq!(window_ms(Some(Duration::from_micros(1))), 1);
-        assert_eq!(window_ms(Some(Duration::from_millis(2))), 2);
-        assert_eq!(window_ms(Some(Duration::from_micros(2_001))), 3);
+    fn lengths_are_kept_down_to_the_shortest() {
+        let shortest = ACCEPT_WINDOW_SHORTEST;
+        assert_eq!(AcceptWindow::new(Duration::ZERO).len(), shortest);
+        assert_eq!(window_len(None), None);
+        assert_eq!(window_len(Some(Duration::ZERO)), None);
+        assert_eq!(window_len(Some(Duration::from_nanos(1))), Some(shortest));
+        let half = Duration::from_micros(500);
+        assert_eq!(window_len(Some(half)), Some(half));
+        assert_eq!(AcceptWindow::new(half).len(), half);
     }
 }

@@ -62,3 +62,79 @@ pub(crate) fn abstract_unix_addr(_name: &[u8]) -> io::Result<std::os::unix::net:
         "abstract unix socket addresses are Linux-only",
     ))
 }
+
+/// A one-shot timer whose descriptor becomes readable when it fires, for waits finer than
+/// the loop's millisecond timers: a private kqueue holding one `EVFILT_TIMER` (the loop's
+/// poller watches that kqueue's descriptor like any other).
+#[derive(Debug)]
+pub(crate) struct OneShotTimer(OwnedFd);
+
+/// The ident of the one timer in a [`OneShotTimer`]'s kqueue.
+const TIMER_IDENT: libc::uintptr_t = 1;
+
+impl OneShotTimer {
+    /// An unarmed timer (close-on-exec).
+    pub(crate) fn new() -> io::Result<OneShotTimer> {
+        // SAFETY: kqueue takes no arguments.
+        let fd = cvt(unsafe { libc::kqueue() })?;
+        // SAFETY: the descriptor was just created and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        set_cloexec(fd.as_fd(), true)?;
+        Ok(OneShotTimer(fd))
+    }
+
+    /// Fires once, `after` from now (at least 1 µs); re-arming replaces the previous
+    /// deadline.
+    pub(crate) fn arm(&self, after: std::time::Duration) -> io::Result<()> {
+        let us = after.as_micros().max(1);
+        // SAFETY: kevent is plain data; all-zero is a valid value of it.
+        let mut ev: libc::kevent = unsafe { std::mem::zeroed() };
+        ev.ident = TIMER_IDENT;
+        ev.filter = libc::EVFILT_TIMER;
+        ev.flags = libc::EV_ADD | libc::EV_ONESHOT;
+        ev.fflags = libc::NOTE_USECONDS;
+        ev.data = i64::try_from(us).unwrap_or(i64::MAX) as _;
+        // Forget a firing not yet taken, as re-arming a timerfd does.
+        self.take()?;
+        // SAFETY: one change read from a live kevent; no event list is written.
+        cvt(unsafe {
+            libc::kevent(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                &ev,
+                1,
+                std::ptr::null_mut(),
+                0,
+                std::ptr::null(),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Takes a firing: `true` if the timer fired since it was armed, `false` if not.
+    pub(crate) fn take(&self) -> io::Result<bool> {
+        // SAFETY: kevent is plain data; all-zero is a valid value of it.
+        let mut out: libc::kevent = unsafe { std::mem::zeroed() };
+        let now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: no changes; at most one event written into `out`; zero timeout.
+        let n = cvt(unsafe {
+            libc::kevent(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                std::ptr::null(),
+                0,
+                &mut out,
+                1,
+                &now,
+            )
+        })?;
+        Ok(n > 0)
+    }
+}
+
+impl std::os::fd::AsRawFd for OneShotTimer {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}

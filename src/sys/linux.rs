@@ -63,3 +63,75 @@ pub(crate) fn abstract_unix_addr(name: &[u8]) -> io::Result<std::os::unix::net::
     use std::os::linux::net::SocketAddrExt;
     std::os::unix::net::SocketAddr::from_abstract_name(name)
 }
+
+/// A one-shot timer on the monotonic clock whose descriptor becomes readable when it
+/// fires (`timerfd`), for waits finer than the loop's millisecond timers.
+#[derive(Debug)]
+pub(crate) struct OneShotTimer(OwnedFd);
+
+impl OneShotTimer {
+    /// An unarmed timer (close-on-exec, non-blocking).
+    pub(crate) fn new() -> io::Result<OneShotTimer> {
+        let flags = libc::TFD_NONBLOCK | libc::TFD_CLOEXEC;
+        // SAFETY: timerfd_create takes no pointers.
+        let fd = cvt(unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, flags) })?;
+        // SAFETY: the descriptor was just created and is owned by nobody else.
+        Ok(OneShotTimer(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Fires once, `after` from now (at least 1 µs); re-arming replaces the previous
+    /// deadline and forgets a firing not yet taken.
+    pub(crate) fn arm(&self, after: std::time::Duration) -> io::Result<()> {
+        let after = after.max(std::time::Duration::from_micros(1));
+        let value = libc::timespec {
+            tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: after.subsec_nanos() as libc::c_long,
+        };
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: value,
+        };
+        // SAFETY: `spec` is a live itimerspec; the old value is not asked for (null).
+        cvt(unsafe {
+            libc::timerfd_settime(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                0,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Takes a firing: `true` if the timer fired since it was armed (it must be armed
+    /// again to fire again), `false` if not.
+    pub(crate) fn take(&self) -> io::Result<bool> {
+        let mut ticks = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into the 8-byte buffer we own.
+        let n = unsafe {
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                ticks.as_mut_ptr().cast(),
+                ticks.len(),
+            )
+        };
+        if n == 8 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(false),
+            _ if n >= 0 => Err(io::Error::other("short read from a timerfd")),
+            _ => Err(e),
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for OneShotTimer {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}

@@ -15,6 +15,7 @@
 //! | `set_parent_death_signal()` | in a forked child before `exec`: ask for `SIGKILL` when the parent dies (Linux `PR_SET_PDEATHSIG`; a no-op elsewhere) |
 //! | `HANGUP_EVENTS` | `poll` events that report a stream peer's hang-up without reading (`POLLRDHUP` on Linux; none elsewhere, where only `POLLHUP` may come) |
 //! | `abstract_unix_addr()` | an abstract `AF_UNIX` address (Linux; `Unsupported` elsewhere) |
+//! | `OneShotTimer` | a one-shot timer finer than the loop's milliseconds whose descriptor turns readable when it fires: `new`, `arm(after)`, `take()` (Linux `timerfd`; a private kqueue with an `EVFILT_TIMER` elsewhere) |
 //!
 //! The portable code on top ([`scm`], [`process`], [`watch`]) uses only those items and POSIX
 //! calls.
@@ -35,6 +36,7 @@ mod imp;
 #[path = "bsd.rs"]
 mod imp;
 
+pub(crate) use imp::OneShotTimer;
 pub use imp::{PARENT_DEATH_SIGNAL, open_fd_count, socketpair};
 
 use std::io;
