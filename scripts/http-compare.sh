@@ -42,7 +42,11 @@
 #      QUIET_CORES (0.15), QUIET_SECS (3), QUIET_MAX_S (300), OUT_DIR (keep the raw wrk
 #      output, runs.tsv and the server logs there), SKIP_BUILD=1 (use the binaries
 #      already built), REPORT_FROM=runs.tsv (only re-print the tables and checks of an
-#      earlier run), ANCHORS (../shared/anchors).
+#      earlier run), ANCHORS (../shared/anchors), TW_MAX (unset: do not wait; else before
+#      every run wait, up to 70 s, until at most this many TCP sockets are in TIME_WAIT).
+# Every `Connection: close` run leaves its connections in TIME_WAIT for 60 s, and a
+# kernel holding ~100k of them makes the next server's connections dearer; runs.tsv
+# records the count each run started with, and the report warns when it was high.
 # Exit status: 0 all acceptance checks pass (or are skipped because a server was not
 # run), 1 a check is missed, 2 the benchmark itself failed (build, start, crash).
 # Everything runs on 127.0.0.1; every process started is stopped by its pid on exit.
@@ -68,6 +72,8 @@ QUIET_CORES=${QUIET_CORES:-0.15}
 QUIET_SECS=${QUIET_SECS:-3}
 QUIET_MAX_S=${QUIET_MAX_S:-300}
 OUT_DIR=${OUT_DIR:-}
+TW_MAX=${TW_MAX:-}
+TW_WARN=20000
 
 SECS=${DURATION%s}
 WARM_SECS=${WARMUP%s}
@@ -82,7 +88,7 @@ MIO_BIN=target/anchors/release/mio-http
 RAW_DIR=${OUT_DIR:-$TMP_DIR}
 mkdir -p "$RAW_DIR"
 RESULTS=$RAW_DIR/runs.tsv
-printf 'mode\tserver\tround\treq_s\tp50_us\tp99_us\trequests\terrors\tnon2xx\tcpu_us_req\tprimary_us_req\tserver_cores\twrk_cores\tforeign_cores\n' >"$RESULTS"
+printf 'mode\tserver\tround\treq_s\tp50_us\tp99_us\trequests\terrors\tnon2xx\tcpu_us_req\tprimary_us_req\tserver_cores\twrk_cores\tforeign_cores\ttime_wait\n' >"$RESULTS"
 
 # ---------------------------------------------------------------- process bookkeeping
 # Processes are tracked and stopped through scripts/lib.sh; the server logs are kept.
@@ -253,13 +259,29 @@ run_wrk() {
   timeout -k 5 $((secs + 20)) wrk -t1 "${extra[@]}" -d"${secs}s" --latency "http://127.0.0.1:$PORT/"
 }
 
+# time_wait_count: TCP sockets in TIME_WAIT on this machine.
+time_wait_count() { ss -Htan state time-wait 2>/dev/null | wc -l; }
+
+# wait_time_wait: with TW_MAX set, waits (up to 70 s) until at most TW_MAX sockets are in
+# TIME_WAIT.
+wait_time_wait() {
+  [ -n "$TW_MAX" ] || return 0
+  local t=0
+  while [ "$(time_wait_count)" -gt "$TW_MAX" ] && [ "$t" -lt 70 ]; do
+    sleep 1
+    t=$((t + 1))
+  done
+}
+
 # measure NAME MODE ROUND: one measured run; appends a row to RESULTS.
 measure() {
   local name=$1 mode=$2 round=$3 out try=0 a0 b0 a1 b1 s0 s1 c0 c1 f p wrc
-  local rps p50 p99 req errs n2 cpu prim srv wrkc
+  local rps p50 p99 req errs n2 cpu prim srv wrkc tw
   out="$RAW_DIR/$mode-$name-$round.txt"
   while :; do
+    wait_time_wait
     wait_quiet
+    tw=$(time_wait_count)
     a0=$(cpu_ticks ${PRIMARY[@]+"${PRIMARY[@]}"}); b0=$(cpu_ticks "${OTHERS[@]}")
     s0=$(sys_busy); read_child_ticks; c0=$CHILD_TICKS
     wrc=0
@@ -292,16 +314,16 @@ measure() {
   fi
   srv=$(awk -v t=$((a1 - a0 + b1 - b0)) -v h="$CLK_TCK" -v s="$SECS" 'BEGIN {printf "%.2f", t / h / s}')
   wrkc=$(awk -v t=$((c1 - c0)) -v h="$CLK_TCK" -v s="$SECS" 'BEGIN {printf "%.2f", t / h / s}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$name" "$round" \
-    "$rps" "$p50" "$p99" "$req" "$errs" "$n2" "$cpu" "$prim" "$srv" "$wrkc" "$f" >>"$RESULTS"
-  printf '  %s %-14s %-9s round %s: %7s req/s  p50 %5s us  p99 %6s us  cpu %6s us/req  primary %6s us/req  errors %s non2xx %s  wrk %s  foreign %s%s\n' \
-    "$(date +%H:%M:%S)" "$name" "$mode" "$round" "$rps" "$p50" "$p99" "$cpu" "$prim" "$errs" "$n2" "$wrkc" "$f" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$name" "$round" \
+    "$rps" "$p50" "$p99" "$req" "$errs" "$n2" "$cpu" "$prim" "$srv" "$wrkc" "$f" "$tw" >>"$RESULTS"
+  printf '  %s %-14s %-9s round %s: %7s req/s  p50 %5s us  p99 %6s us  cpu %6s us/req  primary %6s us/req  errors %s non2xx %s  wrk %s  foreign %s  time_wait %s%s\n' \
+    "$(date +%H:%M:%S)" "$name" "$mode" "$round" "$rps" "$p50" "$p99" "$cpu" "$prim" "$errs" "$n2" "$wrkc" "$f" "$tw" \
     "$(awk -v f="$f" -v m="$FOREIGN_MAX" 'BEGIN {if (f > m) print "  NOISY (kept after the last retry)"}')" >&2
 }
 
 # ---------------------------------------------------------------- medians and checks
 # col NAME: column number in RESULTS.
-col() { head -1 "$RESULTS" | tr '\t' '\n' | grep -nx "$1" | cut -d: -f1; }
+col() { head -1 "$RESULTS" | tr '\t' '\n' | grep -nx "$1" | cut -d: -f1 || true; }
 
 # agg MODE SERVER COLUMN [median|min|max|sum]: over the rounds; NA if there are none.
 agg() {
@@ -429,6 +451,12 @@ print_checks() {
   local noisy
   noisy=$(awk -F'\t' -v c="$(col foreign_cores)" -v m="$FOREIGN_MAX" 'NR > 1 && $c > m {n++} END {print n + 0}' "$RESULTS")
   [ "$noisy" = 0 ] || echo "WARNING: $noisy run(s) kept with other work above FOREIGN_MAX=$FOREIGN_MAX cores (see the foreign column)"
+  local c tw
+  c=$(col time_wait)
+  if [ -n "$c" ]; then
+    tw=$(awk -F'\t' -v c="$c" -v w="$TW_WARN" 'NR > 1 && $c + 0 > w {n++; if ($c + 0 > m) m = $c + 0} END {if (n) print n, m}' "$RESULTS")
+    [ -z "$tw" ] || echo "NOTE: ${tw% *} run(s) started with more than $TW_WARN sockets in TIME_WAIT (up to ${tw#* }): under Connection: close that makes connections dearer for the server that runs next (TW_MAX=$TW_WARN waits for them to drain; see runs.tsv)"
+  fi
 }
 
 # ---------------------------------------------------------------- main
