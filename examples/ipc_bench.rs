@@ -347,11 +347,7 @@ fn pin(child: bool) {
         (Ok("") | Err(_), _) => return,
         (Ok(other), _) => usage(&format!("PIN must be same or split, not {other}")),
     };
-    let mut set = nix::sched::CpuSet::new();
-    let pinned = set
-        .set(cpu)
-        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
-    if let Err(e) = pinned {
+    if let Err(e) = forkloop::sys::pin_to_cpu(cpu) {
         eprintln!("ipc_bench: cannot pin to CPU {cpu}: {e}");
     }
 }

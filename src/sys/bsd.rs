@@ -63,6 +63,15 @@ pub(crate) fn abstract_unix_addr(_name: &[u8]) -> io::Result<std::os::unix::net:
     ))
 }
 
+/// Pinning to a CPU is not offered here (macOS has no such call; the BSDs differ):
+/// always `Unsupported`.
+pub fn pin_to_cpu(_cpu: usize) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "pinning to a CPU is supported on Linux only",
+    ))
+}
+
 /// A one-shot timer whose descriptor becomes readable when it fires, for waits finer than
 /// the loop's millisecond timers: a private kqueue holding one `EVFILT_TIMER` (the loop's
 /// poller watches that kqueue's descriptor like any other).

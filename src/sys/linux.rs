@@ -64,6 +64,15 @@ pub(crate) fn abstract_unix_addr(name: &[u8]) -> io::Result<std::os::unix::net::
     std::os::unix::net::SocketAddr::from_abstract_name(name)
 }
 
+/// Pins the calling process to CPU `cpu` (`sched_setaffinity`), for benchmarks that
+/// compare placements.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
 /// A one-shot timer on the monotonic clock whose descriptor becomes readable when it
 /// fires (`timerfd`), for waits finer than the loop's millisecond timers.
 #[derive(Debug)]

@@ -15,6 +15,7 @@
 //! | `set_parent_death_signal()` | in a forked child before `exec`: ask for `SIGKILL` when the parent dies (Linux `PR_SET_PDEATHSIG`; a no-op elsewhere) |
 //! | `HANGUP_EVENTS` | `poll` events that report a stream peer's hang-up without reading (`POLLRDHUP` on Linux; none elsewhere, where only `POLLHUP` may come) |
 //! | `abstract_unix_addr()` | an abstract `AF_UNIX` address (Linux; `Unsupported` elsewhere) |
+//! | `pin_to_cpu()` | pin the calling process to one CPU (Linux `sched_setaffinity`; `Unsupported` elsewhere) |
 //! | `OneShotTimer` | a one-shot timer finer than the loop's milliseconds whose descriptor turns readable when it fires: `new`, `arm(after)`, `take()` (Linux `timerfd`; a private kqueue with an `EVFILT_TIMER` elsewhere) |
 //!
 //! The portable code on top ([`scm`], [`process`], [`watch`]) uses only those items and POSIX
@@ -37,7 +38,7 @@ mod imp;
 mod imp;
 
 pub(crate) use imp::OneShotTimer;
-pub use imp::{PARENT_DEATH_SIGNAL, open_fd_count, socketpair};
+pub use imp::{PARENT_DEATH_SIGNAL, open_fd_count, pin_to_cpu, socketpair};
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -102,4 +103,65 @@ pub fn monotonic_usec() -> u64 {
     // always exists, so it cannot fail.
     let _ = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+
+    use mio::unix::SourceFd;
+    use mio::{Events, Interest, Poll, Token};
+
+    use super::OneShotTimer;
+
+    /// Whether the poller reports anything within `within`.
+    fn reported(poll: &mut Poll, within: Duration) -> bool {
+        let mut events = Events::with_capacity(4);
+        let end = Instant::now() + within;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            poll.poll(&mut events, Some(left)).unwrap();
+            if !events.is_empty() {
+                return true;
+            }
+            if left.is_zero() {
+                return false;
+            }
+        }
+    }
+
+    #[test]
+    fn a_one_shot_timer_fires_once_per_arming_and_never_early() {
+        let t = OneShotTimer::new().unwrap();
+        let mut poll = Poll::new().unwrap();
+        let fd = t.as_raw_fd();
+        poll.registry()
+            .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
+            .unwrap();
+        assert!(!t.take().unwrap(), "not armed, not fired");
+        assert!(!reported(&mut poll, Duration::from_millis(20)));
+
+        let start = Instant::now();
+        t.arm(Duration::from_micros(1_500)).unwrap();
+        assert!(reported(&mut poll, Duration::from_secs(5)), "fired");
+        assert!(start.elapsed() >= Duration::from_micros(1_500), "not early");
+        assert!(t.take().unwrap());
+        assert!(!t.take().unwrap(), "a firing is taken once");
+        assert!(!reported(&mut poll, Duration::from_millis(20)), "one shot");
+
+        // Armed again, it reports again (the registration is edge-triggered).
+        t.arm(Duration::from_micros(200)).unwrap();
+        assert!(reported(&mut poll, Duration::from_secs(5)));
+        assert!(t.take().unwrap());
+
+        // Re-arming replaces the deadline.
+        t.arm(Duration::from_secs(60)).unwrap();
+        t.arm(Duration::from_millis(1)).unwrap();
+        assert!(
+            reported(&mut poll, Duration::from_secs(5)),
+            "the later arming counts"
+        );
+        assert!(t.take().unwrap());
+    }
 }
