@@ -504,7 +504,7 @@ fn accept_windows_open_under_a_burst_and_close_when_connections_thin_out() {
     // time is not held back by windows.
     const WINDOW_MS: u64 = 300;
     worker(listen_id_and_say_ready);
-    let (tally, windows, four) = burst_with_windows(
+    let (served, tally, windows, four) = burst_with_windows(
         "accept_windows_open_under_a_burst_and_close_when_connections_thin_out",
         WINDOW_MS,
         |conns, addr| {
@@ -517,10 +517,6 @@ fn accept_windows_open_under_a_burst_and_close_when_connections_thin_out() {
             (answers, started.elapsed())
         },
     );
-    let served: usize = tally
-        .iter()
-        .filter_map(|(k, n)| k.starts_with('w').then_some(n))
-        .sum();
     assert_eq!(served, 21, "every connection served: {tally:?}");
     assert!(windows >= 1, "the burst opened an accept window");
     assert!(
@@ -553,7 +549,7 @@ fn an_accept_window_that_ran_out_of_credit_resumes_with_it() {
             let _ = w2.send(lp, b"ready");
         });
     });
-    let (tally, windows, ()) = burst_with_windows(
+    let (served, tally, windows, ()) = burst_with_windows(
         "an_accept_window_that_ran_out_of_credit_resumes_with_it",
         20,
         |conns, addr| {
@@ -562,10 +558,6 @@ fn an_accept_window_that_ran_out_of_credit_resumes_with_it() {
             (answers, ())
         },
     );
-    let served: usize = tally
-        .iter()
-        .filter_map(|(k, n)| k.starts_with('w').then_some(n))
-        .sum();
     assert_eq!(served, 18, "every connection served: {tally:?}");
     assert!(windows >= 1, "the burst opened an accept window");
 }
@@ -573,15 +565,16 @@ fn an_accept_window_that_ran_out_of_credit_resumes_with_it() {
 /// Two workers (the test's `worker` body) under a primary with accept windows of
 /// `window_ms`: once both are ready, sixteen clients connect from the primary's loop (so
 /// all wait in the backlog when it next accepts) and `clients` gets them on a blocking
-/// thread. Returns the answers tallied (`w<ID>` → count; errors by their text), the
-/// accept windows opened by then, and the rest of what `clients` returned.
+/// thread. Returns how many answers came from a worker, all answers tallied (`w<ID>` →
+/// count; errors by their text), the accept windows opened by then, and the rest of what
+/// `clients` returned.
 fn burst_with_windows<T: Send + 'static>(
     test: &str,
     window_ms: u64,
     clients: impl FnOnce(Vec<TcpStream>, SocketAddr) -> (Vec<std::io::Result<String>>, T)
     + Send
     + 'static,
-) -> (BTreeMap<String, usize>, u64, T) {
+) -> (usize, BTreeMap<String, usize>, u64, T) {
     let (mut lp, p) = primary_with(
         test,
         PrimaryOptions {
@@ -610,7 +603,12 @@ fn burst_with_windows<T: Send + 'static>(
         p.fork(&mut lp).unwrap();
     }
     run(&mut lp);
-    outcome.borrow_mut().take().expect("clients finished")
+    let (tally, windows, rest) = outcome.borrow_mut().take().expect("clients finished");
+    let served = tally
+        .iter()
+        .filter_map(|(k, n)| k.starts_with('w').then_some(n))
+        .sum();
+    (served, tally, windows, rest)
 }
 
 /// Connects eight clients from the primary's loop (so the primary accepts none of them

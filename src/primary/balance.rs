@@ -182,11 +182,10 @@ pub(crate) struct Handle {
     pub(crate) listener: Option<IoId>,
     /// RoundRobin: accepting is paused because no worker has credit.
     pub(crate) paused: bool,
-    /// RoundRobin with accept windows: their state, the timer ending the open one (made
-    /// when the first window opens), and whether it is armed.
+    /// RoundRobin with accept windows: their state, and the timer ending the open one
+    /// (made when the first window opens).
     pub(crate) window: Option<AcceptWindow>,
     pub(crate) window_timer: Option<IoId>,
-    pub(crate) window_armed: bool,
     /// Connections waiting for a worker with credit (only ones that came back).
     queue: VecDeque<Arc<OwnedFd>>,
     /// Workers that refused a connection of this handle; skipped until they accept one.
@@ -442,7 +441,6 @@ impl Balancer {
                 .filter(|_| mode == Mode::RoundRobin)
                 .map(AcceptWindow::new),
             window_timer: None,
-            window_armed: false,
             queue: VecDeque::new(),
             refused: HashSet::new(),
             cursor: 0,

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::Primary;
 use super::balance::{self, Mode, Polled};
+use super::window::AcceptWindow;
 use crate::ipc::{ListenMode, ListenRequest, Message, SendFd};
 use crate::rt::{EventLoop, Interest, IoId};
 use crate::sys::OneShotTimer;
@@ -140,17 +141,11 @@ impl Primary {
     /// connections come fast enough (see [`window`](super::window)).
     fn on_listener(&self, lp: &mut EventLoop, hid: u32) {
         let took = self.accept(lp, hid);
-        let now = Instant::now();
-        let open = {
-            let mut inner = self.inner.borrow_mut();
-            let open = match inner.bal.handles.get_mut(&hid) {
-                Some(h) => h.window.as_mut().is_some_and(|w| w.woke(now, took)),
-                None => false,
-            };
-            inner.bal.windows_opened += u64::from(open);
-            open
-        };
+        let open = self
+            .with_window(hid, |w| w.woke(Instant::now(), took))
+            .unwrap_or(false);
         if open {
+            self.inner.borrow_mut().bal.windows_opened += 1;
             self.watch_listener(lp, hid, false);
             self.start_window(lp, hid);
         }
@@ -159,15 +154,11 @@ impl Primary {
     /// Arms the timer that ends handle `hid`'s open accept window (made on first use). If
     /// that fails the window closes and the listener is watched again.
     fn start_window(&self, lp: &mut EventLoop, hid: u32) {
-        let (len, timer) = {
-            let inner = self.inner.borrow();
-            let Some(h) = inner.bal.handles.get(&hid) else {
-                return;
-            };
-            let Some(w) = h.window else {
-                return;
-            };
-            (w.len(), h.window_timer)
+        let Some((len, timer)) = self
+            .with_handle(hid, |h| h.window.map(|w| (w.len(), h.window_timer)))
+            .flatten()
+        else {
+            return;
         };
         let armed = match timer {
             Some(io) => Ok(io),
@@ -179,19 +170,13 @@ impl Primary {
                 .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "window timer closed"))?;
             t.0.arm(len).map(|()| io)
         });
-        let mut inner = self.inner.borrow_mut();
-        let Some(h) = inner.bal.handles.get_mut(&hid) else {
-            return;
-        };
         match armed {
             Ok(io) => {
-                h.window_timer = Some(io);
-                h.window_armed = true;
+                self.with_handle(hid, |h| h.window_timer = Some(io));
             }
             Err(e) => {
                 log::error!("listener {hid}: accept window timer failed, windows off: {e}");
-                h.window = None;
-                drop(inner);
+                self.with_handle(hid, |h| h.window = None);
                 self.watch_listener(lp, hid, true);
             }
         }
@@ -213,14 +198,7 @@ impl Primary {
     /// Handle `hid`'s accept window ended: take what came during it, then open the next
     /// window or watch the listener again.
     fn end_window(&self, lp: &mut EventLoop, hid: u32) {
-        let Some(io) = self
-            .inner
-            .borrow()
-            .bal
-            .handles
-            .get(&hid)
-            .and_then(|h| h.window_timer)
-        else {
+        let Some(io) = self.with_handle(hid, |h| h.window_timer).flatten() else {
             return;
         };
         let fired = lp.io_ref::<Polled<OneShotTimer>>(io).map(|t| t.0.take());
@@ -230,61 +208,54 @@ impl Primary {
             Some(Ok(false)) | None => return,
             Some(Err(e)) => log::warn!("listener {hid}: reading the window timer: {e}"),
         }
-        if let Some(h) = self.inner.borrow_mut().bal.handles.get_mut(&hid) {
-            h.window_armed = false;
-        }
         let took = self.accept(lp, hid);
-        let now = Instant::now();
-        let (again, paused) = {
-            let mut inner = self.inner.borrow_mut();
-            match inner.bal.handles.get_mut(&hid) {
-                Some(h) => {
-                    let paused = h.paused;
-                    let again = h
-                        .window
-                        .as_mut()
-                        .is_some_and(|w| w.ended(now, took, paused));
-                    (again, paused)
-                }
-                None => return,
-            }
+        let Some((open, paused)) = self.with_handle(hid, |h| {
+            let paused = h.paused;
+            let open = h
+                .window
+                .as_mut()
+                .is_some_and(|w| w.ended(Instant::now(), took, paused));
+            (open, paused)
+        }) else {
+            return;
         };
-        match (again, paused) {
+        match (open, paused) {
             (true, false) => self.start_window(lp, hid),
-            // No worker has credit: no timer until `pump` accepts again.
+            // No worker has credit: the window stalls, no timer until `pump` accepts again.
             (true, true) => {}
             (false, _) => self.watch_listener(lp, hid, true),
         }
     }
 
-    /// Accepting on handle `hid` resumed after a pause: an open window that stopped its
-    /// timer for the pause starts a fresh one.
+    /// Accepting on handle `hid` resumed after a pause: a window that stalled for it
+    /// starts a fresh one (unless accepting paused again at once).
     fn resume_window(&self, lp: &mut EventLoop, hid: u32) {
-        let resume = {
-            let mut inner = self.inner.borrow_mut();
-            match inner.bal.handles.get_mut(&hid) {
-                Some(h) if !h.paused && !h.window_armed => {
-                    h.window.as_mut().is_some_and(|w| w.resumed(Instant::now()))
-                }
-                _ => false,
-            }
-        };
+        let resume = self
+            .with_handle(hid, |h| {
+                !h.paused && h.window.as_mut().is_some_and(|w| w.resumed(Instant::now()))
+            })
+            .unwrap_or(false);
         if resume {
             self.start_window(lp, hid);
         }
     }
 
+    /// Runs `f` on handle `hid`, if it still exists.
+    fn with_handle<R>(&self, hid: u32, f: impl FnOnce(&mut balance::Handle) -> R) -> Option<R> {
+        self.inner.borrow_mut().bal.handles.get_mut(&hid).map(f)
+    }
+
+    /// Runs `f` on handle `hid`'s accept windows, if it has them (round-robin with
+    /// windows on): nothing, not even reading the clock, happens otherwise.
+    fn with_window<R>(&self, hid: u32, f: impl FnOnce(&mut AcceptWindow) -> R) -> Option<R> {
+        self.with_handle(hid, |h| h.window.as_mut().map(f))
+            .flatten()
+    }
+
     /// Starts or stops waking up for handle `hid`'s new connections. Watching again reports
     /// connections already waiting, so none is left behind.
     fn watch_listener(&self, lp: &mut EventLoop, hid: u32, on: bool) {
-        let io = self
-            .inner
-            .borrow()
-            .bal
-            .handles
-            .get(&hid)
-            .and_then(|h| h.listener);
-        if let Some(io) = io {
+        if let Some(io) = self.with_handle(hid, |h| h.listener).flatten() {
             let interest = on.then_some(Interest::READABLE);
             if let Err(e) = lp.set_interest(io, interest) {
                 log::error!("listener {hid}: cannot change what it waits for: {e}");
@@ -331,9 +302,7 @@ impl Primary {
     /// flag: the listener stays registered (edge-triggered, so it costs nothing), and
     /// `pump` accepts again, until `WouldBlock`, once credit returns.
     fn pause(&self, hid: u32) {
-        if let Some(h) = self.inner.borrow_mut().bal.handles.get_mut(&hid) {
-            h.paused = true;
-        }
+        self.with_handle(hid, |h| h.paused = true);
     }
 
     /// Gives waiting connections to workers with credit, and resumes paused accepting.

@@ -63,6 +63,9 @@ pub(crate) struct AcceptWindow {
     /// Connections and seconds of the recent windows, older ones weighing less (by
     /// [`DECAY`] per window): their ratio is the rate that keeps windows open.
     recent: (f64, f64),
+    /// The open window ended while no worker had credit: no timer runs until accepting
+    /// resumes.
+    stalled: bool,
 }
 
 /// How much a window's count weighs one window later. Connections from clients that wait
@@ -79,6 +82,7 @@ impl AcceptWindow {
             count: 0,
             hold_until: None,
             recent: (0.0, 0.0),
+            stalled: false,
         }
     }
 
@@ -115,31 +119,33 @@ impl AcceptWindow {
         false
     }
 
-    /// Accepting resumed at `now` after the window ended with no worker having credit:
-    /// whether a window is open (its next one starts now).
+    /// Accepting resumed at `now`: whether the open window had stalled for want of credit
+    /// (its next one starts now, and its timer must be armed again).
     pub(crate) fn resumed(&mut self, now: Instant) -> bool {
-        if self.opened.is_some() {
-            self.opened = Some(now);
+        if !self.stalled || self.opened.is_none() {
+            return false;
         }
-        self.opened.is_some()
+        self.stalled = false;
+        self.opened = Some(now);
+        true
     }
 
     /// The open window ended at `now` having handed off `took` connections; `paused`:
     /// accepting stopped because no worker had credit (the count then says nothing about
-    /// demand; the primary starts the next window once accepting resumes). Returns whether
-    /// the next window opens (`false`: watch the listener again).
+    /// demand; the window stalls until [`AcceptWindow::resumed`]). Returns whether the
+    /// window stays open (`false`: watch the listener again).
     ///
     /// A busy loop may end a window late, so what counts is the rate over the recent
-    /// windows (each one's weight falling by
-    /// [`DECAY`] per window, the opening count counting as one full window): at least
-    /// [`ACCEPT_WINDOW_MIN_BATCH`] per window length.
+    /// windows (each one's weight falling by [`DECAY`] per window, the opening count
+    /// counting as one full window): at least [`ACCEPT_WINDOW_MIN_BATCH`] per window
+    /// length.
     pub(crate) fn ended(&mut self, now: Instant, took: u32, paused: bool) -> bool {
         let Some(opened) = self.opened else {
             return false;
         };
         if paused {
             // Not a sample of demand: leave the recent rate alone.
-            self.opened = Some(now);
+            self.stalled = true;
             return true;
         }
         let spent = now

@@ -127,14 +127,13 @@ impl OneShotTimer {
                 ticks.len(),
             )
         };
-        if n == 8 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock => Ok(false),
-            _ if n >= 0 => Err(io::Error::other("short read from a timerfd")),
-            _ => Err(e),
+        match n {
+            8 => Ok(true),
+            0.. => Err(io::Error::other("short read from a timerfd")),
+            _ => match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                e => Err(e),
+            },
         }
     }
 }
