@@ -2,14 +2,16 @@
 //! the primary shares the port among them.
 //!
 //! ```text
-//! cargo run --release --example http_cluster -- [--workers N] [--port P] [--host H] [--policy rr|none|reuseport] [--credit K] [--accept-window-ms W]
+//! cargo run --release --example http_cluster -- [--workers N] [--port P] [--host H] [--policy rr|none|reuseport] [--credit K] [--accept-window-ms W] [--primary-sched batch|normal]
 //! ```
 //!
 //! Defaults: one worker per available core, port 8000, host 127.0.0.1, policy from
 //! `FORKLOOP_SCHED_POLICY` or `rr`, credit (round-robin hand-offs a worker may hold
 //! unanswered) 16, no accept windows (`--accept-window-ms W`, fractions allowed: under a
 //! heavy stream of new connections the round-robin primary accepts every W ms instead of
-//! waking for each one; see `forkloop::primary::window`). The primary prints one line,
+//! waking for each one; see `forkloop::primary::window`), the primary's loop in the batch
+//! scheduling class on Linux (`--primary-sched normal` keeps it in the normal class; see
+//! `PrimaryOptions::yield_to_workers`). The primary prints one line,
 //! `listening on HOST:PORT workers=N policy=P`, once every worker listens.
 //!
 //! Supervised: a crashed worker is restarted (with backoff if it keeps crashing), a hung
@@ -42,12 +44,13 @@ struct Args {
     policy: Option<Policy>,
     credit: u32,
     accept_window_ms: f64,
+    yield_to_workers: bool,
 }
 
 fn usage(why: &str) -> ! {
     eprintln!("http_cluster: {why}");
     eprintln!(
-        "usage: http_cluster [--workers N] [--port P] [--host H] [--policy rr|none|reuseport] [--credit K] [--accept-window-ms W]"
+        "usage: http_cluster [--workers N] [--port P] [--host H] [--policy rr|none|reuseport] [--credit K] [--accept-window-ms W] [--primary-sched batch|normal]"
     );
     std::process::exit(2)
 }
@@ -60,6 +63,7 @@ fn parse_args() -> Args {
         policy: None,
         credit: forkloop::primary::DEFAULT_CREDIT,
         accept_window_ms: 0.0,
+        yield_to_workers: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -79,6 +83,13 @@ fn parse_args() -> Args {
                     .ok()
                     .filter(|ms: &f64| ms.is_finite() && *ms >= 0.0)
                     .unwrap_or_else(|| usage("bad --accept-window-ms"))
+            }
+            "--primary-sched" => {
+                a.yield_to_workers = match val().as_str() {
+                    "batch" => true,
+                    "normal" => false,
+                    _ => usage("--primary-sched takes batch or normal"),
+                }
             }
             other => usage(&format!("unknown flag {other}")),
         }
@@ -106,6 +117,7 @@ fn primary(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
         credit: args.credit,
         accept_window: (args.accept_window_ms > 0.0)
             .then(|| std::time::Duration::from_secs_f64(args.accept_window_ms / 1000.0)),
+        yield_to_workers: args.yield_to_workers,
         ..PrimaryOptions::default()
     };
     let p = Primary::with_options(lp, opts)?;

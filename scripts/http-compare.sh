@@ -8,12 +8,15 @@
 #   SERVERS="fl-rr mio-2" MODES=ka-c64 scripts/http-compare.sh
 #   SERVERS="fl-rr@1 fl-rr@4 fl-rr@16 fl-rr@64" MODES="close-c64 ka-c64" scripts/http-compare.sh
 #   SERVERS="fl-rr fl-rr~1 mio-2" MODES="close-c64 close-c16" scripts/http-compare.sh
+#   SERVERS="fl-rr fl-rr:normal mio-2" MODES="close-c64 close-c16 ka-c1" scripts/http-compare.sh
 #
 # Servers (2 workers/processes each unless noted):
 #   fl-rr fl-reuseport fl-none   forkloop http_cluster --policy rr|reuseport|none
 #                                (NAME@K: the same with --credit K, e.g. fl-rr@4;
 #                                NAME~W: with --accept-window-ms W, e.g. fl-rr~1 or fl-rr~0.5;
-#                                both: fl-rr@4~1)
+#                                NAME:normal: with --primary-sched normal, the primary's loop
+#                                left in the normal scheduling class, e.g. fl-rr:normal;
+#                                combined: fl-rr@4~1:normal)
 #   node-rr node-none            Node cluster (../shared/anchors/js/http-cluster.js)
 #   node-single                  Node, one process
 #   nginx                        nginx, worker_processes 2 (a copy of the anchors' nginx.conf)
@@ -112,18 +115,20 @@ cpu_ticks() {
 }
 
 # ---------------------------------------------------------------- servers
-# server_base NAME: NAME without its @K and ~W suffixes.
-server_base() { echo "${1%%[@~]*}"; }
+# server_base NAME: NAME without its @K, ~W and :normal suffixes.
+server_base() { echo "${1%%[@~:]*}"; }
 # server_credit NAME / server_window NAME: the K of @K and the W of ~W, or nothing.
 server_credit() { if [[ $1 =~ @([0-9]+) ]]; then echo "${BASH_REMATCH[1]}"; fi; }
 server_window() { if [[ $1 =~ ~([0-9.]+) ]]; then echo "${BASH_REMATCH[1]}"; fi; }
+# server_sched NAME: "normal" for NAME:normal, else nothing.
+server_sched() { if [[ $1 == *:normal ]]; then echo normal; fi; }
 
 label() {
-  local base k w
-  base=$(server_base "$1") k=$(server_credit "$1") w=$(server_window "$1")
+  local base k w n
+  base=$(server_base "$1") k=$(server_credit "$1") w=$(server_window "$1") n=$(server_sched "$1")
   [ -z "$k" ] && k=${CREDIT:-default}
   case $base in
-    fl-rr) echo "forkloop rr, 2 workers, credit $k${w:+, accept window $w ms}" ;;
+    fl-rr) echo "forkloop rr, 2 workers, credit $k${w:+, accept window $w ms}${n:+, primary in the normal scheduling class}" ;;
     fl-reuseport) echo "forkloop reuseport, 2 workers" ;;
     fl-none) echo "forkloop none (shared socket), 2 workers" ;;
     node-rr) echo "Node cluster SCHED_RR, 2 workers" ;;
@@ -159,6 +164,7 @@ start_server_once() {
       [ -z "$k" ] && k=${CREDIT:-}
       [ -n "$k" ] && credit=(--credit "$k")
       [ -n "$w" ] && credit+=(--accept-window-ms "$w")
+      [ -n "$(server_sched "$name")" ] && credit+=(--primary-sched normal)
       "$FL_BIN" --workers 2 --port 0 --host 127.0.0.1 --policy "${base#fl-}" ${credit[@]+"${credit[@]}"} >"$log" 2>&1 &
       MAIN=($!); track $!; PRIMARY=($!)
       wait_for "$name listening line" 20 "$!" has_line "$log" '^listening on 127\.0\.0\.1:[0-9]+ workers=2 ' || return 1
@@ -424,8 +430,8 @@ print_checks() {
     "(Node rr primary: $(agg close-c64 node-rr primary_us_req) µs)"
   local w
   for w in "${SERVER_LIST[@]}"; do
-    [[ $(server_base "$w") == fl-rr && -n $(server_window "$w") ]] || continue
-    echo "Connection: close c64, $w (accept windows, opt-in; the checks above use the default):"
+    [[ $(server_base "$w") == fl-rr && $w != fl-rr ]] || continue
+    echo "Connection: close c64, $w (a variant; the checks above use the default fl-rr):"
     info "conn/s $w / node-rr" "$(ratio close-c64 "$w" node-rr req_s)" "$(pair close-c64 "$w" node-rr req_s)"
     info "conn/s $w / nginx" "$(ratio close-c64 "$w" nginx req_s)" "$(pair close-c64 "$w" nginx req_s)"
     info "conn/s $w / fl-rr" "$(ratio close-c64 "$w" fl-rr req_s)" "$(pair close-c64 "$w" fl-rr req_s)"
@@ -433,6 +439,8 @@ print_checks() {
     info "primary CPU µs per handed-off conn, $w" "$(agg close-c64 "$w" primary_us_req)" "(fl-rr: $(agg close-c64 fl-rr primary_us_req) µs)"
     info "p50 $w / fl-rr" "$(ratio close-c64 "$w" fl-rr p50_us)" "$(pair close-c64 "$w" fl-rr p50_us)"
     info "close-c16 conn/s $w / fl-rr" "$(ratio close-c16 "$w" fl-rr req_s)" "$(pair close-c16 "$w" fl-rr req_s)"
+    info "close-c16 p50 $w / fl-rr" "$(ratio close-c16 "$w" fl-rr p50_us)" "$(pair close-c16 "$w" fl-rr p50_us)"
+    info "keep-alive c1 p50 $w / fl-rr" "$(ratio ka-c1 "$w" fl-rr p50_us)" "$(pair ka-c1 "$w" fl-rr p50_us)"
   done
   echo "reuseport:"
   check "keep-alive c64 req/s fl-reuseport / mio-2" "$(ratio ka-c64 fl-reuseport mio-2 req_s)" ">=" 0.95 "$(pair ka-c64 fl-reuseport mio-2 req_s)"

@@ -496,6 +496,61 @@ fn fork_env() {
     assert_eq!(*got.borrow(), "hello from-fork from-settings");
 }
 
+/// The calling thread's scheduling policy (field 41 of its `stat`: 0 normal, 3 batch).
+#[cfg(target_os = "linux")]
+fn sched_policy(stat: &str) -> u32 {
+    let stat = std::fs::read_to_string(stat).unwrap();
+    // The fields after the command name (which may hold spaces) start at field 3.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_primary_yields_to_its_workers_which_run_in_the_normal_class() {
+    worker(|lp, w| {
+        let policy = sched_policy("/proc/thread-self/stat");
+        w.send(lp, format!("policy {policy}").as_bytes()).unwrap();
+        w.disconnect(lp);
+    });
+    let here = || sched_policy("/proc/thread-self/stat");
+    assert_eq!(here(), 0, "test threads start in the normal class");
+    let got = Rc::new(RefCell::new(String::new()));
+    {
+        let (mut lp, p) =
+            primary("the_primary_yields_to_its_workers_which_run_in_the_normal_class");
+        assert!(p.yields_to_workers());
+        assert_eq!(here(), 3, "the primary's thread is in the batch class");
+        let g = got.clone();
+        p.on(move |_, _, ev| {
+            if let Event::Message { data, .. } = ev {
+                *g.borrow_mut() = String::from_utf8_lossy(data).into();
+            }
+        });
+        p.fork(&mut lp).unwrap();
+        run(&mut lp);
+    }
+    assert_eq!(
+        *got.borrow(),
+        "policy 0",
+        "the worker runs in the normal class"
+    );
+    assert_eq!(
+        here(),
+        0,
+        "back in the normal class once the primary is gone"
+    );
+
+    let mut lp = EventLoop::new().unwrap();
+    let opts = forkloop::primary::PrimaryOptions {
+        yield_to_workers: false,
+        ..forkloop::primary::PrimaryOptions::default()
+    };
+    let p = Primary::with_options(&mut lp, opts).unwrap();
+    assert!(!p.yields_to_workers());
+    assert_eq!(here(), 0, "opted out");
+}
+
 #[test]
 fn setup_primary_cumulative() {
     let mut lp = EventLoop::new().unwrap();

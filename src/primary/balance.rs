@@ -32,9 +32,15 @@
 //! and the kernel's backlog holds the clients: no unbounded queue, no busy loop (Node's
 //! RR has both).
 //!
-//! By default the listener wakes the primary for every connection that reaches an empty
-//! accept queue. With accept windows ([`window`](super::window), opt-in) a heavy stream
-//! of connections is accepted once per window instead, so bursts grow and wake-ups fall.
+//! The listener wakes the primary for every connection that reaches an empty accept
+//! queue. How many connections it then finds waiting depends on how soon it runs: by
+//! default the primary's loop is in the batch scheduling class
+//! ([`PrimaryOptions::yield_to_workers`](super::PrimaryOptions::yield_to_workers), Linux),
+//! so a wake-up never preempts a busy worker. On an idle CPU it runs at once; on a loaded
+//! machine it runs when a CPU frees up and takes every connection that arrived meanwhile,
+//! so bursts grow exactly when CPU is short, with no timer and no wait on an idle
+//! machine. With accept windows ([`window`](super::window), opt-in) a heavy stream of
+//! connections is accepted once per window instead, whatever the load.
 //!
 //! The primary keeps its own reference to every connection in flight. A `Rejected` answer,
 //! or a worker that dies before answering, puts the connection back in the handle's queue

@@ -23,6 +23,9 @@
 //!   the reason and emits [`Event::Error`]; the primary and the other workers carry on.
 //! * Workers can message each other ([`crate::worker::Worker::relay`]); the primary stamps
 //!   the sender's id, so a worker cannot pretend to be another.
+//! * The primary yields the CPU to its workers ([`PrimaryOptions::yield_to_workers`], on
+//!   by default on Linux): its loop's thread is in the batch scheduling class, so a new
+//!   connection waking it does not preempt a busy worker.
 //! * Dropping the last [`Primary`] handle kills (`SIGKILL`) and reaps every worker still
 //!   alive, so a primary that unwinds leaves no orphans or zombies behind.
 //!
@@ -34,6 +37,7 @@
 //! | descriptor passing | `SCM_RIGHTS`, received with `MSG_CMSG_CLOEXEC` | `SCM_RIGHTS`, close-on-exec set right after |
 //! | workers outliving the primary | `PR_SET_PDEATHSIG(SIGKILL)` plus the worker's watchdog thread | the watchdog thread (channel hang-up, parent change) |
 //! | reuseport policy | `SO_REUSEPORT` groups | falls back to round-robin with a warning |
+//! | yielding to workers | the loop's thread in `SCHED_BATCH`, workers reset to `SCHED_OTHER` between `fork` and `exec` | nothing (no such class) |
 //!
 //! Spawn workers from the loop's thread: Linux sends the parent-death signal when the
 //! *thread* that spawned a child exits, not only the process.
@@ -73,6 +77,7 @@ use window::window_len;
 use crate::cluster::{CHANNEL_FD_ENV, ExitStatus, WORKER_ID_ENV, WorkerState};
 use crate::ipc::{Channel, ChannelConfig, Kind, Message, SendError, SendFd};
 use crate::rt::{EventLoop, Interest, IoId, SignalId};
+use crate::sys::BatchScheduling;
 
 /// How a primary is set up (besides [`Settings`], which say how workers are spawned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +93,16 @@ pub struct PrimaryOptions {
     /// queue; see [`window`] for when windows open and close. At least
     /// [`ACCEPT_WINDOW_SHORTEST`]; zero means off.
     pub accept_window: Option<Duration>,
+    /// Let workers run first (default `true`): the thread running the primary's loop
+    /// enters the batch scheduling class (Linux `SCHED_BATCH`; nothing changes on systems
+    /// without it, or when the thread is not in the normal class). Its share of CPU stays
+    /// the same, but when a connection or a worker's answer wakes it, it no longer
+    /// preempts a busy worker: it runs on an idle CPU at once, or when the running task's
+    /// slice ends, and then accepts every connection that arrived meanwhile in one go.
+    /// On a loaded machine that halves the primary's wake-ups and its workers'
+    /// preemptions; on an idle one nothing waits. Workers start in the normal class. The
+    /// thread returns to the normal class when the primary is dropped.
+    pub yield_to_workers: bool,
     /// Limits of every worker channel.
     pub channel: ChannelConfig,
 }
@@ -98,6 +113,7 @@ impl Default for PrimaryOptions {
             policy: None,
             credit: DEFAULT_CREDIT,
             accept_window: None,
+            yield_to_workers: true,
             channel: ChannelConfig::default(),
         }
     }
@@ -126,6 +142,9 @@ struct Inner {
     /// descriptor limit).
     batch: u32,
     bal: Balancer,
+    /// Held while the loop's thread is in the batch class (see
+    /// [`PrimaryOptions::yield_to_workers`]).
+    sched: Option<BatchScheduling>,
 }
 
 #[derive(Default)]
@@ -202,6 +221,7 @@ impl Primary {
                     .max(1),
                 config: opts.channel,
                 bal: Balancer::new(policy, opts.credit, window_len(opts.accept_window)),
+                sched: opts.yield_to_workers.then(BatchScheduling::enter).flatten(),
             })),
             hooks: Rc::new(Hooks::default()),
         };
@@ -209,6 +229,12 @@ impl Primary {
         let id = lp.on_signal(nix::libc::SIGCHLD, move |lp, _| p.reap(lp))?;
         primary.inner.borrow_mut().sigchld = Some(id);
         Ok(primary)
+    }
+
+    /// Whether the loop's thread is in the batch scheduling class (see
+    /// [`PrimaryOptions::yield_to_workers`]).
+    pub fn yields_to_workers(&self) -> bool {
+        self.inner.borrow().sched.is_some()
     }
 
     /// The policy in force (after falling back where the platform lacks one).
@@ -280,14 +306,18 @@ impl Primary {
         V: Into<OsString>,
     {
         self.setup(lp, Settings::default());
-        let (settings, id, config) = {
+        let (settings, id, config, batch) = {
             let mut inner = self.inner.borrow_mut();
             let id = inner.next_id;
             inner.next_id += 1;
-            (inner.settings.clone(), id, inner.config)
+            let batch = inner.sched.is_some();
+            (inner.settings.clone(), id, inner.config, batch)
         };
         let (mine, theirs) = crate::sys::socketpair()?;
         let mut cmd = command(&settings, id, env);
+        if batch {
+            crate::sys::process::normal_scheduling_in_child(&mut cmd);
+        }
         let mut child =
             crate::sys::process::spawn_with_fd(&mut cmd, theirs.as_fd(), CHANNEL_FD_ENV)?;
         drop(theirs);

@@ -72,6 +72,16 @@ pub fn pin_to_cpu(_cpu: usize) -> io::Result<()> {
     ))
 }
 
+/// There is no batch scheduling class here: nothing changes (returns `false`).
+pub(crate) fn enter_batch() -> io::Result<bool> {
+    Ok(false)
+}
+
+/// Nothing to undo here (see [`enter_batch`]).
+pub(crate) fn leave_batch() -> io::Result<()> {
+    Ok(())
+}
+
 /// A one-shot timer whose descriptor becomes readable when it fires, for waits finer than
 /// the loop's millisecond timers: a private kqueue holding one `EVFILT_TIMER` (the loop's
 /// poller watches that kqueue's descriptor like any other).

@@ -73,6 +73,37 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Moves the calling thread from `SCHED_OTHER` to `SCHED_BATCH` (same nice value, so the
+/// same share of CPU; it only gives up preempting other tasks when it wakes). Returns
+/// whether it moved: a thread under any other policy is left as it is.
+pub(crate) fn enter_batch() -> io::Result<bool> {
+    // SAFETY: sched_getscheduler takes no pointers; 0 is the calling thread.
+    let policy = cvt(unsafe { libc::sched_getscheduler(0) })?;
+    if policy != libc::SCHED_OTHER {
+        return Ok(false);
+    }
+    set_policy(libc::SCHED_BATCH)?;
+    Ok(true)
+}
+
+/// Moves the calling thread from `SCHED_BATCH` back to `SCHED_OTHER` (any other policy is
+/// left alone). Allowed without privileges; only raw system calls, so it may run in a
+/// forked child before `exec`.
+pub(crate) fn leave_batch() -> io::Result<()> {
+    // SAFETY: sched_getscheduler takes no pointers; 0 is the calling thread.
+    if cvt(unsafe { libc::sched_getscheduler(0) })? == libc::SCHED_BATCH {
+        set_policy(libc::SCHED_OTHER)?;
+    }
+    Ok(())
+}
+
+fn set_policy(policy: libc::c_int) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call; 0 is the calling thread.
+    cvt(unsafe { libc::sched_setscheduler(0, policy, &param) })?;
+    Ok(())
+}
+
 /// A one-shot timer on the monotonic clock whose descriptor becomes readable when it
 /// fires (`timerfd`), for waits finer than the loop's millisecond timers.
 #[derive(Debug)]

@@ -16,6 +16,7 @@
 //! | `HANGUP_EVENTS` | `poll` events that report a stream peer's hang-up without reading (`POLLRDHUP` on Linux; none elsewhere, where only `POLLHUP` may come) |
 //! | `abstract_unix_addr()` | an abstract `AF_UNIX` address (Linux; `Unsupported` elsewhere) |
 //! | `pin_to_cpu()` | pin the calling process to one CPU (Linux `sched_setaffinity`; `Unsupported` elsewhere) |
+//! | `enter_batch()` / `leave_batch()` | move the calling thread from the normal scheduling class to the batch class and back (Linux `SCHED_OTHER` ⇄ `SCHED_BATCH`; `enter_batch` says whether it moved; no-ops elsewhere, which have no such class); `leave_batch` may run in a forked child before `exec` |
 //! | `OneShotTimer` | a one-shot timer finer than the loop's milliseconds whose descriptor turns readable when it fires: `new`, `arm(after)`, `take()` (Linux `timerfd`; a private kqueue with an `EVFILT_TIMER` elsewhere) |
 //!
 //! The portable code on top ([`scm`], [`process`], [`watch`]) uses only those items and POSIX
@@ -39,8 +40,11 @@ mod imp;
 
 pub(crate) use imp::OneShotTimer;
 pub use imp::{PARENT_DEATH_SIGNAL, open_fd_count, pin_to_cpu, socketpair};
+use imp::{enter_batch, leave_batch};
 
+use std::cell::Cell;
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::libc;
@@ -105,6 +109,60 @@ pub fn monotonic_usec() -> u64 {
     (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
 }
 
+thread_local! {
+    /// Live [`BatchScheduling`] guards of this thread.
+    static BATCH_GUARDS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// While alive, the calling thread is in the batch scheduling class (Linux `SCHED_BATCH`):
+/// when it wakes it does not preempt the task running on its CPU, it runs on an idle CPU
+/// or once that task's slice ends. Its share of CPU is unchanged. Guards nest within a
+/// thread; the last one to drop puts the thread back in the normal class. Threads under
+/// any other policy (real-time, idle, batch chosen by the user) are left alone, and so is
+/// every thread on systems without the class (macOS, BSD).
+#[derive(Debug)]
+pub(crate) struct BatchScheduling {
+    /// Scheduling classes are per thread: the guard must drop where it was made.
+    _thread_bound: PhantomData<*const ()>,
+}
+
+impl BatchScheduling {
+    /// Enters the batch class; `None` if the thread was not in the normal class (then
+    /// nothing changed) or the system refused.
+    pub(crate) fn enter() -> Option<BatchScheduling> {
+        let held = BATCH_GUARDS.with(Cell::get);
+        if held == 0 {
+            match enter_batch() {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    log::debug!("batch scheduling unavailable: {e}");
+                    return None;
+                }
+            }
+        }
+        BATCH_GUARDS.with(|g| g.set(held + 1));
+        Some(BatchScheduling {
+            _thread_bound: PhantomData,
+        })
+    }
+}
+
+impl Drop for BatchScheduling {
+    fn drop(&mut self) {
+        let left = BATCH_GUARDS.with(|g| {
+            let n = g.get().saturating_sub(1);
+            g.set(n);
+            n
+        });
+        if left == 0
+            && let Err(e) = leave_batch()
+        {
+            log::warn!("cannot leave batch scheduling: {e}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
@@ -163,5 +221,35 @@ mod tests {
             "the later arming counts"
         );
         assert!(t.take().unwrap());
+    }
+
+    /// The calling thread's scheduling policy (field 41 of its `stat`: 0 normal, 3 batch).
+    #[cfg(target_os = "linux")]
+    fn policy() -> u32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // The fields after the command name (which may hold spaces) start at field 3.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn batch_scheduling_guards_nest_and_the_last_one_leaves_the_class() {
+        use super::BatchScheduling;
+        assert_eq!(policy(), 0, "test threads start in the normal class");
+        let a = BatchScheduling::enter().expect("normal → batch");
+        assert_eq!(policy(), 3);
+        let b = BatchScheduling::enter().expect("a nested guard");
+        drop(a);
+        assert_eq!(policy(), 3, "one guard is still held");
+        drop(b);
+        assert_eq!(policy(), 0, "the last guard leaves the class");
+
+        // A thread put in the batch class by someone else is left as it is.
+        assert!(super::enter_batch().unwrap());
+        assert!(BatchScheduling::enter().is_none());
+        assert_eq!(policy(), 3);
+        super::leave_batch().unwrap();
+        assert_eq!(policy(), 0);
     }
 }

@@ -107,6 +107,22 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Starts the child `cmd` spawns in the normal scheduling class when this thread is in
+/// the batch class (see `BatchScheduling`): a child inherits its parent thread's class,
+/// and a primary's batch class is no business of its workers.
+pub(crate) fn normal_scheduling_in_child(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and makes only the
+    // sched_getscheduler and sched_setscheduler system calls, which are async-signal-safe;
+    // it allocates nothing and takes no locks. A refusal leaves the child as it was rather
+    // than failing its start.
+    unsafe {
+        cmd.pre_exec(|| {
+            let _ = super::leave_batch();
+            Ok(())
+        });
+    }
+}
+
 /// Reads and removes the environment variable `key`.
 ///
 /// Call this early in `main`, before other threads exist (it edits the environment).
