@@ -590,3 +590,68 @@ fn partial_writes_resume_where_they_stopped() {
         })
     ));
 }
+
+/// Waits for the next edge-triggered event on `poll`; whether one came within `within`.
+fn event_within(poll: &mut mio::Poll, within: std::time::Duration) -> bool {
+    let mut events = mio::Events::with_capacity(4);
+    poll.poll(&mut events, Some(within)).unwrap();
+    !events.is_empty()
+}
+
+#[test]
+fn after_a_short_read_data_arriving_later_raises_an_event_and_is_read() {
+    use mio::{Interest, Poll, Token};
+    let (mut ch, mut peer) = raw_peer(ChannelConfig::default());
+    let mut poll = Poll::new().unwrap();
+    poll.registry()
+        .register(&mut ch, Token(0), Interest::READABLE)
+        .unwrap();
+    let frame = |payload: &[u8]| {
+        let mut b = header(1, Kind::User.code(), 0, 0, payload.len() as u32);
+        b.extend_from_slice(payload);
+        b
+    };
+    let first = frame(b"first frame");
+    let second = frame(b"second");
+
+    // Half a frame: the read is short (the socket is empty after it), so the channel may
+    // answer "wait" without reading again; the rest must still raise an event.
+    peer.write_all(&first[..10]).unwrap();
+    assert!(event_within(&mut poll, util::TIMEOUT));
+    assert!(matches!(ch.recv().unwrap(), Recv::WouldBlock));
+    assert!(
+        matches!(ch.recv().unwrap(), Recv::WouldBlock),
+        "still nothing"
+    );
+    peer.write_all(&first[10..]).unwrap();
+    assert!(
+        event_within(&mut poll, util::TIMEOUT),
+        "the rest raised an event"
+    );
+    match ch.recv().unwrap() {
+        Recv::Frame(f) => assert_eq!(f.payload, b"first frame"),
+        _ => panic!("expected the first frame"),
+    }
+    assert!(matches!(ch.recv().unwrap(), Recv::WouldBlock));
+
+    // A whole frame later, then two at once: each read hands over everything there was.
+    peer.write_all(&second).unwrap();
+    assert!(event_within(&mut poll, util::TIMEOUT));
+    match ch.recv().unwrap() {
+        Recv::Frame(f) => assert_eq!(f.payload, b"second"),
+        _ => panic!("expected the second frame"),
+    }
+    assert!(matches!(ch.recv().unwrap(), Recv::WouldBlock));
+    peer.write_all(&[first.clone(), second.clone()].concat())
+        .unwrap();
+    assert!(event_within(&mut poll, util::TIMEOUT));
+    let mut got = Vec::new();
+    while let Recv::Frame(f) = ch.recv().unwrap() {
+        got.push(f.payload.to_vec());
+    }
+    assert_eq!(got, [b"first frame".to_vec(), b"second".to_vec()]);
+    assert!(
+        !event_within(&mut poll, std::time::Duration::from_millis(20)),
+        "no event without new data"
+    );
+}

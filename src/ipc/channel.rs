@@ -16,7 +16,9 @@
 //!
 //! The channel is a mio [`Source`]: register it for `READABLE | WRITABLE` once (events are
 //! edge-triggered), call [`Channel::recv`] until it returns [`Recv::WouldBlock`] on
-//! readable, and [`Channel::flush`] on writable or after queueing.
+//! readable, and [`Channel::flush`] on writable or after queueing. Where a short read
+//! proves the socket empty (Linux: fewer bytes than asked and no descriptors),
+//! `WouldBlock` comes without another `recvmsg`: data arriving later raises a new event.
 
 use std::fmt;
 use std::io;
@@ -264,6 +266,8 @@ pub struct Channel {
     tx: SendQueue,
     config: ChannelConfig,
     closed: bool,
+    /// The last read found the socket empty (see [`Channel::recv`]).
+    drained: bool,
 }
 
 impl Channel {
@@ -282,6 +286,7 @@ impl Channel {
             tx: SendQueue::new(config.limits, config.max_queued_bytes),
             config,
             closed: false,
+            drained: false,
         })
     }
 
@@ -371,7 +376,12 @@ impl Channel {
 
     /// Receives the next frame, reading from the socket as needed.
     ///
-    /// The frame's payload borrows the channel until the next call.
+    /// The frame's payload borrows the channel until the next call. [`Recv::WouldBlock`]
+    /// means "wait for the next readable event": it comes from a `recvmsg` that found
+    /// nothing, or, on Linux, without one when the previous read was short and carried no
+    /// descriptors (the socket was empty then, so whatever arrives since raises an event).
+    /// So, with edge-triggered events, call it until `WouldBlock` on every readable event:
+    /// a caller that stops earlier and waits for the next event may miss what came.
     ///
     /// # Errors
     ///
@@ -386,14 +396,23 @@ impl Channel {
                 Ok(false) => {}
                 Err(e) => return Err(self.fail(e)),
             }
+            if std::mem::take(&mut self.drained) {
+                return Ok(Recv::WouldBlock);
+            }
             let sock = self.sock.as_fd();
             let max_fds = self.config.limits.max_fds as usize;
+            let mut drained = false;
             let read = self.rx.fill_with(self.config.read_size, |buf, fds| {
-                sys::scm::recv_with_fds(sock, buf, max_fds, fds).map(|r| r.bytes)
+                let asked = buf.len();
+                let r = sys::scm::recv_with_fds(sock, buf, max_fds, fds)?;
+                // A read stops early at a message with descriptors, so only a short read
+                // without any shows that nothing was left.
+                drained = sys::SHORT_READ_DRAINS && r.bytes < asked && r.fds == 0;
+                Ok(r.bytes)
             });
             match read {
                 Ok(0) => return self.on_eof(),
-                Ok(_) => {}
+                Ok(_) => self.drained = drained,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Recv::WouldBlock),
                 Err(e) => return Err(self.fail(e.into())),
             }

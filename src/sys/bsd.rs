@@ -11,6 +11,8 @@ use super::{cvt, set_cloexec, set_nonblocking};
 
 pub(crate) const RECV_FLAGS: libc::c_int = 0;
 pub(crate) const SEND_FLAGS: libc::c_int = 0;
+/// Not relied on here: a short read is always followed by another until `EAGAIN`.
+pub(crate) const SHORT_READ_DRAINS: bool = false;
 pub(crate) const RECV_SETS_CLOEXEC: bool = false;
 
 /// A connected `AF_UNIX` stream socketpair; both ends close-on-exec and non-blocking.

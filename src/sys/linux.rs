@@ -9,6 +9,8 @@ use super::cvt;
 
 pub(crate) const RECV_FLAGS: libc::c_int = libc::MSG_CMSG_CLOEXEC;
 pub(crate) const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+/// A short `recvmsg` on a Unix stream socket without descriptors means the queue was empty.
+pub(crate) const SHORT_READ_DRAINS: bool = true;
 pub(crate) const RECV_SETS_CLOEXEC: bool = true;
 
 /// A connected `AF_UNIX` stream socketpair; both ends close-on-exec and non-blocking.

@@ -9,6 +9,7 @@
 //! | `socketpair()` | a connected `AF_UNIX` stream pair, both ends close-on-exec and non-blocking |
 //! | `RECV_FLAGS` | flags for `recvmsg` (`MSG_CMSG_CLOEXEC` where the OS has it) |
 //! | `SEND_FLAGS` | flags for `sendmsg` (`MSG_NOSIGNAL` where the OS has it) |
+//! | `SHORT_READ_DRAINS` | whether a Unix stream `recvmsg` that returned fewer bytes than asked, and no descriptors, proves the socket was empty (Linux: with no `SO_PASSCRED`, the kernel stops a read early only after a message with descriptors or at out-of-band data, which a peer may send only to stall its own channel; elsewhere `false`, so channels read on until `EAGAIN`) |
 //! | `RECV_SETS_CLOEXEC` | whether `RECV_FLAGS` already marks received fds close-on-exec |
 //! | `open_fd_count()` | how many descriptors this process has open |
 //! | `PARENT_DEATH_SIGNAL` | whether `set_parent_death_signal` does anything here |
@@ -38,7 +39,7 @@ mod imp;
 #[path = "bsd.rs"]
 mod imp;
 
-pub(crate) use imp::OneShotTimer;
+pub(crate) use imp::{OneShotTimer, SHORT_READ_DRAINS};
 pub use imp::{PARENT_DEATH_SIGNAL, open_fd_count, pin_to_cpu, socketpair};
 use imp::{enter_batch, leave_batch};
 
