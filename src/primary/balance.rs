@@ -6,7 +6,7 @@
 //!
 //! | policy | primary | workers |
 //! |---|---|---|
-//! | [`Policy::RoundRobin`] (default) | binds, listens, accepts; hands connections to workers (`NewConn` + fds, a burst per message) | adopt the connection, answer `Accepted` or `Rejected` |
+//! | [`Policy::RoundRobin`] (default) | binds, listens, accepts; hands connections to workers (`NewConn` + fds, each worker's share of a burst in one message) | adopt the connection, answer `Accepted` or `Rejected` |
 //! | [`Policy::Shared`] (`none`) | binds and listens; sends the socket | accept on their own loops |
 //! | [`Policy::ReusePort`] | reserves the port (bound, not listening) | bind their own `SO_REUSEPORT` sockets; the kernel spreads connections |
 //!
@@ -20,11 +20,11 @@
 //!
 //! # Round-robin with credit
 //!
-//! Connections go to the worker with the most free credit (round-robin among equals),
-//! a burst at a time: every connection waiting when the primary accepts goes to that
-//! worker, up to its free credit and [`HAND_OFF_BATCH`], in one `NewConn` message (one
-//! `sendmsg`, one wake-up of the worker; the worker's answers leave together too), and
-//! the next burst starts at the next worker. A worker holds at most `credit` hand-offs it
+//! Each connection goes to the worker with the most free credit (round-robin among
+//! equals). The primary accepts every connection waiting at that moment (up to the
+//! workers' free credit, at most [`HAND_OFF_BATCH`] each), shares them out one at a time
+//! by that rule, and sends each worker its share in one `NewConn` message (one `sendmsg`,
+//! one wake-up of the worker; the worker's answers leave together too). A worker holds at most `credit` hand-offs it
 //! has not answered; its `Accepted` answers may lower that (a worker near its own
 //! connection limit). A worker that answered with no credit left, or refused a
 //! connection, sends `Credit` once it has room again (it checks every 10 ms while full)
@@ -45,7 +45,8 @@
 //! The primary keeps its own reference to every connection in flight. A `Rejected` answer,
 //! or a worker that dies before answering, puts the connection back in the handle's queue
 //! for another worker: nothing is leaked or reset (Node leaks these). The queue holds only
-//! connections that were handed off before, so it is bounded by the total credit.
+//! connections that were handed off before, so it is bounded by the total credit, and
+//! hands them off again oldest first.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
@@ -192,12 +193,21 @@ pub(crate) struct Handle {
     /// (made when the first window opens).
     pub(crate) window: Option<AcceptWindow>,
     pub(crate) window_timer: Option<IoId>,
-    /// Connections waiting for a worker with credit (only ones that came back).
-    queue: VecDeque<Arc<OwnedFd>>,
+    /// Connections waiting for a worker with credit (only ones that came back), oldest
+    /// first.
+    queue: VecDeque<Conn>,
     /// Workers that refused a connection of this handle; skipped until they accept one.
     refused: HashSet<u32>,
     cursor: u32,
     unix_path: Option<PathBuf>,
+}
+
+/// An accepted connection, and when it was accepted (a count: older is smaller), so that
+/// connections coming back are handed off again oldest first.
+#[derive(Debug, Clone)]
+pub(crate) struct Conn {
+    pub(crate) born: u64,
+    pub(crate) fd: Arc<OwnedFd>,
 }
 
 /// A connection handed to a worker and not yet answered.
@@ -205,7 +215,7 @@ pub(crate) struct Handle {
 pub(crate) struct InFlight {
     pub(crate) worker: u32,
     pub(crate) handle: u32,
-    pub(crate) fd: Arc<OwnedFd>,
+    pub(crate) conn: Conn,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -230,6 +240,8 @@ pub(crate) struct Balancer {
     pub(crate) handles: HashMap<u32, Handle>,
     next_handle: u32,
     next_seq: u32,
+    /// Connections accepted so far (each [`Conn::born`]).
+    accepted_conns: u64,
     pub(crate) inflight: HashMap<u32, InFlight>,
     load: HashMap<u32, Load>,
     /// Workers taking no new connections (quarantined, retiring).
@@ -269,6 +281,7 @@ impl Balancer {
             handles: HashMap::new(),
             next_handle: 1,
             next_seq: 1,
+            accepted_conns: 0,
             inflight: HashMap::new(),
             load: HashMap::new(),
             excluded: HashSet::new(),
@@ -464,53 +477,103 @@ impl Balancer {
         self.credit.min(l.reported).saturating_sub(l.inflight)
     }
 
-    /// The worker of handle `id` with the most free credit, round-robin among equals (the
-    /// round-robin position moves in [`Balancer::hand_off`], not here).
-    pub(crate) fn pick(&self, id: u32) -> Option<u32> {
-        let h = self.handles.get(&id)?;
+    /// The workers of handle `id` that can take connections now, in round-robin order
+    /// from the handle's position, each with its room: free credit, at most `batch`.
+    fn rooms(&self, id: u32, batch: u32) -> Vec<(u32, u32)> {
+        let Some(h) = self.handles.get(&id) else {
+            return Vec::new();
+        };
         let start = h.cursor;
-        let mut best: Option<(u32, u32)> = None; // (free, worker)
-        let after = h.workers.range(start..).chain(h.workers.range(..start));
-        for &w in after {
-            if h.refused.contains(&w) {
-                continue;
-            }
-            let f = self.free(w);
-            if f > 0 && best.is_none_or(|(bf, _)| f > bf) {
-                best = Some((f, w));
-            }
-        }
-        best.map(|(_, w)| w)
+        h.workers
+            .range(start..)
+            .chain(h.workers.range(..start))
+            .filter(|w| !h.refused.contains(w))
+            .map(|&w| (w, self.free(w).min(batch)))
+            .filter(|&(_, room)| room > 0)
+            .collect()
     }
 
-    /// Records the hand-off of `fds` to `worker` in one message; returns the first
+    /// Whether some worker of handle `id` can take a connection now.
+    pub(crate) fn has_room(&self, id: u32) -> bool {
+        !self.rooms(id, 1).is_empty()
+    }
+
+    /// How many connections handle `id`'s workers can take now, each at most `batch`.
+    pub(crate) fn total_room(&self, id: u32, batch: u32) -> u32 {
+        self.rooms(id, batch).iter().map(|&(_, room)| room).sum()
+    }
+
+    /// Shares `n` connections of handle `id` out, one at a time, each to the worker with
+    /// the most room left (free credit, at most `batch`), round-robin among equals.
+    /// Returns how many each worker gets, in round-robin order (fewer than `n` in all if
+    /// room runs out), and moves the round-robin position past the worker that got the
+    /// last one.
+    pub(crate) fn share(&mut self, id: u32, n: u32, batch: u32) -> Vec<(u32, u32)> {
+        let mut rooms = self.rooms(id, batch);
+        let mut shares = vec![0u32; rooms.len()];
+        let mut from = 0;
+        let mut last = None;
+        for _ in 0..n {
+            let Some(most) = rooms.iter().map(|&(_, room)| room).max().filter(|&m| m > 0) else {
+                break;
+            };
+            let len = rooms.len();
+            let Some(i) = (0..len)
+                .map(|k| (from + k) % len)
+                .find(|&i| rooms[i].1 == most)
+            else {
+                break;
+            };
+            rooms[i].1 -= 1;
+            shares[i] += 1;
+            from = (i + 1) % len;
+            last = Some(rooms[i].0);
+        }
+        if let (Some(w), Some(h)) = (last, self.handles.get_mut(&id)) {
+            h.cursor = w + 1;
+        }
+        rooms
+            .iter()
+            .zip(shares)
+            .filter(|&(_, k)| k > 0)
+            .map(|(&(w, _), k)| (w, k))
+            .collect()
+    }
+
+    /// A connection just accepted.
+    pub(crate) fn new_conn(&mut self, fd: OwnedFd) -> Conn {
+        self.accepted_conns += 1;
+        Conn {
+            born: self.accepted_conns,
+            fd: Arc::new(fd),
+        }
+    }
+
+    /// Records the hand-off of `conns` to `worker` in one message; returns the first
     /// sequence number (the i-th connection's is that plus i, never 0).
-    pub(crate) fn hand_off(&mut self, worker: u32, handle: u32, fds: &[Arc<OwnedFd>]) -> u32 {
-        let n = fds.len() as u32;
+    pub(crate) fn hand_off(&mut self, worker: u32, handle: u32, conns: &[Conn]) -> u32 {
+        let n = conns.len() as u32;
         if self.next_seq.checked_add(n).is_none() {
             self.next_seq = 1;
         }
         let first = self.next_seq;
         self.next_seq = first.wrapping_add(n).max(1);
-        for (i, fd) in fds.iter().enumerate() {
+        for (i, conn) in conns.iter().enumerate() {
             let f = InFlight {
                 worker,
                 handle,
-                fd: fd.clone(),
+                conn: conn.clone(),
             };
             self.inflight.insert(first + i as u32, f);
         }
         self.load.entry(worker).or_default().inflight += n;
-        if let Some(h) = self.handles.get_mut(&handle) {
-            h.cursor = worker + 1;
-        }
         first
     }
 
     /// A hand-off could not be sent: forget it and queue the connection again.
     pub(crate) fn unsend(&mut self, seq: u32) {
         if let Some(f) = self.settle(seq) {
-            self.requeue(f.handle, f.fd);
+            self.requeue(f.handle, f.conn);
         }
     }
 
@@ -552,19 +615,23 @@ impl Balancer {
             if let Some(h) = self.handles.get_mut(&f.handle) {
                 h.refused.insert(worker);
             }
-            self.requeue(f.handle, f.fd);
+            self.requeue(f.handle, f.conn);
         }
     }
 
-    fn requeue(&mut self, handle: u32, fd: Arc<OwnedFd>) {
+    /// Queues `conn` again for handle `handle`, in age order.
+    pub(crate) fn requeue(&mut self, handle: u32, conn: Conn) {
         match self.handles.get_mut(&handle) {
-            Some(h) => h.queue.push_back(fd),
+            Some(h) => {
+                let at = h.queue.partition_point(|c| c.born < conn.born);
+                h.queue.insert(at, conn);
+            }
             None => log::debug!("connection for a closed listener dropped"),
         }
     }
 
-    /// The next queued connection of `handle`, if any.
-    pub(crate) fn next_queued(&mut self, handle: u32) -> Option<Arc<OwnedFd>> {
+    /// The oldest queued connection of `handle`, if any.
+    pub(crate) fn next_queued(&mut self, handle: u32) -> Option<Conn> {
         self.handles.get_mut(&handle)?.queue.pop_front()
     }
 
@@ -649,4 +716,64 @@ impl Balancer {
 /// Accepts one connection from a round-robin handle's socket.
 pub(crate) fn accept_one(fd: &impl AsFd) -> io::Result<OwnedFd> {
     sysnet::accept(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A round-robin balancer with credit 4 and workers `1..=n` on one port-0 handle.
+    fn with_workers(n: u32) -> (Balancer, u32) {
+        let mut b = Balancer::new(Policy::RoundRobin, 4, None);
+        let req = ListenRequest {
+            endpoint: Endpoint::Tcp("127.0.0.1:0".parse().unwrap()),
+            index: 0,
+            backlog: 0,
+            flags: 0,
+        };
+        let mut handle = 0;
+        for w in 1..=n {
+            handle = b.query(w, &req).unwrap().handle;
+        }
+        (b, handle)
+    }
+
+    #[test]
+    fn connections_are_shared_one_at_a_time_to_the_most_free_credit() {
+        let (mut b, h) = with_workers(2);
+        // Equal credit: turns alternate, starting at the first worker.
+        assert_eq!(b.share(h, 3, 16), [(1, 2), (2, 1)]);
+        // The first worker took the last one, so the next turn is the second's.
+        assert_eq!(b.share(h, 1, 16), [(2, 1)]);
+
+        // Three hand-offs to worker 1 leave it 1 free against worker 2's 4: worker 2 gets
+        // connections until they are level, then turns alternate again.
+        let conns: Vec<Conn> = (0..3)
+            .map(|_| b.new_conn(OwnedFd::from(std::fs::File::open("/dev/null").unwrap())))
+            .collect();
+        b.hand_off(1, h, &conns);
+        assert_eq!(b.share(h, 4, 16), [(1, 1), (2, 3)]);
+
+        // No more than the room there is: free credit, at most `batch` per worker.
+        assert_eq!(b.total_room(h, 2), 3);
+        assert_eq!(b.share(h, 10, 2), [(2, 2), (1, 1)]);
+        assert!(b.has_room(h));
+        assert_eq!(b.share(h, 0, 16), []);
+    }
+
+    #[test]
+    fn connections_that_come_back_wait_oldest_first() {
+        let (mut b, h) = with_workers(1);
+        let mut conns: Vec<Conn> = (0..3)
+            .map(|_| b.new_conn(OwnedFd::from(std::fs::File::open("/dev/null").unwrap())))
+            .collect();
+        let newest = conns.pop().unwrap();
+        let middle = conns.pop().unwrap();
+        let oldest = conns.pop().unwrap();
+        b.requeue(h, newest);
+        b.requeue(h, oldest);
+        b.requeue(h, middle);
+        let order: Vec<u64> = std::iter::from_fn(|| b.next_queued(h).map(|c| c.born)).collect();
+        assert_eq!(order, [1, 2, 3]);
+    }
 }

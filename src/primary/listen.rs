@@ -4,11 +4,10 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::Primary;
-use super::balance::{self, Mode, Polled};
+use super::balance::{self, Conn, Mode, Polled};
 use super::window::AcceptWindow;
 use crate::ipc::{ListenMode, ListenRequest, Message, SendFd};
 use crate::rt::{EventLoop, Interest, IoId};
@@ -97,39 +96,49 @@ impl Primary {
 
     /// Accepts on round-robin handle `hid` while some worker has credit.
     ///
-    /// Connections are handed off in bursts: the worker with the most free credit
-    /// (round-robin among equals) gets every connection waiting at that moment, up to its
-    /// free credit and [`HAND_OFF_BATCH`], in one message — one `sendmsg` and one wake-up
-    /// of the worker for the burst. The next burst starts at the next worker.
+    /// Every connection waiting at that moment (up to the workers' free credit, at most
+    /// [`HAND_OFF_BATCH`] each) is accepted, then shared out one at a time to the worker
+    /// with the most free credit left (round-robin among equals), and each worker's share
+    /// goes in one message: one `sendmsg` and one wake-up per worker, however many
+    /// connections came together, and workers take turns connection by connection as
+    /// in Node (a burst of keep-alive connections is split evenly).
     /// Returns how many connections were handed off.
     fn accept(&self, lp: &mut EventLoop, hid: u32) -> u32 {
         let mut took = 0;
         loop {
-            let picked = {
+            let room = {
                 let inner = self.inner.borrow();
-                inner
-                    .bal
-                    .pick(hid)
-                    .map(|w| (w, inner.bal.free(w).min(inner.batch)))
+                inner.bal.total_room(hid, inner.batch)
             };
-            let Some((worker, room)) = picked else {
+            if room == 0 {
                 self.pause(hid);
                 return took;
-            };
-            let mut batch = Vec::new();
+            }
+            let mut conns = Vec::new();
             let mut drained = false;
-            while batch.len() < room as usize {
+            while conns.len() < room as usize {
                 match self.next_conn(hid) {
-                    Some(fd) => batch.push(fd),
+                    Some(fd) => conns.push(fd),
                     None => {
                         drained = true;
                         break;
                     }
                 }
             }
-            took += batch.len() as u32;
-            if !batch.is_empty() {
-                self.dispatch(lp, worker, hid, batch);
+            let shares = {
+                let mut inner = self.inner.borrow_mut();
+                let batch = inner.batch;
+                inner.bal.share(hid, conns.len() as u32, batch)
+            };
+            let mut conns = conns.into_iter();
+            for (worker, n) in shares {
+                let part: Vec<_> = conns.by_ref().take(n as usize).collect();
+                took += part.len() as u32;
+                self.dispatch(lp, worker, hid, part);
+            }
+            // Not reached (the room was just counted), but nothing is ever dropped.
+            for conn in conns {
+                self.inner.borrow_mut().bal.requeue(hid, conn);
             }
             if drained {
                 return took;
@@ -265,13 +274,13 @@ impl Primary {
 
     /// The next connection for handle `hid`: one that came back, else a new one; `None`
     /// once the backlog is empty (or accepting failed; the next connection retries).
-    fn next_conn(&self, hid: u32) -> Option<Arc<OwnedFd>> {
+    fn next_conn(&self, hid: u32) -> Option<Conn> {
         let mut inner = self.inner.borrow_mut();
-        if let Some(fd) = inner.bal.next_queued(hid) {
-            return Some(fd);
+        if let Some(conn) = inner.bal.next_queued(hid) {
+            return Some(conn);
         }
         match balance::accept_one(inner.bal.accept_fd(hid)?.as_ref()) {
-            Ok(fd) => Some(Arc::new(fd)),
+            Ok(fd) => Some(inner.bal.new_conn(fd)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
             Err(e) => {
                 // EMFILE, ECONNABORTED…: skip, as Node does; the next connection retries.
@@ -283,12 +292,12 @@ impl Primary {
 
     /// Hands `fds` to `worker` in one message; on failure the connections are queued
     /// again and the worker is excluded from further hand-offs (its channel is going away).
-    fn dispatch(&self, lp: &mut EventLoop, worker: u32, hid: u32, fds: Vec<Arc<OwnedFd>>) {
-        let seq = self.inner.borrow_mut().bal.hand_off(worker, hid, &fds);
-        let n = fds.len() as u32;
+    fn dispatch(&self, lp: &mut EventLoop, worker: u32, hid: u32, conns: Vec<Conn>) {
+        let seq = self.inner.borrow_mut().bal.hand_off(worker, hid, &conns);
+        let n = conns.len() as u32;
         let msg = Message::NewConn { key: hid, seq };
         let io = self.channel_of(worker);
-        let fds = fds.into_iter().map(SendFd::Shared).collect();
+        let fds = conns.into_iter().map(|c| SendFd::Shared(c.fd)).collect();
         if crate::cluster::send_message(lp, io, &msg, fds).is_err() {
             let mut inner = self.inner.borrow_mut();
             for i in 0..n {
@@ -311,7 +320,7 @@ impl Primary {
         for hid in waiting {
             let ready = {
                 let mut inner = self.inner.borrow_mut();
-                let has_credit = inner.bal.pick(hid).is_some();
+                let has_credit = inner.bal.has_room(hid);
                 match inner.bal.handles.get_mut(&hid) {
                     Some(h) if has_credit => {
                         h.paused = false;
