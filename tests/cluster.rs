@@ -498,8 +498,8 @@ fn fork_env() {
 
 /// The calling thread's scheduling policy (field 41 of its `stat`: 0 normal, 3 batch).
 #[cfg(target_os = "linux")]
-fn sched_policy(stat: &str) -> u32 {
-    let stat = std::fs::read_to_string(stat).unwrap();
+fn sched_policy() -> u32 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
     // The fields after the command name (which may hold spaces) start at field 3.
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
@@ -509,18 +509,21 @@ fn sched_policy(stat: &str) -> u32 {
 #[test]
 fn the_primary_yields_to_its_workers_which_run_in_the_normal_class() {
     worker(|lp, w| {
-        let policy = sched_policy("/proc/thread-self/stat");
+        let policy = sched_policy();
         w.send(lp, format!("policy {policy}").as_bytes()).unwrap();
         w.disconnect(lp);
     });
-    let here = || sched_policy("/proc/thread-self/stat");
-    assert_eq!(here(), 0, "test threads start in the normal class");
+    assert_eq!(sched_policy(), 0, "test threads start in the normal class");
     let got = Rc::new(RefCell::new(String::new()));
     {
         let (mut lp, p) =
             primary("the_primary_yields_to_its_workers_which_run_in_the_normal_class");
         assert!(p.yields_to_workers());
-        assert_eq!(here(), 3, "the primary's thread is in the batch class");
+        assert_eq!(
+            sched_policy(),
+            3,
+            "the primary's thread is in the batch class"
+        );
         let g = got.clone();
         p.on(move |_, _, ev| {
             if let Event::Message { data, .. } = ev {
@@ -536,7 +539,7 @@ fn the_primary_yields_to_its_workers_which_run_in_the_normal_class() {
         "the worker runs in the normal class"
     );
     assert_eq!(
-        here(),
+        sched_policy(),
         0,
         "back in the normal class once the primary is gone"
     );
@@ -548,7 +551,7 @@ fn the_primary_yields_to_its_workers_which_run_in_the_normal_class() {
     };
     let p = Primary::with_options(&mut lp, opts).unwrap();
     assert!(!p.yields_to_workers());
-    assert_eq!(here(), 0, "opted out");
+    assert_eq!(sched_policy(), 0, "opted out");
 }
 
 #[test]

@@ -479,37 +479,34 @@ impl Balancer {
 
     /// The workers of handle `id` that can take connections now, in round-robin order
     /// from the handle's position, each with its room: free credit, at most `batch`.
-    fn rooms(&self, id: u32, batch: u32) -> Vec<(u32, u32)> {
-        let Some(h) = self.handles.get(&id) else {
-            return Vec::new();
-        };
-        let start = h.cursor;
-        h.workers
-            .range(start..)
-            .chain(h.workers.range(..start))
-            .filter(|w| !h.refused.contains(w))
-            .map(|&w| (w, self.free(w).min(batch)))
-            .filter(|&(_, room)| room > 0)
-            .collect()
+    fn rooms_iter(&self, id: u32, batch: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.handles.get(&id).into_iter().flat_map(move |h| {
+            let start = h.cursor;
+            h.workers
+                .range(start..)
+                .chain(h.workers.range(..start))
+                .filter(|w| !h.refused.contains(w))
+                .map(move |&w| (w, self.free(w).min(batch)))
+                .filter(|&(_, room)| room > 0)
+        })
+    }
+
+    /// [`Balancer::rooms_iter`], collected (for [`Balancer::share`]).
+    pub(crate) fn rooms(&self, id: u32, batch: u32) -> Vec<(u32, u32)> {
+        self.rooms_iter(id, batch).collect()
     }
 
     /// Whether some worker of handle `id` can take a connection now.
     pub(crate) fn has_room(&self, id: u32) -> bool {
-        !self.rooms(id, 1).is_empty()
+        self.rooms_iter(id, 1).next().is_some()
     }
 
-    /// How many connections handle `id`'s workers can take now, each at most `batch`.
-    pub(crate) fn total_room(&self, id: u32, batch: u32) -> u32 {
-        self.rooms(id, batch).iter().map(|&(_, room)| room).sum()
-    }
-
-    /// Shares `n` connections of handle `id` out, one at a time, each to the worker with
-    /// the most room left (free credit, at most `batch`), round-robin among equals.
-    /// Returns how many each worker gets, in round-robin order (fewer than `n` in all if
-    /// room runs out), and moves the round-robin position past the worker that got the
-    /// last one.
-    pub(crate) fn share(&mut self, id: u32, n: u32, batch: u32) -> Vec<(u32, u32)> {
-        let mut rooms = self.rooms(id, batch);
+    /// Shares `n` connections of handle `id` out among `rooms` (from
+    /// [`Balancer::rooms`], unchanged since; `n` at most their sum), one at a time, each
+    /// to the worker with the most room left, round-robin among equals. Returns how many
+    /// each worker gets, in round-robin order, and moves the handle's round-robin position
+    /// past the worker that got the last one.
+    pub(crate) fn share(&mut self, id: u32, mut rooms: Vec<(u32, u32)>, n: u32) -> Vec<(u32, u32)> {
         let mut shares = vec![0u32; rooms.len()];
         let mut from = 0;
         let mut last = None;
@@ -620,7 +617,7 @@ impl Balancer {
     }
 
     /// Queues `conn` again for handle `handle`, in age order.
-    pub(crate) fn requeue(&mut self, handle: u32, conn: Conn) {
+    fn requeue(&mut self, handle: u32, conn: Conn) {
         match self.handles.get_mut(&handle) {
             Some(h) => {
                 let at = h.queue.partition_point(|c| c.born < conn.born);
@@ -741,10 +738,14 @@ mod tests {
     #[test]
     fn connections_are_shared_one_at_a_time_to_the_most_free_credit() {
         let (mut b, h) = with_workers(2);
+        let share = |b: &mut Balancer, n, batch| {
+            let rooms = b.rooms(h, batch);
+            b.share(h, rooms, n)
+        };
         // Equal credit: turns alternate, starting at the first worker.
-        assert_eq!(b.share(h, 3, 16), [(1, 2), (2, 1)]);
+        assert_eq!(share(&mut b, 3, 16), [(1, 2), (2, 1)]);
         // The first worker took the last one, so the next turn is the second's.
-        assert_eq!(b.share(h, 1, 16), [(2, 1)]);
+        assert_eq!(share(&mut b, 1, 16), [(2, 1)]);
 
         // Three hand-offs to worker 1 leave it 1 free against worker 2's 4: worker 2 gets
         // connections until they are level, then turns alternate again.
@@ -752,13 +753,14 @@ mod tests {
             .map(|_| b.new_conn(OwnedFd::from(std::fs::File::open("/dev/null").unwrap())))
             .collect();
         b.hand_off(1, h, &conns);
-        assert_eq!(b.share(h, 4, 16), [(1, 1), (2, 3)]);
+        assert_eq!(share(&mut b, 4, 16), [(1, 1), (2, 3)]);
 
         // No more than the room there is: free credit, at most `batch` per worker.
-        assert_eq!(b.total_room(h, 2), 3);
-        assert_eq!(b.share(h, 10, 2), [(2, 2), (1, 1)]);
+        let total: u32 = b.rooms(h, 2).iter().map(|r| r.1).sum();
+        assert_eq!(total, 3);
+        assert_eq!(share(&mut b, 10, 2), [(2, 2), (1, 1)]);
         assert!(b.has_room(h));
-        assert_eq!(b.share(h, 0, 16), []);
+        assert_eq!(share(&mut b, 0, 16), []);
     }
 
     #[test]

@@ -106,10 +106,11 @@ impl Primary {
     fn accept(&self, lp: &mut EventLoop, hid: u32) -> u32 {
         let mut took = 0;
         loop {
-            let room = {
+            let rooms = {
                 let inner = self.inner.borrow();
-                inner.bal.total_room(hid, inner.batch)
+                inner.bal.rooms(hid, inner.batch)
             };
+            let room: u32 = rooms.iter().map(|&(_, r)| r).sum();
             if room == 0 {
                 self.pause(hid);
                 return took;
@@ -118,27 +119,24 @@ impl Primary {
             let mut drained = false;
             while conns.len() < room as usize {
                 match self.next_conn(hid) {
-                    Some(fd) => conns.push(fd),
+                    Some(conn) => conns.push(conn),
                     None => {
                         drained = true;
                         break;
                     }
                 }
             }
-            let shares = {
-                let mut inner = self.inner.borrow_mut();
-                let batch = inner.batch;
-                inner.bal.share(hid, conns.len() as u32, batch)
-            };
+            // Accepting changed no credit, so `rooms` still hold and take every connection.
+            let shares = self
+                .inner
+                .borrow_mut()
+                .bal
+                .share(hid, rooms, conns.len() as u32);
             let mut conns = conns.into_iter();
             for (worker, n) in shares {
                 let part: Vec<_> = conns.by_ref().take(n as usize).collect();
                 took += part.len() as u32;
                 self.dispatch(lp, worker, hid, part);
-            }
-            // Not reached (the room was just counted), but nothing is ever dropped.
-            for conn in conns {
-                self.inner.borrow_mut().bal.requeue(hid, conn);
             }
             if drained {
                 return took;

@@ -314,10 +314,7 @@ impl Primary {
             (inner.settings.clone(), id, inner.config, batch)
         };
         let (mine, theirs) = crate::sys::socketpair()?;
-        let mut cmd = command(&settings, id, env);
-        if batch {
-            crate::sys::process::normal_scheduling_in_child(&mut cmd);
-        }
+        let mut cmd = command(&settings, id, env, batch);
         let mut child =
             crate::sys::process::spawn_with_fd(&mut cmd, theirs.as_fd(), CHANNEL_FD_ENV)?;
         drop(theirs);
@@ -725,8 +722,9 @@ fn send_on(
     crate::cluster::send_frame(lp, io, kind, data, fds)
 }
 
-/// The command that starts worker `id`.
-fn command<I, K, V>(settings: &Settings, id: u32, env: I) -> Command
+/// The command that starts worker `id` (in the normal scheduling class when the primary's
+/// thread is in the batch class: `batch`).
+fn command<I, K, V>(settings: &Settings, id: u32, env: I, batch: bool) -> Command
 where
     I: IntoIterator<Item = (K, V)>,
     K: Into<OsString>,
@@ -761,6 +759,9 @@ where
     }
     // Orphan safety: the worker is killed when this thread (the loop's) ends (Linux).
     crate::sys::process::die_with_parent(&mut cmd);
+    if batch {
+        crate::sys::process::normal_scheduling_in_child(&mut cmd);
+    }
     cmd
 }
 
