@@ -72,13 +72,17 @@ fn decode(c: &mut Criterion) {
 
 fn messages(c: &mut Criterion) {
     let mut g = c.benchmark_group("proto");
-    let msg = Message::Accepted { seq: 42, credit: 7 };
-    g.bench_function("accepted_encode_decode", |b| {
+    let msg = Message::NewConn {
+        key: 7,
+        seq: 42,
+        reply: false,
+    };
+    g.bench_function("new_conn_encode_decode", |b| {
         let mut buf = Vec::with_capacity(16);
         b.iter(|| {
             buf.clear();
             black_box(&msg).encode_payload(&mut buf);
-            black_box(Message::decode(Kind::Accepted, &buf, 0).unwrap())
+            black_box(Message::decode(Kind::NewConn, &buf, 1).unwrap())
         })
     });
     g.finish();

@@ -7,7 +7,7 @@
 //!
 //! Defaults: one worker per available core, port 8000, host 127.0.0.1, policy from
 //! `FORKLOOP_SCHED_POLICY` or `rr`, credit (round-robin hand-offs a worker may hold
-//! unanswered) 16, no accept windows (`--accept-window-ms W`, fractions allowed: under a
+//! unread) 16, no accept windows (`--accept-window-ms W`, fractions allowed: under a
 //! heavy stream of new connections the round-robin primary accepts every W ms instead of
 //! waking for each one; see `forkloop::primary::window`), the primary's loop in the batch
 //! scheduling class on Linux (`--primary-sched normal` keeps it in the normal class; see

@@ -432,7 +432,8 @@ fn many_clients_after_ready(
 #[test]
 fn hand_offs_in_flight_survive_a_killed_worker() {
     // Worker 1 hangs (its loop blocked) while connections are handed to it; the primary
-    // kills it; its unanswered connections go to worker 2 and every client is served.
+    // kills it; the connections it never read are read back from its channel and go to
+    // worker 2, and every client is served.
     worker(|lp, w| {
         let server = listen_id(lp, w, any_port());
         let w2 = w.clone();
@@ -463,6 +464,10 @@ fn hand_offs_in_flight_survive_a_killed_worker() {
         killed_inflight.get(),
         0,
         "nothing left in flight to the dead worker"
+    );
+    assert!(
+        p.taken_back() > 0,
+        "the hung worker was handed connections, read back from its channel"
     );
 }
 

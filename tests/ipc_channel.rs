@@ -69,12 +69,15 @@ fn all_messages() -> Vec<Message> {
             key: 4,
             bound: Endpoint::Udp(tcp),
         },
-        Message::NewConn { key: 1, seq: 99 },
-        Message::Accepted {
+        Message::NewConn {
+            key: 1,
             seq: 99,
-            credit: 15,
+            reply: true,
         },
-        Message::Rejected { seq: 100 },
+        Message::Rejected {
+            key: 1,
+            seq: u64::MAX,
+        },
         Message::Disconnect,
         Message::Ping { seq: u64::MAX },
         Message::Pong {
@@ -105,7 +108,7 @@ fn every_message_kind_round_trips() {
     let mut readers = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
         let fds: Vec<SendFd> = match m {
-            Message::NewConn { .. } => {
+            Message::NewConn { .. } | Message::Rejected { .. } => {
                 let (r, w) = pipe();
                 readers.push((i as u32, r));
                 vec![w.into()]
@@ -140,7 +143,14 @@ fn send_msg_refuses_a_wrong_fd_count_and_gives_the_fd_back() {
     ));
     assert_eq!(err.fds.len(), 1);
     let err = a
-        .send_msg(&Message::NewConn { key: 0, seq: 0 }, vec![])
+        .send_msg(
+            &Message::NewConn {
+                key: 0,
+                seq: 0,
+                reply: false,
+            },
+            vec![],
+        )
         .unwrap_err();
     assert!(matches!(err.kind, SendErrorKind::Proto(_)));
     assert_eq!(a.queued_bytes(), 0);
@@ -150,19 +160,17 @@ fn send_msg_refuses_a_wrong_fd_count_and_gives_the_fd_back() {
 fn new_conn_carries_a_burst_of_connections_in_order() {
     // One NewConn frame with three descriptors: connections seq, seq+1, seq+2, in order.
     let (mut a, mut b) = Channel::pair(ChannelConfig::default()).unwrap();
-    let (mut readers, writers): (Vec<_>, Vec<SendFd>) = (0..3)
-        .map(|_| {
-            let (r, w) = pipe();
-            (r, SendFd::from(w))
-        })
-        .unzip();
-    a.send_msg(&Message::NewConn { key: 3, seq: 7 }, writers)
-        .unwrap();
+    let mut readers = queue_conns(&mut a, 7, 3);
+    let burst = Message::NewConn {
+        key: 9,
+        seq: 7,
+        reply: false,
+    };
     let mut got = pump(&mut a, &mut b).unwrap();
     assert_eq!(got.len(), 1);
     let g = got.pop().unwrap();
     let m = Message::decode(g.kind, &g.payload, g.fds.len()).unwrap();
-    assert_eq!(m, Message::NewConn { key: 3, seq: 7 });
+    assert_eq!(m, burst);
     assert_eq!(g.fds.len(), 3);
     for (i, fd) in g.fds.into_iter().enumerate() {
         write_tag(fd, 7 + i as u32);
@@ -474,7 +482,7 @@ fn malformed_payloads_are_typed_errors() {
     let (mut a, mut b) = Channel::pair(ChannelConfig::default()).unwrap();
     a.send(Kind::Ping, &[1, 2, 3]).unwrap(); // u64 field cut short
     a.send(Kind::Ack, &[1, 0, 0, 0, 9]).unwrap(); // one byte too many
-    a.send(Kind::NewConn, &[0; 8]).unwrap(); // a connection without its fd
+    a.send(Kind::NewConn, &[0; 13]).unwrap(); // a connection without its fd
     let got = pump(&mut a, &mut b).unwrap();
     let errs: Vec<ProtoError> = got
         .into_iter()
@@ -654,4 +662,114 @@ fn after_a_short_read_data_arriving_later_raises_an_event_and_is_read() {
         !event_within(&mut poll, std::time::Duration::from_millis(20)),
         "no event without new data"
     );
+}
+
+/// Queues a `NewConn` for connections `seq..seq + n`, each a pipe's write end; returns the
+/// read ends.
+fn queue_conns(ch: &mut Channel, seq: u64, n: usize) -> Vec<std::io::PipeReader> {
+    let (readers, writers): (Vec<_>, Vec<SendFd>) = (0..n)
+        .map(|_| {
+            let (r, w) = pipe();
+            (r, SendFd::from(w))
+        })
+        .unzip();
+    let msg = Message::NewConn {
+        key: 9,
+        seq,
+        reply: false,
+    };
+    ch.send_msg(&msg, writers).unwrap();
+    readers
+}
+
+/// Reads exactly `n` bytes from `peer` as a receiver would, returning the descriptors.
+fn peer_reads(peer: &std::os::fd::OwnedFd, n: usize) -> Vec<std::os::fd::OwnedFd> {
+    let mut fds = std::collections::VecDeque::new();
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        let r = forkloop::sys::scm::recv_with_fds(peer.as_fd(), &mut buf[got..], 8, &mut fds);
+        got += r.unwrap().bytes;
+    }
+    fds.into()
+}
+
+#[test]
+fn descriptors_the_peer_never_read_are_counted_and_read_back() {
+    // A channel keeping a ledger, and the peer's end of its socket (the primary keeps a
+    // duplicate of each worker's). The peer reads a frame without descriptors and the
+    // first bytes of a NewConn, which gives it that frame's descriptor; it never reads the
+    // next NewConn, and a third one is still queued when the channel closes. The count of
+    // unread descriptors follows, and once the peer is gone the two unread frames come
+    // back with their own descriptors, in order.
+    let (a, peer) = forkloop::sys::socketpair().unwrap();
+    let config = ChannelConfig::default();
+    let mut ch = Channel::new(a, config).unwrap();
+    ch.track_fds();
+    ch.send(Kind::User, b"x").unwrap();
+    let mut first = queue_conns(&mut ch, 1, 1);
+    ch.send_msg(&Message::Ping { seq: 5 }, vec![]).unwrap();
+    let mut second = queue_conns(&mut ch, 2, 2);
+    util::flush(&mut ch).unwrap();
+    assert_eq!(ch.unread_fds(peer.as_fd()).unwrap(), 3);
+
+    let got = peer_reads(&peer, frame::HEADER_LEN + 1 + 3);
+    assert_eq!(
+        got.len(),
+        1,
+        "the started frame's descriptor went with its first byte"
+    );
+    for fd in got {
+        write_tag(fd, 1);
+    }
+    assert_eq!(read_tag(&mut first[0]), 1);
+    assert_eq!(ch.unread_fds(peer.as_fd()).unwrap(), 2);
+
+    let mut third = queue_conns(&mut ch, 4, 1);
+    assert_eq!(ch.queued_bytes(), frame::HEADER_LEN + 13, "still queued");
+    assert_eq!(ch.unread_fds(peer.as_fd()).unwrap(), 3);
+
+    let ledger = ch.take_ledger().expect("the channel kept a ledger");
+    assert!(ch.is_closed());
+    let back = ledger.read_back(peer.as_fd(), config.limits);
+    let seqs: Vec<(u64, usize)> = back
+        .iter()
+        .map(
+            |f| match Message::decode(f.kind, &f.payload, f.fds.len()).unwrap() {
+                Message::NewConn { seq, .. } => (seq, f.fds.len()),
+                other => panic!("unexpected {other:?}"),
+            },
+        )
+        .collect();
+    assert_eq!(seqs, [(2, 2), (4, 1)]);
+    let mut fds = back.into_iter().flat_map(|f| f.fds);
+    for (tag, r) in (2..).zip(second.iter_mut().chain(third.iter_mut())) {
+        write_tag(fds.next().expect("a descriptor per connection"), tag);
+        assert_eq!(read_tag(r), tag);
+    }
+    assert!(fds.next().is_none());
+}
+
+#[test]
+fn without_a_ledger_nothing_is_counted_and_a_fully_read_stream_gives_nothing_back() {
+    let (a, peer) = forkloop::sys::socketpair().unwrap();
+    let config = ChannelConfig::default();
+    let mut plain = Channel::new(a, config).unwrap();
+    let _r = queue_conns(&mut plain, 1, 1);
+    util::flush(&mut plain).unwrap();
+    assert_eq!(plain.unread_fds(peer.as_fd()).unwrap(), 0, "not tracked");
+    assert!(plain.take_ledger().is_none());
+
+    let (a, peer) = forkloop::sys::socketpair().unwrap();
+    let mut ch = Channel::new(a, config).unwrap();
+    ch.track_fds();
+    let _r = queue_conns(&mut ch, 1, 2);
+    util::flush(&mut ch).unwrap();
+    assert_eq!(peer_reads(&peer, frame::HEADER_LEN + 13).len(), 2);
+    assert_eq!(ch.unread_fds(peer.as_fd()).unwrap(), 0);
+    let back = ch
+        .take_ledger()
+        .unwrap()
+        .read_back(peer.as_fd(), config.limits);
+    assert!(back.is_empty());
 }

@@ -90,7 +90,7 @@ proptest! {
     #[test]
     fn messages_round_trip(seq in any::<u32>(), key in any::<u32>(), lag in any::<u64>(), body in prop::collection::vec(any::<u8>(), 0..64)) {
         let msgs = [
-            Message::Accepted { seq, credit: key },
+            Message::NewConn { key, seq: lag, reply: seq % 2 == 1 },
             Message::Pong { seq: lag, lag_us: lag / 3 },
             Message::Relay { peer: key, payload: body.clone() },
             Message::User(body),
@@ -98,7 +98,8 @@ proptest! {
         for m in msgs {
             let mut p = Vec::new();
             m.encode_payload(&mut p);
-            prop_assert_eq!(Message::decode(m.kind(), &p, 0).unwrap(), m);
+            let fds = usize::from(m.kind() == Kind::NewConn);
+            prop_assert_eq!(Message::decode(m.kind(), &p, fds).unwrap(), m);
         }
     }
 }

@@ -251,6 +251,21 @@ impl AsFd for SendFd {
     }
 }
 
+impl SendFd {
+    /// The descriptor itself: the owned one, or the shared one if this was the last
+    /// reference, else a duplicate.
+    ///
+    /// # Errors
+    ///
+    /// Duplicating failed (out of descriptors).
+    pub fn into_owned(self) -> io::Result<OwnedFd> {
+        match self {
+            SendFd::Owned(fd) => Ok(fd),
+            SendFd::Shared(fd) => Arc::try_unwrap(fd).or_else(|fd| fd.try_clone()),
+        }
+    }
+}
+
 impl From<OwnedFd> for SendFd {
     fn from(fd: OwnedFd) -> Self {
         SendFd::Owned(fd)
@@ -404,6 +419,21 @@ impl SendQueue {
             }
         }
         Ok(true)
+    }
+
+    /// Takes everything queued: the bytes not yet written (the first segment's from where
+    /// writing stopped) and the descriptors not yet sent, in order.
+    pub fn take_unsent(&mut self) -> (Vec<u8>, Vec<SendFd>) {
+        let mut bytes = Vec::with_capacity(self.queued);
+        let mut fds = Vec::new();
+        for (i, seg) in self.segs.drain(..).enumerate() {
+            let from = if i == 0 { self.head_off } else { 0 };
+            bytes.extend_from_slice(&seg.buf[from..]);
+            fds.extend(seg.fds);
+        }
+        self.head_off = 0;
+        self.queued = 0;
+        (bytes, fds)
     }
 
     /// Drops everything queued (descriptors are closed). Returns the bytes dropped.

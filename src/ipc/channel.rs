@@ -31,6 +31,7 @@ use mio::{Interest, Registry, Token};
 
 use super::buf::{InFrame, READ_CHUNK, RecvBuffer, SendFd, SendQueue};
 use super::frame::{FrameError, HEADER_LEN, Kind, Limits};
+use super::ledger::FdLedger;
 use crate::sys;
 
 /// Limits and sizes of one channel. Every bound is explicit.
@@ -268,6 +269,9 @@ pub struct Channel {
     closed: bool,
     /// The last read found the socket empty (see [`Channel::recv`]).
     drained: bool,
+    /// Where the frames with descriptors are in the outgoing stream, if tracked (see
+    /// [`Channel::track_fds`]).
+    ledger: Option<FdLedger>,
 }
 
 impl Channel {
@@ -287,6 +291,7 @@ impl Channel {
             config,
             closed: false,
             drained: false,
+            ledger: None,
         })
     }
 
@@ -303,6 +308,35 @@ impl Channel {
     /// The configuration in force.
     pub fn config(&self) -> &ChannelConfig {
         &self.config
+    }
+
+    /// Keeps an [`FdLedger`] from now on: the channel records where its frames with
+    /// descriptors start, so that a sender holding a duplicate of the peer's end of the
+    /// socket can tell which of its descriptors the peer has read
+    /// ([`Channel::unread_fds`]) and get back the ones it never read
+    /// ([`Channel::take_ledger`], [`FdLedger::read_back`]). Call it before the first send.
+    pub fn track_fds(&mut self) {
+        self.ledger.get_or_insert_with(FdLedger::default);
+    }
+
+    /// How many descriptors sent on this channel the peer has not read yet (0 without a
+    /// ledger); `peer` is a duplicate of the peer's end of the socket.
+    ///
+    /// # Errors
+    ///
+    /// The `FIONREAD` on `peer` failed.
+    pub fn unread_fds(&mut self, peer: BorrowedFd<'_>) -> io::Result<u32> {
+        match &mut self.ledger {
+            Some(l) => l.unread_fds(peer),
+            None => Ok(0),
+        }
+    }
+
+    /// Closes the channel, keeping what is still queued in the ledger, and returns the
+    /// ledger (if the channel kept one).
+    pub fn take_ledger(&mut self) -> Option<FdLedger> {
+        self.close();
+        self.ledger.take()
     }
 
     /// Queues a frame. It is written by [`Channel::flush`], or at once if more than
@@ -346,7 +380,11 @@ impl Channel {
         if self.closed {
             return Err(SendError::new(SendErrorKind::Closed, fds));
         }
+        let nfds = fds.len();
         self.tx.push_with(kind, len, fds, write)?;
+        if let Some(l) = &mut self.ledger {
+            l.queued(HEADER_LEN + len, nfds);
+        }
         if self.tx.queued_bytes() >= self.config.flush_threshold {
             // Errors close the channel; the caller learns on its next send or flush.
             let _ = self.flush();
@@ -364,10 +402,18 @@ impl Channel {
             return Err(ChannelError::Closed);
         }
         let sock = self.sock.as_fd();
-        match self
-            .tx
-            .flush_with(|iovs, fds| sys::scm::send_with_fds(sock, iovs, fds))
-        {
+        let mut sent = 0;
+        let flushed = self.tx.flush_with(|iovs, fds| {
+            let r = sys::scm::send_with_fds(sock, iovs, fds);
+            if let Ok(n) = r {
+                sent += n;
+            }
+            r
+        });
+        if let Some(l) = &mut self.ledger {
+            l.written(sent);
+        }
+        match flushed {
             Ok(true) => Ok(Flush::Done),
             Ok(false) => Ok(Flush::Pending),
             Err(e) => Err(self.fail(e.into())),
@@ -449,12 +495,21 @@ impl Channel {
     }
 
     /// Closes the channel: shuts both directions down (the peer reads EOF) and drops
-    /// everything queued, closing queued descriptors. Idempotent.
+    /// everything queued, closing queued descriptors (with a ledger, they are kept in it
+    /// for [`FdLedger::read_back`]). Idempotent.
     pub fn close(&mut self) {
         if !self.closed {
             self.closed = true;
             let _ = self.sock.shutdown(Shutdown::Both);
-            self.tx.clear();
+            match &mut self.ledger {
+                Some(l) => {
+                    let (bytes, fds) = self.tx.take_unsent();
+                    l.keep_unsent(bytes, fds);
+                }
+                None => {
+                    self.tx.clear();
+                }
+            }
             self.rx.clear();
         }
     }

@@ -52,11 +52,10 @@ pub enum Kind {
     QueryReply = 3,
     /// W→P: one of the worker's servers is listening.
     Listening = 4,
-    /// P→W: a new connection (one fd) for a round-robin server.
+    /// P→W: new connections (one fd each) for a round-robin server.
     NewConn = 5,
-    /// W→P: the worker took a handed-off connection.
-    Accepted = 6,
-    /// W→P: the worker refused a handed-off connection (closing, or over its limit).
+    /// W→P: the worker refused a handed-off connection (closing, or over its limit) and
+    /// gives it back (its fd). Code 6 is not used.
     Rejected = 7,
     /// P→W: close your servers, drain and exit.
     Disconnect = 8,
@@ -76,8 +75,8 @@ pub enum Kind {
     Ack = 15,
     /// W→P: the worker hit a fatal error, stopped accepting, and asks to be replaced.
     GoingDown = 16,
-    /// W→P: the worker's free credit changed outside an answer (room again after being
-    /// full).
+    /// W→P: the worker's free credit: when it fills up, when it has room again, and when
+    /// a hand-off asked for it.
     Credit = 17,
     /// Application bytes (and optional descriptors).
     User = 32,
@@ -85,13 +84,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Online,
         Kind::QueryServer,
         Kind::QueryReply,
         Kind::Listening,
         Kind::NewConn,
-        Kind::Accepted,
         Kind::Rejected,
         Kind::Disconnect,
         Kind::Ping,
@@ -114,7 +112,6 @@ impl Kind {
             3 => Kind::QueryReply,
             4 => Kind::Listening,
             5 => Kind::NewConn,
-            6 => Kind::Accepted,
             7 => Kind::Rejected,
             8 => Kind::Disconnect,
             9 => Kind::Ping,

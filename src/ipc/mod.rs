@@ -5,16 +5,20 @@
 //! * [`buf`]: reassembly of received bytes into frames with their descriptors, and the
 //!   coalescing send queue; I/O-free.
 //! * [`channel`]: the non-blocking channel over a mio `UnixStream`.
+//! * [`ledger`]: which descriptors the peer has not read, and reading them back from a
+//!   duplicate of its end once it is gone (no acknowledgements needed).
 //! * [`proto`]: typed messages ([`Message`]) to and from frames.
 
 pub mod buf;
 pub mod channel;
 pub mod frame;
+pub mod ledger;
 pub mod proto;
 
 pub use buf::{InFrame, RecvBuffer, SendFd, SendQueue};
 pub use channel::{Channel, ChannelConfig, ChannelError, Flush, Recv, SendError, SendErrorKind};
 pub use frame::{Decoded, Frame, FrameError, Header, Kind, Limits};
+pub use ledger::{FdLedger, UnreadFrame};
 pub use proto::{Endpoint, FdRule, ListenMode, ListenRequest, Message, ProtoError};
 
 impl Channel {

@@ -11,9 +11,8 @@
 //! | `QueryServer` | W→P | seq, [`ListenRequest`] | 0 |
 //! | `QueryReply` | P→W | seq, errno, key id, [`ListenMode`], bound address | 0 or 1 (the listener, shared policy) |
 //! | `Listening` | W→P | key id, bound address | 0 |
-//! | `NewConn` | P→W | key id, first hand-off seq | 1 or more (connections `seq`, `seq + 1`, …) |
-//! | `Accepted` | W→P | hand-off seq, free credit | 0 |
-//! | `Rejected` | W→P | hand-off seq | 0 |
+//! | `NewConn` | P→W | key id, first connection's seq, whether to answer with `Credit` | 1 or more (connections `seq`, `seq + 1`, …) |
+//! | `Rejected` | W→P | key id, connection seq | 1 (the connection, given back) |
 //! | `Disconnect` | P→W | — | 0 |
 //! | `Ping` / `Pong` | both | seq (Pong: and loop lag in µs) | 0 |
 //! | `Ready` | W→P | — | 0 |
@@ -22,7 +21,7 @@
 //! | `ExitedAfterDisconnect` | W→P | seq | 0 |
 //! | `Ack` | P→W | seq | 0 |
 //! | `GoingDown` | W→P | reason | 0 |
-//! | `Credit` | W→P | free credit (room again after answering a hand-off with none) | 0 |
+//! | `Credit` | W→P | free credit (when full, when room again, when a `NewConn` asked) | 0 |
 //! | `User` | both | bytes | 0 to the frame limit |
 
 use std::fmt;
@@ -120,24 +119,25 @@ pub enum Message {
     },
     /// P→W: new connections for listener `key`, one per descriptor travelling with the
     /// frame (a burst of accepts leaves in one `sendmsg` and wakes the worker once).
+    /// Taking them needs no answer: the primary learns what the worker has read from the
+    /// channel itself.
     NewConn {
         /// The listener's id.
         key: u32,
-        /// The first connection's hand-off number; the i-th descriptor's is
-        /// `seq.wrapping_add(i)`. Each is echoed in its own `Accepted` / `Rejected`.
-        seq: u32,
+        /// The first connection's number; the i-th descriptor's is `seq + i`. A refused
+        /// connection goes back with its number in `Rejected`.
+        seq: u64,
+        /// The worker's credit is used up by these: answer with `Credit` once they are
+        /// taken, so that the primary hands off again without waiting to look.
+        reply: bool,
     },
-    /// W→P: hand-off `seq` was taken; the worker can take `credit` more.
-    Accepted {
-        /// The hand-off's number.
-        seq: u32,
-        /// How many more hand-offs the worker is willing to hold.
-        credit: u32,
-    },
-    /// W→P: hand-off `seq` was refused; the worker closed its copy.
+    /// W→P: the worker refused connection `seq` of listener `key` (closing, at its limit)
+    /// and gives it back: its descriptor travels with the frame.
     Rejected {
-        /// The hand-off's number.
-        seq: u32,
+        /// The listener's id.
+        key: u32,
+        /// The connection's number (from `NewConn`).
+        seq: u64,
     },
     /// P→W: close your servers, drain, close the channel.
     Disconnect,
@@ -182,8 +182,9 @@ pub enum Message {
         /// Why, for the log.
         reason: String,
     },
-    /// W→P: the worker has room for `credit` more hand-offs again (it answered an earlier
-    /// one with no credit left, or refused one, and a connection has ended since).
+    /// W→P: the worker has room for `credit` more hand-offs: sent when a hand-off leaves
+    /// it full (`0`), when it has room again after that or after refusing one, and in
+    /// answer to a `NewConn` that asked.
     Credit {
         /// Free credit now.
         credit: u32,
@@ -284,7 +285,6 @@ impl Message {
             Message::QueryReply { .. } => Kind::QueryReply,
             Message::Listening { .. } => Kind::Listening,
             Message::NewConn { .. } => Kind::NewConn,
-            Message::Accepted { .. } => Kind::Accepted,
             Message::Rejected { .. } => Kind::Rejected,
             Message::Disconnect => Kind::Disconnect,
             Message::Ping { .. } => Kind::Ping,
@@ -304,6 +304,7 @@ impl Message {
     pub fn fd_rule(kind: Kind) -> FdRule {
         match kind {
             Kind::NewConn => FdRule::Some,
+            Kind::Rejected => FdRule::One,
             Kind::QueryReply => FdRule::Optional,
             Kind::User => FdRule::Any,
             _ => FdRule::None,
@@ -345,17 +346,16 @@ impl Message {
                 w.u32(*key);
                 w.endpoint(bound);
             }
-            Message::NewConn { key, seq } => {
+            Message::NewConn { key, seq, reply } => {
                 w.u32(*key);
-                w.u32(*seq);
+                w.u64(*seq);
+                w.u8(u8::from(*reply));
             }
-            Message::Accepted { seq, credit } => {
-                w.u32(*seq);
-                w.u32(*credit);
+            Message::Rejected { key, seq } => {
+                w.u32(*key);
+                w.u64(*seq);
             }
-            Message::Rejected { seq }
-            | Message::ExitedAfterDisconnect { seq }
-            | Message::Ack { seq } => w.u32(*seq),
+            Message::ExitedAfterDisconnect { seq } | Message::Ack { seq } => w.u32(*seq),
             Message::Close { key } => w.u32(*key),
             Message::Ping { seq } => w.u64(*seq),
             Message::Pong { seq, lag_us } => {
@@ -412,13 +412,17 @@ impl Message {
             },
             Kind::NewConn => Message::NewConn {
                 key: r.u32("key")?,
-                seq: r.u32("seq")?,
+                seq: r.u64("seq")?,
+                reply: match r.u8("reply")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(r.bad("reply")),
+                },
             },
-            Kind::Accepted => Message::Accepted {
-                seq: r.u32("seq")?,
-                credit: r.u32("credit")?,
+            Kind::Rejected => Message::Rejected {
+                key: r.u32("key")?,
+                seq: r.u64("seq")?,
             },
-            Kind::Rejected => Message::Rejected { seq: r.u32("seq")? },
             Kind::ExitedAfterDisconnect => Message::ExitedAfterDisconnect { seq: r.u32("seq")? },
             Kind::Ack => Message::Ack { seq: r.u32("seq")? },
             Kind::Close => Message::Close { key: r.u32("key")? },

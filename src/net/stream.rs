@@ -118,20 +118,7 @@ pub(crate) struct StreamState {
     read_eof: bool,
     paused: bool,
     unread: bool,
-    /// Another process may still hold this socket (a connection the primary handed off
-    /// keeps the primary's copy until our `Accepted` reaches it), so closing our descriptor
-    /// alone might not end the connection: the write side is shut down first.
-    shared: bool,
     cbs: Callbacks,
-}
-
-impl Drop for StreamState {
-    fn drop(&mut self) {
-        if self.shared && !self.write_shut {
-            // The FIN goes out now, from here, rather than whenever the other copy closes.
-            let _ = self.sock.shutdown_write();
-        }
-    }
 }
 
 impl fmt::Debug for StreamState {
@@ -191,7 +178,6 @@ impl Stream {
             read_eof: false,
             paused: false,
             unread: false,
-            shared: false,
             cbs: Callbacks::default(),
         };
         let interest = if connecting {
@@ -201,14 +187,6 @@ impl Stream {
         };
         let id = lp.register(st, interest, |lp, id, r| on_ready(lp, Stream(id), r))?;
         Ok(Stream(id))
-    }
-
-    /// Marks a stream whose socket another process may still hold (see
-    /// [`StreamState::shared`]).
-    pub(crate) fn set_shared(self, lp: &mut EventLoop) {
-        if let Some(st) = state(lp, self) {
-            st.shared = true;
-        }
     }
 
     pub(crate) fn set_connect_cb(self, lp: &mut EventLoop, cb: ConnectCb) {

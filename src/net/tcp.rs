@@ -95,18 +95,14 @@ pub fn open_std(lp: &mut EventLoop, s: std::net::TcpStream) -> io::Result<Stream
 
 /// As [`open_std`] for a connection the primary handed off. It is non-blocking already
 /// (the primary accepted it with `SOCK_NONBLOCK`, a flag of the open file the hand-off
-/// shares), which saves a system call; and the primary may still hold its copy, so closing
-/// shuts down the write side first (the FIN leaves at once, from this process).
+/// shares), which saves a system call.
 pub(crate) fn open_handed_off(lp: &mut EventLoop, s: std::net::TcpStream) -> io::Result<Stream> {
-    let stream = Stream::open(lp, Sock::Tcp(mio::net::TcpStream::from_std(s)), false)?;
-    stream.set_shared(lp);
-    Ok(stream)
+    Stream::open(lp, Sock::Tcp(mio::net::TcpStream::from_std(s)), false)
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::Read;
-    use std::os::fd::OwnedFd;
     use std::time::Duration;
 
     use super::*;
@@ -121,26 +117,8 @@ mod tests {
     }
 
     #[test]
-    fn closing_a_handed_off_connection_ends_it_while_another_copy_is_open() {
-        // The primary may still hold its copy when the worker closes: the client must see
-        // the end of the stream all the same.
-        let (mut client, server) = pair(Duration::from_secs(10));
-        server.set_nonblocking(true).unwrap();
-        let other_copy = OwnedFd::from(server.try_clone().unwrap());
-        let mut lp = EventLoop::new().unwrap();
-        let s = open_handed_off(&mut lp, server).unwrap();
-        s.write(&mut lp, b"bye");
-        s.destroy(&mut lp);
-        lp.run().unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).unwrap();
-        assert_eq!(got, b"bye");
-        drop(other_copy);
-    }
-
-    #[test]
     fn closing_an_adopted_connection_leaves_other_copies_alone() {
-        // `open_std` takes a socket this process owns: closing it does not shut down a
+        // Closing a stream only closes this process's descriptor: it does not shut down a
         // socket someone else still uses.
         let (mut client, server) = pair(Duration::from_millis(200));
         let other_copy = server.try_clone().unwrap();

@@ -100,9 +100,7 @@ pub(crate) fn open_handed_off(
     lp: &mut EventLoop,
     s: std::os::unix::net::UnixStream,
 ) -> io::Result<Stream> {
-    let stream = Stream::open(lp, Sock::Unix(mio::net::UnixStream::from_std(s)), false)?;
-    stream.set_shared(lp);
-    Ok(stream)
+    Stream::open(lp, Sock::Unix(mio::net::UnixStream::from_std(s)), false)
 }
 
 fn unix_from(fd: OwnedFd) -> mio::net::UnixStream {

@@ -6,7 +6,7 @@
 //!
 //! | policy | primary | workers |
 //! |---|---|---|
-//! | [`Policy::RoundRobin`] (default) | binds, listens, accepts; hands connections to workers (`NewConn` + fds, each worker's share of a burst in one message) | adopt the connection, answer `Accepted` or `Rejected` |
+//! | [`Policy::RoundRobin`] (default) | binds, listens, accepts; hands connections to workers (`NewConn` + fds, each worker's share of a burst in one message) | adopt the connection; give back the ones they refuse (`Rejected` + fd) |
 //! | [`Policy::Shared`] (`none`) | binds and listens; sends the socket | accept on their own loops |
 //! | [`Policy::ReusePort`] | reserves the port (bound, not listening) | bind their own `SO_REUSEPORT` sockets; the kernel spreads connections |
 //!
@@ -24,13 +24,16 @@
 //! equals). The primary accepts every connection waiting at that moment (up to the
 //! workers' free credit, at most [`HAND_OFF_BATCH`] each), shares them out one at a time
 //! by that rule, and sends each worker its share in one `NewConn` message (one `sendmsg`,
-//! one wake-up of the worker; the worker's answers leave together too). A worker holds at most `credit` hand-offs it
-//! has not answered; its `Accepted` answers may lower that (a worker near its own
-//! connection limit). A worker that answered with no credit left, or refused a
-//! connection, sends `Credit` once it has room again (it checks every 10 ms while full)
-//! and takes connections again. When no worker has credit the primary stops accepting,
-//! and the kernel's backlog holds the clients: no unbounded queue, no busy loop (Node's
-//! RR has both).
+//! one wake-up of the worker). A worker holds at most `credit` hand-offs it has not read.
+//! It does not answer the ones it takes: the primary keeps a duplicate of the worker's
+//! end of their channel and asks the kernel how much of it the worker has not read yet
+//! (one `FIONREAD` per worker with hand-offs outstanding, when accepting; see
+//! [`ledger`](crate::ipc::ledger)). The `NewConn` that uses up a worker's credit asks for
+//! a `Credit` answer, so the primary hears when it has read them. A worker at its own
+//! connection limit says so (`Credit` 0), gives back what it cannot take (`Rejected` with
+//! the descriptor), and sends `Credit` once it has room again (it checks every 10 ms while
+//! full). When no worker has credit the primary stops accepting, and the kernel's backlog
+//! holds the clients: no unbounded queue, no busy loop (Node's RR has both).
 //!
 //! The listener wakes the primary for every connection that reaches an empty accept
 //! queue. How many connections it then finds waiting depends on how soon it runs: by
@@ -42,11 +45,12 @@
 //! machine. With accept windows ([`window`](super::window), opt-in) a heavy stream of
 //! connections is accepted once per window instead, whatever the load.
 //!
-//! The primary keeps its own reference to every connection in flight. A `Rejected` answer,
-//! or a worker that dies before answering, puts the connection back in the handle's queue
-//! for another worker: nothing is leaked or reset (Node leaks these). The queue holds only
-//! connections that were handed off before, so it is bounded by the total credit, and
-//! hands them off again oldest first.
+//! The primary keeps the worker's end of each channel open, so a connection handed off
+//! is never closed by the kernel before a worker has it: when a worker dies, the
+//! hand-offs it never read are read back from its end and handed to other workers, and
+//! a worker that refuses one gives it back. Nothing is leaked or reset (Node leaks
+//! these). Connections that come back wait in the handle's queue (bounded by the total
+//! credit) and are handed off again oldest first.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
@@ -66,7 +70,7 @@ use crate::sys::net::{self as sysnet, BindOptions};
 
 /// Environment variable choosing the policy: `rr`, `none` or `reuseport`.
 pub const POLICY_ENV: &str = "FORKLOOP_SCHED_POLICY";
-/// Default hand-offs a worker may hold unanswered.
+/// Default hand-offs a worker may hold unread.
 pub const DEFAULT_CREDIT: u32 = 16;
 /// Most connections handed to a worker in one `NewConn` message (also bounded by the
 /// channel's descriptors per frame and by the worker's free credit).
@@ -203,25 +207,19 @@ pub(crate) struct Handle {
 }
 
 /// An accepted connection, and when it was accepted (a count: older is smaller), so that
-/// connections coming back are handed off again oldest first.
-#[derive(Debug, Clone)]
+/// connections coming back are handed off again oldest first. The count travels with
+/// the connection (`NewConn`'s `seq`) and comes back with it.
+#[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) born: u64,
-    pub(crate) fd: Arc<OwnedFd>,
-}
-
-/// A connection handed to a worker and not yet answered.
-#[derive(Debug)]
-pub(crate) struct InFlight {
-    pub(crate) worker: u32,
-    pub(crate) handle: u32,
-    pub(crate) conn: Conn,
+    pub(crate) fd: OwnedFd,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Load {
+    /// Hand-offs the worker had not read when last looked (plus those sent since).
     inflight: u32,
-    /// Hand-offs accepted so far.
+    /// Hand-offs sent so far, less the ones given back.
     handed: u64,
     /// The worker's own limit from its last answer (`u32::MAX`: none).
     reported: u32,
@@ -236,13 +234,13 @@ pub(crate) struct Balancer {
     window: Option<Duration>,
     /// Accept windows opened so far (each time waking for every connection stopped).
     pub(crate) windows_opened: u64,
+    /// Connections read back from workers that died without reading them.
+    pub(crate) taken_back: u64,
     by_key: HashMap<HandleKey, u32>,
     pub(crate) handles: HashMap<u32, Handle>,
     next_handle: u32,
-    next_seq: u32,
     /// Connections accepted so far (each [`Conn::born`]).
     accepted_conns: u64,
-    pub(crate) inflight: HashMap<u32, InFlight>,
     load: HashMap<u32, Load>,
     /// Workers taking no new connections (quarantined, retiring).
     pub(crate) excluded: HashSet<u32>,
@@ -277,12 +275,11 @@ impl Balancer {
             credit: credit.max(1),
             window,
             windows_opened: 0,
+            taken_back: 0,
             by_key: HashMap::new(),
             handles: HashMap::new(),
             next_handle: 1,
-            next_seq: 1,
             accepted_conns: 0,
-            inflight: HashMap::new(),
             load: HashMap::new(),
             excluded: HashSet::new(),
             keep_listeners: false,
@@ -542,82 +539,72 @@ impl Balancer {
         self.accepted_conns += 1;
         Conn {
             born: self.accepted_conns,
-            fd: Arc::new(fd),
+            fd,
         }
     }
 
-    /// Records the hand-off of `conns` to `worker` in one message; returns the first
-    /// sequence number (the i-th connection's is that plus i, never 0).
-    pub(crate) fn hand_off(&mut self, worker: u32, handle: u32, conns: &[Conn]) -> u32 {
-        let n = conns.len() as u32;
-        if self.next_seq.checked_add(n).is_none() {
-            self.next_seq = 1;
-        }
-        let first = self.next_seq;
-        self.next_seq = first.wrapping_add(n).max(1);
-        for (i, conn) in conns.iter().enumerate() {
-            let f = InFlight {
-                worker,
-                handle,
-                conn: conn.clone(),
-            };
-            self.inflight.insert(first + i as u32, f);
-        }
-        self.load.entry(worker).or_default().inflight += n;
-        first
+    /// Records the hand-off of `n` connections to `worker`; returns whether that used up
+    /// its credit (the hand-off then asks for a `Credit` answer).
+    pub(crate) fn hand_off(&mut self, worker: u32, n: u32) -> bool {
+        let l = self.load.entry(worker).or_default();
+        l.inflight += n;
+        l.handed += u64::from(n);
+        self.free(worker) == 0
     }
 
-    /// A hand-off could not be sent: forget it and queue the connection again.
-    pub(crate) fn unsend(&mut self, seq: u32) {
-        if let Some(f) = self.settle(seq) {
-            self.requeue(f.handle, f.conn);
-        }
-    }
-
-    fn settle(&mut self, seq: u32) -> Option<InFlight> {
-        let f = self.inflight.remove(&seq)?;
-        if let Some(l) = self.load.get_mut(&f.worker) {
-            l.inflight = l.inflight.saturating_sub(1);
-        }
-        Some(f)
-    }
-
-    /// `worker` took hand-off `seq` and can take `credit` more: the primary's copy closes.
-    pub(crate) fn accepted(&mut self, worker: u32, seq: u32, credit: u32) {
-        if let Some(f) = self.settle(seq)
-            && let Some(h) = self.handles.get_mut(&f.handle)
-        {
-            h.refused.remove(&worker);
-        }
+    /// A hand-off of `n` connections to `worker` could not be sent (they are queued again).
+    pub(crate) fn hand_off_failed(&mut self, worker: u32, n: u32) {
         if let Some(l) = self.load.get_mut(&worker) {
-            l.reported = credit;
-            l.handed += 1;
+            l.inflight = l.inflight.saturating_sub(n);
+            l.handed = l.handed.saturating_sub(u64::from(n));
         }
     }
 
-    /// `worker` has room for `credit` more hand-offs again: it takes connections once more,
-    /// including on the handles where it refused one.
+    /// Of the connections sent to `worker`, `unread` are not read yet (the channel says).
+    pub(crate) fn unread(&mut self, worker: u32, unread: u32) {
+        if let Some(l) = self.load.get_mut(&worker) {
+            l.inflight = unread;
+        }
+    }
+
+    /// Workers of handle `id` with hand-offs outstanding (to look at again).
+    pub(crate) fn outstanding(&self, id: u32) -> Vec<u32> {
+        self.handles.get(&id).map_or_else(Vec::new, |h| {
+            h.workers
+                .iter()
+                .copied()
+                .filter(|w| self.load.get(w).is_some_and(|l| l.inflight > 0))
+                .collect()
+        })
+    }
+
+    /// `worker` has room for `credit` more hand-offs: it takes connections again, including
+    /// on the handles where it refused one.
     pub(crate) fn credit(&mut self, worker: u32, credit: u32) {
         if let Some(l) = self.load.get_mut(&worker) {
             l.reported = credit;
         }
-        for h in self.handles.values_mut() {
-            h.refused.remove(&worker);
+        if credit > 0 {
+            for h in self.handles.values_mut() {
+                h.refused.remove(&worker);
+            }
         }
     }
 
-    /// `worker` refused hand-off `seq`: the connection waits for another worker.
-    pub(crate) fn rejected(&mut self, worker: u32, seq: u32) {
-        if let Some(f) = self.settle(seq) {
-            if let Some(h) = self.handles.get_mut(&f.handle) {
-                h.refused.insert(worker);
-            }
-            self.requeue(f.handle, f.conn);
+    /// `worker` refused `conn` of handle `handle` and gave it back: it waits for another
+    /// worker.
+    pub(crate) fn rejected(&mut self, worker: u32, handle: u32, conn: Conn) {
+        if let Some(l) = self.load.get_mut(&worker) {
+            l.handed = l.handed.saturating_sub(1);
         }
+        if let Some(h) = self.handles.get_mut(&handle) {
+            h.refused.insert(worker);
+        }
+        self.requeue(handle, conn);
     }
 
     /// Queues `conn` again for handle `handle`, in age order.
-    fn requeue(&mut self, handle: u32, conn: Conn) {
+    pub(crate) fn requeue(&mut self, handle: u32, conn: Conn) {
         match self.handles.get_mut(&handle) {
             Some(h) => {
                 let at = h.queue.partition_point(|c| c.born < conn.born);
@@ -665,18 +652,9 @@ impl Balancer {
         idle.into_iter().filter_map(|id| self.forget(id)).collect()
     }
 
-    /// `worker` is gone: its unanswered hand-offs are queued for others; returns the
-    /// handles it was the last worker of.
+    /// `worker` is gone (what it never read was queued again before); returns the handles
+    /// it was the last worker of.
     pub(crate) fn worker_gone(&mut self, worker: u32) -> Vec<Handle> {
-        let seqs: Vec<u32> = self
-            .inflight
-            .iter()
-            .filter(|(_, f)| f.worker == worker)
-            .map(|(s, _)| *s)
-            .collect();
-        for seq in seqs {
-            self.unsend(seq);
-        }
         self.load.remove(&worker);
         self.excluded.remove(&worker);
         let ids: Vec<u32> = self.handles.keys().copied().collect();
@@ -699,12 +677,12 @@ impl Balancer {
         self.handles.get(&id).and_then(|h| h.fd.as_ref())
     }
 
-    /// Hand-offs `worker` accepted so far.
+    /// Hand-offs sent to `worker` so far, less the ones it gave back.
     pub(crate) fn handed_to(&self, worker: u32) -> u64 {
         self.load.get(&worker).map_or(0, |l| l.handed)
     }
 
-    /// Unanswered hand-offs of `worker`.
+    /// Hand-offs `worker` had not read when last looked (plus those sent since).
     pub(crate) fn inflight_of(&self, worker: u32) -> u32 {
         self.load.get(&worker).map_or(0, |l| l.inflight)
     }
@@ -749,10 +727,7 @@ mod tests {
 
         // Three hand-offs to worker 1 leave it 1 free against worker 2's 4: worker 2 gets
         // connections until they are level, then turns alternate again.
-        let conns: Vec<Conn> = (0..3)
-            .map(|_| b.new_conn(OwnedFd::from(std::fs::File::open("/dev/null").unwrap())))
-            .collect();
-        b.hand_off(1, h, &conns);
+        assert!(!b.hand_off(1, 3), "one credit left");
         assert_eq!(share(&mut b, 4, 16), [(1, 1), (2, 3)]);
 
         // No more than the room there is: free credit, at most `batch` per worker.

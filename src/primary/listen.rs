@@ -3,13 +3,13 @@
 //! [`balance`](super::balance)).
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use super::Primary;
 use super::balance::{self, Conn, Mode, Polled};
 use super::window::AcceptWindow;
-use crate::ipc::{ListenMode, ListenRequest, Message, SendFd};
+use crate::ipc::{Channel, ListenMode, ListenRequest, Message, SendFd};
 use crate::rt::{EventLoop, Interest, IoId};
 use crate::sys::OneShotTimer;
 
@@ -106,6 +106,7 @@ impl Primary {
     fn accept(&self, lp: &mut EventLoop, hid: u32) -> u32 {
         let mut took = 0;
         loop {
+            self.look_at_unread(lp, hid);
             let rooms = {
                 let inner = self.inner.borrow();
                 inner.bal.rooms(hid, inner.batch)
@@ -270,6 +271,35 @@ impl Primary {
         }
     }
 
+    /// Asks the kernel how many of their hand-offs the workers of handle `hid` that have
+    /// some outstanding have not read yet (see [`ledger`](crate::ipc::ledger)).
+    fn look_at_unread(&self, lp: &mut EventLoop, hid: u32) {
+        let looked: Vec<(u32, u32)> = {
+            let inner = self.inner.borrow();
+            inner
+                .bal
+                .outstanding(hid)
+                .into_iter()
+                .filter_map(|w| {
+                    let e = inner.workers.get(&w)?;
+                    let peer = e.peer_end.as_ref()?.as_fd();
+                    let ch = lp.io_mut::<Channel>(e.channel?)?;
+                    match ch.unread_fds(peer) {
+                        Ok(n) => Some((w, n)),
+                        Err(err) => {
+                            log::warn!("worker {w}: cannot tell what it has read: {err}");
+                            None
+                        }
+                    }
+                })
+                .collect()
+        };
+        let mut inner = self.inner.borrow_mut();
+        for (w, n) in looked {
+            inner.bal.unread(w, n);
+        }
+    }
+
     /// The next connection for handle `hid`: one that came back, else a new one; `None`
     /// once the backlog is empty (or accepting failed; the next connection retries).
     fn next_conn(&self, hid: u32) -> Option<Conn> {
@@ -288,20 +318,47 @@ impl Primary {
         }
     }
 
-    /// Hands `fds` to `worker` in one message; on failure the connections are queued
-    /// again and the worker is excluded from further hand-offs (its channel is going away).
+    /// Hands `conns` to `worker`: one message per run of consecutive [`Conn::born`]
+    /// numbers (the message carries the first; new connections form one run, the ones that
+    /// came back may not). On failure the connections are queued again and the worker is
+    /// excluded from further hand-offs (its channel is going away).
     fn dispatch(&self, lp: &mut EventLoop, worker: u32, hid: u32, conns: Vec<Conn>) {
-        let seq = self.inner.borrow_mut().bal.hand_off(worker, hid, &conns);
-        let n = conns.len() as u32;
-        let msg = Message::NewConn { key: hid, seq };
         let io = self.channel_of(worker);
-        let fds = conns.into_iter().map(|c| SendFd::Shared(c.fd)).collect();
-        if crate::cluster::send_message(lp, io, &msg, fds).is_err() {
-            let mut inner = self.inner.borrow_mut();
-            for i in 0..n {
-                inner.bal.unsend(seq.wrapping_add(i));
+        let mut conns = conns.into_iter().peekable();
+        while let Some(first) = conns.next() {
+            let seq = first.born;
+            let mut fds = vec![SendFd::Owned(first.fd)];
+            while let Some(next) = conns.next_if(|c| c.born == seq + fds.len() as u64) {
+                fds.push(SendFd::Owned(next.fd));
             }
-            inner.bal.excluded.insert(worker);
+            let reply = self
+                .inner
+                .borrow_mut()
+                .bal
+                .hand_off(worker, fds.len() as u32);
+            let msg = Message::NewConn {
+                key: hid,
+                seq,
+                reply,
+            };
+            if let Err(e) = crate::cluster::send_message(lp, io, &msg, fds) {
+                let mut inner = self.inner.borrow_mut();
+                // Descriptors that were queued stay with the channel (its ledger).
+                inner.bal.hand_off_failed(worker, e.fds.len() as u32);
+                for (i, fd) in e.fds.into_iter().enumerate() {
+                    match fd.into_owned() {
+                        Ok(fd) => {
+                            let conn = Conn {
+                                born: seq + i as u64,
+                                fd,
+                            };
+                            inner.bal.requeue(hid, conn);
+                        }
+                        Err(err) => log::warn!("a connection not handed off is lost: {err}"),
+                    }
+                }
+                inner.bal.excluded.insert(worker);
+            }
         }
     }
 
@@ -316,6 +373,7 @@ impl Primary {
     pub(super) fn pump(&self, lp: &mut EventLoop) {
         let waiting = self.inner.borrow().bal.waiting_handles();
         for hid in waiting {
+            self.look_at_unread(lp, hid);
             let ready = {
                 let mut inner = self.inner.borrow_mut();
                 let has_credit = inner.bal.has_room(hid);
@@ -373,9 +431,16 @@ impl Primary {
         !self.inner.borrow().bal.excluded.contains(&worker)
     }
 
-    /// Connections handed off to `worker` and accepted so far (round-robin policy).
+    /// Connections handed off to `worker` so far, less the ones it gave back (round-robin
+    /// policy).
     pub fn handed(&self, worker: u32) -> u64 {
         self.inner.borrow().bal.handed_to(worker)
+    }
+
+    /// Connections handed to workers that died (or left) without reading them, which the
+    /// primary read back from their channels and handed off again (round-robin policy).
+    pub fn taken_back(&self) -> u64 {
+        self.inner.borrow().bal.taken_back
     }
 
     /// Listening endpoints the primary holds (one per key any worker listens on).
@@ -397,7 +462,8 @@ impl Primary {
         self.inner.borrow().bal.windows_opened
     }
 
-    /// Hand-offs sent to `worker` and not yet answered.
+    /// Hand-offs sent to `worker` that it had not read when the primary last looked (it
+    /// looks when accepting), plus those sent since.
     pub fn in_flight(&self, worker: u32) -> u32 {
         self.inner.borrow().bal.inflight_of(worker)
     }

@@ -2,6 +2,7 @@
 
 use std::os::fd::OwnedFd;
 
+use super::balance::Conn;
 use super::listen::close_handle;
 use super::{Event, Primary};
 use crate::cluster::WorkerState;
@@ -75,12 +76,12 @@ impl Primary {
                     close_handle(lp, h);
                 }
             }
-            Message::Accepted { seq, credit } => {
-                self.inner.borrow_mut().bal.accepted(worker, seq, credit);
-                self.pump(lp);
-            }
-            Message::Rejected { seq } => {
-                self.inner.borrow_mut().bal.rejected(worker, seq);
+            Message::Rejected { key, seq } => {
+                // The frame's rule guarantees exactly one descriptor: the connection.
+                if let Some(fd) = fds.into_iter().next() {
+                    let conn = Conn { born: seq, fd };
+                    self.inner.borrow_mut().bal.rejected(worker, key, conn);
+                }
                 self.pump(lp);
             }
             Message::Credit { credit } => {

@@ -70,12 +70,12 @@ pub use events::{Event, WorkerInfo};
 pub use settings::Settings;
 pub use window::{ACCEPT_WINDOW_HOLD_OFF_MS, ACCEPT_WINDOW_MIN_BATCH, ACCEPT_WINDOW_SHORTEST};
 
-use balance::Balancer;
+use balance::{Balancer, Conn};
 use listen::close_handle;
 use window::window_len;
 
 use crate::cluster::{CHANNEL_FD_ENV, ExitStatus, WORKER_ID_ENV, WorkerState};
-use crate::ipc::{Channel, ChannelConfig, Kind, Message, SendError, SendFd};
+use crate::ipc::{Channel, ChannelConfig, FdLedger, Kind, Message, SendError, SendFd};
 use crate::rt::{EventLoop, Interest, IoId, SignalId};
 use crate::sys::BatchScheduling;
 
@@ -85,7 +85,7 @@ pub struct PrimaryOptions {
     /// How listening endpoints are shared; `None` reads [`POLICY_ENV`]
     /// (`FORKLOOP_SCHED_POLICY=rr|none|reuseport`), and round-robin if it is unset.
     pub policy: Option<Policy>,
-    /// Round-robin: hand-offs a worker may hold unanswered (default [`DEFAULT_CREDIT`]).
+    /// Round-robin: hand-offs a worker may hold unread (default [`DEFAULT_CREDIT`]).
     pub credit: u32,
     /// Round-robin: accept windows (default `None`: off). Under a heavy stream of new
     /// connections the primary then accepts once per window instead of waking for each
@@ -126,6 +126,13 @@ struct Entry {
     info: WorkerInfo,
     child: Option<Child>,
     channel: Option<IoId>,
+    /// A duplicate of the worker's end of its channel, kept until the worker is gone: the
+    /// connections it has not read stay in the socket, not closed by the kernel, and are
+    /// read back and handed to others if it dies (see [`crate::ipc::ledger`]).
+    peer_end: Option<OwnedFd>,
+    /// The channel's ledger once the channel closed while the process still ran: what the
+    /// worker never read is read back when it exits.
+    ledger: Option<FdLedger>,
     /// In Node's `cluster.workers`: until the primary disconnects it, or it has both
     /// disconnected and exited.
     listed: bool,
@@ -317,7 +324,6 @@ impl Primary {
         let mut cmd = command(&settings, id, env, batch);
         let mut child =
             crate::sys::process::spawn_with_fd(&mut cmd, theirs.as_fd(), CHANNEL_FD_ENV)?;
-        drop(theirs);
         let channel = match self.register_channel(lp, id, mine, config) {
             Ok(io) => io,
             Err(e) => {
@@ -350,6 +356,8 @@ impl Primary {
                     info,
                     child: Some(child),
                     channel: Some(channel),
+                    peer_end: Some(theirs),
+                    ledger: None,
                     listed: true,
                 },
             );
@@ -370,7 +378,8 @@ impl Primary {
         fd: OwnedFd,
         config: ChannelConfig,
     ) -> io::Result<IoId> {
-        let ch = Channel::new(fd, config)?;
+        let mut ch = Channel::new(fd, config)?;
+        ch.track_fds();
         let p = self.clone();
         lp.register(ch, Interest::READABLE, move |lp, _, _| p.on_channel(lp, id))
     }
@@ -615,7 +624,14 @@ impl Primary {
             e.info.exited_after_disconnect = Some(e.info.exited_after_disconnect.unwrap_or(false));
             (io, e.info.exit.is_some())
         };
+        let ledger = lp.io_mut::<Channel>(io).and_then(Channel::take_ledger);
         lp.close(io, |_| {});
+        if let Some(e) = self.inner.borrow_mut().workers.get_mut(&worker) {
+            e.ledger = ledger;
+        }
+        if exited {
+            self.reclaim(worker);
+        }
         let emptied = self.inner.borrow_mut().bal.worker_gone(worker);
         for h in emptied {
             close_handle(lp, h);
@@ -673,6 +689,9 @@ impl Primary {
                     self.channel_closed(lp, worker);
                 }
             } else {
+                // Its channel closed earlier: take back what it never read.
+                self.reclaim(worker);
+                self.pump(lp);
                 self.finish(lp, worker);
             }
         }
@@ -685,6 +704,37 @@ impl Primary {
         };
         if let Some(s) = sigchld {
             lp.set_ref(s, any_alive);
+        }
+    }
+
+    /// `worker` has exited and its channel is closed: the connections handed to it that it
+    /// never read are read back from its end of the channel and queued for other workers.
+    fn reclaim(&self, worker: u32) {
+        let mut inner = self.inner.borrow_mut();
+        let limits = inner.config.limits;
+        let Some(e) = inner.workers.get_mut(&worker) else {
+            return;
+        };
+        let (Some(peer), Some(ledger)) = (e.peer_end.take(), e.ledger.take()) else {
+            return;
+        };
+        let mut back = 0;
+        for f in ledger.read_back(peer.as_fd(), limits) {
+            // Other frames with descriptors carried a listener (shared policy): the
+            // primary has its own.
+            if let Ok(Message::NewConn { key, seq, .. }) =
+                Message::decode(f.kind, &f.payload, f.fds.len())
+            {
+                for (i, fd) in f.fds.into_iter().enumerate() {
+                    let born = seq.wrapping_add(i as u64);
+                    inner.bal.requeue(key, Conn { born, fd });
+                    back += 1;
+                }
+            }
+        }
+        inner.bal.taken_back += back;
+        if back > 0 {
+            log::info!("worker {worker}: {back} connection(s) it never read handed off again");
         }
     }
 

@@ -93,6 +93,15 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Bytes waiting to be read on socket `fd` (`FIONREAD`). On a Unix stream socket these
+/// are the bytes its peer wrote that nobody has read yet.
+pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into a local we own; the descriptor is borrowed.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) })?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// Whether `fd` has `FD_CLOEXEC` set.
 pub fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {
     // SAFETY: fcntl F_GETFD on a borrowed descriptor touches no memory.

@@ -2,10 +2,11 @@
 //! which answers how to serve the endpoint (see [`crate::primary`]'s policy table):
 //!
 //! * **hand-off** (round-robin): connections arrive as `NewConn` messages, each with one or
-//!   more descriptors (a burst the primary accepted at once); the worker answers each
-//!   connection with `Accepted` (with its free credit) or `Rejected` (server closing, at its
-//!   limit, or unknown) — the answers leave together — and a rejected connection goes to
-//!   another worker;
+//!   more descriptors (a burst the primary accepted at once). Taking one needs no answer
+//!   (the primary sees from the channel what the worker has read); a connection the worker
+//!   refuses (server closing, at its limit, or unknown) goes back with `Rejected` and its
+//!   descriptor, and the primary hands it to another worker. `Credit` tells the primary
+//!   when a server fills up, when it has room again, and answers a `NewConn` that asks;
 //! * **shared**: the listening socket comes with the reply; the worker accepts on it;
 //! * **reuseport**: the worker binds its own `SO_REUSEPORT` socket to the address the
 //!   primary reserved.
@@ -274,31 +275,48 @@ impl Worker {
         p.server.now_listening(lp, mode == ListenMode::HandOff);
     }
 
-    /// Connections handed off by the primary: `fds[i]` is hand-off `seq + i`. Each gets
-    /// its own `Accepted` (with the credit left) or `Rejected`; the replies are queued and
-    /// leave together once the batch of messages is handled. A server left with no room is
-    /// watched, so that the primary hears when it has some again.
-    pub(super) fn on_new_conn(&self, lp: &mut EventLoop, key: u32, seq: u32, fds: Vec<OwnedFd>) {
+    /// Connections handed off by the primary: `fds[i]` is connection `seq + i`. Each one
+    /// the server takes needs no answer; each one it refuses goes back in `Rejected` with
+    /// its descriptor. The primary hears the credit left when the server is full now
+    /// (which is watched, so that the primary hears when it has room again) and when it
+    /// asked (`reply`). The messages leave together once the batch of messages is handled.
+    pub(super) fn on_new_conn(
+        &self,
+        lp: &mut EventLoop,
+        key: u32,
+        seq: u64,
+        reply: bool,
+        fds: Vec<OwnedFd>,
+    ) {
         let server = self.inner.borrow().by_key.get(&key).cloned();
         let mut full = false;
         for (i, fd) in fds.into_iter().enumerate() {
-            let seq = seq.wrapping_add(i as u32);
-            let reply = match &server {
+            let refused = match &server {
                 Some(s) => match adopt_handed_off(lp, s, fd) {
-                    Some(credit) => {
-                        full |= credit == 0;
-                        Message::Accepted { seq, credit }
-                    }
-                    None => {
-                        // Full, or the socket could not be served (out of descriptors…):
-                        // either way, say so once there is room again.
+                    Ok(()) => continue,
+                    Err(fd) => {
                         full |= !s.is_closing();
-                        Message::Rejected { seq }
+                        fd
                     }
                 },
-                None => Message::Rejected { seq }, // unknown server: the descriptor closes
+                None => fd, // unknown server
             };
-            let _ = self.send_msg(lp, &reply);
+            let seq = seq.wrapping_add(i as u64);
+            let back = Message::Rejected { key, seq };
+            if self
+                .send_msg_with_fds(lp, &back, vec![refused.into()])
+                .is_err()
+            {
+                log::warn!("a refused connection could not go back to the primary");
+            }
+        }
+        // A closing or unknown server says nothing more: its refusals went back already.
+        if let Some(s) = server.filter(|s| !s.is_closing()) {
+            let credit = s.capacity(lp);
+            full |= credit == 0;
+            if reply || credit == 0 {
+                let _ = self.send_msg(lp, &Message::Credit { credit });
+            }
         }
         if full {
             self.watch_credit(lp, key);
@@ -360,12 +378,12 @@ impl Worker {
     }
 }
 
-/// Serves one handed-off connection on `server`; returns the credit left, or `None` if the
-/// server refuses it (closing, at its limit, or the socket cannot be registered: the
-/// descriptor is closed here and the primary hands the connection to another worker).
-fn adopt_handed_off(lp: &mut EventLoop, server: &Server, fd: OwnedFd) -> Option<u32> {
+/// Serves one handed-off connection on `server`, or gives its descriptor back if the
+/// server refuses it (closing, or at its limit). If the socket cannot be registered with
+/// the loop, the connection is closed (and logged).
+fn adopt_handed_off(lp: &mut EventLoop, server: &Server, fd: OwnedFd) -> Result<(), OwnedFd> {
     if server.is_closing() || server.capacity(lp) == 0 {
-        return None;
+        return Err(fd);
     }
     let stream = match server.endpoint() {
         Some(Endpoint::Unix(_)) => {
@@ -374,12 +392,12 @@ fn adopt_handed_off(lp: &mut EventLoop, server: &Server, fd: OwnedFd) -> Option<
         _ => tcp::open_handed_off(lp, std::net::TcpStream::from(fd)),
     };
     match stream {
-        Ok(stream) => server.adopt(lp, stream).then(|| server.capacity(lp)),
-        Err(e) => {
-            log::warn!("cannot serve a handed-off connection: {e}");
-            None
+        Ok(stream) => {
+            server.adopt(lp, stream);
         }
+        Err(e) => log::warn!("cannot serve a handed-off connection, closing it: {e}"),
     }
+    Ok(())
 }
 
 fn attach_listener(

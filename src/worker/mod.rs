@@ -362,14 +362,24 @@ impl Worker {
     }
 
     pub(crate) fn send_msg(&self, lp: &mut EventLoop, msg: &Message) -> Result<(), SendError> {
+        self.send_msg_with_fds(lp, msg, Vec::new())
+    }
+
+    /// Sends a control message with descriptors to the primary (queued while corked).
+    pub(crate) fn send_msg_with_fds(
+        &self,
+        lp: &mut EventLoop,
+        msg: &Message,
+        fds: Vec<crate::ipc::SendFd>,
+    ) -> Result<(), SendError> {
         let (io, corked) = {
             let inner = self.inner.borrow();
             (inner.channel, inner.corked)
         };
         if corked {
-            crate::cluster::queue_message(lp, io, msg, Vec::new())
+            crate::cluster::queue_message(lp, io, msg, fds)
         } else {
-            crate::cluster::send_message(lp, io, msg, Vec::new())
+            crate::cluster::send_message(lp, io, msg, fds)
         }
     }
 
@@ -629,7 +639,7 @@ impl Worker {
                 mode,
                 bound,
             } => self.on_query_reply(lp, seq, errno, key, mode, bound, fds),
-            Message::NewConn { key, seq } => self.on_new_conn(lp, key, seq, fds),
+            Message::NewConn { key, seq, reply } => self.on_new_conn(lp, key, seq, reply, fds),
             Message::Ping { seq } => {
                 let lag_us = self.inner.borrow().lag.get().as_micros() as u64;
                 let _ = self.send_msg(lp, &Message::Pong { seq, lag_us });

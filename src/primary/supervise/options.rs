@@ -211,9 +211,9 @@ pub struct WorkerStats {
     pub uptime: Duration,
     /// Restarts of its slot.
     pub restarts: u32,
-    /// Connections handed off to it and accepted.
+    /// Connections handed off to it, less the ones it gave back.
     pub connections_handed: u64,
-    /// Hand-offs not yet answered.
+    /// Hand-offs it had not read when the primary last looked.
     pub in_flight: u32,
     /// Last reported event-loop lag.
     pub loop_lag: Duration,
