@@ -472,6 +472,26 @@ fn hand_offs_in_flight_survive_a_killed_worker() {
 }
 
 #[test]
+fn a_worker_that_used_up_its_credit_gets_more_once_it_has_read_them() {
+    // Credit 1 and one worker: of eight connections arriving at once, the primary hands
+    // off one and stops accepting; the hand-off that used up the credit asks the worker to
+    // say when it has read it, and only then does the next one go. All eight are served
+    // by the worker and none comes back.
+    worker(listen_id_and_say_ready);
+    let (mut lp, p) = primary_with(
+        "a_worker_that_used_up_its_credit_gets_more_once_it_has_read_them",
+        PrimaryOptions {
+            credit: 1,
+            ..PrimaryOptions::default()
+        },
+    );
+    let served = many_clients_after_ready(&mut lp, &p, 1, 8, None);
+    run(&mut lp);
+    assert_eq!(served.borrow().get("w1"), Some(&8), "{:?}", served.borrow());
+    assert_eq!(p.taken_back(), 0);
+}
+
+#[test]
 fn a_burst_of_connections_is_shared_evenly_between_the_workers() {
     // Eight connections wait in the backlog when the primary next accepts: they are
     // shared out one at a time to the worker with the most free credit, so each of the two

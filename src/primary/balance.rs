@@ -567,13 +567,22 @@ impl Balancer {
         }
     }
 
-    /// Workers of handle `id` with hand-offs outstanding (to look at again).
+    /// Workers of handle `id` worth looking at again: those with at least half their
+    /// credit in hand-offs not known to be read. The others have room enough; counting
+    /// what they were sent since the last look keeps turns fair without a system call.
+    /// A worker with no room left is always among them, so accepting pauses only on a
+    /// fresh look.
     pub(crate) fn outstanding(&self, id: u32) -> Vec<u32> {
         self.handles.get(&id).map_or_else(Vec::new, |h| {
             h.workers
                 .iter()
                 .copied()
-                .filter(|w| self.load.get(w).is_some_and(|l| l.inflight > 0))
+                .filter(|w| {
+                    self.load.get(w).is_some_and(|l| {
+                        let limit = self.credit.min(l.reported);
+                        l.inflight > 0 && l.inflight.saturating_mul(2) >= limit
+                    })
+                })
                 .collect()
         })
     }

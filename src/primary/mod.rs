@@ -96,7 +96,7 @@ pub struct PrimaryOptions {
     /// Let workers run first (default `true`): the thread running the primary's loop
     /// enters the batch scheduling class (Linux `SCHED_BATCH`; nothing changes on systems
     /// without it, or when the thread is not in the normal class). Its share of CPU stays
-    /// the same, but when a connection or a worker's answer wakes it, it no longer
+    /// the same, but when a connection or a worker's message wakes it, it no longer
     /// preempts a busy worker: it runs on an idle CPU at once, or when the running task's
     /// slice ends, and then accepts every connection that arrived meanwhile in one go.
     /// On a loaded machine that halves the primary's wake-ups and its workers'
