@@ -472,6 +472,52 @@ fn hand_offs_in_flight_survive_a_killed_worker() {
 }
 
 #[test]
+fn connections_read_along_with_a_message_that_hangs_go_to_another_worker() {
+    // Worker 1 is stopped while the primary sends it a message whose handler never
+    // returns and hands it connections: when it runs again it reads the message and the
+    // connections together. It gives the connections back before running the handler;
+    // those handed to it again wait unread until it is killed and are read back. Worker 2
+    // serves every client.
+    worker(|lp, w| {
+        listen_id_and_say_ready(lp, w);
+        w.on_message(lp, |_, _, _| {
+            loop {
+                std::thread::sleep(Duration::from_secs(1)); // hung, until killed
+            }
+        });
+    });
+    let (mut lp, p) =
+        primary("connections_read_along_with_a_message_that_hangs_go_to_another_worker");
+    let tally: Rc<RefCell<BTreeMap<String, usize>>> = Rc::default();
+    let t = tally.clone();
+    on_all_ready(&p, 2, move |lp, p, addr| {
+        p.kill(1, Signal::SIGSTOP).unwrap();
+        p.send(lp, 1, b"hang").unwrap();
+        let (t, p2) = (t.clone(), p.clone());
+        lp.spawn_blocking(
+            move || read_answers(ask(addr, 10)),
+            move |lp, r| {
+                count_answers(&t, r.unwrap());
+                p2.disconnect(lp, |_, _| {});
+            },
+        );
+        let p3 = p.clone();
+        lp.set_timeout(300, move |_| {
+            p3.kill(1, Signal::SIGCONT).unwrap();
+        });
+        let p4 = p.clone();
+        lp.set_timeout(800, move |_| {
+            let _ = p4.kill(1, Signal::SIGKILL);
+        });
+    });
+    for _ in 0..2 {
+        p.fork(&mut lp).unwrap();
+    }
+    run(&mut lp);
+    assert_eq!(tally.borrow().get("w2"), Some(&10), "{:?}", tally.borrow());
+}
+
+#[test]
 fn a_worker_that_used_up_its_credit_gets_more_once_it_has_read_them() {
     // Credit 1 and one worker: of eight connections arriving at once, the primary hands
     // off one and stops accepting; the hand-off that used up the credit asks the worker to

@@ -14,6 +14,7 @@
 //! Outside a cluster, [`listen_tcp`] simply binds.
 
 use std::cell::RefCell;
+use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -320,6 +321,58 @@ impl Worker {
         }
         if full {
             self.watch_credit(lp, key);
+        }
+    }
+
+    /// Sends back, at once, the connections in the `NewConn` messages among `rest` (read
+    /// from the channel but not handled yet), before user code that might never return
+    /// runs. The primary hands them to a worker again; this is not a refusal, so the
+    /// credit of the servers concerned follows at once.
+    pub(super) fn give_back_hand_offs(
+        &self,
+        lp: &mut EventLoop,
+        rest: &mut VecDeque<(Message, Vec<OwnedFd>)>,
+    ) {
+        if !rest
+            .iter()
+            .any(|(m, _)| matches!(m, Message::NewConn { .. }))
+        {
+            return;
+        }
+        let mut keys = BTreeSet::new();
+        for (msg, fds) in std::mem::take(rest) {
+            let Message::NewConn { key, seq, .. } = msg else {
+                rest.push_back((msg, fds));
+                continue;
+            };
+            keys.insert(key);
+            for (i, fd) in fds.into_iter().enumerate() {
+                let back = Message::Rejected {
+                    key,
+                    seq: seq.wrapping_add(i as u64),
+                };
+                if self.send_msg_with_fds(lp, &back, vec![fd.into()]).is_err() {
+                    log::warn!("a connection could not go back to the primary");
+                }
+            }
+        }
+        let credit = {
+            let inner = self.inner.borrow();
+            keys.iter()
+                .filter_map(|k| inner.by_key.get(k))
+                .filter(|s| !s.is_closing())
+                .cloned()
+                .collect::<Vec<Server>>()
+        }
+        .iter()
+        .map(|s| s.capacity(lp))
+        .min();
+        if let Some(credit) = credit.filter(|&c| c > 0) {
+            let _ = self.send_msg(lp, &Message::Credit { credit });
+        }
+        let io = self.inner.borrow().channel;
+        if let Some(io) = io {
+            let _ = crate::cluster::flush_channel(lp, io);
         }
     }
 

@@ -583,7 +583,13 @@ impl Worker {
         let mut gone = closed.is_some();
         if !msgs.is_empty() {
             self.inner.borrow_mut().corked = true;
-            for (msg, fds) in msgs {
+            let mut msgs = std::collections::VecDeque::from(msgs);
+            while let Some((msg, fds)) = msgs.pop_front() {
+                if matches!(msg, Message::User(_) | Message::Relay { .. }) {
+                    // User code may not return (a hang, a crash): connections read
+                    // along with its message go back to the primary first.
+                    self.give_back_hand_offs(lp, &mut msgs);
+                }
                 self.handle(lp, msg, fds);
             }
             let io = {
