@@ -496,31 +496,26 @@ fn fork_env() {
     assert_eq!(*got.borrow(), "hello from-fork from-settings");
 }
 
-/// The calling thread's scheduling policy (field 41 of its `stat`: 0 normal, 3 batch).
-#[cfg(target_os = "linux")]
-fn sched_policy() -> u32 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    // The fields after the command name (which may hold spaces) start at field 3.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
-}
-
 #[cfg(target_os = "linux")]
 #[test]
 fn the_primary_yields_to_its_workers_which_run_in_the_normal_class() {
     worker(|lp, w| {
-        let policy = sched_policy();
+        let policy = forkloop::sys::sched_policy().unwrap();
         w.send(lp, format!("policy {policy}").as_bytes()).unwrap();
         w.disconnect(lp);
     });
-    assert_eq!(sched_policy(), 0, "test threads start in the normal class");
+    assert_eq!(
+        forkloop::sys::sched_policy().unwrap(),
+        0,
+        "test threads start in the normal class"
+    );
     let got = Rc::new(RefCell::new(String::new()));
     {
         let (mut lp, p) =
             primary("the_primary_yields_to_its_workers_which_run_in_the_normal_class");
         assert!(p.yields_to_workers());
         assert_eq!(
-            sched_policy(),
+            forkloop::sys::sched_policy().unwrap(),
             3,
             "the primary's thread is in the batch class"
         );
@@ -539,7 +534,7 @@ fn the_primary_yields_to_its_workers_which_run_in_the_normal_class() {
         "the worker runs in the normal class"
     );
     assert_eq!(
-        sched_policy(),
+        forkloop::sys::sched_policy().unwrap(),
         0,
         "back in the normal class once the primary is gone"
     );
@@ -551,7 +546,7 @@ fn the_primary_yields_to_its_workers_which_run_in_the_normal_class() {
     };
     let p = Primary::with_options(&mut lp, opts).unwrap();
     assert!(!p.yields_to_workers());
-    assert_eq!(sched_policy(), 0, "opted out");
+    assert_eq!(forkloop::sys::sched_policy().unwrap(), 0, "opted out");
 }
 
 #[test]

@@ -623,6 +623,17 @@ impl Balancer {
         }
     }
 
+    /// Queues again the connections of one `NewConn` message to handle `handle`: the
+    /// i-th of `fds` is connection `seq + i`. Returns how many.
+    pub(crate) fn requeue_run(&mut self, handle: u32, seq: u64, fds: Vec<OwnedFd>) -> u64 {
+        let n = fds.len() as u64;
+        for (i, fd) in fds.into_iter().enumerate() {
+            let born = seq.wrapping_add(i as u64);
+            self.requeue(handle, Conn { born, fd });
+        }
+        n
+    }
+
     /// The oldest queued connection of `handle`, if any.
     pub(crate) fn next_queued(&mut self, handle: u32) -> Option<Conn> {
         self.handles.get_mut(&handle)?.queue.pop_front()

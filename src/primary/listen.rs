@@ -345,18 +345,15 @@ impl Primary {
                 let mut inner = self.inner.borrow_mut();
                 // Descriptors that were queued stay with the channel (its ledger).
                 inner.bal.hand_off_failed(worker, e.fds.len() as u32);
-                for (i, fd) in e.fds.into_iter().enumerate() {
-                    match fd.into_owned() {
-                        Ok(fd) => {
-                            let conn = Conn {
-                                born: seq + i as u64,
-                                fd,
-                            };
-                            inner.bal.requeue(hid, conn);
-                        }
-                        Err(err) => log::warn!("a connection not handed off is lost: {err}"),
+                // Sent as owned descriptors, so they come back as they went.
+                let fds = e.fds.into_iter().filter_map(|fd| match fd.into_owned() {
+                    Ok(fd) => Some(fd),
+                    Err(err) => {
+                        log::warn!("a connection not handed off is lost: {err}");
+                        None
                     }
-                }
+                });
+                inner.bal.requeue_run(hid, seq, fds.collect());
                 inner.bal.excluded.insert(worker);
             }
         }

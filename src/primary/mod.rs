@@ -70,7 +70,7 @@ pub use events::{Event, WorkerInfo};
 pub use settings::Settings;
 pub use window::{ACCEPT_WINDOW_HOLD_OFF_MS, ACCEPT_WINDOW_MIN_BATCH, ACCEPT_WINDOW_SHORTEST};
 
-use balance::{Balancer, Conn};
+use balance::Balancer;
 use listen::close_handle;
 use window::window_len;
 
@@ -725,11 +725,7 @@ impl Primary {
             if let Ok(Message::NewConn { key, seq, .. }) =
                 Message::decode(f.kind, &f.payload, f.fds.len())
             {
-                for (i, fd) in f.fds.into_iter().enumerate() {
-                    let born = seq.wrapping_add(i as u64);
-                    inner.bal.requeue(key, Conn { born, fd });
-                    back += 1;
-                }
+                back += inner.bal.requeue_run(key, seq, f.fds);
             }
         }
         inner.bal.taken_back += back;

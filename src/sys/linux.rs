@@ -79,9 +79,7 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
 /// same share of CPU; it only gives up preempting other tasks when it wakes). Returns
 /// whether it moved: a thread under any other policy is left as it is.
 pub(crate) fn enter_batch() -> io::Result<bool> {
-    // SAFETY: sched_getscheduler takes no pointers; 0 is the calling thread.
-    let policy = cvt(unsafe { libc::sched_getscheduler(0) })?;
-    if policy != libc::SCHED_OTHER {
+    if sched_policy()? != libc::SCHED_OTHER {
         return Ok(false);
     }
     set_policy(libc::SCHED_BATCH)?;
@@ -92,11 +90,17 @@ pub(crate) fn enter_batch() -> io::Result<bool> {
 /// left alone). Allowed without privileges; only raw system calls, so it may run in a
 /// forked child before `exec`.
 pub(crate) fn leave_batch() -> io::Result<()> {
-    // SAFETY: sched_getscheduler takes no pointers; 0 is the calling thread.
-    if cvt(unsafe { libc::sched_getscheduler(0) })? == libc::SCHED_BATCH {
+    if sched_policy()? == libc::SCHED_BATCH {
         set_policy(libc::SCHED_OTHER)?;
     }
     Ok(())
+}
+
+/// The calling thread's scheduling policy (`sched_getscheduler`: `SCHED_OTHER` 0,
+/// `SCHED_BATCH` 3, …). Only a raw system call, so it may run in a forked child.
+pub fn sched_policy() -> io::Result<libc::c_int> {
+    // SAFETY: sched_getscheduler takes no pointers; 0 is the calling thread.
+    cvt(unsafe { libc::sched_getscheduler(0) })
 }
 
 fn set_policy(policy: libc::c_int) -> io::Result<()> {

@@ -17,6 +17,7 @@
 //! | `HANGUP_EVENTS` | `poll` events that report a stream peer's hang-up without reading (`POLLRDHUP` on Linux; none elsewhere, where only `POLLHUP` may come) |
 //! | `abstract_unix_addr()` | an abstract `AF_UNIX` address (Linux; `Unsupported` elsewhere) |
 //! | `pin_to_cpu()` | pin the calling process to one CPU (Linux `sched_setaffinity`; `Unsupported` elsewhere) |
+//! | `sched_policy()` | the calling thread's scheduling policy (Linux only: `sched_getscheduler`) |
 //! | `enter_batch()` / `leave_batch()` | move the calling thread from the normal scheduling class to the batch class and back (Linux `SCHED_OTHER` ⇄ `SCHED_BATCH`; `enter_batch` says whether it moved; no-ops elsewhere, which have no such class); `leave_batch` may run in a forked child before `exec` |
 //! | `OneShotTimer` | a one-shot timer finer than the loop's milliseconds whose descriptor turns readable when it fires: `new`, `arm(after)`, `take()` (Linux `timerfd`; a private kqueue with an `EVFILT_TIMER` elsewhere) |
 //!
@@ -39,6 +40,10 @@ mod imp;
 #[path = "bsd.rs"]
 mod imp;
 
+/// The calling thread's scheduling policy (Linux only; see
+/// [`PrimaryOptions::yield_to_workers`](crate::primary::PrimaryOptions::yield_to_workers)).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub use imp::sched_policy;
 pub(crate) use imp::{OneShotTimer, SHORT_READ_DRAINS};
 pub use imp::{PARENT_DEATH_SIGNAL, open_fd_count, pin_to_cpu, socketpair};
 use imp::{enter_batch, leave_batch};
@@ -233,19 +238,11 @@ mod tests {
         assert!(t.take().unwrap());
     }
 
-    /// The calling thread's scheduling policy (field 41 of its `stat`: 0 normal, 3 batch).
-    #[cfg(target_os = "linux")]
-    fn policy() -> u32 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        // The fields after the command name (which may hold spaces) start at field 3.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
-    }
-
     #[cfg(target_os = "linux")]
     #[test]
     fn batch_scheduling_guards_nest_and_the_last_one_leaves_the_class() {
         use super::BatchScheduling;
+        let policy = || super::sched_policy().unwrap();
         assert_eq!(policy(), 0, "test threads start in the normal class");
         let a = BatchScheduling::enter().expect("normal → batch");
         assert_eq!(policy(), 3);

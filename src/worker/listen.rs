@@ -302,14 +302,7 @@ impl Worker {
                 },
                 None => fd, // unknown server
             };
-            let seq = seq.wrapping_add(i as u64);
-            let back = Message::Rejected { key, seq };
-            if self
-                .send_msg_with_fds(lp, &back, vec![refused.into()])
-                .is_err()
-            {
-                log::warn!("a refused connection could not go back to the primary");
-            }
+            self.send_back(lp, key, seq.wrapping_add(i as u64), refused);
         }
         // A closing or unknown server says nothing more: its refusals went back already.
         if let Some(s) = server.filter(|s| !s.is_closing()) {
@@ -347,32 +340,33 @@ impl Worker {
             };
             keys.insert(key);
             for (i, fd) in fds.into_iter().enumerate() {
-                let back = Message::Rejected {
-                    key,
-                    seq: seq.wrapping_add(i as u64),
-                };
-                if self.send_msg_with_fds(lp, &back, vec![fd.into()]).is_err() {
-                    log::warn!("a connection could not go back to the primary");
-                }
+                self.send_back(lp, key, seq.wrapping_add(i as u64), fd);
             }
         }
-        let credit = {
+        let open: Vec<Server> = {
             let inner = self.inner.borrow();
             keys.iter()
                 .filter_map(|k| inner.by_key.get(k))
                 .filter(|s| !s.is_closing())
                 .cloned()
-                .collect::<Vec<Server>>()
-        }
-        .iter()
-        .map(|s| s.capacity(lp))
-        .min();
+                .collect()
+        };
+        let credit = open.iter().map(|s| s.capacity(lp)).min();
         if let Some(credit) = credit.filter(|&c| c > 0) {
             let _ = self.send_msg(lp, &Message::Credit { credit });
         }
         let io = self.inner.borrow().channel;
         if let Some(io) = io {
             let _ = crate::cluster::flush_channel(lp, io);
+        }
+    }
+
+    /// Gives connection `seq` of listener `key` back to the primary (`Rejected` with its
+    /// descriptor), which hands it to a worker again.
+    fn send_back(&self, lp: &mut EventLoop, key: u32, seq: u64, fd: OwnedFd) {
+        let back = Message::Rejected { key, seq };
+        if self.send_msg_with_fds(lp, &back, vec![fd.into()]).is_err() {
+            log::warn!("a connection could not go back to the primary");
         }
     }
 
