@@ -1,5 +1,5 @@
 //! The cluster's lifecycle and messaging, re-expressing the [core] tests of Node's
-//! `test/parallel/test-cluster-*.js` (node-cluster.md §4). Each test's name is the Node test
+//! `test/parallel/test-cluster-*.js`. Each test's name is the Node test
 //! it mirrors. The test binary re-executes itself as the workers (see `cluster_util`).
 
 mod cluster_util;

@@ -8,10 +8,10 @@
 //!
 //! Handlers added with [`Primary::on`] (cluster-wide) and [`Primary::on_worker`] (one
 //! worker) receive every [`Event`]; for each event the worker's handlers run first, then
-//! the cluster's, as in Node. Order for one worker (node-cluster.md §3.2):
+//! the cluster's, as in Node. Order for one worker:
 //! `Setup` → `Fork` → `Online` → `Listening`… → `Disconnect` → `Exit`.
 //!
-//! Differences from Node, on purpose (node-cluster.md §5 and "quirks"):
+//! Differences from Node, on purpose:
 //!
 //! * `Disconnect` always comes before `Exit`: when the exit is seen first, whatever the
 //!   worker wrote before dying is read, then the channel is closed and `Disconnect` emitted.

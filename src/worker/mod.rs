@@ -6,7 +6,7 @@
 //!
 //! # Leaving
 //!
-//! | trigger | what happens (node-cluster.md §1.6) |
+//! | trigger | what happens |
 //! |---|---|
 //! | the primary's `disconnect_worker` | servers close (once their connections end), the channel closes, `on_disconnect` handlers run, the loop drains and the worker exits on its own terms |
 //! | [`Worker::disconnect`] | as above, then the worker tells the primary it leaves on purpose and closes the channel only after the primary's acknowledgement |

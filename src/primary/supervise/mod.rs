@@ -5,7 +5,7 @@
 //! # The retire path
 //!
 //! Every replacement (reload, memory or connection recycling, an unresponsive worker, a
-//! worker going down) takes the same steps (peers.md §4 idea 3):
+//! worker going down) takes the same steps:
 //!
 //! 1. start the replacement in the same slot;
 //! 2. wait until it is ready (listening, or its explicit `Ready` message), with a deadline;
@@ -18,7 +18,7 @@
 //! worker is unrouted at once and sent `SIGTERM` (then `SIGKILL` after a grace period)
 //! without waiting, since it serves nobody.
 //!
-//! # Defaults (peers.md §2)
+//! # Defaults
 //!
 //! | setting | default | reason |
 //! |---|---|---|
