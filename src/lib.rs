@@ -94,6 +94,7 @@
 //! | [`worker`] | the worker: messaging, disconnect protocol, cluster-aware listen, servers that drain, loop lag |
 
 #![deny(missing_docs, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
 pub mod cluster;
@@ -109,3 +110,9 @@ pub mod worker;
 pub use cluster::{Role, role, try_role};
 pub use error::{Error, Result};
 pub use rt::{EventLoop, LoopHandle, RunMode};
+
+// The README's code blocks are compiled and run as doctests, so the README cannot drift from
+// the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -453,6 +453,7 @@ impl Message {
     ///
     /// `value` cannot be serialised.
     #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
     pub fn user_json<T: serde::Serialize>(value: &T) -> Result<Message, serde_json::Error> {
         Ok(Message::User(serde_json::to_vec(value)?))
     }
@@ -463,6 +464,7 @@ impl Message {
     ///
     /// The bytes are not valid JSON for `T`.
     #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Option<Result<T, serde_json::Error>> {
         match self {
             Message::User(b) | Message::Relay { payload: b, .. } => Some(serde_json::from_slice(b)),

@@ -435,6 +435,7 @@ impl Primary {
     /// `value` does not serialise ([`crate::Error::Config`] with serde's reason), or as
     /// [`Primary::send`].
     #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
     pub fn send_json<T: serde::Serialize>(
         &self,
         lp: &mut EventLoop,

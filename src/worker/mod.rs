@@ -66,6 +66,7 @@ impl Incoming {
     ///
     /// The bytes are not valid JSON for `T`.
     #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.data)
     }
@@ -299,6 +300,7 @@ impl Worker {
     /// `value` does not serialise ([`crate::Error::Config`] with serde's reason), or as
     /// [`Worker::send`].
     #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
     pub fn send_json<T: serde::Serialize>(
         &self,
         lp: &mut EventLoop,
