@@ -51,10 +51,12 @@ pub struct ListenRequest {
     pub index: u32,
     /// The backlog the worker asks for.
     pub backlog: u32,
-    /// Listen flags (bit 0: IPv6 only; bit 1: reuse address, UDP).
+    /// Listen flags: [`LISTEN_IPV6_ONLY`]; the other bits are reserved (0).
     pub flags: u32,
 }
 
+/// [`ListenRequest::flags`] bit: an IPv6 socket accepts IPv6 only (`IPV6_V6ONLY`).
+pub const LISTEN_IPV6_ONLY: u32 = 1;
 /// How a worker serves a listener the primary granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListenMode {

@@ -64,7 +64,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use super::window::AcceptWindow;
-use crate::ipc::{Endpoint, ListenRequest};
+use crate::ipc::{Endpoint, LISTEN_IPV6_ONLY, ListenRequest};
 use crate::rt::IoId;
 use crate::sys::net::{self as sysnet, BindOptions};
 
@@ -383,7 +383,7 @@ impl Balancer {
 
     /// Binds a new handle for `key`.
     fn open(&self, key: HandleKey, backlog: u32) -> io::Result<(Handle, Option<OwnedFd>)> {
-        let ipv6_only = key.flags & 1 != 0;
+        let ipv6_only = key.flags & LISTEN_IPV6_ONLY != 0;
         let adopted = self.adopted_for(&key.endpoint, backlog)?;
         let (mode, fd, bound, unix_path) = match (&key.endpoint, adopted) {
             (_, Some(opened)) => opened,

@@ -74,7 +74,9 @@ use balance::Balancer;
 use listen::close_handle;
 use window::window_len;
 
-use crate::cluster::{CHANNEL_FD_ENV, ExitStatus, WORKER_ID_ENV, WorkerState};
+use crate::cluster::{
+    CHANNEL_FD_ENV, CHANNEL_LIMITS_ENV, ExitStatus, PRIMARY_PID_ENV, WORKER_ID_ENV, WorkerState,
+};
 use crate::ipc::{Channel, ChannelConfig, FdLedger, Kind, Message, SendError, SendFd};
 use crate::rt::{EventLoop, Interest, IoId, SignalId};
 use crate::sys::BatchScheduling;
@@ -322,6 +324,10 @@ impl Primary {
         };
         let (mine, theirs) = crate::sys::socketpair()?;
         let mut cmd = command(&settings, id, env, batch);
+        cmd.env(
+            CHANNEL_LIMITS_ENV,
+            crate::cluster::limits_to_env(config.limits),
+        );
         let mut child =
             crate::sys::process::spawn_with_fd(&mut cmd, theirs.as_fd(), CHANNEL_FD_ENV)?;
         let channel = match self.register_channel(lp, id, mine, config) {
@@ -792,6 +798,11 @@ where
         cmd.env(k.into(), v.into());
     }
     cmd.env(WORKER_ID_ENV, id.to_string());
+    cmd.env(PRIMARY_PID_ENV, std::process::id().to_string());
+    // Sockets a service manager passed to the primary are the primary's alone.
+    for var in crate::primary::systemd::ACTIVATION_ENV {
+        cmd.env_remove(var);
+    }
     if let Some(dir) = &settings.cwd {
         cmd.current_dir(dir);
     }

@@ -214,7 +214,12 @@ impl Worker {
             })),
             hooks: Rc::new(Hooks::default()),
         };
-        let ch = Channel::new(fd, ChannelConfig::default())?;
+        // The primary's limits, so that a frame it would refuse fails here with a `SendError`.
+        let config = ChannelConfig {
+            limits: crate::cluster::channel_limits(),
+            ..ChannelConfig::default()
+        };
+        let ch = Channel::new(fd, config)?;
         let w = worker.clone();
         let io = lp.register(ch, Interest::READABLE, move |lp, _, _| w.on_channel(lp))?;
         worker.inner.borrow_mut().channel = Some(io);
