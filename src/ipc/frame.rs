@@ -157,23 +157,44 @@ impl Limits {
     ///
     /// # Errors
     ///
-    /// A message naming the limit that is out of range.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The first limit that is out of range.
+    pub fn validate(&self) -> Result<(), LimitsError> {
         if self.max_payload > DEFAULT_MAX_PAYLOAD {
-            return Err(format!(
-                "max_payload {} is above the supported {DEFAULT_MAX_PAYLOAD}",
-                self.max_payload
-            ));
+            return Err(LimitsError::MaxPayload(self.max_payload));
         }
         if self.max_fds > DEFAULT_MAX_FDS {
-            return Err(format!(
-                "max_fds {} is above the supported {DEFAULT_MAX_FDS}",
-                self.max_fds
-            ));
+            return Err(LimitsError::MaxFds(self.max_fds));
         }
         Ok(())
     }
 }
+
+/// A [`Limits`] field above what the implementation supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitsError {
+    /// `max_payload` is above [`DEFAULT_MAX_PAYLOAD`].
+    MaxPayload(u32),
+    /// `max_fds` is above [`DEFAULT_MAX_FDS`].
+    MaxFds(u8),
+}
+
+impl fmt::Display for LimitsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitsError::MaxPayload(n) => {
+                write!(
+                    f,
+                    "max_payload {n} is above the supported {DEFAULT_MAX_PAYLOAD}"
+                )
+            }
+            LimitsError::MaxFds(n) => {
+                write!(f, "max_fds {n} is above the supported {DEFAULT_MAX_FDS}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LimitsError {}
 
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

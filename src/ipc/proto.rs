@@ -456,8 +456,10 @@ impl Message {
     /// `value` cannot be serialised.
     #[cfg(feature = "serde")]
     #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
-    pub fn user_json<T: serde::Serialize>(value: &T) -> Result<Message, serde_json::Error> {
-        Ok(Message::User(serde_json::to_vec(value)?))
+    pub fn user_json<T: serde::Serialize>(value: &T) -> Result<Message, crate::error::JsonError> {
+        serde_json::to_vec(value)
+            .map(Message::User)
+            .map_err(crate::error::JsonError)
     }
 
     /// Reads a user (or relayed) message as JSON into `T`; `None` for other kinds.
@@ -467,9 +469,13 @@ impl Message {
     /// The bytes are not valid JSON for `T`.
     #[cfg(feature = "serde")]
     #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Option<Result<T, serde_json::Error>> {
+    pub fn json<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Option<Result<T, crate::error::JsonError>> {
         match self {
-            Message::User(b) | Message::Relay { payload: b, .. } => Some(serde_json::from_slice(b)),
+            Message::User(b) | Message::Relay { payload: b, .. } => {
+                Some(serde_json::from_slice(b).map_err(crate::error::JsonError))
+            }
             _ => None,
         }
     }

@@ -65,7 +65,9 @@ use std::time::Duration;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
-pub use balance::{DEFAULT_BACKLOG, DEFAULT_CREDIT, HAND_OFF_BATCH, POLICY_ENV, Policy};
+pub use balance::{
+    DEFAULT_BACKLOG, DEFAULT_CREDIT, HAND_OFF_BATCH, POLICY_ENV, ParsePolicyError, Policy,
+};
 pub use events::{Event, WorkerInfo};
 pub use settings::Settings;
 pub use window::{ACCEPT_WINDOW_HOLD_OFF_MS, ACCEPT_WINDOW_MIN_BATCH, ACCEPT_WINDOW_SHORTEST};
@@ -215,7 +217,9 @@ impl Primary {
         let policy = match opts.policy {
             Some(p) => p,
             None => Policy::from_env()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+                .map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("{POLICY_ENV}: {e}"))
+                })?
                 .unwrap_or(Policy::RoundRobin),
         };
         let primary = Primary {
@@ -438,7 +442,7 @@ impl Primary {
     ///
     /// # Errors
     ///
-    /// `value` does not serialise ([`crate::Error::Config`] with serde's reason), or as
+    /// `value` does not serialise ([`crate::Error::Json`]), or as
     /// [`Primary::send`].
     #[cfg(feature = "serde")]
     #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
@@ -448,7 +452,7 @@ impl Primary {
         worker: u32,
         value: &T,
     ) -> crate::Result<()> {
-        let data = serde_json::to_vec(value).map_err(|e| crate::Error::Config(e.to_string()))?;
+        let data = serde_json::to_vec(value).map_err(crate::error::JsonError)?;
         Ok(self.send(lp, worker, &data)?)
     }
 

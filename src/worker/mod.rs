@@ -67,8 +67,8 @@ impl Incoming {
     /// The bytes are not valid JSON for `T`.
     #[cfg(feature = "serde")]
     #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.data)
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::error::JsonError> {
+        serde_json::from_slice(&self.data).map_err(crate::error::JsonError)
     }
 }
 
@@ -302,7 +302,7 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// `value` does not serialise ([`crate::Error::Config`] with serde's reason), or as
+    /// `value` does not serialise ([`crate::Error::Json`]), or as
     /// [`Worker::send`].
     #[cfg(feature = "serde")]
     #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
@@ -311,7 +311,7 @@ impl Worker {
         lp: &mut EventLoop,
         value: &T,
     ) -> crate::Result<()> {
-        let data = serde_json::to_vec(value).map_err(|e| crate::Error::Config(e.to_string()))?;
+        let data = serde_json::to_vec(value).map_err(crate::error::JsonError)?;
         Ok(self.send(lp, &data)?)
     }
 
