@@ -46,7 +46,7 @@ fn limits_out_of_range_are_typed() {
 
 #[test]
 fn a_chain_prints_each_message_once() {
-    let inner = std::io::Error::new(std::io::ErrorKind::Other, "the disk is on fire");
+    let inner = std::io::Error::other("the disk is on fire");
     let outer = forkloop::Error::Channel(ChannelError::Io(inner));
     let all = chain(&outer).join(" / ");
     assert_eq!(
