@@ -78,13 +78,16 @@ pub enum Kind {
     /// W→P: the worker's free credit: when it fills up, when it has room again, and when
     /// a hand-off asked for it.
     Credit = 17,
+    /// P→W: a relay this worker sent could not be delivered (no such worker, or it is
+    /// not connected).
+    RelayFailed = 18,
     /// Application bytes (and optional descriptors).
     User = 32,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Online,
         Kind::QueryServer,
         Kind::QueryReply,
@@ -101,6 +104,7 @@ impl Kind {
         Kind::Ack,
         Kind::GoingDown,
         Kind::Credit,
+        Kind::RelayFailed,
         Kind::User,
     ];
 
@@ -123,6 +127,7 @@ impl Kind {
             15 => Kind::Ack,
             16 => Kind::GoingDown,
             17 => Kind::Credit,
+            18 => Kind::RelayFailed,
             32 => Kind::User,
             _ => return None,
         })

@@ -22,6 +22,7 @@
 //! | `Ack` | P→W | seq | 0 |
 //! | `GoingDown` | W→P | reason | 0 |
 //! | `Credit` | W→P | free credit (when full, when room again, when a `NewConn` asked) | 0 |
+//! | `RelayFailed` | P→W | the peer worker id a `Relay` could not reach | 0 |
 //! | `User` | both | bytes | 0 to the frame limit |
 
 use std::fmt;
@@ -191,6 +192,12 @@ pub enum Message {
         /// Free credit now.
         credit: u32,
     },
+    /// P→W: the worker's `Relay` to `peer` was not delivered: no such worker, or it is
+    /// not connected (or its queue is full).
+    RelayFailed {
+        /// The destination the relay named.
+        peer: u32,
+    },
     /// Application bytes.
     User(Vec<u8>),
 }
@@ -298,6 +305,7 @@ impl Message {
             Message::Ack { .. } => Kind::Ack,
             Message::GoingDown { .. } => Kind::GoingDown,
             Message::Credit { .. } => Kind::Credit,
+            Message::RelayFailed { .. } => Kind::RelayFailed,
             Message::User(_) => Kind::User,
         }
     }
@@ -370,6 +378,7 @@ impl Message {
             }
             Message::GoingDown { reason } => w.0.extend_from_slice(reason.as_bytes()),
             Message::Credit { credit } => w.u32(*credit),
+            Message::RelayFailed { peer } => w.u32(*peer),
             Message::User(bytes) => w.0.extend_from_slice(bytes),
         }
     }
@@ -442,6 +451,9 @@ impl Message {
             },
             Kind::Credit => Message::Credit {
                 credit: r.u32("credit")?,
+            },
+            Kind::RelayFailed => Message::RelayFailed {
+                peer: r.u32("peer")?,
             },
             Kind::User => Message::User(r.rest().to_vec()),
         };

@@ -469,10 +469,34 @@ impl Primary {
 
     /// Sends user bytes to every connected worker; returns how many it was queued for.
     pub fn broadcast(&self, lp: &mut EventLoop, data: &[u8]) -> usize {
+        self.broadcast_except(lp, None, data)
+    }
+
+    /// Sends user bytes to every connected worker but `except` (typically the worker whose
+    /// message is being passed on); returns how many it was queued for.
+    pub fn broadcast_except(&self, lp: &mut EventLoop, except: Option<u32>, data: &[u8]) -> usize {
         let ids: Vec<u32> = self.inner.borrow().workers.keys().copied().collect();
         ids.into_iter()
-            .filter(|&id| self.send(lp, id, data).is_ok())
+            .filter(|&id| Some(id) != except && self.send(lp, id, data).is_ok())
             .count()
+    }
+
+    /// Sends `value` as JSON to every connected worker but `except` (`None`: to all);
+    /// returns how many it was queued for.
+    ///
+    /// # Errors
+    ///
+    /// `value` does not serialise ([`crate::Error::Json`]).
+    #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+    pub fn broadcast_json<T: serde::Serialize>(
+        &self,
+        lp: &mut EventLoop,
+        except: Option<u32>,
+        value: &T,
+    ) -> crate::Result<usize> {
+        let data = serde_json::to_vec(value).map_err(crate::error::JsonError)?;
+        Ok(self.broadcast_except(lp, except, &data))
     }
 
     fn channel_of(&self, worker: u32) -> Option<IoId> {

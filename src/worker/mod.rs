@@ -90,6 +90,7 @@ impl ServerClosed {
 type CloseFn = Box<dyn FnOnce(&mut EventLoop, ServerClosed)>;
 type MessageCb = Box<dyn FnMut(&mut EventLoop, &Worker, &mut Incoming)>;
 type DisconnectCb = Box<dyn FnMut(&mut EventLoop, &Worker)>;
+type RelayFailedCb = Box<dyn FnMut(&mut EventLoop, &Worker, u32)>;
 type AckCb = Box<dyn FnOnce(&mut EventLoop, &Worker)>;
 
 struct Tracked {
@@ -146,6 +147,7 @@ impl Inner {
 struct Hooks {
     message: crate::hooks::Hooks<MessageCb>,
     disconnect: crate::hooks::Hooks<DisconnectCb>,
+    relay_failed: crate::hooks::Hooks<RelayFailedCb>,
 }
 
 /// This process's side of the cluster; clone the handle freely (it is an `Rc`).
@@ -274,6 +276,16 @@ impl Worker {
         self.hooks.disconnect.push(Box::new(cb));
     }
 
+    /// Adds a handler for relays this worker sent that the primary could not deliver
+    /// ([`Worker::relay`] to a worker that does not exist or is not connected); it gets
+    /// the destination id. With no handler, each such relay is logged as a warning.
+    pub fn on_relay_failed<F>(&self, cb: F)
+    where
+        F: FnMut(&mut EventLoop, &Worker, u32) + 'static,
+    {
+        self.hooks.relay_failed.push(Box::new(cb));
+    }
+
     /// Sends user bytes to the primary.
     ///
     /// # Errors
@@ -316,7 +328,8 @@ impl Worker {
     }
 
     /// Sends user bytes to worker `to` through the primary, which stamps this worker's id
-    /// as the sender.
+    /// as the sender. A relay the primary cannot deliver (no such worker, or it is not
+    /// connected) comes back as a [`Worker::on_relay_failed`] call.
     ///
     /// # Errors
     ///
@@ -329,6 +342,24 @@ impl Worker {
                 payload: data.to_vec(),
             },
         )
+    }
+
+    /// Sends `value` to worker `to` through the primary as a JSON message (see
+    /// [`Worker::relay`]).
+    ///
+    /// # Errors
+    ///
+    /// `value` does not serialise ([`crate::Error::Json`]), or as [`Worker::send`].
+    #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+    pub fn relay_json<T: serde::Serialize>(
+        &self,
+        lp: &mut EventLoop,
+        to: u32,
+        value: &T,
+    ) -> crate::Result<()> {
+        let data = serde_json::to_vec(value).map_err(crate::error::JsonError)?;
+        Ok(self.relay(lp, to, &data)?)
     }
 
     /// Tells the primary the application is ready for traffic.
@@ -656,6 +687,13 @@ impl Worker {
             Message::Ping { seq } => {
                 let lag_us = self.inner.borrow().lag.get().as_micros() as u64;
                 let _ = self.send_msg(lp, &Message::Pong { seq, lag_us });
+            }
+            Message::RelayFailed { peer } => {
+                if self.hooks.relay_failed.is_empty() {
+                    log::warn!("worker: a relay to worker {peer} was not delivered");
+                } else {
+                    self.hooks.relay_failed.run(|h| h(lp, self, peer));
+                }
             }
             other => log::debug!("worker: ignoring {:?} from the primary", other.kind()),
         }
