@@ -50,6 +50,18 @@ impl JsonError {
     }
 }
 
+/// `value` as JSON bytes: the one encoder of every typed message.
+#[cfg(feature = "serde")]
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, JsonError> {
+    serde_json::to_vec(value).map_err(JsonError)
+}
+
+/// `bytes` read as JSON into `T`: the one decoder of every typed message.
+#[cfg(feature = "serde")]
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
+    serde_json::from_slice(bytes).map_err(JsonError)
+}
+
 #[cfg(feature = "serde")]
 impl fmt::Display for JsonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

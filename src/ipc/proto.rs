@@ -469,9 +469,7 @@ impl Message {
     #[cfg(feature = "serde")]
     #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
     pub fn user_json<T: serde::Serialize>(value: &T) -> Result<Message, crate::error::JsonError> {
-        serde_json::to_vec(value)
-            .map(Message::User)
-            .map_err(crate::error::JsonError)
+        crate::error::to_json(value).map(Message::User)
     }
 
     /// Reads a user (or relayed) message as JSON into `T`; `None` for other kinds.
@@ -486,7 +484,7 @@ impl Message {
     ) -> Option<Result<T, crate::error::JsonError>> {
         match self {
             Message::User(b) | Message::Relay { payload: b, .. } => {
-                Some(serde_json::from_slice(b).map_err(crate::error::JsonError))
+                Some(crate::error::from_json(b))
             }
             _ => None,
         }

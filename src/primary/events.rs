@@ -95,9 +95,7 @@ impl Event {
         &self,
     ) -> Option<Result<T, crate::error::JsonError>> {
         match self {
-            Event::Message { data, .. } => {
-                Some(serde_json::from_slice(data).map_err(crate::error::JsonError))
-            }
+            Event::Message { data, .. } => Some(crate::error::from_json(data)),
             _ => None,
         }
     }

@@ -452,7 +452,7 @@ impl Primary {
         worker: u32,
         value: &T,
     ) -> crate::Result<()> {
-        let data = serde_json::to_vec(value).map_err(crate::error::JsonError)?;
+        let data = crate::error::to_json(value)?;
         Ok(self.send(lp, worker, &data)?)
     }
 
@@ -495,7 +495,7 @@ impl Primary {
         except: Option<u32>,
         value: &T,
     ) -> crate::Result<usize> {
-        let data = serde_json::to_vec(value).map_err(crate::error::JsonError)?;
+        let data = crate::error::to_json(value)?;
         Ok(self.broadcast_except(lp, except, &data))
     }
 

@@ -68,7 +68,7 @@ impl Incoming {
     #[cfg(feature = "serde")]
     #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::error::JsonError> {
-        serde_json::from_slice(&self.data).map_err(crate::error::JsonError)
+        crate::error::from_json(&self.data)
     }
 }
 
@@ -323,7 +323,7 @@ impl Worker {
         lp: &mut EventLoop,
         value: &T,
     ) -> crate::Result<()> {
-        let data = serde_json::to_vec(value).map_err(crate::error::JsonError)?;
+        let data = crate::error::to_json(value)?;
         Ok(self.send(lp, &data)?)
     }
 
@@ -358,7 +358,7 @@ impl Worker {
         to: u32,
         value: &T,
     ) -> crate::Result<()> {
-        let data = serde_json::to_vec(value).map_err(crate::error::JsonError)?;
+        let data = crate::error::to_json(value)?;
         Ok(self.relay(lp, to, &data)?)
     }
 
