@@ -175,6 +175,50 @@ pub fn take_channel() -> Option<OwnedFd> {
     CHANNEL.lock().ok().and_then(|mut slot| slot.take())
 }
 
+/// This process's side of the cluster, from [`start`]: the primary's handle, or the
+/// worker's.
+#[derive(Debug)]
+pub enum Side {
+    /// Not started by a forkloop primary: this process is the primary.
+    Primary(crate::primary::Primary),
+    /// A worker, attached to its channel.
+    Worker(crate::worker::Worker),
+}
+
+/// The one entry point: in the primary, a [`Primary`](crate::primary::Primary) on `lp`
+/// (policy and limits from [`PrimaryOptions`](crate::primary::PrimaryOptions)'s
+/// defaults); in a worker, its [`Worker`](crate::worker::Worker), attached to `lp`.
+///
+/// # Errors
+///
+/// The worker environment is broken ([`crate::Error::Config`]), the worker's channel was
+/// attached already, or the primary or the channel cannot be set up.
+pub fn start(lp: &mut crate::rt::EventLoop) -> crate::Result<Side> {
+    start_with(lp, crate::primary::PrimaryOptions::default())
+}
+
+/// As [`start`], with the primary's options (a worker ignores them: its channel limits
+/// come from its primary).
+///
+/// # Errors
+///
+/// As [`start`].
+pub fn start_with(
+    lp: &mut crate::rt::EventLoop,
+    opts: crate::primary::PrimaryOptions,
+) -> crate::Result<Side> {
+    match try_role()? {
+        Role::Primary => Ok(Side::Primary(crate::primary::Primary::with_options(
+            lp, opts,
+        )?)),
+        Role::Worker(id) => crate::worker::Worker::attach(lp)?
+            .map(Side::Worker)
+            .ok_or_else(|| {
+                crate::Error::Config(format!("worker {id}: its channel was attached already"))
+            }),
+    }
+}
+
 /// How a worker process ended: exactly one of `code` and `signal` is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitStatus {

@@ -9,15 +9,13 @@
 //! primary, the primary answers and then disconnects them all.
 //!
 //! ```
-//! use forkloop::primary::{Event, Primary};
-//! use forkloop::worker::Worker;
-//! use forkloop::{EventLoop, Role};
+//! use forkloop::primary::Event;
+//! use forkloop::{EventLoop, Side};
 //!
 //! fn main() -> forkloop::Result<()> {
 //!     let mut lp = EventLoop::new()?;
-//!     match forkloop::role() {
-//!         Role::Primary => {
-//!             let p = Primary::new(&mut lp)?;
+//!     match forkloop::start(&mut lp)? {
+//!         Side::Primary(p) => {
 //!             p.on(|lp, p, ev| {
 //!                 if let Event::Message { worker, data, .. } = ev {
 //!                     println!("primary got {:?} from worker {worker}", String::from_utf8_lossy(data));
@@ -36,9 +34,8 @@
 //!                 }
 //!             });
 //!         }
-//!         Role::Worker(id) => {
-//!             let w = Worker::attach(&mut lp)?.expect("a worker has a channel");
-//!             w.send(&mut lp, format!("hello from worker {id}").as_bytes())?;
+//!         Side::Worker(w) => {
+//!             w.send(&mut lp, format!("hello from worker {}", w.id()).as_bytes())?;
 //!             w.on_message(&mut lp, |_, w, msg| {
 //!                 println!("worker {} got {:?}", w.id(), String::from_utf8_lossy(&msg.data));
 //!             });
@@ -107,7 +104,7 @@ pub mod rt;
 pub mod sys;
 pub mod worker;
 
-pub use cluster::{Role, role, try_role};
+pub use cluster::{Role, Side, role, start, start_with, try_role};
 pub use error::{Error, Result};
 pub use rt::{EventLoop, LoopHandle, RunMode};
 

@@ -163,3 +163,44 @@ fn ipv6_only_is_kept_under_round_robin() {
     worker(listen_v6_only);
     ipv6_only_is_kept("ipv6_only_is_kept_under_round_robin", Policy::RoundRobin);
 }
+
+#[test]
+fn start_gives_each_side_its_handle() {
+    use forkloop::Side;
+    let mut lp = forkloop::EventLoop::new().unwrap();
+    match forkloop::start(&mut lp).expect("start") {
+        Side::Worker(w) => {
+            let again = forkloop::start(&mut lp)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let _ = w.send(
+                &mut lp,
+                format!("worker {} then {again:?}", w.id()).as_bytes(),
+            );
+            std::process::exit(lp.run().unwrap_or(1));
+        }
+        Side::Primary(p) => {
+            p.setup(
+                &mut lp,
+                forkloop::primary::Settings::default()
+                    .args(args_for("start_gives_each_side_its_handle")),
+            );
+            let got = Log::default();
+            let g = got.clone();
+            p.on(move |lp, p, ev| {
+                if let Event::Message { data, .. } = ev {
+                    g.push(String::from_utf8_lossy(data).into_owned());
+                    p.disconnect(lp, |_, _| {});
+                }
+            });
+            p.fork(&mut lp).unwrap();
+            run(&mut lp);
+            assert_eq!(
+                got.get(),
+                [
+                    r#"worker 1 then Err("invalid configuration: worker 1: its channel was attached already")"#
+                ]
+            );
+        }
+    }
+}
