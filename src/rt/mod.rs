@@ -129,6 +129,7 @@ mod local;
 mod pool;
 mod remote;
 mod signal;
+mod state;
 mod tasks;
 mod timers;
 mod watchers;
@@ -216,6 +217,7 @@ pub struct EventLoop {
     /// `exit(code)` was called: nothing else runs.
     forced: Option<i32>,
     pub(crate) read_buf: Vec<u8>,
+    state: state::StateMap,
 }
 
 impl fmt::Debug for EventLoop {
@@ -272,6 +274,7 @@ impl EventLoop {
             exiting: false,
             forced: None,
             read_buf: Vec::new(),
+            state: state::StateMap::default(),
         })
     }
 
