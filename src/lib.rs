@@ -82,7 +82,6 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`sys`] | platform glue: socketpair, `SCM_RIGHTS`, sockets with options, spawning with an inherited channel, parent-death signal, resident memory |
 //! | [`ipc`] | the wire format, the framed channel, typed protocol messages |
 //! | [`rt`] | the event loop: Node's phases, timers, immediates, nextTick, microtasks, futures, I/O registration, signals, cross-thread posting, blocking pool |
 //! | [`net`] | loop-driven TCP and Unix listeners and streams (buffered writes, half-close), UDP sockets |
@@ -101,6 +100,10 @@ pub mod ipc;
 pub mod net;
 pub mod primary;
 pub mod rt;
+// Platform glue (socketpairs, SCM_RIGHTS, socket options, spawning, rlimits, CPU time).
+// Public only for this repository's own tests, examples and benchmarks, which measure and
+// probe below the API; it is not part of the supported API and may change in any release.
+#[doc(hidden)]
 pub mod sys;
 pub mod worker;
 
