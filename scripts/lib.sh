@@ -269,7 +269,7 @@ read_child_ticks() {
     printf "%d\n", t * h + 0.5 }' "$TMP_DIR/times")
 }
 
-# --- noise guard (as ../shared/anchors/lib.sh) -------------------------------------
+# --- noise guard -------------------------------------------------------------------
 # sys_busy: machine-wide busy ticks (user+nice+system+irq+softirq+steal) so far.
 sys_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
 
