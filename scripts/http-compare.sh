@@ -178,23 +178,10 @@ measure() {
 }
 
 # ---------------------------------------------------------------- medians and checks
-# col NAME: column number in RESULTS.
-col() { head -1 "$RESULTS" | tr '\t' '\n' | grep -nx "$1" | cut -d: -f1 || true; }
-
-# agg MODE SERVER COLUMN [median|min|max|sum]: over the rounds; NA if there are none.
-agg() {
-  local c
-  c=$(col "$3")
-  awk -F'\t' -v m="$1" -v s="$2" -v c="$c" -v what="${4:-median}" '
-    NR > 1 && $1 == m && $2 == s && $c != "-" { v[++n] = $c + 0 }
-    END {
-      if (n == 0) { print "NA"; exit }
-      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-      if (what == "min") r = v[1]; else if (what == "max") r = v[n]
-      else if (what == "sum") { r = 0; for (i = 1; i <= n; i++) r += v[i] }
-      else r = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-      print r }' "$RESULTS"
-}
+# col NAME / agg MODE SERVER COLUMN [median|min|max|sum]: scripts/lib.sh's tsv_col and
+# tsv_agg on RESULTS.
+col() { tsv_col "$RESULTS" "$1"; }
+agg() { tsv_agg "$RESULTS" "$@"; }
 
 # cell MODE SERVER COLUMN DECIMALS [median|max]: "median (min–max)", or one figure.
 cell() {
@@ -245,12 +232,7 @@ check() {
 }
 
 # ratio MODE A B COLUMN: median(A) / median(B), 2 decimals, or NA.
-ratio() {
-  local a b
-  a=$(agg "$1" "$2" "$4"); b=$(agg "$1" "$3" "$4")
-  if [ "$a" = NA ] || [ "$b" = NA ]; then echo NA; return; fi
-  awk -v a="$a" -v b="$b" 'BEGIN {if (b == 0) print "NA"; else printf "%.2f\n", a / b}'
-}
+ratio() { ratio_of "$(agg "$1" "$2" "$4")" "$(agg "$1" "$3" "$4")"; }
 
 # pair MODE A B COLUMN: "A / B" medians for the detail column.
 pair() { echo "($(agg "$1" "$2" "$4") / $(agg "$1" "$3" "$4") $4)"; }
