@@ -34,7 +34,11 @@ fn die(msg: &str) -> ! {
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 /// Fork a child that runs `child` on its end of a fresh socketpair.
@@ -59,10 +63,19 @@ fn pinning() -> Option<(usize, usize)> {
     }
 }
 
-fn fork_with_socketpair(child: impl FnOnce(UnixStream) -> io::Result<()>) -> io::Result<(UnixStream, libc::pid_t)> {
+fn fork_with_socketpair(
+    child: impl FnOnce(UnixStream) -> io::Result<()>,
+) -> io::Result<(UnixStream, libc::pid_t)> {
     let pin = pinning();
     let mut fds = [0 as RawFd; 2];
-    cvt(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })?;
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
     let pid = cvt(unsafe { libc::fork() })?;
     if pid == 0 {
         if let Some((_, c)) = pin {
@@ -215,7 +228,10 @@ fn send_fd(sock: RawFd, payload: &[u8], fd: RawFd) -> io::Result<()> {
     let mut cbuf = [0u64; 4];
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
     assert!(space <= std::mem::size_of_val(&cbuf));
-    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() };
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut _,
+        iov_len: payload.len(),
+    };
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
@@ -250,7 +266,10 @@ fn recv_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<RawFd>> {
     let mut got = 0usize;
     let mut fd = None;
     while got < buf.len() {
-        let mut iov = libc::iovec { iov_base: buf[got..].as_mut_ptr() as *mut _, iov_len: buf.len() - got };
+        let mut iov = libc::iovec {
+            iov_base: buf[got..].as_mut_ptr() as *mut _,
+            iov_len: buf.len() - got,
+        };
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
@@ -277,7 +296,9 @@ fn recv_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<RawFd>> {
                     let data_len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
                     let nfds = data_len / std::mem::size_of::<libc::c_int>();
                     for k in 0..nfds {
-                        let f = std::ptr::read_unaligned((libc::CMSG_DATA(c) as *const libc::c_int).add(k));
+                        let f = std::ptr::read_unaligned(
+                            (libc::CMSG_DATA(c) as *const libc::c_int).add(k),
+                        );
                         if fd.is_none() {
                             fd = Some(f);
                         } else {
@@ -368,22 +389,23 @@ fn fdpass_stream(count: usize, window: usize) -> io::Result<()> {
     let mut ack = [0u8; 1];
     let mut sent = 0usize;
     let mut acked = 0usize; // in fds
-    let mut run = |n: usize, s: &mut UnixStream, sent: &mut usize, acked: &mut usize| -> io::Result<()> {
-        let target = *sent + n;
-        while *sent < target {
-            if *sent - *acked >= window {
+    let mut run =
+        |n: usize, s: &mut UnixStream, sent: &mut usize, acked: &mut usize| -> io::Result<()> {
+            let target = *sent + n;
+            while *sent < target {
+                if *sent - *acked >= window {
+                    s.read_exact(&mut ack)?;
+                    *acked += ACK_EVERY;
+                }
+                send_fd(raw, &payload, fd)?;
+                *sent += 1;
+            }
+            while *acked < *sent {
                 s.read_exact(&mut ack)?;
                 *acked += ACK_EVERY;
             }
-            send_fd(raw, &payload, fd)?;
-            *sent += 1;
-        }
-        while *acked < *sent {
-            s.read_exact(&mut ack)?;
-            *acked += ACK_EVERY;
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     run(warm, &mut s, &mut sent, &mut acked)?;
     let t0 = Instant::now();
     run(count, &mut s, &mut sent, &mut acked)?;
@@ -421,7 +443,10 @@ fn main() -> io::Result<()> {
         "fdpass-pingpong" => fdpass_pingpong(num(args.next(), "iters")),
         "fdpass-stream" => {
             let count = num(args.next(), "count");
-            let window = args.next().map(|w| w.parse().unwrap_or_else(|_| die("bad window"))).unwrap_or(256);
+            let window = args
+                .next()
+                .map(|w| w.parse().unwrap_or_else(|_| die("bad window")))
+                .unwrap_or(256);
             fdpass_stream(count, window)
         }
         other => die(&format!("unknown mode {other}")),

@@ -41,7 +41,10 @@ struct DateCache {
 
 impl DateCache {
     fn new() -> Self {
-        let mut d = DateCache { sec: -1, line: [0; 37] };
+        let mut d = DateCache {
+            sec: -1,
+            line: [0; 37],
+        };
         d.refresh();
         d
     }
@@ -110,7 +113,14 @@ fn bind_listener(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
         let one: libc::c_int = 1;
         let optlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         let setopt = |opt| {
-            if libc::setsockopt(fd, libc::SOL_SOCKET, opt, &one as *const _ as *const _, optlen) != 0 {
+            if libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &one as *const _ as *const _,
+                optlen,
+            ) != 0
+            {
                 Err(io::Error::last_os_error())
             } else {
                 Ok(())
@@ -123,7 +133,9 @@ fn bind_listener(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
         let sin = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            },
             sin_zero: [0; 8],
         };
         if libc::bind(
@@ -141,7 +153,9 @@ fn bind_listener(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
             libc::close(fd);
             return Err(e);
         }
-        Ok(TcpListener::from_std(std::net::TcpListener::from_raw_fd(fd)))
+        Ok(TcpListener::from_std(std::net::TcpListener::from_raw_fd(
+            fd,
+        )))
     }
 }
 
@@ -241,7 +255,11 @@ fn drive(conn: &mut Conn, token: Token, poll: &Poll, scratch: &mut [u8], date: &
             }
             if conn.want_write {
                 conn.want_write = false;
-                if poll.registry().reregister(&mut conn.sock, token, Interest::READABLE).is_err() {
+                if poll
+                    .registry()
+                    .reregister(&mut conn.sock, token, Interest::READABLE)
+                    .is_err()
+                {
                     return false;
                 }
             }
@@ -252,7 +270,11 @@ fn drive(conn: &mut Conn, token: Token, poll: &Poll, scratch: &mut [u8], date: &
                 conn.want_write = true;
                 if poll
                     .registry()
-                    .reregister(&mut conn.sock, token, Interest::READABLE | Interest::WRITABLE)
+                    .reregister(
+                        &mut conn.sock,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
                     .is_err()
                 {
                     return false;
@@ -269,10 +291,18 @@ fn main() -> io::Result<()> {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--addr" => addr = args.next().expect("--addr needs a value").parse().expect("bad addr"),
+            "--addr" => {
+                addr = args
+                    .next()
+                    .expect("--addr needs a value")
+                    .parse()
+                    .expect("bad addr")
+            }
             "--reuseport" => reuseport = true,
             other => {
-                eprintln!("unknown argument {other}\nusage: mio-http [--addr IP:PORT] [--reuseport]");
+                eprintln!(
+                    "unknown argument {other}\nusage: mio-http [--addr IP:PORT] [--reuseport]"
+                );
                 std::process::exit(2);
             }
         }
@@ -280,8 +310,12 @@ fn main() -> io::Result<()> {
 
     let mut listener = bind_listener(addr, reuseport)?;
     let mut poll = Poll::new()?;
-    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-    eprintln!("mio-http listening on {addr} pid {} reuseport={reuseport}", std::process::id());
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    eprintln!(
+        "mio-http listening on {addr} pid {} reuseport={reuseport}",
+        std::process::id()
+    );
 
     let mut events = Events::with_capacity(1024);
     let mut conns: Vec<Option<Conn>> = Vec::new();
@@ -306,7 +340,11 @@ fn main() -> io::Result<()> {
                                 conns.push(None);
                                 conns.len() - 1
                             });
-                            if poll.registry().register(&mut sock, Token(idx), Interest::READABLE).is_err() {
+                            if poll
+                                .registry()
+                                .register(&mut sock, Token(idx), Interest::READABLE)
+                                .is_err()
+                            {
                                 free.push(idx);
                                 continue;
                             }

@@ -28,8 +28,9 @@
 //!   HDR histogram (3 significant digits). After the schedule ends, requests still queued
 //!   or in flight get up to `--drain` (default 5) seconds; those left count as timeouts.
 //!
-//! Prints one line of `key=value` results on stdout: requests (recorded), achieved rate,
-//! errors, non-2xx, timeouts, p50/p90/p99/p99.9/max/mean latency in µs, and `lag_*`, how
+//! Prints one line of `key=value` results on stdout: requests (recorded), the rate
+//! achieved (recorded requests answered within the measured time, per second: under the
+//! target when the server cannot keep up), errors, non-2xx, timeouts, p50/p90/p99/p99.9/max/mean latency in µs, and `lag_*`, how
 //! long requests waited between their due time and the moment they went out (queueing
 //! for a free connection, or a generator that cannot keep up). Exit status 0, or 2 on
 //! bad arguments or when it cannot connect at all.
@@ -99,7 +100,9 @@ fn parse_args() -> Config {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let v = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let v = it
+            .next()
+            .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
         match flag.as_str() {
             "--addr" => addr = Some(v.parse().unwrap_or_else(|_| usage("bad --addr"))),
             "--rate" => c.rate = v.parse().unwrap_or_else(|_| usage("bad --rate")),
@@ -113,7 +116,9 @@ fn parse_args() -> Config {
                     _ => usage("--mode takes keepalive or close"),
                 }
             }
-            "--connections" => c.connections = v.parse().unwrap_or_else(|_| usage("bad --connections")),
+            "--connections" => {
+                c.connections = v.parse().unwrap_or_else(|_| usage("bad --connections"))
+            }
             "--threads" => c.threads = v.parse().unwrap_or_else(|_| usage("bad --threads")),
             other => usage(&format!("unknown flag {other}")),
         }
@@ -133,7 +138,10 @@ fn parse_args() -> Config {
 
 /// CLOCK_MONOTONIC in nanoseconds (the clock the timerfd runs on).
 fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid timespec to write into; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * NS + ts.tv_nsec as u64
@@ -148,12 +156,20 @@ struct Timer {
 impl Timer {
     fn new() -> io::Result<Timer> {
         // SAFETY: plain syscall; the descriptor is checked before it is owned.
-        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        Ok(Timer { fd: unsafe { OwnedFd::from_raw_fd(fd) }, armed_at: 0 })
+        Ok(Timer {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            armed_at: 0,
+        })
     }
 
     fn arm_at(&mut self, at_ns: u64) -> io::Result<()> {
@@ -161,12 +177,23 @@ impl Timer {
             return Ok(());
         }
         let spec = libc::itimerspec {
-            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-            it_value: libc::timespec { tv_sec: (at_ns / NS) as libc::time_t, tv_nsec: (at_ns % NS) as libc::c_long },
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (at_ns / NS) as libc::time_t,
+                tv_nsec: (at_ns % NS) as libc::c_long,
+            },
         };
         // SAFETY: `spec` is a valid itimerspec; the old value is not asked for (null).
         let r = unsafe {
-            libc::timerfd_settime(self.fd.as_raw_fd(), libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut())
+            libc::timerfd_settime(
+                self.fd.as_raw_fd(),
+                libc::TFD_TIMER_ABSTIME,
+                &spec,
+                std::ptr::null_mut(),
+            )
         };
         if r != 0 {
             return Err(io::Error::last_os_error());
@@ -224,7 +251,9 @@ fn parse_response(buf: &[u8]) -> Parsed {
             let mut len = None;
             for h in resp.headers.iter() {
                 if h.name.eq_ignore_ascii_case("content-length") {
-                    len = std::str::from_utf8(h.value).ok().and_then(|s| s.trim().parse::<usize>().ok());
+                    len = std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<usize>().ok());
                     if len.is_none() {
                         return Parsed::Bad;
                     }
@@ -248,6 +277,8 @@ struct Stats {
     latency: Histogram<u64>,
     lag: Histogram<u64>,
     recorded: u64,
+    /// Recorded requests answered before the end of the measured time.
+    in_window: u64,
     errors: u64,
     non2xx: u64,
     timeouts: u64,
@@ -255,8 +286,17 @@ struct Stats {
 
 impl Stats {
     fn new() -> Stats {
-        let h = || Histogram::new_with_bounds(1, MAX_NS, 3).expect("static histogram bounds are valid");
-        Stats { latency: h(), lag: h(), recorded: 0, errors: 0, non2xx: 0, timeouts: 0 }
+        let h =
+            || Histogram::new_with_bounds(1, MAX_NS, 3).expect("static histogram bounds are valid");
+        Stats {
+            latency: h(),
+            lag: h(),
+            recorded: 0,
+            in_window: 0,
+            errors: 0,
+            non2xx: 0,
+            timeouts: 0,
+        }
     }
 }
 
@@ -297,7 +337,11 @@ impl Gen<'_> {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        if let Err(e) = self.poll.registry().register(&mut sock, Token(idx), Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            Token(idx),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             self.free.push(idx);
             return Err(e);
         }
@@ -325,7 +369,10 @@ impl Gen<'_> {
 
     /// A keep-alive connection failed: count its request (if any) and open a new one.
     fn reopen(&mut self, idx: usize) {
-        let due = self.conns[idx].as_ref().filter(|c| c.state == State::Sent).map(|c| c.due);
+        let due = self.conns[idx]
+            .as_ref()
+            .filter(|c| c.state == State::Sent)
+            .map(|c| c.due);
         if due.is_some() {
             self.error(due);
         }
@@ -340,7 +387,10 @@ impl Gen<'_> {
         match self.cfg.mode {
             Mode::KeepAlive => self.reopen(idx),
             Mode::Close => {
-                let due = self.conns[idx].as_ref().filter(|c| c.state != State::Draining).map(|c| c.due);
+                let due = self.conns[idx]
+                    .as_ref()
+                    .filter(|c| c.state != State::Draining)
+                    .map(|c| c.due);
                 if due.is_some() {
                     self.error(due);
                 }
@@ -351,7 +401,9 @@ impl Gen<'_> {
 
     /// Writes what is left of the request; false if the connection failed.
     fn flush(&mut self, idx: usize) -> bool {
-        let Some(c) = self.conns[idx].as_mut() else { return false };
+        let Some(c) = self.conns[idx].as_mut() else {
+            return false;
+        };
         while c.written < self.request.len() {
             match c.sock.write(&self.request[c.written..]) {
                 Ok(0) => return false,
@@ -364,8 +416,17 @@ impl Gen<'_> {
         let want = c.written < self.request.len();
         if want != c.want_write {
             c.want_write = want;
-            let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-            if self.poll.registry().reregister(&mut c.sock, Token(idx), interest).is_err() {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if self
+                .poll
+                .registry()
+                .reregister(&mut c.sock, Token(idx), interest)
+                .is_err()
+            {
                 return false;
             }
         }
@@ -379,7 +440,9 @@ impl Gen<'_> {
             c.written = 0;
         }
         if self.recorded(due) {
-            self.stats.lag.saturating_record((now - due.min(now)).max(1));
+            self.stats
+                .lag
+                .saturating_record((now - due.min(now)).max(1));
         }
         if !self.flush(idx) {
             self.fail(idx);
@@ -392,7 +455,9 @@ impl Gen<'_> {
         while let Some(&due) = self.queue.front() {
             match self.cfg.mode {
                 Mode::KeepAlive => {
-                    let Some(idx) = self.idle.pop_front() else { break };
+                    let Some(idx) = self.idle.pop_front() else {
+                        break;
+                    };
                     self.queue.pop_front();
                     self.send(idx, due, now);
                 }
@@ -402,7 +467,9 @@ impl Gen<'_> {
                     }
                     self.queue.pop_front();
                     if self.recorded(due) {
-                        self.stats.lag.saturating_record((now - due.min(now)).max(1));
+                        self.stats
+                            .lag
+                            .saturating_record((now - due.min(now)).max(1));
                     }
                     match self.open(due) {
                         Ok(_) => self.in_flight += 1,
@@ -416,8 +483,13 @@ impl Gen<'_> {
     fn complete(&mut self, due: u64, status: u16) {
         if self.recorded(due) {
             let now = now_ns();
-            self.stats.latency.saturating_record((now - due.min(now)).max(1));
+            self.stats
+                .latency
+                .saturating_record((now - due.min(now)).max(1));
             self.stats.recorded += 1;
+            if now < self.record_to {
+                self.stats.in_window += 1;
+            }
             if !(200..300).contains(&status) {
                 self.stats.non2xx += 1;
             }
@@ -425,7 +497,9 @@ impl Gen<'_> {
     }
 
     fn connected(&mut self, idx: usize) -> bool {
-        let Some(c) = self.conns[idx].as_mut() else { return false };
+        let Some(c) = self.conns[idx].as_mut() else {
+            return false;
+        };
         match c.sock.take_error() {
             Ok(None) => {}
             _ => return false,
@@ -440,7 +514,12 @@ impl Gen<'_> {
             Mode::KeepAlive => {
                 c.state = State::Idle;
                 c.want_write = false;
-                if self.poll.registry().reregister(&mut c.sock, Token(idx), Interest::READABLE).is_err() {
+                if self
+                    .poll
+                    .registry()
+                    .reregister(&mut c.sock, Token(idx), Interest::READABLE)
+                    .is_err()
+                {
                     return false;
                 }
                 self.idle.push_back(idx);
@@ -455,7 +534,9 @@ impl Gen<'_> {
     }
 
     fn on_event(&mut self, idx: usize, writable: bool) {
-        let Some(state) = self.conns[idx].as_ref().map(|c| c.state) else { return };
+        let Some(state) = self.conns[idx].as_ref().map(|c| c.state) else {
+            return;
+        };
         if state == State::Connecting {
             // Writable: connected or failed; readable: failed (refused, reset).
             if !self.connected(idx) {
@@ -470,7 +551,9 @@ impl Gen<'_> {
         // Read all there is.
         let mut eof = false;
         loop {
-            let Some(c) = self.conns[idx].as_mut() else { return };
+            let Some(c) = self.conns[idx].as_mut() else {
+                return;
+            };
             match c.sock.read(&mut self.scratch) {
                 Ok(0) => {
                     eof = true;
@@ -498,7 +581,9 @@ impl Gen<'_> {
     /// Completes the responses in a connection's buffer.
     fn responses(&mut self, idx: usize, eof: bool) {
         loop {
-            let Some(c) = self.conns[idx].as_mut() else { return };
+            let Some(c) = self.conns[idx].as_mut() else {
+                return;
+            };
             if c.state != State::Sent {
                 break;
             }
@@ -574,7 +659,9 @@ fn run(cfg: &Config, i: usize, ready: &Barrier, start: &AtomicU64) -> io::Result
         stats: Stats::new(),
     };
     let tfd = g.timer.fd.as_raw_fd();
-    g.poll.registry().register(&mut SourceFd(&tfd), TIMER, Interest::READABLE)?;
+    g.poll
+        .registry()
+        .register(&mut SourceFd(&tfd), TIMER, Interest::READABLE)?;
     let mut events = Events::with_capacity(1024);
 
     // Keep-alive: open the pool before the clock starts.
@@ -586,10 +673,14 @@ fn run(cfg: &Config, i: usize, ready: &Barrier, start: &AtomicU64) -> io::Result
         let deadline = now_ns() + 5 * NS;
         while g.idle.len() < conns {
             if now_ns() > deadline || g.stats.errors > 0 {
-                setup = Err(io::Error::other(format!("could not open {conns} connections to {}", cfg.addr)));
+                setup = Err(io::Error::other(format!(
+                    "could not open {conns} connections to {}",
+                    cfg.addr
+                )));
                 break;
             }
-            g.poll.poll(&mut events, Some(std::time::Duration::from_millis(100)))?;
+            g.poll
+                .poll(&mut events, Some(std::time::Duration::from_millis(100)))?;
             for ev in events.iter() {
                 let idx = ev.token().0;
                 if ev.token() != TIMER {
@@ -620,16 +711,18 @@ fn run(cfg: &Config, i: usize, ready: &Barrier, start: &AtomicU64) -> io::Result
             next = due(k);
         }
         g.dispatch();
-        let busy = !g.queue.is_empty() || g.in_flight > 0 || g.conns.iter().flatten().any(|c| c.state == State::Sent);
+        let busy = !g.queue.is_empty()
+            || g.in_flight > 0
+            || g.conns.iter().flatten().any(|c| c.state == State::Sent);
         let timeout = if next < end {
             g.timer.arm_at(next)?;
             None
-        } else if !busy {
-            break;
-        } else if now >= give_up {
+        } else if !busy || now >= give_up {
             break;
         } else {
-            Some(std::time::Duration::from_nanos((give_up - now).min(10_000_000)))
+            Some(std::time::Duration::from_nanos(
+                (give_up - now).min(10_000_000),
+            ))
         };
         match g.poll.poll(&mut events, timeout) {
             Ok(()) => {}
@@ -649,14 +742,26 @@ fn run(cfg: &Config, i: usize, ready: &Barrier, start: &AtomicU64) -> io::Result
         .queue
         .iter()
         .copied()
-        .chain(g.conns.iter().flatten().filter(|c| matches!(c.state, State::Sent | State::Connecting)).map(|c| c.due))
+        .chain(
+            g.conns
+                .iter()
+                .flatten()
+                .filter(|c| matches!(c.state, State::Sent | State::Connecting))
+                .map(|c| c.due),
+        )
         .collect();
-    g.stats.timeouts = left.into_iter().filter(|&d| d != 0 && g.recorded(d)).count() as u64;
+    g.stats.timeouts = left
+        .into_iter()
+        .filter(|&d| d != 0 && g.recorded(d))
+        .count() as u64;
     Ok(g.stats)
 }
 
 fn raise_fd_limit() {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `r` is a valid rlimit to read into and then pass back.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
@@ -676,9 +781,7 @@ fn main() {
     let handles: Vec<_> = (0..cfg.threads)
         .map(|i| {
             let (cfg, ready, start) = (cfg.clone(), ready.clone(), start.clone());
-            std::thread::spawn(move || {
-                run(&cfg, i, &ready, &start)
-            })
+            std::thread::spawn(move || run(&cfg, i, &ready, &start))
         })
         .collect();
     ready.wait();
@@ -692,6 +795,7 @@ fn main() {
                 let _ = total.latency.add(&s.latency);
                 let _ = total.lag.add(&s.lag);
                 total.recorded += s.recorded;
+                total.in_window += s.in_window;
                 total.errors += s.errors;
                 total.non2xx += s.non2xx;
                 total.timeouts += s.timeouts;
@@ -713,12 +817,16 @@ fn main() {
         "mode={} rate={} duration_s={secs} connections={} threads={} requests={} achieved_rate={:.0} errors={} non2xx={} \
          timeouts={} p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1} mean_us={:.1} lag_p50_us={:.1} \
          lag_p99_us={:.1} lag_max_us={:.1}",
-        if cfg.mode == Mode::KeepAlive { "keepalive" } else { "close" },
+        if cfg.mode == Mode::KeepAlive {
+            "keepalive"
+        } else {
+            "close"
+        },
         cfg.rate,
         cfg.connections,
         cfg.threads,
         total.recorded,
-        total.recorded as f64 / secs,
+        total.in_window as f64 / secs,
         total.errors,
         total.non2xx,
         total.timeouts,
