@@ -33,6 +33,7 @@
 #      QUIET_CORES (0.15), QUIET_SECS (3), QUIET_MAX_S (300), OUT_DIR, SKIP_BUILD=1.
 # Exit status: 0 every check that ran passes, 1 a check fails, 2 the benchmark failed.
 # Everything runs on 127.0.0.1; every process started is stopped by its pid on exit.
+# shellcheck disable=SC2317  # functions called through traps and wait_for
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 SCRIPT_NAME=balance-compare
@@ -155,7 +156,7 @@ ratio_max_min() {
 # measure MODE ROUND: one wrk run against the server started last ($NAME), with the
 # per-worker counts taken around it; appends a row to RESULTS.
 measure() {
-  local mode=$1 round=$2 hdr=() out i p c0 reqs conns cpus wreq werr ok=1 why=() a b
+  local mode=$1 round=$2 hdr=() out i p reqs conns cpus wreq werr ok=1 why=() a b
   [ "$mode" = close ] && hdr=(-H 'Connection: close')
   out="$RAW_DIR/$mode-$WORKERS-$NAME-$round"
   wait_quiet

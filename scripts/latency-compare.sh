@@ -34,6 +34,7 @@
 #      OUT_DIR (keep runs.tsv and the generator's output there), SKIP_BUILD=1.
 # Exit status: 0 every check that ran passes, 1 a check fails, 2 the benchmark failed.
 # Everything runs on 127.0.0.1; every process started is stopped by its pid on exit.
+# shellcheck disable=SC2317  # functions called through traps and wait_for
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 SCRIPT_NAME=latency-compare

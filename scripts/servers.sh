@@ -19,7 +19,7 @@
 # (array: every other server process, i.e. the workers) and MAIN (the pids started here);
 # stop_server NAME stops them. With NODE_STATS=1 the Node workers count connections and
 # requests (see http-cluster.js).
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables the sourcing scripts read
 
 PEERS=benches/peers
 PEERS_BIN=target/peers/release
