@@ -76,9 +76,7 @@ RESULTS=$RAW_DIR/runs.tsv
 # mode = MODE@WORKERS (e.g. close@4), so that tsv_agg's (mode, server) rows are one cell.
 printf 'mode\tserver\tround\treq_ratio\tconn_ratio\tcpu_ratio\trequests\tconnections\tcpu_ticks\twrk_requests\twrk_errors\tverified\n' >"$RESULTS"
 
-post_cleanup() {
-  if [ -n "$OUT_DIR" ]; then cp "$TMP_DIR"/*.log "$OUT_DIR"/ 2>/dev/null || true; fi
-}
+post_cleanup() { keep_server_logs; }
 
 need wrk wrk
 need ss iproute2
@@ -210,11 +208,8 @@ for ((r = 1; r <= RUNS; r++)); do
       NAME=${SERVER_LIST[$(((i + r - 1) % N))]}
       echo "== round $r/$RUNS: $NAME ($(label "$NAME"))" >&2
       start_server "$NAME"
-      if [ "$WARM_SECS" -gt 0 ]; then
-        timeout -k 5 $((WARM_SECS + 20)) wrk -t1 -c$CONNS -d"${WARM_SECS}s" "http://127.0.0.1:$PORT/" >/dev/null 2>&1 ||
-          die "$NAME: warm-up failed"
-        sleep 0.5
-      fi
+      warm_up "$NAME" "$WARM_SECS" "$CONNS"
+      sleep 0.5
       for mode in "${MODE_LIST[@]}"; do measure "$mode" "$r"; done
       stop_server "$NAME"
       sleep 1
@@ -246,7 +241,7 @@ ratio_cell() {
 }
 
 echo
-echo "<!-- scripts/balance-compare.sh; $(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r); started $START; RUNS=$RUNS DURATION=${SECS}s; ${BUILD_NOTE:-} -->"
+echo "<!-- scripts/balance-compare.sh; $(machine_note); started $START; RUNS=$RUNS DURATION=${SECS}s; ${BUILD_NOTE:-} -->"
 echo "Per-worker shares: forkloop from perf's counts of each worker's sendto (responses) and close (connections) calls, Node from its workers' own counters; max/min = largest ÷ smallest worker count (median over $RUNS round(s)); shares in % (last round)."
 for mode in "${MODE_LIST[@]}"; do
   for WORKERS in "${WORKER_LIST[@]}"; do

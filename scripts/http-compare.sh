@@ -87,9 +87,7 @@ printf 'mode\tserver\tround\treq_s\tp50_us\tp99_us\trequests\terrors\tnon2xx\tcp
 
 # ---------------------------------------------------------------- process bookkeeping
 # Processes are tracked and stopped through scripts/lib.sh; the server logs are kept.
-post_cleanup() {
-  if [ -n "$OUT_DIR" ]; then cp "$TMP_DIR"/*.log "$OUT_DIR"/ 2>/dev/null || true; fi
-}
+post_cleanup() { keep_server_logs; }
 
 # ---------------------------------------------------------------- measuring
 mode_title() {
@@ -322,10 +320,7 @@ for ((r = 1; r <= RUNS; r++)); do
     name=${SERVER_LIST[$(((i + r - 1) % N))]}
     echo "== round $r/$RUNS: $name ($(label "$name"))" >&2
     start_server "$name"
-    if [ "$WARM_SECS" -gt 0 ]; then
-      timeout -k 5 $((WARM_SECS + 20)) wrk -t1 -c64 -d"${WARM_SECS}s" "http://127.0.0.1:$PORT/" >/dev/null 2>&1 ||
-        die "$name: warm-up failed"
-    fi
+    warm_up "$name" "$WARM_SECS"
     for mode in "${MODE_LIST[@]}"; do measure "$name" "$mode" "$r"; done
     stop_server "$name"
     sleep 1
@@ -334,7 +329,7 @@ done
 fi
 
 echo
-echo "<!-- scripts/http-compare.sh; $(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r), $({ wrk -v 2>&1 || true; } | head -1 | awk '{print $1, $2}'); started $START; RUNS=$RUNS DURATION=${SECS}s CREDIT=${CREDIT:-default}; ${BUILD_NOTE:-} -->"
+echo "<!-- scripts/http-compare.sh; $(machine_note), $({ wrk -v 2>&1 || true; } | head -1 | awk '{print $1, $2}'); started $START; RUNS=$RUNS DURATION=${SECS}s CREDIT=${CREDIT:-default}; ${BUILD_NOTE:-} -->"
 echo "CPU columns: utime+stime of the server processes over the run ÷ requests completed (under Connection: close, per connection). Latencies: wrk's p50/p99."
 print_tables
 print_checks

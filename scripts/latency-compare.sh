@@ -77,9 +77,7 @@ RESULTS=$RAW_DIR/runs.tsv
 # mode = MODE@PCT (e.g. ka@25), so that tsv_agg's (mode, server) rows are one cell.
 printf 'mode\tserver\tround\trate\tachieved\tp50_us\tp99_us\tp999_us\tmax_us\trequests\terrors\ttimeouts\tnon2xx\tlag_p99_us\tcpu_us_req\tforeign_cores\n' >"$RESULTS"
 
-post_cleanup() {
-  if [ -n "$OUT_DIR" ]; then cp "$TMP_DIR"/*.log "$OUT_DIR"/ 2>/dev/null || true; fi
-}
+post_cleanup() { keep_server_logs; }
 
 need wrk wrk
 need ss iproute2
@@ -145,8 +143,7 @@ for mode in "${MODE_LIST[@]}"; do [ -n "${MAX_RATE[$mode]}" ] || need_max=1; don
 if [ "$need_max" = 1 ]; then
   echo "== maximum rate of $RAW ($(label "$RAW")), closed-loop wrk -t1 -c64 -d${MAX_SECS}s" >&2
   start_server "$RAW"
-  timeout -k 5 $((WARM_SECS + 20)) wrk -t1 -c64 -d"$((WARM_SECS > 0 ? WARM_SECS : 1))s" "http://127.0.0.1:$PORT/" >/dev/null 2>&1 ||
-    die "$RAW: warm-up failed"
+  warm_up "$RAW" $((WARM_SECS > 0 ? WARM_SECS : 1))
   for mode in "${MODE_LIST[@]}"; do
     if [ -z "${MAX_RATE[$mode]}" ]; then MAX_RATE[$mode]=$(max_rate "$mode"); fi
     echo "  $mode: ${MAX_RATE[$mode]} req/s" >&2
@@ -167,10 +164,7 @@ for ((r = 1; r <= RUNS; r++)); do
     name=${SERVER_LIST[$(((i + r - 1) % N))]}
     echo "== round $r/$RUNS: $name ($(label "$name"))" >&2
     start_server "$name"
-    if [ "$WARM_SECS" -gt 0 ]; then
-      timeout -k 5 $((WARM_SECS + 20)) wrk -t1 -c64 -d"${WARM_SECS}s" "http://127.0.0.1:$PORT/" >/dev/null 2>&1 ||
-        die "$name: warm-up failed"
-    fi
+    warm_up "$name" "$WARM_SECS"
     for mode in "${MODE_LIST[@]}"; do
       for pct in "${RATE_LIST[@]}"; do measure "$name" "$mode" "$pct" "$r"; done
     done
@@ -187,7 +181,7 @@ agg() { tsv_agg "$RESULTS" "$@"; }
 fmt() { if [ "$1" = NA ]; then echo "–"; else awk -v v="$1" -v d="${2:-0}" 'BEGIN {printf "%." d "f", v}'; fi; }
 
 echo
-echo "<!-- scripts/latency-compare.sh; $(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r); started $START; RUNS=$RUNS DURATION=${SECS}s CONNS=$CONNS WORKERS=$WORKERS; ${BUILD_NOTE:-} -->"
+echo "<!-- scripts/latency-compare.sh; $(machine_note); started $START; RUNS=$RUNS DURATION=${SECS}s CONNS=$CONNS WORKERS=$WORKERS; ${BUILD_NOTE:-} -->"
 echo "Open-loop latency (benches/peers openloop): from each request's due time to the last byte of its response; medians over $RUNS round(s). Cells: p50 / p99 / p99.9 µs (p99 ÷ $RAW's p99)."
 for mode in "${MODE_LIST[@]}"; do
   echo

@@ -269,6 +269,11 @@ read_child_ticks() {
     printf "%d\n", t * h + 0.5 }' "$TMP_DIR/times")
 }
 
+# machine_note: "N CPUs (model), kernel K", for the header of a report.
+machine_note() {
+  echo "$(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r)"
+}
+
 # --- noise guard -------------------------------------------------------------------
 # sys_busy: machine-wide busy ticks (user+nice+system+irq+softirq+steal) so far.
 sys_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }

@@ -134,7 +134,7 @@ ratio() {
 }
 
 echo
-echo "<!-- scripts/restart-compare.sh; $(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r), node $(node --version); started $START; RUNS=$RUNS ITERATIONS=$ITERATIONS BENCH_ARGS='${BENCH_ARGS}' -->"
+echo "<!-- scripts/restart-compare.sh; $(machine_note), node $(node --version); started $START; RUNS=$RUNS ITERATIONS=$ITERATIONS BENCH_ARGS='${BENCH_ARGS}' -->"
 echo "forkloop: \`$BENCH $ITERATIONS ${BENCH_ARGS}\` ($(grep -h -m1 '^config ' "$TMP_DIR"/forkloop-1.txt | cut -d' ' -f2-)); Node: \`node $NODE_JS $ITERATIONS\`."
 echo "Each cell: median of the $RUNS run medians, ms (min–max of the run medians)."
 echo

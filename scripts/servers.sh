@@ -93,6 +93,19 @@ cpu_ticks() {
   echo "$sum"
 }
 
+# keep_server_logs: with OUT_DIR set, copies the server logs there (a post_cleanup hook).
+keep_server_logs() {
+  if [ -n "${OUT_DIR:-}" ]; then cp "$TMP_DIR"/*.log "$OUT_DIR"/ 2>/dev/null || true; fi
+}
+
+# warm_up NAME SECS [CONNS]: SECS of keep-alive `wrk -t1 -cCONNS` (64) against the server
+# started last; none for 0.
+warm_up() {
+  [ "$2" -gt 0 ] || return 0
+  timeout -k 5 $(($2 + 20)) wrk -t1 -c"${3:-64}" -d"$2s" "http://127.0.0.1:$PORT/" >/dev/null 2>&1 ||
+    die "$1: warm-up failed"
+}
+
 # ---------------------------------------------------------------- servers
 # server_base NAME: NAME without its @K, ~W and :normal suffixes.
 server_base() { echo "${1%%[@~:]*}"; }
