@@ -711,13 +711,16 @@ fn run(cfg: &Config, i: usize, ready: &Barrier, start: &AtomicU64) -> io::Result
             next = due(k);
         }
         g.dispatch();
-        let busy = !g.queue.is_empty()
-            || g.in_flight > 0
-            || g.conns.iter().flatten().any(|c| c.state == State::Sent);
+        // After the schedule: anything still queued or unanswered?
+        let busy = || {
+            !g.queue.is_empty()
+                || g.in_flight > 0
+                || g.conns.iter().flatten().any(|c| c.state == State::Sent)
+        };
         let timeout = if next < end {
             g.timer.arm_at(next)?;
             None
-        } else if !busy || now >= give_up {
+        } else if now >= give_up || !busy() {
             break;
         } else {
             Some(std::time::Duration::from_nanos(
