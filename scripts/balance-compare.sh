@@ -17,7 +17,9 @@
 #    primary uses sendmsg) and its close(2) calls (one per connection it served; under
 #    keep-alive the 64 connections close when wrk exits, which the count waits for).
 #    Needs perf with tracepoint access (apt-get install -y linux-perf; root); without it
-#    the forkloop rows are skipped.
+#    the forkloop rows are skipped. (Were http_cluster to count for itself and print the
+#    Node app's `stats pid=N connections=C requests=R` line on SIGUSR2, node_snapshot
+#    would serve it too, without perf.)
 #  Both are checked against wrk: the workers' requests must add up to wrk's count (plus at
 #  most the 64 in flight when it stopped, and 0.2%), their connections to 64 (keep-alive;
 #  65 with the one wrk opens to try the address) or to their requests (close); a run

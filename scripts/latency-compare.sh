@@ -19,7 +19,8 @@
 #                   close  a new connection per request (`Connection: close`), at most
 #                          CONNS in flight
 # Per run: p50/p99/p99.9 latency (from the due time to the last byte of the response),
-# errors and timeouts, the rate achieved, and the server's CPU µs per request. Tables give
+# errors and timeouts, the rate achieved, the server's CPU µs per request and the
+# generator's cores (near 1 with GEN_THREADS=1: the generator itself may be the limit). Tables give
 # medians over the rounds; the checks compare medians (issue 15's acceptance):
 #   fl-rr p99 <= 1.10x the raw server's at 25, 50 and 75% and <= 1.25x at 90%;
 #   fl-reuseport p99 <= 1.05x at every rate; both modes. The other servers: information.
@@ -75,7 +76,7 @@ RAW_DIR=${OUT_DIR:-$TMP_DIR}
 mkdir -p "$RAW_DIR"
 RESULTS=$RAW_DIR/runs.tsv
 # mode = MODE@PCT (e.g. ka@25), so that tsv_agg's (mode, server) rows are one cell.
-printf 'mode\tserver\tround\trate\tachieved\tp50_us\tp99_us\tp999_us\tmax_us\trequests\terrors\ttimeouts\tnon2xx\tlag_p99_us\tcpu_us_req\tforeign_cores\n' >"$RESULTS"
+printf 'mode\tserver\tround\trate\tachieved\tp50_us\tp99_us\tp999_us\tmax_us\trequests\terrors\ttimeouts\tnon2xx\tlag_p99_us\tcpu_us_req\tforeign_cores\tgen_cores\n' >"$RESULTS"
 
 post_cleanup() { keep_server_logs; }
 
@@ -104,7 +105,7 @@ max_rate() {
 
 # measure NAME MODE PCT ROUND: one openloop run at PCT% of the mode's maximum rate.
 measure() {
-  local name=$1 mode=$2 pct=$3 round=$4 rate out line a0 a1 s0 s1 c0 c1 f cpu p gen_mode
+  local name=$1 mode=$2 pct=$3 round=$4 rate out line a0 a1 s0 s1 c0 c1 f cpu p gen_mode gen
   rate=$(( ${MAX_RATE[$mode]} * pct / 100 ))
   [ "$rate" -gt 0 ] || die "rate 0 for $mode at $pct%"
   gen_mode=keepalive
@@ -127,13 +128,14 @@ measure() {
     'BEGIN {printf "%.2f", t / h * 1e6 / (n * (s + w) / s)}')
   f=$(awk -v b=$((s1 - s0)) -v o=$((c1 - c0 + a1 - a0)) -v s="$((SECS + GEN_WARMUP))" -v h="$CLK_TCK" \
     'BEGIN {f = (b - o) / h / s; if (f < 0) f = 0; printf "%.2f", f}')
-  printf '%s@%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$pct" "$name" "$round" "$rate" \
+  gen=$(awk -v t=$((c1 - c0)) -v h="$CLK_TCK" -v s="$((SECS + GEN_WARMUP))" 'BEGIN {printf "%.2f", t / h / s}')
+  printf '%s@%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$pct" "$name" "$round" "$rate" \
     "$(kv achieved_rate "$line")" "$(kv p50_us "$line")" "$(kv p99_us "$line")" "$(kv p999_us "$line")" \
     "$(kv max_us "$line")" "$(kv requests "$line")" "$(kv errors "$line")" "$(kv timeouts "$line")" \
-    "$(kv non2xx "$line")" "$(kv lag_p99_us "$line")" "$cpu" "$f" >>"$RESULTS"
-  printf '  %s %-13s %-5s %3s%% %7s req/s: achieved %7s  p50 %7s  p99 %8s  p99.9 %8s us  errors %s timeouts %s  cpu %s us/req  foreign %s\n' \
+    "$(kv non2xx "$line")" "$(kv lag_p99_us "$line")" "$cpu" "$f" "$gen" >>"$RESULTS"
+  printf '  %s %-13s %-5s %3s%% %7s req/s: achieved %7s  p50 %7s  p99 %8s  p99.9 %8s us  errors %s timeouts %s  cpu %s us/req  generator %s cores  foreign %s\n' \
     "$(date +%H:%M:%S)" "$name" "$mode" "$pct" "$rate" "$(kv achieved_rate "$line")" "$(kv p50_us "$line")" \
-    "$(kv p99_us "$line")" "$(kv p999_us "$line")" "$(kv errors "$line")" "$(kv timeouts "$line")" "$cpu" "$f" >&2
+    "$(kv p99_us "$line")" "$(kv p999_us "$line")" "$(kv errors "$line")" "$(kv timeouts "$line")" "$cpu" "$gen" "$f" >&2
 }
 
 # ---------------------------------------------------------------- 1. maximum rates
@@ -237,6 +239,7 @@ awk -F'\t' 'NR > 1 {
     if ($5 + 0 < 0.97 * $4) w = w sprintf(" achieved %s of %s req/s;", $5, $4)
     if ($11 + $12 + $13 > 0) w = w sprintf(" errors %s, timeouts %s, non-2xx %s;", $11, $12, $13)
     if ($16 + 0 > 0.10) w = w sprintf(" other work used %s cores;", $16)
+    if ($17 + 0 > 0.90) w = w sprintf(" the generator used %s cores (GEN_THREADS may help);", $17)
     if (w != "") printf "WARNING: %s %s round %s:%s\n", $2, $1, $3, w }' "$RESULTS"
 [ -n "$OUT_DIR" ] && echo "runs.tsv and the generator's output in $OUT_DIR"
 if [ "$FAILS" -gt 0 ]; then
