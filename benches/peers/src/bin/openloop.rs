@@ -313,6 +313,8 @@ struct Gen<'a> {
     queue: VecDeque<u64>,
     /// Close mode: requests connecting or sent, not yet answered.
     in_flight: usize,
+    /// This thread's share of --connections: the pool size, or the cap on `in_flight`.
+    share: usize,
     request: Vec<u8>,
     scratch: Vec<u8>,
     record_from: u64,
@@ -462,7 +464,7 @@ impl Gen<'_> {
                     self.send(idx, due, now);
                 }
                 Mode::Close => {
-                    if self.in_flight >= self.cfg.connections {
+                    if self.in_flight >= self.share {
                         break;
                     }
                     self.queue.pop_front();
@@ -652,6 +654,7 @@ fn run(cfg: &Config, i: usize, ready: &Barrier, start: &AtomicU64) -> io::Result
         idle: VecDeque::new(),
         queue: VecDeque::new(),
         in_flight: 0,
+        share: conns,
         request: request.into_bytes(),
         scratch: vec![0; 64 * 1024],
         record_from: u64::MAX,
