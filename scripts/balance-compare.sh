@@ -3,7 +3,7 @@
 # for forkloop's http_cluster (rr, none, reuseport) and Node's cluster (rr, none), under
 # `wrk -t1 -c64` keep-alive and `Connection: close`, with 2 and 4 workers.
 #
-#   scripts/balance-compare.sh                     # RUNS=3, DURATION=10s: ~12 min
+#   scripts/balance-compare.sh                     # RUNS=3, DURATION=10s: ~15 min
 #   RUNS=1 DURATION=2s WORKER_COUNTS=2 SERVERS="fl-rr node-rr" scripts/balance-compare.sh
 #
 # The counts are the workers' own, never inferred from timing:
