@@ -13,21 +13,21 @@
 //! * `oneway`: COUNT `User` frames of SIZE bytes streamed to the child, which acks once at
 //!   the end (the channel coalesces them into few `sendmsg` calls).
 //! * `fdpass-stream`: COUNT frames each carrying one descriptor (an unconnected TCP socket,
-//!   as the raw anchor does); the child acks every 64, the parent keeps at most WINDOW
+//!   as the raw peer does); the child acks every 64, the parent keeps at most WINDOW
 //!   (default 256) un-acked.
 //!
-//! Each mode warms up with 10% of COUNT (at least 100) first, as the anchors do, and prints
+//! Each mode warms up with 10% of COUNT (at least 100) first, as the peers do, and prints
 //! one line: `mode=… size=… count=… secs=… rate_per_s=… mean_us=… p50_us=… p99_us=…`
 //! (`oneway` and `fdpass-stream` report percentiles of the per-message time over batches
-//! of 1000). `scripts/ipc-compare.sh` runs it beside the raw-socket and Node anchors.
+//! of 1000). `scripts/ipc-compare.sh` runs it beside the raw-socket and Node peers (benches/peers).
 //!
 //! `--busy-poll US` (any mode; parent and child): each wait spins for up to US
 //! microseconds before it blocks, as a loop with [`EventLoop::set_busy_poll`] does (the
 //! same code, [`poll_spinning`]); the line then ends with `busy_poll_us=US`. Off by
-//! default: the default figures are those of blocking waits, like the anchors'.
+//! default: the default figures are those of blocking waits, like the peers'.
 //!
 //! `PIN=same` pins parent and child to CPU 0, `PIN=split` the parent to CPU 0 and the
-//! child to CPU 1, as the anchors' benchmarks do; unset leaves placement to the scheduler.
+//! child to CPU 1, as the peers' benchmarks do; unset leaves placement to the scheduler.
 //!
 //! [`EventLoop::set_busy_poll`]: forkloop::rt::EventLoop::set_busy_poll
 //! [`poll_spinning`]: forkloop::rt::poll_spinning

@@ -1,5 +1,5 @@
 //! Event-loop microbenchmarks, one test per run, with the same test names and output line
-//! as Node's `../shared/anchors/js/loop-bench.js` (compare with `scripts/loop-compare.sh`).
+//! as Node's `benches/peers/js/loop-bench.js` (compare with `scripts/loop-compare.sh`).
 //!
 //! ```text
 //! cargo run --release --example loop_bench -- TEST [N]

@@ -1,4 +1,4 @@
-//! Worker (re)start latency, the forkloop side of `../shared/anchors/js/restart.js`: the
+//! Worker (re)start latency, the forkloop side of `benches/peers/js/restart.js`: the
 //! same per-iteration lines and the same `summary NAME n=… median_ms=… min_ms=… max_ms=…`
 //! lines, so the two can be compared line by line (`scripts/restart-compare.sh`).
 //!

@@ -10,17 +10,10 @@
 #   SERVERS="fl-rr fl-rr~1 mio-2" MODES="close-c64 close-c16" scripts/http-compare.sh
 #   SERVERS="fl-rr fl-rr:normal mio-2" MODES="close-c64 close-c16 ka-c1" scripts/http-compare.sh
 #
-# Servers (2 workers/processes each unless noted):
-#   fl-rr fl-reuseport fl-none   forkloop http_cluster --policy rr|reuseport|none
-#                                (NAME@K: the same with --credit K, e.g. fl-rr@4;
-#                                NAME~W: with --accept-window-ms W, e.g. fl-rr~1 or fl-rr~0.5;
-#                                NAME:normal: with --primary-sched normal, the primary's loop
-#                                left in the normal scheduling class, e.g. fl-rr:normal;
-#                                combined: fl-rr@4~1:normal)
-#   node-rr node-none            Node cluster (../shared/anchors/js/http-cluster.js)
-#   node-single                  Node, one process
-#   nginx                        nginx, worker_processes 2 (a copy of the anchors' nginx.conf)
-#   mio-1 mio-2                  raw Rust mio server, 1 process / 2 processes SO_REUSEPORT
+# Servers (WORKERS processes each, default 2; the list and the suffixes are in
+# scripts/servers.sh): fl-rr fl-reuseport fl-none (forkloop; NAME@K, NAME~W, NAME:normal),
+# node-rr node-none node-single, nginx, mio-1 mio-2 (the raw mio server, benches/peers).
+# Needs wrk (apt-get install -y wrk), and for the peers node (nodejs) and nginx.
 # Default SERVERS: fl-rr fl-reuseport node-rr node-none nginx mio-1 mio-2.
 #
 # Modes (MODES, default all three; each is one `wrk -t1 ... --latency` run per round):
@@ -45,7 +38,7 @@
 #      QUIET_CORES (0.15), QUIET_SECS (3), QUIET_MAX_S (300), OUT_DIR (keep the raw wrk
 #      output, runs.tsv and the server logs there), SKIP_BUILD=1 (use the binaries
 #      already built), REPORT_FROM=runs.tsv (only re-print the tables and checks of an
-#      earlier run), ANCHORS (../shared/anchors), TW_MAX (unset: do not wait; else before
+#      earlier run), TW_MAX (unset: do not wait; else before
 #      every run wait, up to 70 s, until at most this many TCP sockets are in TIME_WAIT).
 # Every `Connection: close` run leaves its connections in TIME_WAIT for 60 s, and a
 # kernel holding ~100k of them makes the next server's connections dearer; runs.tsv
@@ -61,6 +54,8 @@ SCRIPT_NAME=http-compare
 STOP_GRACE_S=5
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+# shellcheck source=scripts/servers.sh
+source scripts/servers.sh
 
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
@@ -68,7 +63,6 @@ WARMUP=${WARMUP:-2s}
 SERVERS=${SERVERS:-"fl-rr fl-reuseport node-rr node-none nginx mio-1 mio-2"}
 MODES=${MODES:-"ka-c64 close-c64 ka-c1"}
 CREDIT=${CREDIT:-}
-ANCHORS=${ANCHORS:-../shared/anchors}
 FOREIGN_MAX=${FOREIGN_MAX:-0.10}
 FOREIGN_RETRIES=${FOREIGN_RETRIES:-5}
 QUIET_CORES=${QUIET_CORES:-0.15}
@@ -86,8 +80,6 @@ read -r -a SERVER_LIST <<<"$SERVERS"
 read -r -a MODE_LIST <<<"$MODES"
 if [ ${#SERVER_LIST[@]} = 0 ] || [ ${#MODE_LIST[@]} = 0 ]; then echo "empty SERVERS or MODES" >&2; exit 2; fi
 
-FL_BIN=target/release/examples/http_cluster
-MIO_BIN=target/anchors/release/mio-http
 RAW_DIR=${OUT_DIR:-$TMP_DIR}
 mkdir -p "$RAW_DIR"
 RESULTS=$RAW_DIR/runs.tsv
@@ -95,151 +87,7 @@ printf 'mode\tserver\tround\treq_s\tp50_us\tp99_us\trequests\terrors\tnon2xx\tcp
 
 # ---------------------------------------------------------------- process bookkeeping
 # Processes are tracked and stopped through scripts/lib.sh; the server logs are kept.
-post_cleanup() {
-  if [ -n "$OUT_DIR" ]; then cp "$TMP_DIR"/*.log "$OUT_DIR"/ 2>/dev/null || true; fi
-}
-
-# ---------------------------------------------------------------- helpers
-listeners_on() { [ "$(ss -Hltn "sport = :$1" | wc -l)" -ge "$2" ]; }
-children_of() { ps -o pid= --ppid "$1" | tr -d ' ' | grep . || true; }
-has_children() { [ "$(children_of "$1" | wc -l)" -ge "$2" ]; }
-
-# cpu_ticks PID...: utime+stime (clock ticks) summed over the processes (all threads).
-cpu_ticks() {
-  local p sum=0 t
-  for p in "$@"; do
-    t=$(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null) || t=0
-    sum=$((sum + ${t:-0}))
-  done
-  echo "$sum"
-}
-
-# ---------------------------------------------------------------- servers
-# server_base NAME: NAME without its @K, ~W and :normal suffixes.
-server_base() { echo "${1%%[@~:]*}"; }
-# server_credit NAME / server_window NAME: the K of @K and the W of ~W, or nothing.
-server_credit() { if [[ $1 =~ @([0-9]+) ]]; then echo "${BASH_REMATCH[1]}"; fi; }
-server_window() { if [[ $1 =~ ~([0-9.]+) ]]; then echo "${BASH_REMATCH[1]}"; fi; }
-# server_sched NAME: "normal" for NAME:normal, else nothing.
-server_sched() { if [[ $1 == *:normal ]]; then echo normal; fi; }
-
-label() {
-  local base k w n
-  base=$(server_base "$1") k=$(server_credit "$1") w=$(server_window "$1") n=$(server_sched "$1")
-  [ -z "$k" ] && k=${CREDIT:-default}
-  case $base in
-    fl-rr) echo "forkloop rr, 2 workers, credit $k${w:+, accept window $w ms}${n:+, primary in the normal scheduling class}" ;;
-    fl-reuseport) echo "forkloop reuseport, 2 workers" ;;
-    fl-none) echo "forkloop none (shared socket), 2 workers" ;;
-    node-rr) echo "Node cluster SCHED_RR, 2 workers" ;;
-    node-none) echo "Node cluster SCHED_NONE, 2 workers" ;;
-    node-single) echo "Node, 1 process" ;;
-    nginx) echo "nginx, 2 workers" ;;
-    mio-1) echo "raw mio, 1 process" ;;
-    mio-2) echo "raw mio, 2 processes SO_REUSEPORT" ;;
-    *) echo "$1" ;;
-  esac
-}
-
-# start_server NAME: sets PORT, PRIMARY (the primary/master pid, or empty) and OTHERS
-# (every other server process), MAIN (the pids we started ourselves).
-start_server() {
-  local name=$1 base log="$TMP_DIR/$1.log" credit=() k w p try
-  base=$(server_base "$name")
-  for try in 1 2 3; do
-    PRIMARY=() OTHERS=() MAIN=()
-    : >"$log"
-    if start_server_once; then return 0; fi
-    echo "  starting $name failed (attempt $try); log:" >&2
-    tail -5 "$log" >&2 || true
-    stop_pids "${MAIN[@]}" ${OTHERS[@]+"${OTHERS[@]}"}
-  done
-  die "could not start $name"
-}
-
-start_server_once() {
-  case $base in
-    fl-rr | fl-reuseport | fl-none)
-      k=$(server_credit "$name") w=$(server_window "$name")
-      [ -z "$k" ] && k=${CREDIT:-}
-      [ -n "$k" ] && credit=(--credit "$k")
-      [ -n "$w" ] && credit+=(--accept-window-ms "$w")
-      [ -n "$(server_sched "$name")" ] && credit+=(--primary-sched normal)
-      "$FL_BIN" --workers 2 --port 0 --host 127.0.0.1 --policy "${base#fl-}" ${credit[@]+"${credit[@]}"} >"$log" 2>&1 &
-      MAIN=($!); track $!; PRIMARY=($!)
-      wait_for "$name listening line" 20 "$!" has_line "$log" '^listening on 127\.0\.0\.1:[0-9]+ workers=2 ' || return 1
-      PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$log" | head -1)
-      wait_for "$name workers" 5 "${PRIMARY[0]}" has_children "${PRIMARY[0]}" 2 || return 1
-      for p in $(children_of "${PRIMARY[0]}"); do OTHERS+=("$p"); track "$p"; done
-      ;;
-    node-rr | node-none | node-single)
-      PORT=$(free_port)
-      if [ "$base" = node-single ]; then
-        PORT=$PORT node "$ANCHORS/js/http-single.js" >"$log" 2>&1 &
-      elif [ "$base" = node-rr ]; then
-        env -u NODE_CLUSTER_SCHED_POLICY PORT="$PORT" WORKERS=2 node "$ANCHORS/js/http-cluster.js" >"$log" 2>&1 &
-      else
-        NODE_CLUSTER_SCHED_POLICY=none PORT="$PORT" WORKERS=2 node "$ANCHORS/js/http-cluster.js" >"$log" 2>&1 &
-      fi
-      MAIN=($!); track $!
-      wait_for "$name ready line" 20 "$!" has_line "$log" '^ready' || return 1
-      if [ "$base" = node-single ]; then
-        OTHERS=("${MAIN[@]}")
-      else
-        PRIMARY=("${MAIN[@]}")
-        for p in $(sed -n 's/^worker pid=\([0-9]*\)$/\1/p' "$log"); do OTHERS+=("$p"); track "$p"; done
-        [ ${#OTHERS[@]} = 2 ] || { echo "  expected 2 Node workers" >&2; return 1; }
-      fi
-      ;;
-    nginx)
-      PORT=$(free_port)
-      mkdir -p "$TMP_DIR/nginx"
-      sed "s/listen 127\.0\.0\.1:[0-9]*;/listen 127.0.0.1:$PORT;/" "$ANCHORS/nginx/nginx.conf" >"$TMP_DIR/nginx/nginx.conf"
-      grep -q "listen 127.0.0.1:$PORT;" "$TMP_DIR/nginx/nginx.conf" || die "could not rewrite the nginx port"
-      nginx -p "$TMP_DIR/nginx/" -e "$TMP_DIR/nginx/error.log" -c "$TMP_DIR/nginx/nginx.conf" >"$log" 2>&1 &
-      MAIN=($!); track $!; PRIMARY=($!)
-      wait_for "nginx port" 20 "$!" listeners_on "$PORT" 1 || return 1
-      wait_for "nginx workers" 5 "${PRIMARY[0]}" has_children "${PRIMARY[0]}" 2 || return 1
-      for p in $(children_of "${PRIMARY[0]}"); do OTHERS+=("$p"); track "$p"; done
-      ;;
-    mio-1)
-      PORT=$(free_port)
-      "$MIO_BIN" --addr "127.0.0.1:$PORT" >"$log" 2>&1 &
-      MAIN=($!); track $!; OTHERS=($!)
-      wait_for "mio-1 port" 20 "$!" listeners_on "$PORT" 1 || return 1
-      ;;
-    mio-2)
-      PORT=$(free_port)
-      "$MIO_BIN" --addr "127.0.0.1:$PORT" --reuseport >"$log" 2>&1 &
-      MAIN=($!); track $!
-      "$MIO_BIN" --addr "127.0.0.1:$PORT" --reuseport >>"$log" 2>&1 &
-      MAIN+=($!); track $!; OTHERS=("${MAIN[@]}")
-      wait_for "mio-2 ports" 20 "$!" listeners_on "$PORT" 2 || return 1
-      ;;
-    *) die "unknown server $name" ;;
-  esac
-  # One request by hand: the server answers hello world.
-  if command -v curl >/dev/null; then
-    [ "$(curl -s --max-time 3 "http://127.0.0.1:$PORT/")" = "hello world" ] ||
-      { echo "  $name on port $PORT does not answer 'hello world'" >&2; return 1; }
-  fi
-}
-
-# stop_server NAME: SIGTERM the processes we started (the primary stops its workers),
-# make sure the workers are gone too, and report a forkloop primary not exiting with 0.
-stop_server() {
-  local name=$1 p st=0
-  for p in "${MAIN[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  if [[ $name == fl-* ]]; then
-    # Reap the primary ourselves to see its exit status (bounded by the 5 s below).
-    for p in $(seq 1 50); do alive "${MAIN[0]}" || break; sleep 0.1; done
-    if ! alive "${MAIN[0]}"; then
-      wait "${MAIN[0]}" 2>/dev/null || st=$?
-      [ "$st" = 0 ] || echo "  WARNING: $name primary exited with status $st on SIGTERM" >&2
-    fi
-  fi
-  stop_pids "${MAIN[@]}" ${OTHERS[@]+"${OTHERS[@]}"}
-}
+post_cleanup() { keep_server_logs; }
 
 # ---------------------------------------------------------------- measuring
 mode_title() {
@@ -328,23 +176,10 @@ measure() {
 }
 
 # ---------------------------------------------------------------- medians and checks
-# col NAME: column number in RESULTS.
-col() { head -1 "$RESULTS" | tr '\t' '\n' | grep -nx "$1" | cut -d: -f1 || true; }
-
-# agg MODE SERVER COLUMN [median|min|max|sum]: over the rounds; NA if there are none.
-agg() {
-  local c
-  c=$(col "$3")
-  awk -F'\t' -v m="$1" -v s="$2" -v c="$c" -v what="${4:-median}" '
-    NR > 1 && $1 == m && $2 == s && $c != "-" { v[++n] = $c + 0 }
-    END {
-      if (n == 0) { print "NA"; exit }
-      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-      if (what == "min") r = v[1]; else if (what == "max") r = v[n]
-      else if (what == "sum") { r = 0; for (i = 1; i <= n; i++) r += v[i] }
-      else r = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-      print r }' "$RESULTS"
-}
+# col NAME / agg MODE SERVER COLUMN [median|min|max|sum]: scripts/lib.sh's tsv_col and
+# tsv_agg on RESULTS.
+col() { tsv_col "$RESULTS" "$1"; }
+agg() { tsv_agg "$RESULTS" "$@"; }
 
 # cell MODE SERVER COLUMN DECIMALS [median|max]: "median (min–max)", or one figure.
 cell() {
@@ -395,12 +230,7 @@ check() {
 }
 
 # ratio MODE A B COLUMN: median(A) / median(B), 2 decimals, or NA.
-ratio() {
-  local a b
-  a=$(agg "$1" "$2" "$4"); b=$(agg "$1" "$3" "$4")
-  if [ "$a" = NA ] || [ "$b" = NA ]; then echo NA; return; fi
-  awk -v a="$a" -v b="$b" 'BEGIN {if (b == 0) print "NA"; else printf "%.2f\n", a / b}'
-}
+ratio() { ratio_of "$(agg "$1" "$2" "$4")" "$(agg "$1" "$3" "$4")"; }
 
 # pair MODE A B COLUMN: "A / B" medians for the detail column.
 pair() { echo "($(agg "$1" "$2" "$4") / $(agg "$1" "$3" "$4") $4)"; }
@@ -471,48 +301,9 @@ print_checks() {
 need wrk wrk
 need ss iproute2
 need timeout coreutils
-USE_FL=0 USE_MIO=0
-for name in "${SERVER_LIST[@]}"; do
-  case $(server_base "$name") in
-    fl-rr | fl-reuseport | fl-none) USE_FL=1 ;;
-    mio-1 | mio-2) USE_MIO=1 ;;
-    node-*) need node nodejs; [ -f "$ANCHORS/js/http-cluster.js" ] || die "missing $ANCHORS/js" ;;
-    nginx) need nginx nginx; [ -f "$ANCHORS/nginx/nginx.conf" ] || die "missing $ANCHORS/nginx/nginx.conf" ;;
-    *) die "unknown server $name (see the header of $0)" ;;
-  esac
-done
 for mode in "${MODE_LIST[@]}"; do mode_title "$mode" >/dev/null || die "unknown mode $mode (ka-c64 close-c64 ka-c1 close-c16)"; done
-
-if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${REPORT_FROM:-}" ]; then
-  if [ "$USE_FL" = 1 ]; then build_retry cargo build --release --quiet --example http_cluster; fi
-  if [ "$USE_MIO" = 1 ]; then
-    build_retry cargo build --release --quiet --locked --manifest-path "$ANCHORS/Cargo.toml" \
-      --target-dir target/anchors --bin mio-http
-  fi
-fi
-# Measure private copies: others rebuild target/ in this tree while a run goes on, and a
-# run must not switch binaries half-way. (http_cluster starts its workers from its own
-# executable, so they run the copy too.)
 BUILD_NOTE="report only"
-if [ -z "${REPORT_FROM:-}" ]; then
-  mkdir -p "$TMP_DIR/bin"
-  BUILD_NOTE=""
-  if [ "$USE_FL" = 1 ]; then
-    [ -x "$FL_BIN" ] || die "missing $FL_BIN"
-    cp "$FL_BIN" "$TMP_DIR/bin/http_cluster"
-    rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-    if [ -n "$(git --no-optional-locks status --porcelain -- src examples Cargo.toml Cargo.lock 2>/dev/null)" ]; then
-      rev+="+uncommitted"
-    fi
-    BUILD_NOTE="http_cluster $rev built $(date -r "$FL_BIN" +%H:%M:%S) sha256 $(sha256sum "$FL_BIN" | cut -c1-12)"
-    FL_BIN=$TMP_DIR/bin/http_cluster
-  fi
-  if [ "$USE_MIO" = 1 ]; then
-    [ -x "$MIO_BIN" ] || die "missing $MIO_BIN"
-    cp "$MIO_BIN" "$TMP_DIR/bin/mio-http"
-    MIO_BIN=$TMP_DIR/bin/mio-http
-  fi
-fi
+if [ -z "${REPORT_FROM:-}" ]; then prepare_servers "${SERVER_LIST[@]}"; fi
 
 START=$(date -u +%Y-%m-%dT%H:%MZ)
 if [ -n "${REPORT_FROM:-}" ]; then
@@ -529,10 +320,7 @@ for ((r = 1; r <= RUNS; r++)); do
     name=${SERVER_LIST[$(((i + r - 1) % N))]}
     echo "== round $r/$RUNS: $name ($(label "$name"))" >&2
     start_server "$name"
-    if [ "$WARM_SECS" -gt 0 ]; then
-      timeout -k 5 $((WARM_SECS + 20)) wrk -t1 -c64 -d"${WARM_SECS}s" "http://127.0.0.1:$PORT/" >/dev/null 2>&1 ||
-        die "$name: warm-up failed"
-    fi
+    warm_up "$name" "$WARM_SECS"
     for mode in "${MODE_LIST[@]}"; do measure "$name" "$mode" "$r"; done
     stop_server "$name"
     sleep 1
@@ -541,7 +329,7 @@ done
 fi
 
 echo
-echo "<!-- scripts/http-compare.sh; $(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r), $({ wrk -v 2>&1 || true; } | head -1 | awk '{print $1, $2}'); started $START; RUNS=$RUNS DURATION=${SECS}s CREDIT=${CREDIT:-default}; ${BUILD_NOTE:-} -->"
+echo "<!-- scripts/http-compare.sh; $(machine_note), $({ wrk -v 2>&1 || true; } | head -1 | awk '{print $1, $2}'); started $START; RUNS=$RUNS DURATION=${SECS}s CREDIT=${CREDIT:-default}; ${BUILD_NOTE:-} -->"
 echo "CPU columns: utime+stime of the server processes over the run ÷ requests completed (under Connection: close, per connection). Latencies: wrk's p50/p99."
 print_tables
 print_checks

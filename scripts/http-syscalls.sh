@@ -16,73 +16,42 @@
 # Connections are counted by wrk (run 1) and, per process, by its close() calls (run 2:
 # every server process closes each connection it served once; the rr primary closes its
 # copy of each handed-off descriptor once).
-# Needs wrk and perf (apt-get install -y linux-perf) with tracepoint access (root), and
-# the binaries scripts/http-compare.sh builds (it measures copies of them).
-# Env: SERVERS, DURATION (10s), TRACE_S (5), ANCHORS (../shared/anchors).
+# Needs wrk and perf (apt-get install -y wrk linux-perf) with tracepoint access (root).
+# Servers as in scripts/servers.sh (WORKERS, default 2); it measures private copies.
+# Env: SERVERS, DURATION (10s), TRACE_S (5), SKIP_BUILD=1.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 SCRIPT_NAME=http-syscalls
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+# shellcheck source=scripts/servers.sh
+source scripts/servers.sh
 QUIET_SECS=${QUIET_SECS:-3}
 QUIET_MAX_S=${QUIET_MAX_S:-300}
 
 SERVERS=${SERVERS:-"fl-rr fl-reuseport mio-2"}
 SECS=${DURATION:-10s}; SECS=${SECS%s}
 TRACE_S=${TRACE_S:-5}
-ANCHORS=${ANCHORS:-../shared/anchors}
-FL_BIN=target/release/examples/http_cluster
-MIO_BIN=target/anchors/release/mio-http
-# Private copies: others may rebuild target/ while this runs.
-mkdir -p "$TMP_DIR/bin"
-[ -x "$FL_BIN" ] && cp "$FL_BIN" "$TMP_DIR/bin/" && FL_BIN=$TMP_DIR/bin/http_cluster
-[ -x "$MIO_BIN" ] && cp "$MIO_BIN" "$TMP_DIR/bin/" && MIO_BIN=$TMP_DIR/bin/mio-http
 SYSCALLS="accept4 sendmsg recvmsg recvfrom read sendto write writev shutdown close epoll_ctl epoll_wait setsockopt ioctl fcntl"
 need wrk wrk
 need perf linux-perf
+read -r -a SERVER_LIST <<<"$SERVERS"
+prepare_servers "${SERVER_LIST[@]}"
 
-# start NAME: sets PORT, ROLE_PIDS ("role:pid" for every server process).
+# start NAME: start_server NAME (scripts/servers.sh); sets ROLE_PIDS ("role:pid" for
+# every server process).
 start() {
-  local name=$1 base=${1%%@*} k='' i p
+  local p i=1
+  start_server "$1"
   ROLE_PIDS=()
-  case $base in
-    fl-rr | fl-reuseport | fl-none)
-      [[ $name == *@* ]] && k=${name#*@}
-      "$FL_BIN" --workers 2 --port 0 --policy "${base#fl-}" ${k:+--credit "$k"} >"$TMP_DIR/log" 2>&1 &
-      p=$!; track "$p"
-      for i in $(seq 1 100); do grep -q '^listening on' "$TMP_DIR/log" && break; sleep 0.1; done
-      PORT=$(sed -n 's/^listening on .*:\([0-9]*\) .*/\1/p' "$TMP_DIR/log")
-      [ -n "$PORT" ] || die "$name did not start: $(cat "$TMP_DIR/log")"
-      ROLE_PIDS=("primary:$p")
-      i=1
-      for p in $(ps -o pid= --ppid "$p"); do ROLE_PIDS+=("worker$i:$p"); track "$p"; i=$((i + 1)); done
-      ;;
-    mio-1 | mio-2)
-      PORT=$(free_port)
-      for i in $(seq 1 "${base#mio-}"); do
-        "$MIO_BIN" --addr "127.0.0.1:$PORT" --reuseport >>"$TMP_DIR/log" 2>&1 &
-        track $!; ROLE_PIDS+=("process$i:$!")
-      done
-      for i in $(seq 1 100); do
-        [ "$(ss -Hltn "sport = :$PORT" | wc -l)" -ge "${base#mio-}" ] && break
-        sleep 0.1
-      done
-      ;;
-    *) die "unknown server $name (fl-rr[@K], fl-reuseport, fl-none, mio-1, mio-2)" ;;
-  esac
+  for p in ${PRIMARY[@]+"${PRIMARY[@]}"}; do ROLE_PIDS+=("primary:$p"); done
+  for p in "${OTHERS[@]}"; do
+    if [ ${#PRIMARY[@]} -gt 0 ]; then ROLE_PIDS+=("worker$i:$p"); else ROLE_PIDS+=("process$i:$p"); fi
+    i=$((i + 1))
+  done
 }
 
-stop() {
-  local rp
-  for rp in "${ROLE_PIDS[@]}"; do kill -TERM "${rp#*:}" 2>/dev/null || true; done
-  sleep 1
-}
-
-ticks() {
-  awk -v h="$CLK_TCK" 'NR == 2 { t = 0
-    for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
-    printf "%d\n", t * h + 0.5 }' "$1"
-}
+stop() { stop_server "$1"; }
 
 ticks() { awk '{sub(/.*\) /, ""); print $12, $13}' "/proc/$1/stat"; }
 
@@ -142,6 +111,6 @@ for name in $SERVERS; do
           printf " %9.2f\n", tot }' "$TMP_DIR/perf"
     done
   }
-  stop
+  stop "$name"
   unset U0 S0
 done

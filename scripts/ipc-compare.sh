@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
-# Runs forkloop's examples/ipc_bench, the raw-socketpair anchor (../shared/anchors,
-# src/bin/ipc-bench.rs) and Node's process.send anchor (js/ipc-bench.js) alternately, in one
-# run on one machine, and prints medians and the ratios the foundation issue asks for:
+# Runs forkloop's examples/ipc_bench, the raw-socketpair peer (benches/peers/src/bin/ipc-bench.rs)
+# and Node's process.send peer (benches/peers/js/ipc-bench.js) alternately, in one run on
+# one machine, and prints medians and the ratios the foundation issue asks for:
 #   pingpong 16 B   ours >= 0.9x raw and >= 1.8x Node
 #   oneway 16 B     ours >= 0.9x raw and >= 2x Node
 #   fdpass-stream   ours >= 0.8x raw (streamed, ack per 64, window 256)
 # Usage: scripts/ipc-compare.sh            (RUNS=3 rounds; counts as in the issue)
-# Env: RUNS, PP_COUNT (100000), OW_COUNT (1000000), FD_COUNT (500000), ANCHORS (../shared/anchors)
+# Env: RUNS, PP_COUNT (100000), OW_COUNT (1000000), FD_COUNT (500000), SKIP_BUILD=1
 #      PINS ("split same"): also run the three ping-pongs with PIN=split (parent CPU 0,
-#        child CPU 1) and PIN=same (both on CPU 0), as the anchors' RESULTS.md does; these
+#        child CPU 1) and PIN=same (both on CPU 0); these
 #        and the busy-poll rows are information, the checks use the unpinned runs;
 #      SPIN_US (50): ours again with --busy-poll SPIN_US (0 skips it).
+# Needs node (apt-get install -y nodejs) for the Node rows (skipped without it).
 # Exits 1 if a target is missed.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 SCRIPT_NAME=ipc-compare
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-ANCHORS=${ANCHORS:-../shared/anchors}
+# shellcheck source=scripts/servers.sh
+source scripts/servers.sh
 RUNS=${RUNS:-3}
 PP_COUNT=${PP_COUNT:-100000}
 OW_COUNT=${OW_COUNT:-1000000}
@@ -25,12 +27,13 @@ PINS=${PINS-"split same"}
 SPIN_US=${SPIN_US:-50}
 FD_COUNT=${FD_COUNT:-500000}
 
-cargo build --release --quiet --example ipc_bench
-cargo build --release --quiet --locked --manifest-path "$ANCHORS/Cargo.toml" \
-  --target-dir target/anchors --bin ipc-bench
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  build_retry cargo build --release --quiet --example ipc_bench
+  build_peers
+fi
 OURS=target/release/examples/ipc_bench
-RAW=target/anchors/release/ipc-bench
-NODE_JS="$ANCHORS/js/ipc-bench.js"
+RAW=$PEERS_BIN/ipc-bench
+NODE_JS=$PEERS/js/ipc-bench.js
 have_node=1
 command -v node >/dev/null || { echo "node not found: Node rows skipped" >&2; have_node=0; }
 

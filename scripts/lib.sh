@@ -269,7 +269,12 @@ read_child_ticks() {
     printf "%d\n", t * h + 0.5 }' "$TMP_DIR/times")
 }
 
-# --- noise guard (as ../shared/anchors/lib.sh) -------------------------------------
+# machine_note: "N CPUs (model), kernel K", for the header of a report.
+machine_note() {
+  echo "$(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r)"
+}
+
+# --- noise guard -------------------------------------------------------------------
 # sys_busy: machine-wide busy ticks (user+nice+system+irq+softirq+steal) so far.
 sys_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
 
@@ -297,4 +302,34 @@ wait_quiet() {
   done
   if [ "$waited" -gt 0 ]; then echo "  (machine quiet after ${waited}s busy)" >&2; fi
   return 0
+}
+
+# --- result tables ------------------------------------------------------------------
+# A comparison keeps one row per measured run in a TSV file with a header line, whose
+# first two columns are the mode and the server.
+
+# tsv_col FILE NAME: the number of column NAME in FILE's header (empty if none).
+tsv_col() { head -1 "$1" | tr '\t' '\n' | grep -nx "$2" | cut -d: -f1 || true; }
+
+# tsv_agg FILE MODE SERVER COLUMN [median|min|max|sum]: over the rows of MODE and SERVER
+# (values "-" left out); NA if there are none.
+tsv_agg() {
+  local c
+  c=$(tsv_col "$1" "$4")
+  [ -n "$c" ] || { echo NA; return; }
+  awk -F'\t' -v m="$2" -v s="$3" -v c="$c" -v what="${5:-median}" '
+    NR > 1 && $1 == m && $2 == s && $c != "-" { v[++n] = $c + 0 }
+    END {
+      if (n == 0) { print "NA"; exit }
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+      if (what == "min") r = v[1]; else if (what == "max") r = v[n]
+      else if (what == "sum") { r = 0; for (i = 1; i <= n; i++) r += v[i] }
+      else r = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+      print r }' "$1"
+}
+
+# ratio_of A B: A / B with 2 decimals, or NA when either is NA or B is 0.
+ratio_of() {
+  if [ "$1" = NA ] || [ "$2" = NA ]; then echo NA; return; fi
+  awk -v a="$1" -v b="$2" 'BEGIN {if (b == 0) print "NA"; else printf "%.2f\n", a / b}'
 }

@@ -11,7 +11,7 @@
 #   timers-spread      create wall time + fire CPU time (the fire wall time is the 100 ms
 #                      delay itself), Node / ours; late_ms is printed for both
 #   timeout0-chain     per_s ratio, which must stay within 0.8–1.2 (the 1 ms clamp)
-# Run from the repository root; Node's script is expected at ../shared/anchors/js/.
+# Node's side is benches/peers/js/loop-bench.js; needs node (apt-get install -y nodejs).
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 SCRIPT_NAME=loop-compare
@@ -20,11 +20,10 @@ source scripts/lib.sh
 
 RUNS=${RUNS:-5}
 TIMEOUT0_N=${TIMEOUT0_N:-2000}
-NODE_JS=${NODE_JS:-../shared/anchors/js/loop-bench.js}
+NODE_JS=benches/peers/js/loop-bench.js
 TESTS=${TESTS:-"immediate-chain nexttick-chain nexttick-batch microtask-chain promise-chain promise-batch timeout0-chain timers-same timers-spread"}
 
-command -v node >/dev/null || { echo "node not found" >&2; exit 1; }
-[ -f "$NODE_JS" ] || { echo "missing $NODE_JS" >&2; exit 1; }
+need node nodejs
 cargo build --release --quiet --example loop_bench
 OURS=target/release/examples/loop_bench
 

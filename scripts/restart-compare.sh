@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 6: worker (re)start latency, forkloop (examples/restart_bench.rs) against Node's
-# cluster (../shared/anchors/js/restart.js), run alternately, then the acceptance check
+# cluster (benches/peers/js/restart.js), run alternately, then the acceptance check
 # "worker SIGKILL → replacement online: median ≤ 5 ms and ≥ 10× faster than Node's".
 #
 #   scripts/restart-compare.sh                    # RUNS=3 of ITERATIONS=20 each (~1.5 min)
@@ -25,7 +25,8 @@
 # default for any worker that has been up 1 s); BENCH_ARGS=--default-policy keeps the
 # default policy and waits 1.1 s between kills instead.
 #
-# Env: RUNS (3), ITERATIONS (20), ANCHORS (../shared/anchors), BENCH_ARGS (extra
+# Needs node (apt-get install -y nodejs).
+# Env: RUNS (3), ITERATIONS (20), BENCH_ARGS (extra
 #      restart_bench arguments), QUIET_CORES (0.15), QUIET_MAX_S (120), FOREIGN_MAX
 #      (0.10), FOREIGN_RETRIES (2), SKIP_BUILD=1, KEEP_DIR (copy the raw outputs there).
 # Exit status: 0 the check passes, 1 it is missed, 2 the benchmark itself failed.
@@ -38,7 +39,6 @@ source scripts/lib.sh
 
 RUNS=${RUNS:-3}
 ITERATIONS=${ITERATIONS:-20}
-ANCHORS=${ANCHORS:-../shared/anchors}
 BENCH_ARGS=${BENCH_ARGS:-}
 FOREIGN_MAX=${FOREIGN_MAX:-0.10}
 FOREIGN_RETRIES=${FOREIGN_RETRIES:-2}
@@ -46,14 +46,13 @@ FOREIGN_RETRIES=${FOREIGN_RETRIES:-2}
 METRICS=(fork_to_online fork_to_listening kill_to_exit kill_to_online kill_to_listening)
 EXTRA=(refork_kill_to_exit refork_kill_to_online refork_kill_to_listening)
 BENCH=target/release/examples/restart_bench
-NODE_JS=$ANCHORS/js/restart.js
+NODE_JS=benches/peers/js/restart.js
 # Each program needs ~3 × ITERATIONS × 0.2 s (1.3 s per kill with --default-policy).
 RUN_TIMEOUT=$((60 + ITERATIONS * 5))
 
 need node nodejs
 need ss iproute2
 need timeout coreutils
-[ -f "$NODE_JS" ] || die "missing $NODE_JS (ANCHORS=$ANCHORS)"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   build_retry cargo build --release --quiet --example restart_bench
 fi
@@ -135,7 +134,7 @@ ratio() {
 }
 
 echo
-echo "<!-- scripts/restart-compare.sh; $(nproc) CPUs ($(awk -F: '/model name/ {gsub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)), kernel $(uname -r), node $(node --version); started $START; RUNS=$RUNS ITERATIONS=$ITERATIONS BENCH_ARGS='${BENCH_ARGS}' -->"
+echo "<!-- scripts/restart-compare.sh; $(machine_note), node $(node --version); started $START; RUNS=$RUNS ITERATIONS=$ITERATIONS BENCH_ARGS='${BENCH_ARGS}' -->"
 echo "forkloop: \`$BENCH $ITERATIONS ${BENCH_ARGS}\` ($(grep -h -m1 '^config ' "$TMP_DIR"/forkloop-1.txt | cut -d' ' -f2-)); Node: \`node $NODE_JS $ITERATIONS\`."
 echo "Each cell: median of the $RUNS run medians, ms (min–max of the run medians)."
 echo
