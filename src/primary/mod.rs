@@ -46,6 +46,8 @@ mod balance;
 mod events;
 mod listen;
 mod messages;
+#[cfg(feature = "node")]
+pub(crate) mod node;
 mod settings;
 mod stdio;
 pub mod supervise;
@@ -67,7 +69,7 @@ use nix::unistd::Pid;
 
 pub use balance::{DEFAULT_BACKLOG, DEFAULT_CREDIT, HAND_OFF_BATCH, POLICY_ENV, Policy};
 pub use events::{Event, WorkerInfo};
-pub use settings::Settings;
+pub use settings::{Protocol, Settings};
 pub use window::{ACCEPT_WINDOW_HOLD_OFF_MS, ACCEPT_WINDOW_MIN_BATCH, ACCEPT_WINDOW_SHORTEST};
 
 use balance::Balancer;
@@ -322,9 +324,32 @@ impl Primary {
         };
         let (mine, theirs) = crate::sys::socketpair()?;
         let mut cmd = command(&settings, id, env, batch);
-        let mut child =
-            crate::sys::process::spawn_with_fd(&mut cmd, theirs.as_fd(), CHANNEL_FD_ENV)?;
-        let channel = match self.register_channel(lp, id, mine, config) {
+        let protocol = settings.protocol.unwrap_or_default();
+        let channel_env = match protocol {
+            Protocol::Forkloop => CHANNEL_FD_ENV,
+            #[cfg(feature = "node")]
+            Protocol::Node => {
+                node::node_command(&mut cmd, id);
+                crate::ipc::node::NODE_CHANNEL_FD_ENV
+            }
+            #[cfg(not(feature = "node"))]
+            Protocol::Node => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "Node.js workers need forkloop's `node` feature",
+                ));
+            }
+        };
+        let mut child = crate::sys::process::spawn_with_fd(&mut cmd, theirs.as_fd(), channel_env)?;
+        let registered = match protocol {
+            #[cfg(feature = "node")]
+            Protocol::Node => self.register_node_link(lp, id, mine),
+            _ => self.register_channel(lp, id, mine, config),
+        };
+        // Only forkloop workers' unread hand-offs are read back from their end; keeping a
+        // Node worker's end would hide its closing the channel.
+        let theirs = (protocol == Protocol::Forkloop).then_some(theirs);
+        let channel = match registered {
             Ok(io) => io,
             Err(e) => {
                 let _ = child.kill();
@@ -356,7 +381,7 @@ impl Primary {
                     info,
                     child: Some(child),
                     channel: Some(channel),
-                    peer_end: Some(theirs),
+                    peer_end: theirs,
                     ledger: None,
                     listed: true,
                 },

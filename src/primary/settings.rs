@@ -23,6 +23,21 @@ pub struct Settings {
     pub uid: Option<u32>,
     /// Group id to run workers as.
     pub gid: Option<u32>,
+    /// The protocol the workers speak on their channel (default
+    /// [`Protocol::Forkloop`]).
+    pub protocol: Option<Protocol>,
+}
+
+/// The protocol a worker speaks with the primary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// forkloop's own framed protocol: workers use [`crate::worker`].
+    #[default]
+    Forkloop,
+    /// Node.js's cluster protocol (JSON lines over `NODE_CHANNEL_FD`, `NODE_UNIQUE_ID`
+    /// set): workers are unmodified Node.js programs using `cluster` (feature `node`).
+    Node,
 }
 
 impl Settings {
@@ -37,6 +52,7 @@ impl Settings {
             silent,
             uid,
             gid,
+            protocol,
         } = later;
         self.exec = exec.or(self.exec.take());
         self.args = args.or(self.args.take());
@@ -45,6 +61,7 @@ impl Settings {
         self.silent = silent.or(self.silent);
         self.uid = uid.or(self.uid);
         self.gid = gid.or(self.gid);
+        self.protocol = protocol.or(self.protocol);
     }
 
     /// Fills the fields that were never set with their defaults.
@@ -92,6 +109,12 @@ impl Settings {
     /// Pipes worker output through the primary, line by line, with a worker prefix.
     pub fn silent(mut self, on: bool) -> Self {
         self.silent = Some(on);
+        self
+    }
+
+    /// Sets the protocol the workers speak.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = Some(protocol);
         self
     }
 

@@ -1,0 +1,287 @@
+//! Unmodified Node.js cluster workers (tests/node/app.js) under a forkloop primary,
+//! speaking Node's own protocol. Each test prints why it is skipped when `node` is not on
+//! the PATH.
+
+mod cluster_util;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use cluster_util::{IO_TIMEOUT, run};
+use forkloop::ipc::Endpoint;
+use forkloop::primary::supervise::{Supervisor, SupervisorEvent, SupervisorOptions};
+use forkloop::primary::{Event, Policy, Primary, PrimaryOptions, Protocol, Settings};
+use forkloop::rt::EventLoop;
+
+fn have_node(test: &str) -> bool {
+    let ok = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("{test}: skipped: `node` is not on the PATH");
+    }
+    ok
+}
+
+fn app() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node/app.js")
+}
+
+fn primary(policy: Policy, env: &[(&str, &str)]) -> (EventLoop, Primary) {
+    let mut lp = EventLoop::new().expect("loop");
+    let opts = PrimaryOptions {
+        policy: Some(policy),
+        ..PrimaryOptions::default()
+    };
+    let p = Primary::with_options(&mut lp, opts).expect("primary");
+    let mut s = Settings::default()
+        .exec("node")
+        .args([app()])
+        .protocol(Protocol::Node);
+    for (k, v) in env {
+        s = s.env(k, v);
+    }
+    p.setup(&mut lp, s);
+    (lp, p)
+}
+
+/// One HTTP request; the body.
+fn get(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.trim().to_owned()),
+        _ => Err(std::io::Error::other(format!("bad answer {out:?}"))),
+    }
+}
+
+/// The worker id in an answer `worker N pid P`.
+fn worker_of(body: &str) -> Option<u32> {
+    body.strip_prefix("worker ")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+type Exits = Rc<RefCell<Vec<(u32, Option<i32>, Option<bool>)>>>;
+
+fn record_exits(p: &Primary) -> Exits {
+    let exits: Exits = Rc::default();
+    let e = exits.clone();
+    p.on(move |_, p, ev| {
+        if let Event::Exit { worker, status } = ev {
+            let info = p.worker(*worker);
+            e.borrow_mut().push((
+                *worker,
+                status.code,
+                info.and_then(|i| i.exited_after_disconnect),
+            ));
+        }
+    });
+    exits
+}
+
+/// Two Node workers listen on port 0; once both do, 20 requests, then the primary
+/// disconnects them. Returns the answers and the exits.
+fn serve(policy: Policy) -> (Vec<std::io::Result<String>>, Exits) {
+    let (mut lp, p) = primary(policy, &[]);
+    let exits = record_exits(&p);
+    let answers = Rc::new(RefCell::new(Vec::new()));
+    let listening = Cell::new(0);
+    let a = answers.clone();
+    p.on(move |lp, p, ev| {
+        let Event::Listening {
+            address: Endpoint::Tcp(addr),
+            ..
+        } = ev
+        else {
+            return;
+        };
+        listening.set(listening.get() + 1);
+        if listening.get() != 2 {
+            return;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], addr.port()));
+        let (a, p) = (a.clone(), p.clone());
+        lp.spawn_blocking(
+            move || (0..20).map(|_| get(addr)).collect::<Vec<_>>(),
+            move |lp, got| {
+                *a.borrow_mut() = got.unwrap_or_default();
+                p.disconnect(lp, |_, _| {});
+            },
+        );
+    });
+    p.fork(&mut lp).expect("fork");
+    p.fork(&mut lp).expect("fork");
+    assert_eq!(run(&mut lp), 0);
+    let got = answers.take();
+    (got, exits)
+}
+
+#[test]
+fn node_app_serves_round_robin() {
+    if !have_node("node_app_serves_round_robin") {
+        return;
+    }
+    let (answers, exits) = serve(Policy::RoundRobin);
+    assert_eq!(answers.len(), 20);
+    let ids: BTreeSet<u32> = answers
+        .iter()
+        .map(|a| match a {
+            Ok(body) => worker_of(body).unwrap_or_else(|| panic!("answer {body:?}")),
+            Err(e) => panic!("request failed: {e}"),
+        })
+        .collect();
+    assert_eq!(ids, BTreeSet::from([1, 2]), "both workers served");
+    let mut exits = exits.take();
+    exits.sort();
+    assert_eq!(
+        exits,
+        [(1, Some(0), Some(true)), (2, Some(0), Some(true))],
+        "disconnected on purpose, exit 0"
+    );
+}
+
+#[test]
+fn node_app_serves_shared_socket() {
+    if !have_node("node_app_serves_shared_socket") {
+        return;
+    }
+    let (answers, exits) = serve(Policy::Shared);
+    assert_eq!(answers.len(), 20);
+    for a in &answers {
+        match a {
+            Ok(body) => assert!(worker_of(body).is_some(), "answer {body:?}"),
+            Err(e) => panic!("request failed: {e}"),
+        }
+    }
+    assert_eq!(exits.borrow().len(), 2);
+}
+
+#[test]
+fn node_messages_both_ways_and_worker_disconnect() {
+    if !have_node("node_messages_both_ways_and_worker_disconnect") {
+        return;
+    }
+    let (mut lp, p) = primary(Policy::RoundRobin, &[]);
+    let exits = record_exits(&p);
+    let seen: Rc<RefCell<Vec<(u32, String)>>> = Rc::default();
+    let refused_bad_json = Rc::new(Cell::new(false));
+    let (s, r) = (seen.clone(), refused_bad_json.clone());
+    p.on(move |lp, p, ev| {
+        let Event::Message { worker, data, .. } = ev else {
+            return;
+        };
+        let text = String::from_utf8_lossy(data).into_owned();
+        s.borrow_mut().push((*worker, text.clone()));
+        if text.starts_with(r#"{"listening""#) {
+            r.set(p.send(lp, *worker, b"not json").is_err());
+            let echo = format!(r#"{{"echo":"hi {worker}"}}"#);
+            p.send(lp, *worker, echo.as_bytes()).expect("send");
+        } else if text.starts_with(r#"{"echoed""#) {
+            // Worker-initiated disconnect: Node's `cluster.worker.disconnect()`.
+            p.send(lp, *worker, br#"{"leave":true}"#).expect("send");
+        }
+    });
+    p.fork(&mut lp).expect("fork");
+    assert_eq!(run(&mut lp), 0);
+    let seen = seen.take();
+    assert!(refused_bad_json.get(), "non-JSON user bytes are refused");
+    assert!(
+        seen.iter()
+            .any(|(w, m)| *w == 1 && m == r#"{"echoed":"hi 1","worker":1}"#),
+        "{seen:?}"
+    );
+    assert_eq!(
+        exits.take(),
+        [(1, Some(0), Some(true))],
+        "left on purpose (exitedAfterDisconnect), exit 0"
+    );
+}
+
+#[test]
+fn sigkilled_node_worker_is_replaced() {
+    if !have_node("sigkilled_node_worker_is_replaced") {
+        return;
+    }
+    let (mut lp, p) = primary(Policy::RoundRobin, &[]);
+    let opts = SupervisorOptions {
+        workers: 2,
+        signals: false,
+        health: None,
+        ..SupervisorOptions::default()
+    };
+    let sup = Supervisor::new(&mut lp, &p, opts).expect("supervisor");
+    let port = Rc::new(Cell::new(0u16));
+    let pt = port.clone();
+    p.on(move |_, _, ev| {
+        if let Event::Listening {
+            address: Endpoint::Tcp(a),
+            ..
+        } = ev
+        {
+            pt.set(a.port());
+        }
+    });
+    let events: Rc<RefCell<Vec<SupervisorEvent>>> = Rc::default();
+    let answer = Rc::new(RefCell::new(None));
+    let (ev_log, ans, s2, p2) = (events.clone(), answer.clone(), sup.clone(), p.clone());
+    let ready = Cell::new(0);
+    sup.on(move |lp, _, ev| {
+        ev_log.borrow_mut().push(ev.clone());
+        let SupervisorEvent::Ready { worker, .. } = ev else {
+            return;
+        };
+        ready.set(ready.get() + 1);
+        if ready.get() == 2 {
+            let pid = p2.worker(1).map(|i| i.pid).expect("worker 1");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if *worker == 3 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port.get()));
+            let (ans, s3) = (ans.clone(), s2.clone());
+            lp.spawn_blocking(
+                move || (0..4).map(|_| get(addr)).collect::<Vec<_>>(),
+                move |lp, got| {
+                    *ans.borrow_mut() = got.ok();
+                    s3.shutdown(lp);
+                },
+            );
+        }
+    });
+    sup.start(&mut lp).expect("start");
+    assert_eq!(run(&mut lp), 0);
+    let events = events.take();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            SupervisorEvent::Restarting {
+                worker: 1,
+                boot_failure: false,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    let answers = answer.take().expect("requests ran");
+    let ids: BTreeSet<u32> = answers
+        .iter()
+        .map(|a| match a {
+            Ok(body) => worker_of(body).unwrap_or(0),
+            Err(e) => panic!("request failed: {e}"),
+        })
+        .collect();
+    assert_eq!(ids, BTreeSet::from([2, 3]), "the replacement serves");
+}
