@@ -69,7 +69,7 @@ use nix::unistd::Pid;
 
 pub use balance::{DEFAULT_BACKLOG, DEFAULT_CREDIT, HAND_OFF_BATCH, POLICY_ENV, Policy};
 pub use events::{Event, WorkerInfo};
-pub use settings::{Protocol, Settings};
+pub use settings::{Output, Protocol, Settings};
 pub use window::{ACCEPT_WINDOW_HOLD_OFF_MS, ACCEPT_WINDOW_MIN_BATCH, ACCEPT_WINDOW_SHORTEST};
 
 use balance::Balancer;
@@ -358,11 +358,16 @@ impl Primary {
             }
         };
         if settings.silent == Some(true) {
+            let tag = stdio::Tag {
+                worker: id,
+                pid: child.id(),
+                output: settings.output.unwrap_or_default(),
+            };
             if let Some(out) = child.stdout.take() {
-                stdio::forward(lp, out.into(), id, stdio::Sink::Stdout)?;
+                stdio::forward(lp, out.into(), tag, stdio::Sink::Stdout)?;
             }
             if let Some(err) = child.stderr.take() {
-                stdio::forward(lp, err.into(), id, stdio::Sink::Stderr)?;
+                stdio::forward(lp, err.into(), tag, stdio::Sink::Stderr)?;
             }
         }
         let info = WorkerInfo {

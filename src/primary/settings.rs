@@ -26,6 +26,21 @@ pub struct Settings {
     /// The protocol the workers speak on their channel (default
     /// [`Protocol::Forkloop`]).
     pub protocol: Option<Protocol>,
+    /// How forwarded output is written in `silent` mode (default [`Output::Prefix`]).
+    pub output: Option<Output>,
+}
+
+/// How the primary writes a `silent` worker's output: whole lines, each tagged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Output {
+    /// `[worker N] line`.
+    #[default]
+    Prefix,
+    /// `[worker N pid P] line`.
+    Tagged,
+    /// One JSON object per line:
+    /// `{"worker":N,"pid":P,"stream":"stdout","line":"…"}` (invalid UTF-8 replaced).
+    Json,
 }
 
 /// The protocol a worker speaks with the primary.
@@ -53,6 +68,7 @@ impl Settings {
             uid,
             gid,
             protocol,
+            output,
         } = later;
         self.exec = exec.or(self.exec.take());
         self.args = args.or(self.args.take());
@@ -62,6 +78,7 @@ impl Settings {
         self.uid = uid.or(self.uid);
         self.gid = gid.or(self.gid);
         self.protocol = protocol.or(self.protocol);
+        self.output = output.or(self.output);
     }
 
     /// Fills the fields that were never set with their defaults.
@@ -115,6 +132,12 @@ impl Settings {
     /// Sets the protocol the workers speak.
     pub fn protocol(mut self, protocol: Protocol) -> Self {
         self.protocol = Some(protocol);
+        self
+    }
+
+    /// Sets how forwarded output is written (with [`Settings::silent`]).
+    pub fn output(mut self, output: Output) -> Self {
+        self.output = Some(output);
         self
     }
 

@@ -6,6 +6,7 @@ const http = require('http');
 if (cluster.isPrimary) {
   for (let i = 0; i < 2; i++) cluster.fork();
 } else {
+  console.log(`up ${cluster.worker.id}`);
   const server = http.createServer((req, res) => {
     res.end(`worker ${cluster.worker.id} pid ${process.pid}\n`);
   });

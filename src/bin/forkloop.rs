@@ -1,0 +1,294 @@
+//! `forkloop`: runs a server as a supervised cluster.
+//!
+//! ```text
+//! forkloop run [--workers N] [--policy rr|none] [--listen ADDR]... \
+//!              [--protocol node|forkloop] [--name NAME] [--pidfile F] [--log plain|json] \
+//!              -- COMMAND ARGS...
+//! ```
+//!
+//! The workers are COMMAND. With `--protocol node` (chosen by itself when COMMAND is `node`
+//! or a `.js`/`.mjs`/`.cjs` file) they are unmodified Node.js programs using `cluster`; with
+//! `--protocol forkloop`, programs using `forkloop::worker`. Signals: `SIGHUP` replaces
+//! every worker one by one (rolling reload), `SIGTTIN`/`SIGTTOU` add or remove one,
+//! `SIGTERM`/`SIGINT` stop gracefully (a second `SIGINT` forces). Worker output is written
+//! line by line, tagged with the worker's id and pid.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use forkloop::EventLoop;
+use forkloop::primary::supervise::{Supervisor, SupervisorEvent, SupervisorOptions};
+use forkloop::primary::{Event, Output, Policy, Primary, PrimaryOptions, Protocol, Settings};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "forkloop",
+    version,
+    about = "Run any server as a supervised cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run COMMAND as the workers of a supervised cluster.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Workers to keep running (default: one per CPU).
+    #[arg(long, short = 'w')]
+    workers: Option<usize>,
+    /// How listening sockets are shared: the primary accepts and hands connections off
+    /// (rr), or the workers accept on the primary's socket (none).
+    #[arg(long, value_enum, default_value_t = PolicyArg::Rr)]
+    policy: PolicyArg,
+    /// Bind this address in the primary before the workers start (PORT, HOST:PORT,
+    /// [V6]:PORT or a Unix socket path); a worker listening on exactly it uses it.
+    #[arg(long)]
+    listen: Vec<String>,
+    /// The workers' protocol (default: node for `node` or a .js/.mjs/.cjs file, else
+    /// forkloop).
+    #[arg(long, value_enum)]
+    protocol: Option<ProtocolArg>,
+    /// Node workers' channel serialization; only json is spoken.
+    #[arg(long, default_value = "json")]
+    serialization: String,
+    /// A name for this cluster in the primary's log lines.
+    #[arg(long, default_value = "forkloop")]
+    name: String,
+    /// Write the primary's pid to this file (removed at exit).
+    #[arg(long)]
+    pidfile: Option<PathBuf>,
+    /// How worker output and the primary's log lines are written.
+    #[arg(long, value_enum, default_value_t = LogArg::Plain)]
+    log: LogArg,
+    /// The worker command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    command: Vec<OsString>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum PolicyArg {
+    Rr,
+    None,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ProtocolArg {
+    Node,
+    Forkloop,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogArg {
+    Plain,
+    Json,
+}
+
+/// The primary's own log lines, on stderr.
+struct Logger {
+    name: String,
+    json: bool,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Info
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            say(&self.name, self.json, r.level(), &r.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn say(name: &str, json: bool, level: log::Level, msg: &str) {
+    let line = if json {
+        format!(
+            "{{\"name\":{},\"level\":\"{}\",\"msg\":{}}}\n",
+            quote(name),
+            level.as_str().to_lowercase(),
+            quote(msg)
+        )
+    } else {
+        format!("[{name}] {msg}\n")
+    };
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `s` as a JSON string.
+fn quote(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => o.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// Node when the command is `node` (or `nodejs`) or a JavaScript file.
+fn guess_protocol(command: &[OsString]) -> Protocol {
+    let Some(first) = command.first() else {
+        return Protocol::Forkloop;
+    };
+    let path = Path::new(first);
+    let stem = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if matches!(stem, "node" | "nodejs") || matches!(ext, "js" | "mjs" | "cjs") {
+        Protocol::Node
+    } else {
+        Protocol::Forkloop
+    }
+}
+
+/// Binds one `--listen` address.
+fn bind(spec: &str) -> Result<std::os::fd::OwnedFd, String> {
+    use forkloop::sys::net::{BindOptions, bind_tcp, bind_unix};
+    let tcp = if let Ok(port) = spec.parse::<u16>() {
+        Some(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
+    } else {
+        spec.parse().ok()
+    };
+    let r = match tcp {
+        Some(addr) => bind_tcp(
+            addr,
+            BindOptions {
+                listen: Some(511),
+                ..BindOptions::default()
+            },
+        ),
+        None if spec.contains('/') => bind_unix(Path::new(spec), 511),
+        None => return Err(format!("--listen {spec:?}: not PORT, HOST:PORT or a path")),
+    };
+    r.map_err(|e| format!("--listen {spec}: {e}"))
+}
+
+fn run(a: RunArgs) -> Result<i32, String> {
+    let json = a.log == LogArg::Json;
+    // One logger for the life of the process.
+    let logger: &'static Logger = Box::leak(Box::new(Logger {
+        name: a.name.clone(),
+        json,
+    }));
+    let _ = log::set_logger(logger);
+    log::set_max_level(log::LevelFilter::Info);
+    let protocol = match a.protocol {
+        Some(ProtocolArg::Node) => Protocol::Node,
+        Some(ProtocolArg::Forkloop) => Protocol::Forkloop,
+        None => guess_protocol(&a.command),
+    };
+    if a.serialization != "json" {
+        return Err(format!(
+            "--serialization {:?}: only json is supported (Node's `advanced` serialization \
+             is V8's format, which forkloop does not speak)",
+            a.serialization
+        ));
+    }
+    let policy = match a.policy {
+        PolicyArg::Rr => Policy::RoundRobin,
+        PolicyArg::None => Policy::Shared,
+    };
+    let mut lp = EventLoop::new().map_err(|e| format!("event loop: {e}"))?;
+    let p = Primary::with_options(
+        &mut lp,
+        PrimaryOptions {
+            policy: Some(policy),
+            ..PrimaryOptions::default()
+        },
+    )
+    .map_err(|e| format!("primary: {e}"))?;
+    let mut adopted = forkloop::primary::systemd::listen_fds()
+        .map_err(|e| format!("LISTEN_FDS from the service manager: {e}"))?;
+    for spec in &a.listen {
+        adopted.push(bind(spec)?);
+    }
+    p.adopt_listeners(adopted);
+    let (exec, args) = a.command.split_first().ok_or("no command given after --")?;
+    p.setup(
+        &mut lp,
+        Settings::default()
+            .exec(exec)
+            .args(args.iter().cloned())
+            .protocol(protocol)
+            .silent(true)
+            .output(if json { Output::Json } else { Output::Tagged }),
+    );
+    let mut opts = SupervisorOptions {
+        signals: true,
+        ..SupervisorOptions::default()
+    };
+    if let Some(n) = a.workers {
+        opts.workers = n.max(1);
+    }
+    if protocol == Protocol::Node {
+        // Node's protocol has no heartbeats.
+        opts.health = None;
+    }
+    let sup = Supervisor::new(&mut lp, &p, opts).map_err(|e| format!("supervisor: {e}"))?;
+    let (name, name2) = (a.name.clone(), a.name.clone());
+    p.on(move |_, _, ev| match ev {
+        Event::Message { worker, data, .. } => say(
+            &name,
+            json,
+            log::Level::Info,
+            &format!("worker {worker} says {}", String::from_utf8_lossy(data)),
+        ),
+        Event::Exit { worker, status } => say(
+            &name,
+            json,
+            log::Level::Info,
+            &format!(
+                "worker {worker} exited (code {:?}, signal {:?})",
+                status.code, status.signal
+            ),
+        ),
+        _ => {}
+    });
+    let clean = std::rc::Rc::new(std::cell::Cell::new(true));
+    let c = clean.clone();
+    sup.on(move |_, _, ev| {
+        if let SupervisorEvent::Stopped { clean } = ev {
+            c.set(*clean);
+        }
+        say(&name2, json, log::Level::Info, &format!("{ev:?}"));
+    });
+    if let Some(f) = &a.pidfile {
+        std::fs::write(f, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("--pidfile {}: {e}", f.display()))?;
+    }
+    let started = sup.start(&mut lp).map_err(|e| format!("start: {e}"));
+    let code = started.and_then(|()| lp.run().map_err(|e| format!("event loop: {e}")));
+    if let Some(f) = &a.pidfile {
+        let _ = std::fs::remove_file(f);
+    }
+    let code = code?;
+    Ok(if clean.get() { code } else { 1 })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run(a) => match run(a) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("forkloop: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

@@ -1,0 +1,182 @@
+//! `forkloop run` with an unmodified Node.js cluster app (tests/node/app.js). Each test
+//! prints why it is skipped when `node` is not on the PATH.
+
+mod cluster_util;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cluster_util::{ChildGuard, IO_TIMEOUT};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn have_node(test: &str) -> bool {
+    let ok = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("{test}: skipped: `node` is not on the PATH");
+    }
+    ok
+}
+
+fn app() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node/app.js")
+}
+
+/// A port free right now (the app needs a fixed one: Node's `listen(PORT)`).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One HTTP request; the body.
+fn get(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.trim().to_owned()),
+        _ => Err(std::io::Error::other(format!("bad answer {out:?}"))),
+    }
+}
+
+fn worker_of(body: &str) -> u32 {
+    body.strip_prefix("worker ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("answer {body:?}"))
+}
+
+/// Requests until one succeeds (at most 10 s).
+fn wait_serving(addr: SocketAddr) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while get(addr).is_err() {
+        assert!(Instant::now() < end, "never served on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start(policy: &str, port: u16) -> ChildGuard {
+    let child = Command::new(env!("CARGO_BIN_EXE_forkloop"))
+        .args(["run", "--workers", "2", "--policy", policy, "--"])
+        .arg("node")
+        .arg(app())
+        .env("PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("forkloop run");
+    ChildGuard(child)
+}
+
+/// Sends `sig` and waits (at most 15 s) for the exit; returns the code and the output.
+fn stop(mut g: ChildGuard, sig: Signal) -> (Option<i32>, String) {
+    let pid = Pid::from_raw(g.0.id() as i32);
+    kill(pid, sig).expect("signal");
+    let end = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = g.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < end, "forkloop did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    if let Some(mut o) = g.0.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = g.0.stderr.take() {
+        let _ = e.read_to_string(&mut out);
+    }
+    (status.code(), out)
+}
+
+fn serves_unchanged(policy: &str) {
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let g = start(policy, port);
+    wait_serving(addr);
+    let ids: BTreeSet<u32> = (0..20)
+        .map(|_| worker_of(&get(addr).expect("request")))
+        .collect();
+    if policy == "rr" {
+        assert_eq!(ids, BTreeSet::from([1, 2]), "both workers served");
+    }
+    let (code, out) = stop(g, Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{out}");
+    for id in [1, 2] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("[worker {id} pid "))
+                    && l.ends_with(&format!("] up {id}"))),
+            "worker {id}'s output tagged with its id and pid: {out}"
+        );
+    }
+}
+
+#[test]
+fn node_app_runs_unchanged_rr() {
+    if have_node("node_app_runs_unchanged_rr") {
+        serves_unchanged("rr");
+    }
+}
+
+#[test]
+fn node_app_runs_unchanged_none() {
+    if have_node("node_app_runs_unchanged_none") {
+        serves_unchanged("none");
+    }
+}
+
+#[test]
+fn sighup_replaces_every_node_worker_without_failed_requests() {
+    if !have_node("sighup_replaces_every_node_worker_without_failed_requests") {
+        return;
+    }
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let g = start("rr", port);
+    wait_serving(addr);
+    kill(Pid::from_raw(g.0.id() as i32), Signal::SIGHUP).expect("SIGHUP");
+    // Requests all along the reload, until the new generation (workers 3 and 4) answers.
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut seen = BTreeSet::new();
+    let mut sent = 0;
+    while !(seen.contains(&3) && seen.contains(&4)) {
+        assert!(Instant::now() < end, "reload did not finish: saw {seen:?}");
+        let body = get(addr).unwrap_or_else(|e| panic!("request {sent} failed during reload: {e}"));
+        seen.insert(worker_of(&body));
+        sent += 1;
+    }
+    let late: BTreeSet<u32> = (0..10)
+        .map(|_| worker_of(&get(addr).expect("request")))
+        .collect();
+    assert_eq!(
+        late,
+        BTreeSet::from([3, 4]),
+        "only the new generation serves"
+    );
+    let (code, out) = stop(g, Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
+fn advanced_serialization_is_refused_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_forkloop"))
+        .args(["run", "--serialization", "advanced", "--", "node", "app.js"])
+        .output()
+        .expect("forkloop run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only json is supported"), "{err}");
+}
