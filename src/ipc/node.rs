@@ -512,7 +512,7 @@ const CMD_NACK: &str = "NODE_HANDLE_NACK";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeMessage {
     /// `NODE_CLUSTER`.
-    Cluster(ClusterMsg),
+    Cluster(Box<ClusterMsg>),
     /// `NODE_HANDLE_ACK`: the peer took the handle in flight.
     HandleAck,
     /// `NODE_HANDLE_NACK`: the peer got a `NODE_HANDLE` without its descriptor.
@@ -533,7 +533,7 @@ impl NodeMessage {
         let cmd = internal_cmd(&v).map(str::to_owned);
         match (cmd, v) {
             (Some(cmd), Value::Object(o)) => match cmd.as_str() {
-                CMD_CLUSTER => Ok(NodeMessage::Cluster(ClusterMsg::from_json(&o)?)),
+                CMD_CLUSTER => Ok(NodeMessage::Cluster(Box::new(ClusterMsg::from_json(&o)?))),
                 CMD_ACK => Ok(NodeMessage::HandleAck),
                 CMD_NACK => Ok(NodeMessage::HandleNack),
                 _ => Ok(NodeMessage::Internal {
@@ -1209,13 +1209,7 @@ mod tests {
             r#"{"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_CLUSTER","act":"newconn","key":"k","seq":1}}"#,
         );
         assert_eq!(l.handle, Some(HandleType::NetNative));
-        assert!(matches!(
-            l.msg,
-            NodeMessage::Cluster(ClusterMsg {
-                act: Some(Act::NewConn),
-                ..
-            })
-        ));
+        assert!(matches!(l.msg, NodeMessage::Cluster(c) if c.act == Some(Act::NewConn)));
 
         assert_eq!(
             line(r#"{"cmd":"NODE_HANDLE_ACK"}"#).msg,
@@ -1292,7 +1286,7 @@ mod tests {
         for c in msgs {
             for handle in [None, Some(HandleType::NetNative)] {
                 let l = Line {
-                    msg: NodeMessage::Cluster(c.clone()),
+                    msg: NodeMessage::Cluster(Box::new(c.clone())),
                     handle,
                 };
                 let mut out = Vec::new();
@@ -1493,7 +1487,7 @@ mod tests {
         };
         assert!(
             p.send(
-                NodeMessage::Cluster(conn.clone()),
+                NodeMessage::Cluster(Box::new(conn.clone())),
                 Some((HandleType::NetNative, SendFd::Owned(pipe_fd())))
             )
             .is_ok()
@@ -1507,7 +1501,7 @@ mod tests {
             NodeRecv::Message(Incoming {
                 msg,
                 handle: Some((HandleType::NetNative, Some(_))),
-            }) => assert_eq!(msg, NodeMessage::Cluster(conn)),
+            }) => assert_eq!(msg, NodeMessage::Cluster(Box::new(conn))),
             other => panic!("{other:?}"),
         }
         assert!(matches!(w.recv(), Ok(NodeRecv::WouldBlock)));
@@ -1554,5 +1548,13 @@ mod tests {
             w.recv(),
             Err(NodeError::EofMidLine { buffered: 5 })
         ));
+    }
+
+    #[test]
+    fn long_numbers_round_trip_exactly() {
+        let l = line("55555.4555555555555555555");
+        let mut out = Vec::new();
+        assert!(encode_line(&l, &mut out).is_ok());
+        assert_eq!(decode_line(&out[..out.len() - 1]).ok(), Some(l));
     }
 }

@@ -180,7 +180,7 @@ impl NodeLink {
                 };
                 if errno != 0 {
                     reply.errno = Some(-i64::from(errno));
-                    return self.queue(NodeMessage::Cluster(reply), None);
+                    return self.queue(NodeMessage::Cluster(Box::new(reply)), None);
                 }
                 reply.errno = Some(0);
                 self.keys.insert(*key, text);
@@ -191,13 +191,13 @@ impl NodeLink {
                             Some(Endpoint::Udp(_)) => HandleType::DgramNative,
                             _ => HandleType::NetNative,
                         };
-                        self.queue(NodeMessage::Cluster(reply), Some((ty, fd)))
+                        self.queue(NodeMessage::Cluster(Box::new(reply)), Some((ty, fd)))
                     }
                     _ => {
                         if let Some(Endpoint::Tcp(addr)) = bound {
                             reply.sockname = Some(sock_name(*addr));
                         }
-                        self.queue(NodeMessage::Cluster(reply), None)
+                        self.queue(NodeMessage::Cluster(Box::new(reply)), None)
                     }
                 }
             }
@@ -220,7 +220,7 @@ impl NodeLink {
                     m.key = Some(text.clone());
                     m.seq = Some(n);
                     let sent = self.queue(
-                        NodeMessage::Cluster(m),
+                        NodeMessage::Cluster(Box::new(m)),
                         Some((HandleType::NetNative, SendFd::Shared(fd.clone()))),
                     );
                     if let Err(mut e) = sent {
@@ -236,12 +236,12 @@ impl NodeLink {
             Message::Disconnect => {
                 let mut m = ClusterMsg::act(Act::Disconnect);
                 m.seq = Some(self.seq());
-                self.queue(NodeMessage::Cluster(m), None)
+                self.queue(NodeMessage::Cluster(Box::new(m)), None)
             }
             Message::Ack { seq } => {
                 let mut m = ClusterMsg::reply(u64::from(*seq));
                 m.seq = Some(self.seq());
-                self.queue(NodeMessage::Cluster(m), None)
+                self.queue(NodeMessage::Cluster(Box::new(m)), None)
             }
             Message::User(data) => self.send_user(data, fds),
             other => {
@@ -288,10 +288,7 @@ impl NodeLink {
             }
             Act::Listening => {
                 let (req, _) = listen_request(&c)?;
-                let bound = match req.endpoint {
-                    Endpoint::Tcp(a) => Endpoint::Tcp(a),
-                    other => other,
-                };
+                let bound = req.endpoint;
                 Action::Msg(Message::Listening { key: 0, bound }, Vec::new())
             }
             Act::Close => Action::Close(c.key.clone().ok_or("close without key")?),
