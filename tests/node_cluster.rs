@@ -285,3 +285,86 @@ fn sigkilled_node_worker_is_replaced() {
         .collect();
     assert_eq!(ids, BTreeSet::from([2, 3]), "the replacement serves");
 }
+
+/// Sends one keep-alive request on `s` and reads its answer; the body.
+fn ask_keep_alive(s: &mut TcpStream) -> std::io::Result<String> {
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed before the answer"));
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((_, body)) = text.split_once("\r\n\r\n")
+            && body.ends_with('\n')
+        {
+            return Ok(body.trim().to_owned());
+        }
+    }
+}
+
+#[test]
+fn refused_connection_goes_to_another_node_worker() {
+    if !have_node("refused_connection_goes_to_another_node_worker") {
+        return;
+    }
+    // Each worker takes one connection at a time (Node's `server.maxConnections`).
+    let (mut lp, p) = primary(Policy::RoundRobin, &[("MAX_CONNECTIONS", "1")]);
+    let result = Rc::new(RefCell::new(None));
+    let listening = Cell::new(0);
+    let r = result.clone();
+    p.on(move |lp, p, ev| {
+        let Event::Listening {
+            address: Endpoint::Tcp(addr),
+            ..
+        } = ev
+        else {
+            return;
+        };
+        listening.set(listening.get() + 1);
+        if listening.get() != 2 {
+            return;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], addr.port()));
+        let (r, p) = (r.clone(), p.clone());
+        lp.spawn_blocking(
+            move || -> std::io::Result<(u32, u32, u32)> {
+                // A stays open on the first worker in turn: that worker is full.
+                let mut a = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+                let first = ask_keep_alive(&mut a)?;
+                // B goes to the other worker and ends.
+                let mut b = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+                let second = ask_keep_alive(&mut b)?;
+                drop(b);
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                // C's turn is the full worker's: refused there, it must be served by the
+                // other one.
+                let third = get(addr)?;
+                drop(a);
+                let id = |s: &str| worker_of(s).unwrap_or(0);
+                Ok((id(&first), id(&second), id(&third)))
+            },
+            move |lp, got| {
+                *r.borrow_mut() = Some(
+                    got.map_err(|_| "client panicked".to_owned())
+                        .map(|r| r.map_err(|e| e.to_string())),
+                );
+                p.disconnect(lp, |_, _| {});
+            },
+        );
+    });
+    p.fork(&mut lp).expect("fork");
+    p.fork(&mut lp).expect("fork");
+    assert_eq!(run(&mut lp), 0);
+    let got = result.take().expect("client ran");
+    let (a, b, c) = match got {
+        Ok(Ok(ids)) => ids,
+        other => panic!("client failed: {other:?}"),
+    };
+    assert_eq!((a, b), (1, 2), "connections alternate");
+    assert_eq!(c, 2, "worker 1 is full: its turn goes to worker 2");
+}
