@@ -368,3 +368,25 @@ fn refused_connection_goes_to_another_node_worker() {
     assert_eq!((a, b), (1, 2), "connections alternate");
     assert_eq!(c, 2, "worker 1 is full: its turn goes to worker 2");
 }
+
+#[test]
+fn closing_a_node_workers_channel_ends_it() {
+    if !have_node("closing_a_node_workers_channel_ends_it") {
+        return;
+    }
+    // Node's `worker.process.disconnect()`: the worker sees its channel close and exits 0;
+    // it did not leave on purpose.
+    let (mut lp, p) = primary(Policy::RoundRobin, &[]);
+    let exits = record_exits(&p);
+    let closed = Rc::new(Cell::new(false));
+    let c = closed.clone();
+    p.on(move |lp, p, ev| {
+        if let Event::Listening { worker, .. } = ev {
+            c.set(p.close_channel(lp, *worker));
+        }
+    });
+    p.fork(&mut lp).expect("fork");
+    assert_eq!(run(&mut lp), 0);
+    assert!(closed.get());
+    assert_eq!(exits.take(), [(1, Some(0), Some(false))]);
+}

@@ -128,17 +128,7 @@ fn say(name: &str, json: bool, level: log::Level, msg: &str) {
 
 /// `s` as a JSON string.
 fn quote(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => o.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
+    serde_json::Value::from(s).to_string()
 }
 
 /// Node when the command is `node` (or `nodejs`) or a JavaScript file.

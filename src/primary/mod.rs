@@ -533,6 +533,9 @@ impl Primary {
                 self.channel_closed(lp, worker);
                 true
             }
+            #[cfg(feature = "node")]
+            None => self.close_node_link(lp, worker),
+            #[cfg(not(feature = "node"))]
             None => false,
         }
     }

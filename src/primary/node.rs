@@ -505,6 +505,19 @@ impl Primary {
         true
     }
 
+    /// Closes a Node worker's channel from this side (Node's
+    /// `worker.process.disconnect()`); false if `worker` has no open Node channel.
+    pub(super) fn close_node_link(&self, lp: &mut EventLoop, worker: u32) -> bool {
+        let Some(io) = self.channel_of(worker) else {
+            return false;
+        };
+        if lp.io_ref::<NodeLink>(io).is_none() {
+            return false;
+        }
+        self.node_link_closed(lp, worker, io, Ok(()));
+        true
+    }
+
     /// A Node worker's channel ended (EOF, or an error, which is reported).
     fn node_link_closed(&self, lp: &mut EventLoop, worker: u32, io: IoId, how: Result<(), String>) {
         let back = lp
