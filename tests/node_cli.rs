@@ -1,53 +1,26 @@
 //! `forkloop run` with an unmodified Node.js cluster app (tests/node/app.js). Each test
 //! prints why it is skipped when `node` is not on the PATH.
 
+mod cli_util;
 mod cluster_util;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster_util::{ChildGuard, IO_TIMEOUT};
+use cli_util::{free_port, get, wait_exit, wait_serving};
+use cluster_util::ChildGuard;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 fn have_node(test: &str) -> bool {
-    let ok = Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("{test}: skipped: `node` is not on the PATH");
-    }
-    ok
+    cli_util::have("node", test)
 }
 
 fn app() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node/app.js")
-}
-
-/// A port free right now (the app needs a fixed one: Node's `listen(PORT)`).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// One HTTP request; the body.
-fn get(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    match out.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.trim().to_owned()),
-        _ => Err(std::io::Error::other(format!("bad answer {out:?}"))),
-    }
 }
 
 fn worker_of(body: &str) -> u32 {
@@ -55,15 +28,6 @@ fn worker_of(body: &str) -> u32 {
         .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("answer {body:?}"))
-}
-
-/// Requests until one succeeds (at most 10 s).
-fn wait_serving(addr: SocketAddr) {
-    let end = Instant::now() + Duration::from_secs(10);
-    while get(addr).is_err() {
-        assert!(Instant::now() < end, "never served on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn start(policy: &str, port: u16) -> ChildGuard {
@@ -79,25 +43,10 @@ fn start(policy: &str, port: u16) -> ChildGuard {
     ChildGuard(child)
 }
 
-/// Sends `sig` and waits (at most 15 s) for the exit; returns the code and the output.
+/// Sends `sig` and waits for the exit; returns the code and the output.
 fn stop(mut g: ChildGuard, sig: Signal) -> (Option<i32>, String) {
-    let pid = Pid::from_raw(g.0.id() as i32);
-    kill(pid, sig).expect("signal");
-    let end = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = g.0.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < end, "forkloop did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut out = String::new();
-    if let Some(mut o) = g.0.stdout.take() {
-        let _ = o.read_to_string(&mut out);
-    }
-    if let Some(mut e) = g.0.stderr.take() {
-        let _ = e.read_to_string(&mut out);
-    }
+    kill(Pid::from_raw(g.0.id() as i32), sig).expect("signal");
+    let (status, out) = wait_exit(&mut g.0);
     (status.code(), out)
 }
 

@@ -2,6 +2,7 @@
 //! speaking Node's own protocol. Each test prints why it is skipped when `node` is not on
 //! the PATH.
 
+mod cli_util;
 mod cluster_util;
 
 use std::cell::{Cell, RefCell};
@@ -11,21 +12,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use cluster_util::{IO_TIMEOUT, run};
+use cli_util::{IO_TIMEOUT, get};
+use cluster_util::run;
 use forkloop::ipc::Endpoint;
 use forkloop::primary::supervise::{Supervisor, SupervisorEvent, SupervisorOptions};
 use forkloop::primary::{Event, Policy, Primary, PrimaryOptions, Protocol, Settings};
 use forkloop::rt::EventLoop;
 
 fn have_node(test: &str) -> bool {
-    let ok = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("{test}: skipped: `node` is not on the PATH");
-    }
-    ok
+    cli_util::have("node", test)
 }
 
 fn app() -> PathBuf {
@@ -48,19 +43,6 @@ fn primary(policy: Policy, env: &[(&str, &str)]) -> (EventLoop, Primary) {
     }
     p.setup(&mut lp, s);
     (lp, p)
-}
-
-/// One HTTP request; the body.
-fn get(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    match out.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.trim().to_owned()),
-        _ => Err(std::io::Error::other(format!("bad answer {out:?}"))),
-    }
 }
 
 /// The worker id in an answer `worker N pid P`.

@@ -2,16 +2,17 @@
 //!
 //! ```text
 //! forkloop run [--workers N] [--policy rr|none] [--listen ADDR]... \
-//!              [--protocol node|forkloop] [--name NAME] [--pidfile F] [--log plain|json] \
+//!              [--protocol node|forkloop|fds] [--name NAME] [--pidfile F] [--log plain|json] \
 //!              -- COMMAND ARGS...
 //! ```
 //!
 //! The workers are COMMAND. With `--protocol node` (chosen by itself when COMMAND is `node`
-//! or a `.js`/`.mjs`/`.cjs` file) they are unmodified Node.js programs using `cluster`; with
-//! `--protocol forkloop`, programs using `forkloop::worker`. Signals: `SIGHUP` replaces
-//! every worker one by one (rolling reload), `SIGTTIN`/`SIGTTOU` add or remove one,
-//! `SIGTERM`/`SIGINT` stop gracefully (a second `SIGINT` forces). Worker output is written
-//! line by line, tagged with the worker's id and pid.
+//! or a `.js`/`.mjs`/`.cjs` file) they are unmodified Node.js programs using `cluster`;
+//! with `--protocol forkloop`, programs using `forkloop::worker`; with `--protocol fds`,
+//! any program that accepts on the `--listen` sockets it inherits from descriptor 3 on.
+//! Signals: `SIGHUP` replaces every worker one by one (rolling reload), `SIGTTIN`/`SIGTTOU`
+//! add or remove one, `SIGTERM`/`SIGINT` stop gracefully (a second `SIGINT` forces).
+//! Worker output is written line by line, tagged with the worker's id and pid.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -54,7 +55,8 @@ struct RunArgs {
     #[arg(long)]
     listen: Vec<String>,
     /// The workers' protocol (default: node for `node` or a .js/.mjs/.cjs file, else
-    /// forkloop).
+    /// forkloop). fds: any program, given the --listen sockets from descriptor 3 on with
+    /// LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES (systemd's socket activation convention).
     #[arg(long, value_enum)]
     protocol: Option<ProtocolArg>,
     /// Node workers' channel serialization; only json is spoken.
@@ -84,6 +86,7 @@ enum PolicyArg {
 enum ProtocolArg {
     Node,
     Forkloop,
+    Fds,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +183,7 @@ fn run(a: RunArgs) -> Result<i32, String> {
     let protocol = match a.protocol {
         Some(ProtocolArg::Node) => Protocol::Node,
         Some(ProtocolArg::Forkloop) => Protocol::Forkloop,
+        Some(ProtocolArg::Fds) => Protocol::Fds,
         None => guess_protocol(&a.command),
     };
     if a.serialization != "json" {
@@ -202,12 +206,19 @@ fn run(a: RunArgs) -> Result<i32, String> {
         },
     )
     .map_err(|e| format!("primary: {e}"))?;
-    let mut adopted = forkloop::primary::systemd::listen_fds()
+    let mut sockets = forkloop::primary::systemd::listen_fds_with_names()
         .map_err(|e| format!("LISTEN_FDS from the service manager: {e}"))?;
-    for spec in &a.listen {
-        adopted.push(bind(spec)?);
+    for (i, spec) in a.listen.iter().enumerate() {
+        sockets.push((bind(spec)?, format!("listen{i}")));
     }
-    p.adopt_listeners(adopted);
+    if protocol == Protocol::Fds {
+        if sockets.is_empty() {
+            return Err("--protocol fds needs at least one --listen".into());
+        }
+        p.pass_listeners(sockets).map_err(|e| e.to_string())?;
+    } else {
+        p.adopt_listeners(sockets.into_iter().map(|(fd, _)| fd).collect());
+    }
     let (exec, args) = a.command.split_first().ok_or("no command given after --")?;
     p.setup(
         &mut lp,
@@ -225,8 +236,8 @@ fn run(a: RunArgs) -> Result<i32, String> {
     if let Some(n) = a.workers {
         opts.workers = n.max(1);
     }
-    if protocol == Protocol::Node {
-        // Node's protocol has no heartbeats.
+    if protocol != Protocol::Forkloop {
+        // Only forkloop's protocol has heartbeats.
         opts.health = None;
     }
     let sup = Supervisor::new(&mut lp, &p, opts).map_err(|e| format!("supervisor: {e}"))?;

@@ -53,6 +53,12 @@ pub enum Protocol {
     /// Node.js's cluster protocol (JSON lines over `NODE_CHANNEL_FD`, `NODE_UNIQUE_ID`
     /// set): workers are unmodified Node.js programs using `cluster` (feature `node`).
     Node,
+    /// No channel: any program. Each worker inherits the primary's listening sockets
+    /// ([`Primary::pass_listeners`](super::Primary::pass_listeners)) from descriptor 3 on,
+    /// with `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES` set (systemd's socket
+    /// activation convention). It counts as listening once started, and is asked to
+    /// leave with `SIGTERM`.
+    Fds,
 }
 
 impl Settings {
