@@ -31,8 +31,22 @@ fn worker_of(body: &str) -> u32 {
 }
 
 fn start(policy: &str, port: u16) -> ChildGuard {
-    let child = Command::new(env!("CARGO_BIN_EXE_forkloop"))
-        .args(["run", "--workers", "2", "--policy", policy, "--"])
+    start_with(&["--policy", policy], port)
+}
+
+fn start_with(flags: &[&str], port: u16) -> ChildGuard {
+    start_env(flags, port, &[])
+}
+
+fn start_env(flags: &[&str], port: u16, env: &[(&str, &std::path::Path)]) -> ChildGuard {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_forkloop"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .args(["run", "--workers", "2"])
+        .args(flags)
+        .arg("--")
         .arg("node")
         .arg(app())
         .env("PORT", port.to_string())
@@ -128,4 +142,109 @@ fn advanced_serialization_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("only json is supported"), "{err}");
+}
+
+/// `forkloop ctl --control SOCK ARGS`: exit code and stdout.
+fn ctl(sock: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_forkloop"))
+        .arg("ctl")
+        .arg("--control")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("forkloop ctl");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Worker ids and generations from `status --json`.
+fn status(sock: &std::path::Path) -> Vec<(u64, u64)> {
+    let (code, out) = ctl(sock, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON status");
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|w| {
+            (
+                w["id"].as_u64().expect("id"),
+                w["generation"].as_u64().expect("generation"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn ctl_status_scale_reload_stop() {
+    if !have_node("ctl_status_scale_reload_stop") {
+        return;
+    }
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let sock = std::env::temp_dir().join(format!("forkloop-ctl-{}.sock", std::process::id()));
+    let sock_arg = sock.to_string_lossy().into_owned();
+    let mut g = start_with(&["--control", &sock_arg], port);
+    wait_serving(addr);
+    assert_eq!(status(&sock), [(1, 1), (2, 1)]);
+    let (code, table) = ctl(&sock, &["status"]);
+    assert_eq!(code, Some(0));
+    assert!(table.starts_with("id\tpid\tstate"), "{table}");
+    assert_eq!(ctl(&sock, &["scale", "3"]).0, Some(0));
+    let end = Instant::now() + Duration::from_secs(10);
+    while status(&sock).len() != 3 {
+        assert!(Instant::now() < end, "never 3 workers");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // `reload` answers once every worker is replaced.
+    assert_eq!(ctl(&sock, &["reload"]), (Some(0), "reloaded\n".to_owned()));
+    let after = status(&sock);
+    assert_eq!(after.len(), 3);
+    assert!(
+        after.iter().all(|&(id, _)| id > 3),
+        "every worker replaced: {after:?}"
+    );
+    get(addr).expect("served after the reload");
+    assert_eq!(
+        ctl(&sock, &["bogus"]).0,
+        Some(2),
+        "clap refuses unknown requests"
+    );
+    assert_eq!(ctl(&sock, &["stop"]).0, Some(0));
+    let (status, out) = wait_exit(&mut g.0);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(!sock.exists(), "the control socket is removed at exit");
+}
+
+#[test]
+fn ctl_reload_fails_and_keeps_the_old_generation() {
+    if !have_node("ctl_reload_fails_and_keeps_the_old_generation") {
+        return;
+    }
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let sock = dir.join(format!("forkloop-ctl-fail-{pid}.sock"));
+    let marker = dir.join(format!("forkloop-broken-release-{pid}"));
+    let _ = std::fs::remove_file(&marker);
+    let sock_arg = sock.to_string_lossy().into_owned();
+    let mut g = start_env(&["--control", &sock_arg], port, &[("FAIL_IF", &marker)]);
+    wait_serving(addr);
+    std::fs::write(&marker, b"").expect("marker");
+    let (code, _) = ctl(&sock, &["reload"]);
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(code, Some(1), "a failed reload exits non-zero");
+    let kept: BTreeSet<u32> = (0..10)
+        .map(|_| worker_of(&get(addr).expect("request")))
+        .collect();
+    assert_eq!(
+        kept,
+        BTreeSet::from([1, 2]),
+        "the old generation still serves"
+    );
+    assert_eq!(ctl(&sock, &["stop"]).0, Some(0));
+    let (status, out) = wait_exit(&mut g.0);
+    assert_eq!(status.code(), Some(0), "{out}");
 }

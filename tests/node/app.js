@@ -6,6 +6,8 @@ const http = require('http');
 if (cluster.isPrimary) {
   for (let i = 0; i < 2; i++) cluster.fork();
 } else {
+  // A broken release: the worker dies at start while this file exists.
+  if (process.env.FAIL_IF && require('fs').existsSync(process.env.FAIL_IF)) process.exit(3);
   console.log(`up ${cluster.worker.id}`);
   const server = http.createServer((req, res) => {
     res.end(`worker ${cluster.worker.id} pid ${process.pid}\n`);

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! forkloop run [--workers N] [--policy rr|none] [--listen ADDR]... \
-//!              [--protocol node|forkloop|fds] [--name NAME] [--pidfile F] [--log plain|json] \
-//!              -- COMMAND ARGS...
+//!              [--protocol node|forkloop|fds] [--name NAME] [--pidfile F] [--control SOCKET] \
+//!              [--log plain|json] -- COMMAND ARGS...
+//! forkloop ctl --control SOCKET status [--json] | reload | scale N | stop
 //! ```
 //!
 //! The workers are COMMAND. With `--protocol node` (chosen by itself when COMMAND is `node`
@@ -13,6 +14,8 @@
 //! Signals: `SIGHUP` replaces every worker one by one (rolling reload), `SIGTTIN`/`SIGTTOU`
 //! add or remove one, `SIGTERM`/`SIGINT` stop gracefully (a second `SIGINT` forces).
 //! Worker output is written line by line, tagged with the worker's id and pid.
+
+mod control;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -39,6 +42,37 @@ struct Cli {
 enum Cmd {
     /// Run COMMAND as the workers of a supervised cluster.
     Run(RunArgs),
+    /// Ask a running `forkloop run --control SOCKET`.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CtlArgs {
+    /// The control socket of the running cluster.
+    #[arg(long)]
+    control: PathBuf,
+    #[command(subcommand)]
+    request: CtlRequest,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlRequest {
+    /// List every worker: id, pid, state, generation, uptime, restarts, connections
+    /// handed, loop lag, resident memory.
+    Status {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace every worker one by one; waits, and fails if the old generation was kept.
+    Reload,
+    /// Keep N workers running.
+    Scale {
+        /// How many.
+        n: usize,
+    },
+    /// Stop gracefully.
+    Stop,
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,6 +102,9 @@ struct RunArgs {
     /// Write the primary's pid to this file (removed at exit).
     #[arg(long)]
     pidfile: Option<PathBuf>,
+    /// Answer `forkloop ctl` on this Unix socket (removed at exit).
+    #[arg(long)]
+    control: Option<PathBuf>,
     /// How worker output and the primary's log lines are written.
     #[arg(long, value_enum, default_value_t = LogArg::Plain)]
     log: LogArg,
@@ -272,9 +309,13 @@ fn run(a: RunArgs) -> Result<i32, String> {
         std::fs::write(f, format!("{}\n", std::process::id()))
             .map_err(|e| format!("--pidfile {}: {e}", f.display()))?;
     }
-    let started = sup.start(&mut lp).map_err(|e| format!("start: {e}"));
+    let served = match &a.control {
+        Some(path) => control::serve(path, sup.control(&lp)),
+        None => Ok(()),
+    };
+    let started = served.and_then(|()| sup.start(&mut lp).map_err(|e| format!("start: {e}")));
     let code = started.and_then(|()| lp.run().map_err(|e| format!("event loop: {e}")));
-    if let Some(f) = &a.pidfile {
+    for f in [&a.pidfile, &a.control].into_iter().flatten() {
         let _ = std::fs::remove_file(f);
     }
     let code = code?;
@@ -283,13 +324,24 @@ fn run(a: RunArgs) -> Result<i32, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.cmd {
-        Cmd::Run(a) => match run(a) {
-            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-            Err(e) => {
-                eprintln!("forkloop: {e}");
-                ExitCode::from(2)
-            }
-        },
+    let done = match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Ctl(c) => {
+            let request = match c.request {
+                CtlRequest::Status { json: false } => "status".to_owned(),
+                CtlRequest::Status { json: true } => "status --json".to_owned(),
+                CtlRequest::Reload => "reload".to_owned(),
+                CtlRequest::Scale { n } => format!("scale {n}"),
+                CtlRequest::Stop => "stop".to_owned(),
+            };
+            control::ctl(&c.control, &request)
+        }
+    };
+    match done {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("forkloop: {e}");
+            ExitCode::from(2)
+        }
     }
 }
