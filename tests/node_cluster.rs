@@ -372,3 +372,51 @@ fn closing_a_node_workers_channel_ends_it() {
     assert!(closed.get());
     assert_eq!(exits.take(), [(1, Some(0), Some(false))]);
 }
+
+#[test]
+fn node_workers_relay_and_broadcast_through_the_primary() {
+    if !have_node("node_workers_relay_and_broadcast_through_the_primary") {
+        return;
+    }
+    let (mut lp, p) = primary(Policy::RoundRobin, &[]);
+    let got: Rc<RefCell<BTreeSet<(u64, u64, String)>>> = Rc::default();
+    let listening = Cell::new(0);
+    let g = got.clone();
+    p.on(move |lp, p, ev| {
+        let Event::Message { data, .. } = ev else {
+            return;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+            return;
+        };
+        if v.get("listening").is_some() {
+            listening.set(listening.get() + 1);
+            if listening.get() == 3 {
+                p.send(lp, 1, br#"{"broadcastNow":true}"#).expect("send");
+                p.send(lp, 2, br#"{"relayTo":3}"#).expect("send");
+            }
+        }
+        if let (Some(me), Some(from), Some(d)) =
+            (v["me"].as_u64(), v["from"].as_u64(), v.get("gotRelay"))
+        {
+            g.borrow_mut().insert((me, from, d.to_string()));
+            if g.borrow().len() == 3 {
+                p.disconnect(lp, |_, _| {});
+            }
+        }
+    });
+    for _ in 0..3 {
+        p.fork(&mut lp).expect("fork");
+    }
+    assert_eq!(run(&mut lp), 0);
+    let want = BTreeSet::from([
+        (2, 1, r#"{"all":1}"#.to_owned()),
+        (3, 1, r#"{"all":1}"#.to_owned()),
+        (3, 2, r#"{"hi":2}"#.to_owned()),
+    ]);
+    assert_eq!(
+        got.take(),
+        want,
+        "the broadcast reached every other worker, the relay its target"
+    );
+}

@@ -16,6 +16,13 @@
 //! | `exitedAfterDisconnect` | marked as leaving on purpose, answered with an `ack` |
 //! | `{ack, accepted}` to a `newconn` | accepted: the primary closes its copy; refused: the connection goes to another worker |
 //! | any user message (`process.send`) | [`Event::Message`] with the message's JSON text |
+//! | `{"forkloop":"relay","to":N,"data":D}` | `D` to worker `N` (a relay) |
+//! | `{"forkloop":"broadcast","data":D}` | `D` to every other worker (a relay each) |
+//!
+//! A relay reaches a Node worker as the user message
+//! `{"forkloop":"relay","from":SENDER,"data":D}`, the sender's id stamped by the primary
+//! (so relay and broadcast work between Node workers, and with forkloop workers, whose
+//! relays carry JSON text `D` for Node workers to receive them).
 //!
 //! and, the other way, a hand-off is one `newconn` per connection (a `NODE_HANDLE` of type
 //! `net.Native`), `Primary::disconnect_worker` sends `disconnect`, and
@@ -86,9 +93,35 @@ pub(crate) struct NodeLink {
 enum Action {
     Msg(Message, Vec<OwnedFd>),
     Query(u32, ListenRequest),
-    Answered { seq: u64, accepted: bool },
+    Answered {
+        seq: u64,
+        accepted: bool,
+    },
     Close(String),
+    /// Relay JSON text to one worker, or to every other (`None`).
+    Relay(Option<u32>, String),
     Ignore,
+}
+
+/// The `forkloop` key of a relay or broadcast request.
+const RELAY_KEY: &str = "forkloop";
+
+/// A user message asking the primary to relay: `(to, data)` (`to` `None`: broadcast).
+fn relay_request(json: &str) -> Option<(Option<u32>, String)> {
+    if !json.contains(RELAY_KEY) {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let o = v.as_object()?;
+    let data = o.get("data")?.to_string();
+    match o.get(RELAY_KEY)?.as_str()? {
+        "relay" => {
+            let to = o.get("to")?.as_u64().and_then(|n| u32::try_from(n).ok())?;
+            Some((Some(to), data))
+        }
+        "broadcast" => Some((None, data)),
+        _ => None,
+    }
 }
 
 impl NodeLink {
@@ -244,6 +277,17 @@ impl NodeLink {
                 self.queue(NodeMessage::Cluster(Box::new(m)), None)
             }
             Message::User(data) => self.send_user(data, fds),
+            Message::Relay { peer, payload } => {
+                let Ok(data) = serde_json::from_slice::<serde_json::Value>(payload) else {
+                    let err = ProtoError::BadValue {
+                        kind: Kind::Relay,
+                        field: "JSON text",
+                    };
+                    return Err(SendError::new(SendErrorKind::Proto(err), fds));
+                };
+                let text = serde_json::json!({ RELAY_KEY: "relay", "from": peer, "data": data });
+                self.queue(NodeMessage::User(text.to_string()), None)
+            }
             other => {
                 let err = ProtoError::BadValue {
                     kind: other.kind(),
@@ -259,6 +303,9 @@ impl NodeLink {
         let fd = inc.handle.and_then(|(_, fd)| fd);
         let c = match inc.msg {
             NodeMessage::User(json) => {
+                if let Some((to, data)) = relay_request(&json) {
+                    return Ok(Action::Relay(to, data));
+                }
                 return Ok(Action::Msg(
                     Message::User(json.into_bytes()),
                     fd.into_iter().collect(),
@@ -564,6 +611,25 @@ impl Primary {
                 let _ = self.send_msg(lp, worker, &Message::Ack { seq });
             }
             Action::Msg(..) | Action::Ignore => {}
+            Action::Relay(to, data) => {
+                let targets = match to {
+                    Some(t) => vec![t],
+                    None => self
+                        .workers()
+                        .into_iter()
+                        .filter(|&w| w != worker)
+                        .collect(),
+                };
+                let msg = Message::Relay {
+                    peer: worker,
+                    payload: data.into_bytes(),
+                };
+                for t in targets {
+                    if let Err(e) = self.send_msg(lp, t, &msg) {
+                        log::info!("worker {worker}: relay to worker {t} dropped: {e}");
+                    }
+                }
+            }
             Action::Query(seq, req) => {
                 self.query_server(lp, worker, seq, &req);
                 let rr = lp

@@ -19,5 +19,9 @@ if (cluster.isPrimary) {
   process.on('message', (m) => {
     if (m && m.echo !== undefined) process.send({ echoed: m.echo, worker: cluster.worker.id });
     if (m && m.leave) cluster.worker.disconnect();
+    // Relays through the primary: to one worker, or to every other one.
+    if (m && m.relayTo) process.send({ forkloop: 'relay', to: m.relayTo, data: { hi: cluster.worker.id } });
+    if (m && m.broadcastNow) process.send({ forkloop: 'broadcast', data: { all: cluster.worker.id } });
+    if (m && m.forkloop === 'relay') process.send({ gotRelay: m.data, from: m.from, me: cluster.worker.id });
   });
 }
