@@ -21,6 +21,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use forkloop::EventLoop;
@@ -81,7 +82,8 @@ struct RunArgs {
     #[arg(long, short = 'w')]
     workers: Option<usize>,
     /// How listening sockets are shared: the primary accepts and hands connections off
-    /// (rr), or the workers accept on the primary's socket (none).
+    /// (rr), the workers accept on the primary's socket (none), or each forkloop worker
+    /// binds its own SO_REUSEPORT socket (reuseport; not for Node workers).
     #[arg(long, value_enum, default_value_t = PolicyArg::Rr)]
     policy: PolicyArg,
     /// Bind this address in the primary before the workers start (PORT, HOST:PORT,
@@ -108,15 +110,102 @@ struct RunArgs {
     /// How worker output and the primary's log lines are written.
     #[arg(long, value_enum, default_value_t = LogArg::Plain)]
     log: LogArg,
+    #[command(flatten)]
+    supervision: SupervisionArgs,
     /// The worker command and its arguments (after `--`).
     #[arg(last = true, required = true)]
     command: Vec<OsString>,
+}
+
+/// Supervisor options (durations in milliseconds; defaults as `SupervisorOptions`).
+#[derive(clap::Args, Debug)]
+struct SupervisionArgs {
+    /// A new worker must be ready (listening) within this.
+    #[arg(long, value_name = "MS")]
+    ready_timeout_ms: Option<u64>,
+    /// A retiring worker is killed after this.
+    #[arg(long, value_name = "MS")]
+    drain_timeout_ms: Option<u64>,
+    /// Graceful stop deadline; then the rest are killed.
+    #[arg(long, value_name = "MS")]
+    shutdown_timeout_ms: Option<u64>,
+    /// Workers replaced at once during a reload.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// First restart delay after an unstable exit.
+    #[arg(long, value_name = "MS")]
+    restart_delay_ms: Option<u64>,
+    /// Largest restart delay.
+    #[arg(long, value_name = "MS")]
+    restart_max_delay_ms: Option<u64>,
+    /// More unstable restarts than this within the breaker window leave the slot empty.
+    #[arg(long)]
+    breaker_max: Option<u32>,
+    /// The crash-loop breaker's window.
+    #[arg(long, value_name = "MS")]
+    breaker_window_ms: Option<u64>,
+    /// Replace a worker whose resident memory exceeds this many MiB.
+    #[arg(long, value_name = "MIB")]
+    max_rss_mib: Option<u64>,
+    /// Replace a worker after this many handed-off connections.
+    #[arg(long)]
+    max_connections: Option<u64>,
+    /// Heartbeat interval for forkloop workers (0: off; other protocols have none).
+    #[arg(long, value_name = "MS")]
+    heartbeat_ms: Option<u64>,
+}
+
+impl SupervisionArgs {
+    /// Applies the options given over `o`.
+    fn apply(&self, o: &mut SupervisorOptions) {
+        let ms = Duration::from_millis;
+        if let Some(v) = self.ready_timeout_ms {
+            o.ready_timeout = ms(v);
+        }
+        if let Some(v) = self.drain_timeout_ms {
+            o.drain_timeout = ms(v);
+        }
+        if let Some(v) = self.shutdown_timeout_ms {
+            o.shutdown_timeout = ms(v);
+        }
+        if let Some(v) = self.concurrency {
+            o.concurrency = v.max(1);
+        }
+        if let Some(v) = self.restart_delay_ms {
+            o.restart.base = ms(v);
+        }
+        if let Some(v) = self.restart_max_delay_ms {
+            o.restart.cap = ms(v);
+        }
+        if let Some(v) = self.breaker_max {
+            o.restart.breaker_max = v;
+        }
+        if let Some(v) = self.breaker_window_ms {
+            o.restart.breaker_window = ms(v);
+        }
+        if let Some(v) = self.max_rss_mib {
+            o.max_rss = Some(v.saturating_mul(1 << 20));
+        }
+        if let Some(v) = self.max_connections {
+            o.max_connections = Some(v);
+        }
+        match self.heartbeat_ms {
+            Some(0) => o.health = None,
+            Some(v) => {
+                if let Some(h) = &mut o.health {
+                    h.interval = ms(v);
+                }
+            }
+            None => {}
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum PolicyArg {
     Rr,
     None,
+    Reuseport,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +322,14 @@ fn run(a: RunArgs) -> Result<i32, String> {
     let policy = match a.policy {
         PolicyArg::Rr => Policy::RoundRobin,
         PolicyArg::None => Policy::Shared,
+        PolicyArg::Reuseport if protocol == Protocol::Node => {
+            return Err(
+                "--policy reuseport: Node workers listen through the primary; \
+                        use rr or none"
+                    .into(),
+            );
+        }
+        PolicyArg::Reuseport => Policy::ReusePort,
     };
     let mut lp = EventLoop::new().map_err(|e| format!("event loop: {e}"))?;
     let p = Primary::with_options(
@@ -273,6 +370,7 @@ fn run(a: RunArgs) -> Result<i32, String> {
     if let Some(n) = a.workers {
         opts.workers = n.max(1);
     }
+    a.supervision.apply(&mut opts);
     if protocol != Protocol::Forkloop {
         // Only forkloop's protocol has heartbeats.
         opts.health = None;
