@@ -30,6 +30,19 @@ fn worker_of(body: &str) -> u32 {
         .unwrap_or_else(|| panic!("answer {body:?}"))
 }
 
+/// Requests until workers 1 and 2 have both answered (round-robin; at most 10 s): both
+/// are listening then.
+fn wait_both(addr: SocketAddr) {
+    wait_serving(addr);
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut ids = BTreeSet::new();
+    while ids.len() < 2 {
+        assert!(Instant::now() < end, "only {ids:?} ever answered");
+        ids.insert(worker_of(&get(addr).expect("request")));
+    }
+    assert_eq!(ids, BTreeSet::from([1, 2]));
+}
+
 fn start(policy: &str, port: u16) -> ChildGuard {
     start_with(&["--policy", policy], port)
 }
@@ -68,12 +81,18 @@ fn serves_unchanged(policy: &str) {
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let g = start(policy, port);
-    wait_serving(addr);
-    let ids: BTreeSet<u32> = (0..20)
-        .map(|_| worker_of(&get(addr).expect("request")))
-        .collect();
     if policy == "rr" {
-        assert_eq!(ids, BTreeSet::from([1, 2]), "both workers served");
+        // Both served, taking turns.
+        wait_both(addr);
+        let ids: Vec<u32> = (0..4)
+            .map(|_| worker_of(&get(addr).expect("request")))
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] != w[1]), "turns: {ids:?}");
+    } else {
+        wait_serving(addr);
+        for _ in 0..20 {
+            get(addr).expect("request");
+        }
     }
     let (code, out) = stop(g, Signal::SIGTERM);
     assert_eq!(code, Some(0), "{out}");
@@ -109,7 +128,7 @@ fn sighup_replaces_every_node_worker_without_failed_requests() {
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let g = start("rr", port);
-    wait_serving(addr);
+    wait_both(addr);
     kill(Pid::from_raw(g.0.id() as i32), Signal::SIGHUP).expect("SIGHUP");
     // Requests all along the reload, until the new generation (workers 3 and 4) answers.
     let end = Instant::now() + Duration::from_secs(15);
@@ -186,7 +205,7 @@ fn ctl_status_scale_reload_stop() {
     let sock = std::env::temp_dir().join(format!("forkloop-ctl-{}.sock", std::process::id()));
     let sock_arg = sock.to_string_lossy().into_owned();
     let mut g = start_with(&["--control", &sock_arg], port);
-    wait_serving(addr);
+    wait_both(addr);
     assert_eq!(status(&sock), [(1, 1), (2, 1)]);
     let (code, table) = ctl(&sock, &["status"]);
     assert_eq!(code, Some(0));
@@ -231,14 +250,15 @@ fn ctl_reload_fails_and_keeps_the_old_generation() {
     let _ = std::fs::remove_file(&marker);
     let sock_arg = sock.to_string_lossy().into_owned();
     let mut g = start_env(&["--control", &sock_arg], port, &[("FAIL_IF", &marker)]);
-    wait_serving(addr);
+    wait_both(addr);
     std::fs::write(&marker, b"").expect("marker");
     let (code, _) = ctl(&sock, &["reload"]);
-    let _ = std::fs::remove_file(&marker);
-    assert_eq!(code, Some(1), "a failed reload exits non-zero");
+    // The first generation still serves (the broken release never became ready).
     let kept: BTreeSet<u32> = (0..10)
         .map(|_| worker_of(&get(addr).expect("request")))
         .collect();
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(code, Some(1), "a failed reload exits non-zero");
     assert_eq!(
         kept,
         BTreeSet::from([1, 2]),
