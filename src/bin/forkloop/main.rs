@@ -42,7 +42,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run COMMAND as the workers of a supervised cluster.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Ask a running `forkloop run --control SOCKET`.
     Ctl(CtlArgs),
 }
@@ -423,7 +423,7 @@ fn run(a: RunArgs) -> Result<i32, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let done = match cli.cmd {
-        Cmd::Run(a) => run(a),
+        Cmd::Run(a) => run(*a),
         Cmd::Ctl(c) => {
             let request = match c.request {
                 CtlRequest::Status { json: false } => "status".to_owned(),
