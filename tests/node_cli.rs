@@ -129,17 +129,53 @@ fn sighup_replaces_every_node_worker_without_failed_requests() {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let g = start("rr", port);
     wait_both(addr);
+    // Four clients request all along the reload, until the new generation (workers 3 and
+    // 4) answers; not one request may fail.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (seen, done) = (seen.clone(), done.clone());
+            std::thread::spawn(move || -> Result<u32, String> {
+                let mut sent = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let body = get(addr).map_err(|e| format!("request {sent} failed: {e}"))?;
+                    if let Ok(mut s) = seen.lock() {
+                        s.insert(worker_of(&body));
+                    }
+                    sent += 1;
+                }
+                Ok(sent)
+            })
+        })
+        .collect();
     kill(Pid::from_raw(g.0.id() as i32), Signal::SIGHUP).expect("SIGHUP");
-    // Requests all along the reload, until the new generation (workers 3 and 4) answers.
     let end = Instant::now() + Duration::from_secs(15);
-    let mut seen = BTreeSet::new();
-    let mut sent = 0;
-    while !(seen.contains(&3) && seen.contains(&4)) {
-        assert!(Instant::now() < end, "reload did not finish: saw {seen:?}");
-        let body = get(addr).unwrap_or_else(|e| panic!("request {sent} failed during reload: {e}"));
-        seen.insert(worker_of(&body));
-        sent += 1;
+    loop {
+        let now: BTreeSet<u32> = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        if now.contains(&3) && now.contains(&4) {
+            break;
+        }
+        if Instant::now() > end || clients.iter().all(|c| c.is_finished()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        match c.join() {
+            Ok(Ok(n)) => total += n,
+            Ok(Err(e)) => panic!("during the reload: {e}"),
+            Err(_) => panic!("a client panicked"),
+        }
+    }
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(
+        seen.contains(&3) && seen.contains(&4),
+        "reload did not finish: saw {seen:?}"
+    );
+    assert!(total > 4, "the clients kept asking ({total} requests)");
     let late: BTreeSet<u32> = (0..10)
         .map(|_| worker_of(&get(addr).expect("request")))
         .collect();
@@ -267,4 +303,67 @@ fn ctl_reload_fails_and_keeps_the_old_generation() {
     assert_eq!(ctl(&sock, &["stop"]).0, Some(0));
     let (status, out) = wait_exit(&mut g.0);
     assert_eq!(status.code(), Some(0), "{out}");
+}
+
+#[test]
+fn node_workers_die_with_a_killed_primary() {
+    if !have_node("node_workers_die_with_a_killed_primary") {
+        return;
+    }
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let sock = std::env::temp_dir().join(format!("forkloop-orphan-{}.sock", std::process::id()));
+    let sock_arg = sock.to_string_lossy().into_owned();
+    let mut g = start_with(&["--control", &sock_arg], port);
+    wait_both(addr);
+    let (code, out) = ctl(&sock, &["status", "--json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON status");
+    let pids: Vec<u32> = v
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|w| w["pid"].as_u64().map(|p| p as u32))
+        .collect();
+    assert_eq!(pids.len(), 2);
+    let _guards: Vec<cluster_util::PidGuard> =
+        pids.iter().map(|&p| cluster_util::PidGuard(p)).collect();
+    kill(Pid::from_raw(g.0.id() as i32), Signal::SIGKILL).expect("SIGKILL");
+    let _ = g.0.wait();
+    for pid in pids {
+        assert!(
+            cluster_util::wait_gone(pid, Duration::from_secs(10)),
+            "Node worker {pid} outlived its primary"
+        );
+    }
+    let _ = std::fs::remove_file(&sock);
+}
+
+#[test]
+fn listen_fds_from_a_service_manager_are_used() {
+    if !have_node("listen_fds_from_a_service_manager_are_used") {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    // The "service manager" (this test) binds the port and keeps it: the primary could not
+    // bind it again, so serving proves it took the socket it was given.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_forkloop"))
+        .args(["run", "--workers", "2", "--", "node"])
+        .arg(app())
+        .env("LISTEN_FDS", "1")
+        .env("PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    forkloop::sys::process::inherit_fds_from_3(&mut cmd, vec![listener.as_raw_fd()])
+        .expect("pass the socket");
+    let g = ChildGuard(cmd.spawn().expect("forkloop run"));
+    wait_both(addr);
+    let (code, out) = stop(g, Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{out}");
 }
