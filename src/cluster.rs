@@ -341,6 +341,16 @@ pub(crate) fn send_frame(
     data: &[u8],
     fds: Vec<crate::ipc::SendFd>,
 ) -> Result<(), crate::ipc::SendError> {
+    #[cfg(feature = "node")]
+    let fds = match crate::primary::node::try_send(
+        lp,
+        io,
+        crate::primary::node::Outgoing::User(data),
+        fds,
+    ) {
+        Ok(sent) => return sent,
+        Err(fds) => fds,
+    };
     with_channel(lp, io, fds, |ch, fds| ch.send_with_fds(kind, data, fds))?;
     flushed(lp, io)
 }
@@ -356,6 +366,16 @@ pub(crate) fn send_message(
     msg: &crate::ipc::Message,
     fds: Vec<crate::ipc::SendFd>,
 ) -> Result<(), crate::ipc::SendError> {
+    #[cfg(feature = "node")]
+    let fds = match crate::primary::node::try_send(
+        lp,
+        io,
+        crate::primary::node::Outgoing::Message(msg),
+        fds,
+    ) {
+        Ok(sent) => return sent,
+        Err(fds) => fds,
+    };
     queue_message(lp, io, msg, fds)?;
     flushed(lp, io)
 }

@@ -8,11 +8,15 @@
 //! * [`ledger`]: which descriptors the peer has not read, and reading them back from a
 //!   duplicate of its end once it is gone (no acknowledgements needed).
 //! * [`proto`]: typed messages ([`Message`]) to and from frames.
+//! * `node` (feature `node`): Node.js's own protocol (JSON lines, `NODE_HANDLE`
+//!   descriptors), spoken with unmodified Node.js workers.
 
 pub mod buf;
 pub mod channel;
 pub mod frame;
 pub mod ledger;
+#[cfg(feature = "node")]
+pub mod node;
 pub mod proto;
 
 pub use buf::{InFrame, RecvBuffer, SendFd, SendQueue};

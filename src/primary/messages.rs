@@ -12,6 +12,10 @@ use crate::rt::EventLoop;
 impl Primary {
     /// The channel of `worker` is ready: read every frame, then act on each.
     pub(super) fn on_channel(&self, lp: &mut EventLoop, worker: u32) {
+        #[cfg(feature = "node")]
+        if self.on_node_channel(lp, worker) {
+            return;
+        }
         let Some(io) = self
             .inner
             .borrow()

@@ -44,8 +44,11 @@
 
 mod balance;
 mod events;
+mod fds;
 mod listen;
 mod messages;
+#[cfg(feature = "node")]
+pub(crate) mod node;
 mod settings;
 mod stdio;
 pub mod supervise;
@@ -69,7 +72,7 @@ pub use balance::{
     DEFAULT_BACKLOG, DEFAULT_CREDIT, HAND_OFF_BATCH, POLICY_ENV, ParsePolicyError, Policy,
 };
 pub use events::{Event, WorkerInfo};
-pub use settings::Settings;
+pub use settings::{Output, Protocol, Settings};
 pub use window::{ACCEPT_WINDOW_HOLD_OFF_MS, ACCEPT_WINDOW_MIN_BATCH, ACCEPT_WINDOW_SHORTEST};
 
 use balance::Balancer;
@@ -140,6 +143,8 @@ struct Entry {
     /// In Node's `cluster.workers`: until the primary disconnects it, or it has both
     /// disconnected and exited.
     listed: bool,
+    /// What it speaks.
+    protocol: Protocol,
 }
 
 struct Inner {
@@ -156,6 +161,8 @@ struct Inner {
     /// Held while the loop's thread is in the batch class (see
     /// [`PrimaryOptions::yield_to_workers`]).
     sched: Option<BatchScheduling>,
+    /// Listening sockets every [`Protocol::Fds`] worker inherits, with their names.
+    passed: Vec<(OwnedFd, String)>,
 }
 
 #[derive(Default)]
@@ -235,6 +242,7 @@ impl Primary {
                 config: opts.channel,
                 bal: Balancer::new(policy, opts.credit, window_len(opts.accept_window)),
                 sched: opts.yield_to_workers.then(BatchScheduling::enter).flatten(),
+                passed: Vec::new(),
             })),
             hooks: Rc::new(Hooks::default()),
         };
@@ -326,35 +334,32 @@ impl Primary {
             let batch = inner.sched.is_some();
             (inner.settings.clone(), id, inner.config, batch)
         };
-        let (mine, theirs) = crate::sys::socketpair()?;
-        let mut cmd = command(&settings, id, env, batch);
-        cmd.env(
-            CHANNEL_LIMITS_ENV,
-            crate::cluster::limits_to_env(config.limits),
-        );
-        let mut child =
-            crate::sys::process::spawn_with_fd(&mut cmd, theirs.as_fd(), CHANNEL_FD_ENV)?;
-        let channel = match self.register_channel(lp, id, mine, config) {
-            Ok(io) => io,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e);
-            }
+        let protocol = settings.protocol.unwrap_or_default();
+        let (mut child, channel, peer_end) = if protocol == Protocol::Fds {
+            (self.spawn_fds(&settings, id, env, batch)?, None, None)
+        } else {
+            let cmd = command(&settings, id, env, batch);
+            let (child, io, peer) = self.spawn_with_channel(lp, cmd, id, protocol, config)?;
+            (child, Some(io), peer)
         };
         if settings.silent == Some(true) {
+            let tag = stdio::Tag {
+                worker: id,
+                pid: child.id(),
+                output: settings.output.unwrap_or_default(),
+            };
             if let Some(out) = child.stdout.take() {
-                stdio::forward(lp, out.into(), id, stdio::Sink::Stdout)?;
+                stdio::forward(lp, out.into(), tag, stdio::Sink::Stdout)?;
             }
             if let Some(err) = child.stderr.take() {
-                stdio::forward(lp, err.into(), id, stdio::Sink::Stderr)?;
+                stdio::forward(lp, err.into(), tag, stdio::Sink::Stderr)?;
             }
         }
         let info = WorkerInfo {
             id,
             pid: child.id(),
             state: WorkerState::None,
-            connected: true,
+            connected: channel.is_some(),
             exited_after_disconnect: None,
             exit: None,
         };
@@ -365,10 +370,11 @@ impl Primary {
                 Entry {
                     info,
                     child: Some(child),
-                    channel: Some(channel),
-                    peer_end: Some(theirs),
+                    channel,
+                    peer_end,
                     ledger: None,
                     listed: true,
+                    protocol,
                 },
             );
             inner.sigchld
@@ -378,7 +384,65 @@ impl Primary {
         }
         let p = self.clone();
         lp.next_tick(move |lp| p.emit(lp, Event::Fork { worker: id }));
+        if protocol == Protocol::Fds {
+            self.fds_started(lp, id);
+        }
         Ok(id)
+    }
+
+    /// Spawns `cmd` with its end of a new channel in `protocol`; returns the child, the
+    /// registered channel and, for forkloop workers, a duplicate of their end (see
+    /// [`Entry::peer_end`]).
+    fn spawn_with_channel(
+        &self,
+        lp: &mut EventLoop,
+        mut cmd: Command,
+        id: u32,
+        protocol: Protocol,
+        config: ChannelConfig,
+    ) -> io::Result<(Child, IoId, Option<OwnedFd>)> {
+        let (mine, theirs) = crate::sys::socketpair()?;
+        let channel_env = match protocol {
+            #[cfg(feature = "node")]
+            Protocol::Node => {
+                node::node_command(&mut cmd, id);
+                crate::ipc::node::NODE_CHANNEL_FD_ENV
+            }
+            #[cfg(not(feature = "node"))]
+            Protocol::Node => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "Node.js workers need forkloop's `node` feature",
+                ));
+            }
+            _ => {
+                cmd.env(
+                    CHANNEL_LIMITS_ENV,
+                    crate::cluster::limits_to_env(config.limits),
+                );
+                CHANNEL_FD_ENV
+            }
+        };
+        let mut child = crate::sys::process::spawn_with_fd(&mut cmd, theirs.as_fd(), channel_env)?;
+        let registered = match protocol {
+            #[cfg(feature = "node")]
+            Protocol::Node => self.register_node_link(lp, id, mine),
+            _ => self.register_channel(lp, id, mine, config),
+        };
+        match registered {
+            // Only forkloop workers' unread hand-offs are read back from their end;
+            // keeping a Node worker's end would hide its closing the channel.
+            Ok(io) => Ok((
+                child,
+                io,
+                (protocol == Protocol::Forkloop).then_some(theirs),
+            )),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
     }
 
     fn register_channel(
@@ -512,6 +576,9 @@ impl Primary {
     /// once and marked as leaving on purpose; it closes its servers, lets their connections
     /// finish, closes its channel and exits. Returns false if it is not connected.
     pub fn disconnect_worker(&self, lp: &mut EventLoop, worker: u32) -> bool {
+        if self.fds_disconnect(worker) {
+            return true;
+        }
         {
             let mut inner = self.inner.borrow_mut();
             let Some(e) = inner.workers.get_mut(&worker) else {
@@ -538,6 +605,9 @@ impl Primary {
                 self.channel_closed(lp, worker);
                 true
             }
+            #[cfg(feature = "node")]
+            None => self.close_node_link(lp, worker),
+            #[cfg(not(feature = "node"))]
             None => false,
         }
     }

@@ -23,6 +23,42 @@ pub struct Settings {
     pub uid: Option<u32>,
     /// Group id to run workers as.
     pub gid: Option<u32>,
+    /// The protocol the workers speak on their channel (default
+    /// [`Protocol::Forkloop`]).
+    pub protocol: Option<Protocol>,
+    /// How forwarded output is written in `silent` mode (default [`Output::Prefix`]).
+    pub output: Option<Output>,
+}
+
+/// How the primary writes a `silent` worker's output: whole lines, each tagged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Output {
+    /// `[worker N] line`.
+    #[default]
+    Prefix,
+    /// `[worker N pid P] line`.
+    Tagged,
+    /// One JSON object per line:
+    /// `{"worker":N,"pid":P,"stream":"stdout","line":"…"}` (invalid UTF-8 replaced).
+    Json,
+}
+
+/// The protocol a worker speaks with the primary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// forkloop's own framed protocol: workers use [`crate::worker`].
+    #[default]
+    Forkloop,
+    /// Node.js's cluster protocol (JSON lines over `NODE_CHANNEL_FD`, `NODE_UNIQUE_ID`
+    /// set): workers are unmodified Node.js programs using `cluster` (feature `node`).
+    Node,
+    /// No channel: any program. Each worker inherits the primary's listening sockets
+    /// ([`Primary::pass_listeners`](super::Primary::pass_listeners)) from descriptor 3 on,
+    /// with `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES` set (systemd's socket
+    /// activation convention). It counts as listening once started, and is asked to
+    /// leave with `SIGTERM`.
+    Fds,
 }
 
 impl Settings {
@@ -37,6 +73,8 @@ impl Settings {
             silent,
             uid,
             gid,
+            protocol,
+            output,
         } = later;
         self.exec = exec.or(self.exec.take());
         self.args = args.or(self.args.take());
@@ -45,6 +83,8 @@ impl Settings {
         self.silent = silent.or(self.silent);
         self.uid = uid.or(self.uid);
         self.gid = gid.or(self.gid);
+        self.protocol = protocol.or(self.protocol);
+        self.output = output.or(self.output);
     }
 
     /// Fills the fields that were never set with their defaults.
@@ -92,6 +132,18 @@ impl Settings {
     /// Pipes worker output through the primary, line by line, with a worker prefix.
     pub fn silent(mut self, on: bool) -> Self {
         self.silent = Some(on);
+        self
+    }
+
+    /// Sets the protocol the workers speak.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = Some(protocol);
+        self
+    }
+
+    /// Sets how forwarded output is written (with [`Settings::silent`]).
+    pub fn output(mut self, output: Output) -> Self {
+        self.output = Some(output);
         self
     }
 

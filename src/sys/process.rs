@@ -81,6 +81,46 @@ pub unsafe fn take_inherited_fd(env_var: &str) -> io::Result<Option<OwnedFd>> {
     Ok(Some(fd))
 }
 
+/// Makes the child of `cmd` start with `fds` at descriptors 3, 4, … in order (systemd's
+/// socket-activation layout), inheritable; the parent's descriptors are untouched.
+///
+/// In the child (between `fork` and `exec`), every source is first duplicated above the
+/// target range, so a source already inside it is never overwritten before it is read,
+/// then each copy is moved into place. If one of the standard library's own
+/// close-on-exec descriptors sat in the range, it is replaced: a failing `exec` then
+/// cannot report its error to the parent (the child still exits with status 1).
+///
+/// # Errors
+///
+/// More than 512 descriptors (`InvalidInput`).
+pub fn inherit_fds_from_3(cmd: &mut Command, fds: Vec<RawFd>) -> io::Result<()> {
+    if fds.len() > 512 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} descriptors to pass (max 512)", fds.len()),
+        ));
+    }
+    let above = 3 + fds.len() as libc::c_int;
+    // Allocated here: the child only writes into it.
+    let mut copies: Vec<RawFd> = vec![-1; fds.len()];
+    // SAFETY: the hook runs in the child between fork and exec and calls only
+    // async-signal-safe functions (fcntl, dup2, close); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (copy, &fd) in copies.iter_mut().zip(&fds) {
+                *copy = cvt(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above))?;
+            }
+            for (i, &copy) in copies.iter().enumerate() {
+                // dup2's new descriptor is not close-on-exec: the program inherits it.
+                cvt(libc::dup2(copy, 3 + i as libc::c_int))?;
+                libc::close(copy);
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// Makes the child `cmd` spawns die with this process: on Linux the child asks for
 /// `SIGKILL` on parent death (`PR_SET_PDEATHSIG`) between `fork` and `exec`, then checks
 /// that its parent is still this process (if the parent died in between, the request came
