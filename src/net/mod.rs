@@ -29,5 +29,8 @@ fn set_backlog<F: std::os::fd::AsFd>(sock: &F) -> std::io::Result<()> {
     nix::sys::socket::listen(sock, backlog)?;
     Ok(())
 }
-pub use stream::{DEFAULT_HIGH_WATER_MARK, Stream};
+pub use stream::{
+    Backpressure, DEFAULT_BACKPRESSURE, DEFAULT_HIGH_WATER_MARK, HELD_READ_LIMIT, Stream,
+    StreamOptions,
+};
 pub use udp::UdpSocket;
