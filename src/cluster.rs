@@ -193,22 +193,47 @@ pub(crate) enum Ended {
     Failed(String),
 }
 
+/// How much one [`drain_channel`] reads.
+pub(crate) enum ReadLimit {
+    /// At most [`READ_BUDGET`](crate::ipc::READ_BUDGET) bytes; if more is waiting, the job
+    /// runs on the next loop turn (one queued at a time per channel) to read on.
+    Budget(Box<dyn FnOnce(&mut crate::rt::EventLoop)>),
+    /// Everything, to `WouldBlock` (a channel whose peer is gone, read one last time).
+    All,
+}
+
 /// Answers a readiness event on the loop-registered channel `io`: writes what is queued,
-/// then reads every whole message. Returns the messages and, if the channel is finished,
-/// how. A malformed message closes the channel; it is logged as coming from `peer`.
+/// then reads whole messages, up to `limit`. Returns the messages and, if the channel is
+/// finished, how. A malformed message closes the channel; it is logged as coming from
+/// `peer`.
 pub(crate) fn drain_channel(
     lp: &mut crate::rt::EventLoop,
     io: crate::rt::IoId,
     peer: &dyn std::fmt::Display,
+    limit: ReadLimit,
 ) -> (Received, Option<Ended>) {
-    use crate::ipc::{Channel, Recv};
+    use crate::ipc::{Channel, READ_BUDGET, Recv};
     let mut msgs = Vec::new();
     let mut closed = None;
+    let mut yielded = false;
     if let Err(e) = flush_channel(lp, io) {
         closed = Some(Ended::Failed(format!("write failed: {e}")));
     }
-    if let Some(ch) = lp.io_mut::<Channel>(io) {
+    let budgeted = matches!(limit, ReadLimit::Budget(_));
+    if let Some(ch) = lp.io_mut::<Channel>(io)
+        // A readable event while the channel's return is queued: that return reads.
+        && !(budgeted && ch.resume_queued)
+    {
+        let start = ch.received_bytes();
+        let read_size = ch.config().read_size as u64;
         while closed.is_none() {
+            // Stop where another read could take the wake-up past its budget.
+            let spent = ch.received_bytes() - start;
+            if budgeted && spent > 0 && spent + read_size > READ_BUDGET as u64 && ch.needs_read() {
+                ch.resume_queued = true;
+                yielded = true;
+                break;
+            }
             match ch.recv() {
                 Ok(Recv::Frame(f)) => match f.into_message() {
                     Ok(m) => msgs.push(m),
@@ -223,6 +248,14 @@ pub(crate) fn drain_channel(
                 Err(e) => closed = Some(Ended::Failed(e.to_string())),
             }
         }
+    }
+    if let (true, ReadLimit::Budget(resume)) = (yielded, limit) {
+        lp.queue_next_turn(move |lp| {
+            if let Some(ch) = lp.io_mut::<Channel>(io) {
+                ch.resume_queued = false;
+                resume(lp);
+            }
+        });
     }
     (msgs, closed)
 }

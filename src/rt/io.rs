@@ -106,6 +106,8 @@ pub(crate) struct Io {
     entries: Slots<Entry>,
     pub(crate) pending: VecDeque<Job>,
     pending_spare: VecDeque<Job>,
+    /// Jobs for the pending phase of the next iteration ([`EventLoop::queue_next_turn`]).
+    pub(crate) next_turn: Vec<Job>,
     pub(crate) closing: Vec<IoId>,
     /// Ref'd, active, not closing handles.
     pub(crate) refed_active: usize,
@@ -123,6 +125,7 @@ impl Io {
             entries: Slots::default(),
             pending: VecDeque::new(),
             pending_spare: VecDeque::new(),
+            next_turn: Vec::new(),
             closing: Vec::new(),
             refed_active: 0,
             registered: 0,
@@ -340,6 +343,31 @@ impl EventLoop {
         F: FnOnce(&mut EventLoop) + 'static,
     {
         self.io.pending.push_back(Box::new(cb));
+    }
+
+    /// Queues `cb` for the pending phase of the next iteration, after this one's poll
+    /// phase: unlike [`EventLoop::queue_pending`], it never runs in the rounds right after
+    /// poll, so a handle that yields after a budget and queues its return this way gets one
+    /// budget per iteration, and every other handle is polled in between. Keeps the loop
+    /// alive and the next poll non-blocking, as pending callbacks do.
+    pub(crate) fn queue_next_turn<F>(&mut self, cb: F)
+    where
+        F: FnOnce(&mut EventLoop) + 'static,
+    {
+        self.io.next_turn.push(Box::new(cb));
+    }
+
+    /// Moves the jobs queued for this iteration into the pending queue.
+    pub(super) fn start_turn(&mut self) {
+        if !self.io.next_turn.is_empty() {
+            let jobs = std::mem::take(&mut self.io.next_turn);
+            self.io.pending.extend(jobs);
+        }
+    }
+
+    /// Whether callbacks wait in the pending queue or for the next iteration.
+    pub(super) fn has_pending(&self) -> bool {
+        !self.io.pending.is_empty() || !self.io.next_turn.is_empty()
     }
 
     pub(crate) fn set_io_ref(&mut self, id: IoId, on: bool) {

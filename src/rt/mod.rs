@@ -317,6 +317,7 @@ impl EventLoop {
     /// [`RunMode::Default`] run and then at the end of each iteration. The two differ under
     /// [`RunMode::Once`] and when the last ref'd handle closes while an unref'd timer is due.
     fn tick(&mut self, mode: RunMode) -> std::io::Result<bool> {
+        self.start_turn();
         let can_sleep = self.io.pending.is_empty() && !self.watchers.idle_active();
         self.run_pending();
         self.run_watchers(Phase::Idle);
@@ -349,7 +350,7 @@ impl EventLoop {
     pub fn alive(&self) -> bool {
         self.has_ref_handles()
             || self.requests.len() > 0
-            || !self.io.pending.is_empty()
+            || self.has_pending()
             || !self.io.closing.is_empty()
     }
 
@@ -369,7 +370,7 @@ impl EventLoop {
             return Some(0);
         }
         if self.imm.refed > 0
-            || !self.io.pending.is_empty()
+            || self.has_pending()
             || !self.io.closing.is_empty()
             || self.watchers.idle_active()
         {
