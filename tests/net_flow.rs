@@ -354,3 +354,76 @@ fn data_read_before_the_data_callback_is_delivered_then_the_end() {
     assert_eq!(*log.borrow(), ["early bytes", "end"]);
     assert_eq!(client.join().unwrap(), 0);
 }
+
+fn kinds(lp: &EventLoop) -> Vec<&'static str> {
+    let mut k: Vec<_> = lp.active_handles().iter().map(|h| h.kind()).collect();
+    k.sort_unstable();
+    k
+}
+
+#[test]
+fn active_handles_lists_what_keeps_the_loop_alive_by_kind() {
+    let mut lp = EventLoop::new().unwrap();
+    assert!(lp.active_handles().is_empty() && !lp.alive());
+    let timer = lp.set_timeout(60_000, |_| {});
+    let quiet = lp.set_timeout(60_000, |_| {});
+    lp.unref(quiet);
+    lp.set_immediate(|_| {});
+    let server = tcp::listen(&mut lp, any_port(), |_, _| {}).unwrap();
+    let addr = server.local_addr(&lp).unwrap();
+    let client = tcp::connect(&mut lp, addr, |_, _, r| r.unwrap()).unwrap();
+    assert_eq!(
+        kinds(&lp),
+        ["Immediate", "TcpListener", "TcpStream", "Timeout"]
+    );
+    assert!(
+        lp.active_handles()
+            .contains(&forkloop::rt::ActiveHandle::Timer(timer))
+    );
+    assert!(
+        lp.active_handles()
+            .iter()
+            .any(|h| matches!(h, forkloop::rt::ActiveHandle::Io { id, .. } if *id == server.id()))
+    );
+
+    // What is listed is what keeps the loop alive: take the items away one by one.
+    lp.clear_timeout(timer);
+    lp.unref(server.id());
+    lp.run_mode(forkloop::RunMode::NoWait).unwrap();
+    // The immediate ran; the client connected (or is connecting): still a stream. The
+    // accepted stream (no data callback, but reading) is listed too once accepted.
+    let k = kinds(&lp);
+    assert!(k.iter().all(|k| *k == "TcpStream"), "{k:?}");
+    client.destroy(&mut lp);
+    assert!(kinds(&lp).contains(&"Closing"));
+    lp.set_timeout(200, move |lp| server.close(lp, |_| {}));
+    assert_eq!(lp.run().unwrap(), 0);
+    assert!(lp.active_handles().is_empty() && !lp.alive());
+}
+
+#[test]
+fn a_paused_stream_is_not_an_active_handle() {
+    let mut lp = EventLoop::new().unwrap();
+    guard(&mut lp, 5000);
+    let server =
+        tcp::listen(&mut lp, any_port(), |lp, conn| {
+            conn.pause(lp);
+            assert!(
+                lp.active_handles().iter().all(
+                    |h| !matches!(h, forkloop::rt::ActiveHandle::Io { id, .. } if *id == conn.id())
+                ),
+                "a paused stream with nothing queued is listed"
+            );
+            conn.resume(lp);
+            assert!(lp.active_handles().iter().any(
+                |h| matches!(h, forkloop::rt::ActiveHandle::Io { id, .. } if *id == conn.id())
+            ));
+            conn.destroy(lp);
+        })
+        .unwrap();
+    let addr = server.local_addr(&lp).unwrap();
+    let c = TcpStream::connect(addr).unwrap();
+    lp.set_timeout(100, move |lp| server.close(lp, |_| {}));
+    assert_eq!(lp.run().unwrap(), 0);
+    drop(c);
+}

@@ -78,6 +78,10 @@ impl Source for ListenerState {
 impl Listener {
     /// Registers a listening socket; `on_conn` runs for every accepted connection.
     pub(crate) fn open(lp: &mut EventLoop, sock: ListenSock, on_conn: ConnCb) -> io::Result<Self> {
+        let kind = match sock {
+            ListenSock::Tcp(_) => "TcpListener",
+            ListenSock::Unix(_) => "UnixListener",
+        };
         let st = ListenerState {
             sock,
             on_conn: Some(on_conn),
@@ -87,6 +91,7 @@ impl Listener {
         let id = lp.register(st, Interest::READABLE, |lp, id, _| {
             accept_some(lp, Listener(id))
         })?;
+        lp.set_io_kind(id, kind);
         Ok(Listener(id))
     }
 

@@ -276,7 +276,12 @@ impl Stream {
         } else {
             Interest::READABLE
         };
+        let kind = match st.sock {
+            Sock::Tcp(_) => "TcpStream",
+            Sock::Unix(_) => "UnixStream",
+        };
         let id = lp.register(st, interest, |lp, id, r| on_ready(lp, Stream(id), r))?;
+        lp.set_io_kind(id, kind);
         Ok(Stream(id))
     }
 

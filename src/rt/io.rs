@@ -81,11 +81,20 @@ impl<T: Source + Any> AnySource for T {
     }
 }
 
+/// The last path segment of a type's name, without generic arguments.
+fn short_type_name<S>() -> &'static str {
+    let full = std::any::type_name::<S>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
 /// The callback of an I/O handle.
 pub(crate) type IoCb = Box<dyn FnMut(&mut EventLoop, IoId, Readiness)>;
 
 struct Entry {
     source: Option<Box<dyn AnySource>>,
+    /// What the handle is, for [`EventLoop::active_handles`].
+    kind: &'static str,
     cb: Option<IoCb>,
     interest: Option<Interest>,
     refed: bool,
@@ -215,6 +224,7 @@ impl EventLoop {
     {
         let key = self.io.entries.insert(Entry {
             source: Some(Box::new(source)),
+            kind: short_type_name::<S>(),
             cb: Some(Box::new(cb)),
             interest: None,
             refed: true,
@@ -368,6 +378,32 @@ impl EventLoop {
     /// Whether callbacks wait in the pending queue or for the next iteration.
     pub(super) fn has_pending(&self) -> bool {
         !self.io.pending.is_empty() || !self.io.next_turn.is_empty()
+    }
+
+    /// Names what the handle is in [`EventLoop::active_handles`] (the default is the
+    /// source's type name).
+    pub(crate) fn set_io_kind(&mut self, id: IoId, kind: &'static str) {
+        if let Some(e) = self.io.entries.get_mut(id.0) {
+            e.kind = kind;
+        }
+    }
+
+    /// The I/O handles that keep the loop alive, with their kinds, then the closing ones.
+    pub(super) fn active_io(&self, out: &mut Vec<super::ActiveHandle>) {
+        use super::ActiveHandle;
+        for (key, e) in self.io.entries.iter() {
+            if e.counts() {
+                out.push(ActiveHandle::Io {
+                    id: IoId(key),
+                    kind: e.kind,
+                });
+            }
+        }
+        out.extend(self.io.closing.iter().map(|&id| ActiveHandle::Closing(id)));
+        let pending = self.io.pending.len() + self.io.next_turn.len();
+        if pending > 0 {
+            out.push(ActiveHandle::Pending(pending));
+        }
     }
 
     pub(crate) fn set_io_ref(&mut self, id: IoId, on: bool) {

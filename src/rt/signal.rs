@@ -101,6 +101,15 @@ impl EventLoop {
         }
     }
 
+    /// The ref'd signal listeners.
+    pub(crate) fn refed_signals(&self) -> impl Iterator<Item = SignalId> + '_ {
+        self.signals
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.refed)
+            .map(|(k, _)| SignalId(k))
+    }
+
     pub(crate) fn signal_has_ref(&self, id: SignalId) -> bool {
         self.signals.listeners.get(id.0).is_some_and(|l| l.refed)
     }

@@ -131,6 +131,24 @@ impl EventLoop {
         }
     }
 
+    /// The queued ref'd immediates.
+    pub(crate) fn refed_immediates(&self) -> impl Iterator<Item = ImmediateId> + '_ {
+        self.imm
+            .slots
+            .iter()
+            .filter(|(_, i)| i.refed)
+            .map(|(k, _)| ImmediateId(k))
+    }
+
+    /// The ref'd watchers.
+    pub(crate) fn refed_watchers(&self) -> impl Iterator<Item = WatcherId> + '_ {
+        self.watchers
+            .slots
+            .iter()
+            .filter(|(_, w)| w.refed)
+            .map(|(k, _)| WatcherId(k))
+    }
+
     pub(crate) fn immediate_has_ref(&self, id: ImmediateId) -> bool {
         self.imm.slots.get(id.0).is_some_and(|i| i.refed)
     }
