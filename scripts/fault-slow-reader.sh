@@ -60,6 +60,7 @@ done
 # The client: requests, back to back, into a socket it never reads. `head -c` stops at
 # BYTES; `timeout` at DURATION.
 req=$'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r'   # `yes` adds the final \n
+# shellcheck disable=SC2016  # expanded by the inner shell
 timeout -k 2 "$DURATION" bash -c '
   exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 3
   set -o pipefail
