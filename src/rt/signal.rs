@@ -103,11 +103,7 @@ impl EventLoop {
 
     /// The ref'd signal listeners.
     pub(crate) fn refed_signals(&self) -> impl Iterator<Item = SignalId> + '_ {
-        self.signals
-            .listeners
-            .iter()
-            .filter(|(_, l)| l.refed)
-            .map(|(k, _)| SignalId(k))
+        self.signals.listeners.keys_where(|l| l.refed).map(SignalId)
     }
 
     pub(crate) fn signal_has_ref(&self, id: SignalId) -> bool {

@@ -324,11 +324,7 @@ impl EventLoop {
 
     /// The live ref'd timers.
     pub(crate) fn refed_timers(&self) -> impl Iterator<Item = TimerId> + '_ {
-        self.timers
-            .slots
-            .iter()
-            .filter(|(_, t)| t.refed)
-            .map(|(k, _)| TimerId(k))
+        self.timers.slots.keys_where(|t| t.refed).map(TimerId)
     }
 
     pub(crate) fn timer_has_ref(&self, id: TimerId) -> bool {

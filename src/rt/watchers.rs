@@ -133,20 +133,12 @@ impl EventLoop {
 
     /// The queued ref'd immediates.
     pub(crate) fn refed_immediates(&self) -> impl Iterator<Item = ImmediateId> + '_ {
-        self.imm
-            .slots
-            .iter()
-            .filter(|(_, i)| i.refed)
-            .map(|(k, _)| ImmediateId(k))
+        self.imm.slots.keys_where(|i| i.refed).map(ImmediateId)
     }
 
     /// The ref'd watchers.
     pub(crate) fn refed_watchers(&self) -> impl Iterator<Item = WatcherId> + '_ {
-        self.watchers
-            .slots
-            .iter()
-            .filter(|(_, w)| w.refed)
-            .map(|(k, _)| WatcherId(k))
+        self.watchers.slots.keys_where(|w| w.refed).map(WatcherId)
     }
 
     pub(crate) fn immediate_has_ref(&self, id: ImmediateId) -> bool {
