@@ -340,3 +340,80 @@ fn flushed(
         _ => Err(SendError::new(SendErrorKind::Closed, Vec::new())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::ipc::frame::HEADER_LEN;
+    use crate::ipc::{Channel, ChannelConfig, Flush, Message, READ_BUDGET};
+    use crate::rt::{EventLoop, Interest, IoId, RunMode};
+
+    /// Messages read per loop turn.
+    type Turns = Rc<RefCell<Vec<Vec<u8>>>>;
+
+    fn read(lp: &mut EventLoop, io: IoId, got: Turns) {
+        let again = got.clone();
+        let resume = Box::new(move |lp: &mut EventLoop| read(lp, io, again));
+        let (msgs, ended) = drain_channel(lp, io, &"test peer", ReadLimit::Budget(resume));
+        assert!(ended.is_none());
+        let mut turns = got.borrow_mut();
+        let Some(turn) = turns.last_mut() else {
+            return;
+        };
+        for (m, _) in msgs {
+            let Message::User(data) = m else {
+                panic!("unexpected {m:?}");
+            };
+            turn.push(data[0]);
+        }
+    }
+
+    #[test]
+    fn a_channel_is_read_one_budget_per_turn_and_resumes_by_itself() {
+        let (mut tx, rx) = Channel::pair(ChannelConfig::default()).unwrap();
+        // Fill the socket: far more than one budget waits in the kernel.
+        let mut sent = 0usize;
+        loop {
+            let m = Message::User(vec![(sent % 251) as u8; 16]);
+            tx.send_msg(&m, Vec::new()).unwrap();
+            sent += 1;
+            if sent % 64 == 0 && tx.flush().unwrap() == Flush::Pending {
+                break;
+            }
+        }
+        let in_socket = sent - tx.queued_bytes() / (HEADER_LEN + 16);
+        assert!(
+            in_socket * (HEADER_LEN + 16) > 2 * READ_BUDGET,
+            "{in_socket}"
+        );
+        let mut lp = EventLoop::new().unwrap();
+        let got: Turns = Rc::default();
+        let g = got.clone();
+        let io = lp
+            .register(rx, Interest::READABLE, move |lp, io, _| {
+                read(lp, io, g.clone())
+            })
+            .unwrap();
+        let mut turns = 0;
+        while got.borrow().iter().map(Vec::len).sum::<usize>() < in_socket {
+            got.borrow_mut().push(Vec::new());
+            lp.run_mode(RunMode::NoWait).unwrap();
+            turns += 1;
+            assert!(turns < 1000, "the reader did not come back by itself");
+        }
+        lp.close(io, |_| {});
+        let turns = got.borrow();
+        let most = turns.iter().map(Vec::len).max().unwrap_or(0);
+        assert!(
+            most <= READ_BUDGET / (HEADER_LEN + 16) + 1,
+            "{most} messages in one turn"
+        );
+        assert!(turns.len() >= 3, "read in {} turns", turns.len());
+        let all: Vec<u8> = turns.iter().flatten().copied().collect();
+        let want: Vec<u8> = (0..in_socket).map(|i| (i % 251) as u8).collect();
+        assert_eq!(all, want, "every message, in order");
+    }
+}
