@@ -380,7 +380,7 @@ mod tests {
             let m = Message::User(vec![(sent % 251) as u8; 16]);
             tx.send_msg(&m, Vec::new()).unwrap();
             sent += 1;
-            if sent % 64 == 0 && tx.flush().unwrap() == Flush::Pending {
+            if sent.is_multiple_of(64) && tx.flush().unwrap() == Flush::Pending {
                 break;
             }
         }
