@@ -427,3 +427,38 @@ fn a_paused_stream_is_not_an_active_handle() {
     assert_eq!(lp.run().unwrap(), 0);
     drop(c);
 }
+
+#[test]
+fn a_server_gives_its_connections_its_stream_options() {
+    use forkloop::worker::Server;
+    let mut lp = EventLoop::new().unwrap();
+    guard(&mut lp, 5000);
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s = seen.clone();
+    let server = Server::bind(&mut lp, any_port(), move |lp, conn| {
+        s.borrow_mut().push(conn.backpressure(lp));
+        conn.destroy(lp);
+    })
+    .unwrap();
+    let addr = server.address().unwrap();
+    let _first = TcpStream::connect(addr).unwrap();
+    let srv = server.clone();
+    lp.set_timeout(100, move |lp| {
+        // Opt out for the connections from now on.
+        srv.set_stream_options(
+            lp,
+            StreamOptions {
+                no_delay: false,
+                backpressure: None,
+            },
+        );
+        let second = TcpStream::connect(addr).unwrap();
+        let srv = srv.clone();
+        lp.set_timeout(100, move |lp| {
+            drop(second);
+            srv.close(lp, |_| {});
+        });
+    });
+    assert_eq!(lp.run().unwrap(), 0);
+    assert_eq!(*seen.borrow(), [Some(DEFAULT_BACKPRESSURE), None]);
+}

@@ -11,6 +11,10 @@
 //! | [`Listener`] | [`tcp::listen`], [`unix::listen`] | connection, error |
 //! | [`Stream`] | accepted, [`tcp::connect`], [`unix::connect`], `open_std` | data, end, drain, error, close |
 //! | [`UdpSocket`] | [`udp::bind`] | message, error |
+//!
+//! Streams a listener accepts get its [`StreamOptions`] (by default `TCP_NODELAY` and
+//! back-pressure from a peer that does not read; see [`Stream`] and
+//! [`Listener::set_stream_options`]).
 
 mod listener;
 mod stream;

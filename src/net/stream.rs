@@ -1,42 +1,4 @@
-//! A connected byte stream (TCP or Unix) driven by the loop: reads delivered to a data
-//! callback, buffered writes with a high-water mark and a drain callback, half-close with
-//! [`Stream::end`], and close callbacks in the closing phase.
-//!
-//! Like a Node `net.Socket`:
-//! * [`Stream::write`] writes at once when nothing is queued (libuv's `uv_try_write`) and
-//!   queues the rest; it returns `false` once the queue reaches the high-water mark
-//!   (16 KiB by default), and the drain callback runs when the queue has been flushed;
-//! * writes made while the stream's own data callback runs (and the nextTicks and
-//!   microtasks after it) are corked: they are queued and leave together, in one `write`,
-//!   when the callback returns, so a response written as head then body goes out in one
-//!   segment. [`Stream::cork`] and [`Stream::uncork`] do the same anywhere else;
-//! * when the peer ends its side, the end callback runs and the stream ends its own side
-//!   too (Node's default `allowHalfOpen: false`); once both sides are done, it closes;
-//! * a write error found inside `write` is delivered in the pending phase (libuv defers it
-//!   with `uv__io_feed`); errors found in the poll phase are delivered there. After the
-//!   error callback the stream is destroyed;
-//! * a stream reads from the start, with or without a data callback. Without one, up to
-//!   [`HELD_READ_LIMIT`] bytes are held for the data callback set later (then reading
-//!   stops until one is set); the peer's FIN is seen all the same: the end callback runs
-//!   at once if nothing is held, or after the held bytes were delivered. A stream with
-//!   nothing to read or write (paused, held buffer full, read side ended, nothing queued)
-//!   is inactive and does not keep the loop alive.
-//!
-//! # Back-pressure from a peer that does not read
-//!
-//! With a [`Backpressure`] set, a stream whose queued output reaches `high` bytes stops
-//! reading (it no longer watches for input and its data callback is not called) until the
-//! queue drains to `low` bytes; then reading resumes by itself. A client that sends
-//! requests without ever reading the answers thus costs the server at most about `high`
-//! bytes plus one read's worth of answers, not memory without bound: the client is
-//! stalled by its own full socket buffers instead. Streams accepted by a [`Listener`] or
-//! handed to a worker's server get [`StreamOptions::default`], which turns this on with
-//! [`DEFAULT_BACKPRESSURE`] (and `TCP_NODELAY`); streams made by `connect` and `open_std`
-//! have it off. [`Stream::set_backpressure`] changes it per stream,
-//! [`Listener::set_stream_options`] per listener.
-//!
-//! [`Listener`]: super::Listener
-//! [`Listener::set_stream_options`]: super::Listener::set_stream_options
+//! A connected byte stream (TCP or Unix) driven by the loop; see [`Stream`].
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -65,7 +27,7 @@ const KEEP_OUT_CAPACITY: usize = 1024 * 1024;
 
 /// When a stream stops reading because its peer does not read what it is sent: reading
 /// stops once `high` bytes of output are queued and resumes once the queue is down to
-/// `low` (see the module docs).
+/// `low` (see [`Stream`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backpressure {
     /// Queued output at which reading stops.
@@ -104,6 +66,45 @@ impl Default for StreamOptions {
 }
 
 /// A connected TCP or Unix stream on a loop. `Copy`: it is an id; a stale one does nothing.
+///
+/// Reads are delivered to a data callback; writes are buffered, with a high-water mark and
+/// a drain callback; [`Stream::end`] half-closes; close callbacks run in the closing phase.
+///
+/// Like a Node `net.Socket`:
+/// * [`Stream::write`] writes at once when nothing is queued (libuv's `uv_try_write`) and
+///   queues the rest; it returns `false` once the queue reaches the high-water mark
+///   (16 KiB by default), and the drain callback runs when the queue has been flushed;
+/// * writes made while the stream's own data callback runs (and the nextTicks and
+///   microtasks after it) are corked: they are queued and leave together, in one `write`,
+///   when the callback returns, so a response written as head then body goes out in one
+///   segment. [`Stream::cork`] and [`Stream::uncork`] do the same anywhere else;
+/// * when the peer ends its side, the end callback runs and the stream ends its own side
+///   too (Node's default `allowHalfOpen: false`); once both sides are done, it closes;
+/// * a write error found inside `write` is delivered in the pending phase (libuv defers it
+///   with `uv__io_feed`); errors found in the poll phase are delivered there. After the
+///   error callback the stream is destroyed;
+/// * a stream reads from the start, with or without a data callback. Without one, up to
+///   [`HELD_READ_LIMIT`] bytes are held for the data callback set later (then reading
+///   stops until one is set); the peer's FIN is seen all the same: the end callback runs
+///   at once if nothing is held, or after the held bytes were delivered. A stream with
+///   nothing to read or write (paused, held buffer full, read side ended, nothing queued)
+///   is inactive and does not keep the loop alive.
+///
+/// # Back-pressure from a peer that does not read
+///
+/// With a [`Backpressure`] set, a stream whose queued output reaches `high` bytes stops
+/// reading (it no longer watches for input and its data callback is not called) until the
+/// queue drains to `low` bytes; then reading resumes by itself. A client that sends
+/// requests without ever reading the answers thus costs the server at most about `high`
+/// bytes plus one read's worth of answers, not memory without bound: the client is
+/// stalled by its own full socket buffers instead. Streams accepted by a [`Listener`] or
+/// handed to a worker's server get [`StreamOptions::default`], which turns this on with
+/// [`DEFAULT_BACKPRESSURE`] (and `TCP_NODELAY`); streams made by `connect` and `open_std`
+/// have it off. [`Stream::set_backpressure`] changes it per stream,
+/// [`Listener::set_stream_options`] per listener.
+///
+/// [`Listener`]: super::Listener
+/// [`Listener::set_stream_options`]: super::Listener::set_stream_options
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Stream(pub(crate) IoId);
 
@@ -440,7 +441,7 @@ impl Stream {
         self.set_nodelay(lp, opts.no_delay)
     }
 
-    /// Sets (or, with `None`, turns off) back-pressure on this stream: see the module docs.
+    /// Sets (or, with `None`, turns off) back-pressure on this stream: see [`Stream`].
     /// A `low` above `high` is taken as `high`.
     pub fn set_backpressure(self, lp: &mut EventLoop, bp: Option<Backpressure>) {
         let Some(st) = state(lp, self) else {
