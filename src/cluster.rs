@@ -293,22 +293,47 @@ pub(crate) enum Ended {
     Failed(String),
 }
 
+/// How much one [`drain_channel`] reads.
+pub(crate) enum ReadLimit {
+    /// At most [`READ_BUDGET`](crate::ipc::READ_BUDGET) bytes; if more is waiting, the job
+    /// runs on the next loop turn (one queued at a time per channel) to read on.
+    Budget(Box<dyn FnOnce(&mut crate::rt::EventLoop)>),
+    /// Everything, to `WouldBlock` (a channel whose peer is gone, read one last time).
+    All,
+}
+
 /// Answers a readiness event on the loop-registered channel `io`: writes what is queued,
-/// then reads every whole message. Returns the messages and, if the channel is finished,
-/// how. A malformed message closes the channel; it is logged as coming from `peer`.
+/// then reads whole messages, up to `limit`. Returns the messages and, if the channel is
+/// finished, how. A malformed message closes the channel; it is logged as coming from
+/// `peer`.
 pub(crate) fn drain_channel(
     lp: &mut crate::rt::EventLoop,
     io: crate::rt::IoId,
     peer: &dyn std::fmt::Display,
+    limit: ReadLimit,
 ) -> (Received, Option<Ended>) {
-    use crate::ipc::{Channel, Recv};
+    use crate::ipc::{Channel, READ_BUDGET, Recv};
     let mut msgs = Vec::new();
     let mut closed = None;
+    let mut yielded = false;
     if let Err(e) = flush_channel(lp, io) {
         closed = Some(Ended::Failed(format!("write failed: {e}")));
     }
-    if let Some(ch) = lp.io_mut::<Channel>(io) {
+    let budgeted = matches!(limit, ReadLimit::Budget(_));
+    if let Some(ch) = lp.io_mut::<Channel>(io)
+        // A readable event while the channel's return is queued: that return reads.
+        && !(budgeted && ch.resume_queued)
+    {
+        let start = ch.received_bytes();
+        let read_size = ch.config().read_size as u64;
         while closed.is_none() {
+            // Stop where another read could take the wake-up past its budget.
+            let spent = ch.received_bytes() - start;
+            if budgeted && spent > 0 && spent + read_size > READ_BUDGET as u64 && ch.needs_read() {
+                ch.resume_queued = true;
+                yielded = true;
+                break;
+            }
             match ch.recv() {
                 Ok(Recv::Frame(f)) => match f.into_message() {
                     Ok(m) => msgs.push(m),
@@ -323,6 +348,14 @@ pub(crate) fn drain_channel(
                 Err(e) => closed = Some(Ended::Failed(e.to_string())),
             }
         }
+    }
+    if let (true, ReadLimit::Budget(resume)) = (yielded, limit) {
+        lp.queue_next_turn(move |lp| {
+            if let Some(ch) = lp.io_mut::<Channel>(io) {
+                ch.resume_queued = false;
+                resume(lp);
+            }
+        });
     }
     (msgs, closed)
 }
@@ -425,5 +458,82 @@ fn flushed(
     match io.map(|io| flush_channel(lp, io)) {
         Some(Ok(())) => Ok(()),
         _ => Err(SendError::new(SendErrorKind::Closed, Vec::new())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::ipc::frame::HEADER_LEN;
+    use crate::ipc::{Channel, ChannelConfig, Flush, Message, READ_BUDGET};
+    use crate::rt::{EventLoop, Interest, IoId, RunMode};
+
+    /// Messages read per loop turn.
+    type Turns = Rc<RefCell<Vec<Vec<u8>>>>;
+
+    fn read(lp: &mut EventLoop, io: IoId, got: Turns) {
+        let again = got.clone();
+        let resume = Box::new(move |lp: &mut EventLoop| read(lp, io, again));
+        let (msgs, ended) = drain_channel(lp, io, &"test peer", ReadLimit::Budget(resume));
+        assert!(ended.is_none());
+        let mut turns = got.borrow_mut();
+        let Some(turn) = turns.last_mut() else {
+            return;
+        };
+        for (m, _) in msgs {
+            let Message::User(data) = m else {
+                panic!("unexpected {m:?}");
+            };
+            turn.push(data[0]);
+        }
+    }
+
+    #[test]
+    fn a_channel_is_read_one_budget_per_turn_and_resumes_by_itself() {
+        let (mut tx, rx) = Channel::pair(ChannelConfig::default()).unwrap();
+        // Fill the socket: far more than one budget waits in the kernel.
+        let mut sent = 0usize;
+        loop {
+            let m = Message::User(vec![(sent % 251) as u8; 16]);
+            tx.send_msg(&m, Vec::new()).unwrap();
+            sent += 1;
+            if sent.is_multiple_of(64) && tx.flush().unwrap() == Flush::Pending {
+                break;
+            }
+        }
+        let in_socket = sent - tx.queued_bytes() / (HEADER_LEN + 16);
+        assert!(
+            in_socket * (HEADER_LEN + 16) > 2 * READ_BUDGET,
+            "{in_socket}"
+        );
+        let mut lp = EventLoop::new().unwrap();
+        let got: Turns = Rc::default();
+        let g = got.clone();
+        let io = lp
+            .register(rx, Interest::READABLE, move |lp, io, _| {
+                read(lp, io, g.clone())
+            })
+            .unwrap();
+        let mut turns = 0;
+        while got.borrow().iter().map(Vec::len).sum::<usize>() < in_socket {
+            got.borrow_mut().push(Vec::new());
+            lp.run_mode(RunMode::NoWait).unwrap();
+            turns += 1;
+            assert!(turns < 1000, "the reader did not come back by itself");
+        }
+        lp.close(io, |_| {});
+        let turns = got.borrow();
+        let most = turns.iter().map(Vec::len).max().unwrap_or(0);
+        assert!(
+            most <= READ_BUDGET / (HEADER_LEN + 16) + 1,
+            "{most} messages in one turn"
+        );
+        assert!(turns.len() >= 3, "read in {} turns", turns.len());
+        let all: Vec<u8> = turns.iter().flatten().copied().collect();
+        let want: Vec<u8> = (0..in_socket).map(|i| (i % 251) as u8).collect();
+        assert_eq!(all, want, "every message, in order");
     }
 }

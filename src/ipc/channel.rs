@@ -19,6 +19,13 @@
 //! readable, and [`Channel::flush`] on writable or after queueing. Where a short read
 //! proves the socket empty (Linux: fewer bytes than asked and no descriptors),
 //! `WouldBlock` comes without another `recvmsg`: data arriving later raises a new event.
+//!
+//! A reader that serves several channels (the primary) must not let one flooding peer
+//! hold it: it reads at most [`READ_BUDGET`] bytes per wake-up and, where
+//! [`Channel::needs_read`] says the next frame needs another read, stops there and comes
+//! back on a later loop turn by itself (no new readable edge comes for data already
+//! waiting). Stopping only where no whole frame is buffered means every frame read from
+//! the socket has been handed to the reader, with its descriptors.
 
 use std::fmt;
 use std::io;
@@ -33,6 +40,15 @@ use super::buf::{InFrame, READ_CHUNK, RecvBuffer, SendFd, SendQueue};
 use super::frame::{FrameError, HEADER_LEN, Kind, Limits};
 use super::ledger::FdLedger;
 use crate::sys;
+
+/// Bytes the loop's channel reader takes from one channel per loop turn before it moves
+/// on to other handles (the primary: other workers' channels and its listeners); it comes
+/// back to the channel on the next turn. It reads at least once, and stops before a read
+/// that could go past the budget, unless the frame at hand is unfinished: that frame is
+/// read whole, so a turn reads at most this plus one frame
+/// ([`Limits::max_payload`](super::Limits)). 64 KiB is one default read: for 16-byte
+/// messages, about 2 700 frames.
+pub const READ_BUDGET: usize = 64 << 10;
 
 /// Limits and sizes of one channel. Every bound is explicit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,6 +286,10 @@ pub struct Channel {
     closed: bool,
     /// The last read found the socket empty (see [`Channel::recv`]).
     drained: bool,
+    /// Bytes read from the socket so far.
+    received: u64,
+    /// The loop's reader stopped at its budget and has queued its return (at most one).
+    pub(crate) resume_queued: bool,
     /// Where the frames with descriptors are in the outgoing stream, if tracked (see
     /// [`Channel::track_fds`]).
     ledger: Option<FdLedger>,
@@ -292,6 +312,8 @@ impl Channel {
             config,
             closed: false,
             drained: false,
+            received: 0,
+            resume_queued: false,
             ledger: None,
         })
     }
@@ -459,7 +481,10 @@ impl Channel {
             });
             match read {
                 Ok(0) => return self.on_eof(),
-                Ok(_) => self.drained = drained,
+                Ok(n) => {
+                    self.drained = drained;
+                    self.received += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Recv::WouldBlock),
                 Err(e) => return Err(self.fail(e.into())),
             }
@@ -478,6 +503,18 @@ impl Channel {
         }
         self.rx.close_strays();
         Ok(Recv::Eof)
+    }
+
+    /// Bytes read from the socket so far (for read budgets: see the module docs).
+    pub fn received_bytes(&self) -> u64 {
+        self.received
+    }
+
+    /// Whether the next [`Channel::recv`] would read the socket: the channel is open, no
+    /// whole frame is buffered, and the last read did not prove the socket empty. A reader
+    /// that stops here instead of at [`Recv::WouldBlock`] must come back by itself.
+    pub fn needs_read(&self) -> bool {
+        !self.closed && !self.drained && matches!(self.rx.frame_ready(), Ok(false))
     }
 
     /// Bytes queued for sending.

@@ -20,7 +20,9 @@ pub mod node;
 pub mod proto;
 
 pub use buf::{InFrame, RecvBuffer, SendFd, SendQueue};
-pub use channel::{Channel, ChannelConfig, ChannelError, Flush, Recv, SendError, SendErrorKind};
+pub use channel::{
+    Channel, ChannelConfig, ChannelError, Flush, READ_BUDGET, Recv, SendError, SendErrorKind,
+};
 pub use frame::{Decoded, Frame, FrameError, Header, Kind, Limits, LimitsError};
 pub use ledger::{FdLedger, UnreadFrame};
 pub use proto::{

@@ -3,6 +3,9 @@
 //! The poll callback accepts until the socket reports `WouldBlock` (mio is edge-triggered),
 //! but at most [`ACCEPTS_PER_EVENT`] connections per event; the rest are accepted from the
 //! pending phase so one busy listener cannot starve the other handles.
+//!
+//! Each accepted stream gets the listener's [`StreamOptions`] (by default `TCP_NODELAY`
+//! and back-pressure on; see [`Listener::set_stream_options`]).
 
 use std::fmt;
 use std::io;
@@ -10,7 +13,7 @@ use std::io;
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
 
-use super::stream::{Sock, Stream};
+use super::stream::{Sock, Stream, StreamOptions};
 use crate::rt::{EventLoop, IoId};
 
 /// Connections accepted per readiness event before yielding to other handles.
@@ -33,6 +36,7 @@ pub(crate) struct ListenerState {
     sock: ListenSock,
     on_conn: Option<ConnCb>,
     on_error: Option<ErrCb>,
+    opts: StreamOptions,
 }
 
 impl fmt::Debug for ListenerState {
@@ -74,14 +78,20 @@ impl Source for ListenerState {
 impl Listener {
     /// Registers a listening socket; `on_conn` runs for every accepted connection.
     pub(crate) fn open(lp: &mut EventLoop, sock: ListenSock, on_conn: ConnCb) -> io::Result<Self> {
+        let kind = match sock {
+            ListenSock::Tcp(_) => "TcpListener",
+            ListenSock::Unix(_) => "UnixListener",
+        };
         let st = ListenerState {
             sock,
             on_conn: Some(on_conn),
             on_error: None,
+            opts: StreamOptions::default(),
         };
         let id = lp.register(st, Interest::READABLE, |lp, id, _| {
             accept_some(lp, Listener(id))
         })?;
+        lp.set_io_kind(id, kind);
         Ok(Listener(id))
     }
 
@@ -108,6 +118,14 @@ impl Listener {
     {
         if let Some(st) = lp.io_mut::<ListenerState>(self.0) {
             st.on_error = Some(Box::new(cb));
+        }
+    }
+
+    /// Sets what each stream accepted from now on gets (default [`StreamOptions::default`]:
+    /// `TCP_NODELAY` on, back-pressure on).
+    pub fn set_stream_options(self, lp: &mut EventLoop, opts: StreamOptions) {
+        if let Some(st) = lp.io_mut::<ListenerState>(self.0) {
+            st.opts = opts;
         }
     }
 
@@ -145,8 +163,9 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
         let Some(st) = lp.io_mut::<ListenerState>(l.0) else {
             return;
         };
+        let opts = st.opts;
         match st.sock.accept() {
-            Ok(sock) => match Stream::open(lp, sock, false) {
+            Ok(sock) => match Stream::accepted(lp, sock, &opts) {
                 Ok(s) => emit_conn(lp, l, s),
                 Err(e) => emit_error(lp, l, e),
             },

@@ -11,6 +11,10 @@
 //! | [`Listener`] | [`tcp::listen`], [`unix::listen`] | connection, error |
 //! | [`Stream`] | accepted, [`tcp::connect`], [`unix::connect`], `open_std` | data, end, drain, error, close |
 //! | [`UdpSocket`] | [`udp::bind`] | message, error |
+//!
+//! Streams a listener accepts get its [`StreamOptions`] (by default `TCP_NODELAY` and
+//! back-pressure from a peer that does not read; see [`Stream`] and
+//! [`Listener::set_stream_options`]).
 
 mod listener;
 mod stream;
@@ -29,5 +33,8 @@ fn set_backlog<F: std::os::fd::AsFd>(sock: &F) -> std::io::Result<()> {
     nix::sys::socket::listen(sock, backlog)?;
     Ok(())
 }
-pub use stream::{DEFAULT_HIGH_WATER_MARK, Stream};
+pub use stream::{
+    Backpressure, DEFAULT_BACKPRESSURE, DEFAULT_HIGH_WATER_MARK, HELD_READ_LIMIT, Stream,
+    StreamOptions,
+};
 pub use udp::UdpSocket;

@@ -1,18 +1,4 @@
-//! A connected byte stream (TCP or Unix) driven by the loop: reads delivered to a data
-//! callback, buffered writes with a high-water mark and a drain callback, half-close with
-//! [`Stream::end`], and close callbacks in the closing phase.
-//!
-//! Like a Node `net.Socket`:
-//! * [`Stream::write`] writes at once when nothing is queued (libuv's `uv_try_write`) and
-//!   queues the rest; it returns `false` once the queue reaches the high-water mark
-//!   (16 KiB by default), and the drain callback runs when the queue has been flushed;
-//! * when the peer ends its side, the end callback runs and the stream ends its own side
-//!   too (Node's default `allowHalfOpen: false`); once both sides are done, it closes;
-//! * a write error found inside `write` is delivered in the pending phase (libuv defers it
-//!   with `uv__io_feed`); errors found in the poll phase are delivered there. After the
-//!   error callback the stream is destroyed;
-//! * reading starts when a data callback is set; a stream with nothing to read or write
-//!   is inactive and does not keep the loop alive.
+//! A connected byte stream (TCP or Unix) driven by the loop; see [`Stream`].
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -32,7 +18,93 @@ const READ_BUF: usize = 64 * 1024;
 /// Reads per readiness event before yielding to other handles (libuv reads 32 times).
 const READS_PER_EVENT: usize = 32;
 
+/// Most bytes a stream without a data callback reads and holds for the data callback set
+/// later; once this much is held, it stops reading until one is set.
+pub const HELD_READ_LIMIT: usize = 64 * 1024;
+
+/// Once fully flushed, an output buffer whose capacity grew past this is given back.
+const KEEP_OUT_CAPACITY: usize = 1024 * 1024;
+
+/// When a stream stops reading because its peer does not read what it is sent: reading
+/// stops once `high` bytes of output are queued and resumes once the queue is down to
+/// `low` (see [`Stream`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backpressure {
+    /// Queued output at which reading stops.
+    pub high: usize,
+    /// Queued output at which reading resumes (at most `high`).
+    pub low: usize,
+}
+
+/// The back-pressure of accepted and handed-off streams: reading stops at 256 KiB of
+/// queued output and resumes at 64 KiB.
+pub const DEFAULT_BACKPRESSURE: Backpressure = Backpressure {
+    high: 256 * 1024,
+    low: 64 * 1024,
+};
+
+/// Settings a listener (or a worker's server) gives each stream it accepts or adopts.
+/// The default, used unless changed, is what a server wants: `TCP_NODELAY` on and
+/// [`DEFAULT_BACKPRESSURE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// Set `TCP_NODELAY` (Nagle's algorithm off) on TCP streams. On by default, as in
+    /// Node's HTTP server: with Nagle on, a response written in two parts waits for the
+    /// client's delayed acknowledgement (up to 40 ms on Linux). No effect on Unix streams.
+    pub no_delay: bool,
+    /// Stop reading while the peer does not read (see [`Backpressure`]); `None`: never.
+    pub backpressure: Option<Backpressure>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            no_delay: true,
+            backpressure: Some(DEFAULT_BACKPRESSURE),
+        }
+    }
+}
+
 /// A connected TCP or Unix stream on a loop. `Copy`: it is an id; a stale one does nothing.
+///
+/// Reads are delivered to a data callback; writes are buffered, with a high-water mark and
+/// a drain callback; [`Stream::end`] half-closes; close callbacks run in the closing phase.
+///
+/// Like a Node `net.Socket`:
+/// * [`Stream::write`] writes at once when nothing is queued (libuv's `uv_try_write`) and
+///   queues the rest; it returns `false` once the queue reaches the high-water mark
+///   (16 KiB by default), and the drain callback runs when the queue has been flushed;
+/// * writes made while the stream's own data callback runs (and the nextTicks and
+///   microtasks after it) are corked: they are queued and leave together, in one `write`,
+///   when the callback returns, so a response written as head then body goes out in one
+///   segment. [`Stream::cork`] and [`Stream::uncork`] do the same anywhere else;
+/// * when the peer ends its side, the end callback runs and the stream ends its own side
+///   too (Node's default `allowHalfOpen: false`); once both sides are done, it closes;
+/// * a write error found inside `write` is delivered in the pending phase (libuv defers it
+///   with `uv__io_feed`); errors found in the poll phase are delivered there. After the
+///   error callback the stream is destroyed;
+/// * a stream reads from the start, with or without a data callback. Without one, up to
+///   [`HELD_READ_LIMIT`] bytes are held for the data callback set later (then reading
+///   stops until one is set); the peer's FIN is seen all the same: the end callback runs
+///   at once if nothing is held, or after the held bytes were delivered. A stream with
+///   nothing to read or write (paused, held buffer full, read side ended, nothing queued)
+///   is inactive and does not keep the loop alive.
+///
+/// # Back-pressure from a peer that does not read
+///
+/// With a [`Backpressure`] set, a stream whose queued output reaches `high` bytes stops
+/// reading (it no longer watches for input and its data callback is not called) until the
+/// queue drains to `low` bytes; then reading resumes by itself. A client that sends
+/// requests without ever reading the answers thus costs the server at most about `high`
+/// bytes plus one read's worth of answers, not memory without bound: the client is
+/// stalled by its own full socket buffers instead. Streams accepted by a [`Listener`] or
+/// handed to a worker's server get [`StreamOptions::default`], which turns this on with
+/// [`DEFAULT_BACKPRESSURE`] (and `TCP_NODELAY`); streams made by `connect` and `open_std`
+/// have it off. [`Stream::set_backpressure`] changes it per stream,
+/// [`Listener::set_stream_options`] per listener.
+///
+/// [`Listener`]: super::Listener
+/// [`Listener::set_stream_options`]: super::Listener::set_stream_options
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Stream(pub(crate) IoId);
 
@@ -117,7 +189,17 @@ pub(crate) struct StreamState {
     write_shut: bool,
     read_eof: bool,
     paused: bool,
-    unread: bool,
+    /// Reading stopped by back-pressure until the queue drains to `backpressure.low`.
+    stalled: bool,
+    backpressure: Option<Backpressure>,
+    /// Writes are queued, not written, while this is above zero.
+    corked: u32,
+    /// Bytes read while no data callback was set.
+    held: Vec<u8>,
+    /// The peer's FIN came after the held bytes; reported once they are delivered.
+    held_eof: bool,
+    /// Whether `TCP_NODELAY` is known to be on.
+    no_delay: bool,
     cbs: Callbacks,
 }
 
@@ -147,9 +229,14 @@ impl StreamState {
         self.out.len() - self.out_pos
     }
 
+    /// Whether reading stops for want of a data callback.
+    fn held_full(&self) -> bool {
+        self.cbs.data.is_none() && self.held.len() >= HELD_READ_LIMIT
+    }
+
     fn wanted(&self) -> Option<Interest> {
-        let read = !self.paused && !self.read_eof;
-        let write = self.connecting || self.queued() > 0;
+        let read = !self.paused && !self.read_eof && !self.stalled && !self.held_full();
+        let write = self.connecting || (self.queued() > 0 && self.corked == 0);
         match (read, write) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
             (true, false) => Some(Interest::READABLE),
@@ -177,7 +264,12 @@ impl Stream {
             write_shut: false,
             read_eof: false,
             paused: false,
-            unread: false,
+            stalled: false,
+            backpressure: None,
+            corked: 0,
+            held: Vec::new(),
+            held_eof: false,
+            no_delay: false,
             cbs: Callbacks::default(),
         };
         let interest = if connecting {
@@ -185,8 +277,28 @@ impl Stream {
         } else {
             Interest::READABLE
         };
+        let kind = match st.sock {
+            Sock::Tcp(_) => "TcpStream",
+            Sock::Unix(_) => "UnixStream",
+        };
         let id = lp.register(st, interest, |lp, id, r| on_ready(lp, Stream(id), r))?;
+        lp.set_io_kind(id, kind);
         Ok(Stream(id))
+    }
+
+    /// Registers a socket a server accepted (or was handed) with `opts` applied. A failure
+    /// to set `TCP_NODELAY` is logged and the stream served anyway (the socket's own error,
+    /// if it has one, reaches the stream's callbacks).
+    pub(crate) fn accepted(
+        lp: &mut EventLoop,
+        sock: Sock,
+        opts: &StreamOptions,
+    ) -> io::Result<Stream> {
+        let s = Stream::open(lp, sock, false)?;
+        if let Err(e) = s.configure(lp, opts) {
+            log::debug!("forkloop: accepted stream: cannot set TCP_NODELAY: {e}");
+        }
+        Ok(s)
     }
 
     pub(crate) fn set_connect_cb(self, lp: &mut EventLoop, cb: ConnectCb) {
@@ -214,9 +326,10 @@ impl Stream {
             return;
         };
         st.cbs.data = Some(Box::new(cb));
-        if std::mem::take(&mut st.unread) {
+        if !st.held.is_empty() || st.held_eof {
             lp.queue_pending(move |lp| read_some(lp, self, false));
         }
+        update_interest(lp, self);
     }
 
     /// Sets the callback for the peer ending its side (read EOF).
@@ -264,7 +377,7 @@ impl Stream {
             return false;
         }
         let mut data = data;
-        if st.queued() == 0 && !st.connecting {
+        if st.queued() == 0 && !st.connecting && st.corked == 0 {
             match write_now(&mut st.sock, data) {
                 Ok(n) => data = &data[n..],
                 Err(e) => {
@@ -274,12 +387,91 @@ impl Stream {
             }
         }
         st.out.extend_from_slice(data);
-        let below = st.queued() < st.hwm;
+        let queued = st.queued();
+        let below = queued < st.hwm;
         if !below {
             st.need_drain = true;
         }
+        if let Some(bp) = st.backpressure
+            && queued >= bp.high
+        {
+            st.stalled = true;
+        }
         update_interest(lp, self);
         below
+    }
+
+    /// Holds writes back: they are queued and leave together at the matching
+    /// [`Stream::uncork`] (Node's `socket.cork()`). Calls nest. The stream's own data
+    /// callback runs corked already.
+    pub fn cork(self, lp: &mut EventLoop) {
+        if let Some(st) = state(lp, self) {
+            st.corked += 1;
+        }
+    }
+
+    /// Undoes one [`Stream::cork`]; the last one writes what was queued meanwhile, in one
+    /// `write` as far as the socket takes it. Extra calls do nothing.
+    pub fn uncork(self, lp: &mut EventLoop) {
+        let Some(st) = state(lp, self) else {
+            return;
+        };
+        st.corked = st.corked.saturating_sub(1);
+        if st.corked == 0 && !st.connecting {
+            flush(lp, self);
+            update_interest(lp, self);
+        }
+    }
+
+    /// Applies `opts`: `TCP_NODELAY` (a system call only when it changes) and the
+    /// back-pressure setting.
+    ///
+    /// # Errors
+    ///
+    /// The stream is closed, or `TCP_NODELAY` cannot be set (the back-pressure setting is
+    /// applied all the same).
+    pub fn configure(self, lp: &mut EventLoop, opts: &StreamOptions) -> io::Result<()> {
+        self.set_backpressure(lp, opts.backpressure);
+        let Some(st) = state(lp, self) else {
+            return Err(closed());
+        };
+        if st.no_delay == opts.no_delay {
+            return Ok(());
+        }
+        self.set_nodelay(lp, opts.no_delay)
+    }
+
+    /// Sets (or, with `None`, turns off) back-pressure on this stream: see [`Stream`].
+    /// A `low` above `high` is taken as `high`.
+    pub fn set_backpressure(self, lp: &mut EventLoop, bp: Option<Backpressure>) {
+        let Some(st) = state(lp, self) else {
+            return;
+        };
+        st.backpressure = bp.map(|b| Backpressure {
+            high: b.high,
+            low: b.low.min(b.high),
+        });
+        let queued = st.queued();
+        let stall = st.backpressure.is_some_and(|b| queued >= b.high);
+        let resume = st.stalled && !stall;
+        st.stalled = stall;
+        if resume {
+            lp.queue_pending(move |lp| read_some(lp, self, false));
+        }
+        update_interest(lp, self);
+    }
+
+    /// The back-pressure setting of this stream.
+    pub fn backpressure(self, lp: &EventLoop) -> Option<Backpressure> {
+        lp.io_ref::<StreamState>(self.0)
+            .and_then(|st| st.backpressure)
+    }
+
+    /// Whether reading is stopped by back-pressure (the peer has not read enough of what
+    /// it was sent).
+    pub fn is_stalled(self, lp: &EventLoop) -> bool {
+        lp.io_ref::<StreamState>(self.0)
+            .is_some_and(|st| st.stalled)
     }
 
     /// Bytes queued and not yet written.
@@ -327,8 +519,17 @@ impl Stream {
     }
 
     /// Closes at once, dropping queued writes (Node's `socket.destroy()`); the close
-    /// callback runs in the closing phase.
+    /// callback runs in the closing phase. Writes held back by a cork are first written
+    /// as far as the socket takes them without waiting, as they would have been uncorked.
     pub fn destroy(self, lp: &mut EventLoop) {
+        if let Some(st) = state(lp, self)
+            && st.corked > 0
+            && st.queued() > 0
+            && !st.connecting
+        {
+            let pos = st.out_pos;
+            let _ = write_now(&mut st.sock, &st.out[pos..]);
+        }
         let cb = state(lp, self).and_then(|st| st.cbs.close.take());
         lp.close(self.0, move |lp| {
             if let Some(cb) = cb {
@@ -343,11 +544,14 @@ impl Stream {
     ///
     /// Fails if the stream is closed or the option cannot be set.
     pub fn set_nodelay(self, lp: &mut EventLoop, on: bool) -> io::Result<()> {
-        match state(lp, self).map(|st| &st.sock) {
-            Some(Sock::Tcp(s)) => s.set_nodelay(on),
-            Some(Sock::Unix(_)) => Ok(()),
-            None => Err(closed()),
+        let Some(st) = state(lp, self) else {
+            return Err(closed());
+        };
+        if let Sock::Tcp(s) = &st.sock {
+            s.set_nodelay(on)?;
         }
+        st.no_delay = on;
+        Ok(())
     }
 
     /// The peer's address of a TCP stream.
@@ -469,7 +673,7 @@ fn flush(lp: &mut EventLoop, s: Stream) {
     let Some(st) = state(lp, s) else {
         return;
     };
-    if st.queued() == 0 {
+    if st.queued() == 0 || st.corked > 0 {
         return;
     }
     let pos = st.out_pos;
@@ -478,11 +682,30 @@ fn flush(lp: &mut EventLoop, s: Stream) {
         Ok(n) => st.out_pos += n,
         Err(e) => return fail(lp, s, e),
     }
-    if st.queued() > 0 {
+    let queued = st.queued();
+    if st.stalled && st.backpressure.is_none_or(|b| queued <= b.low) {
+        st.stalled = false;
+        // No readable edge comes for what arrived while reading was stopped.
+        lp.queue_pending(move |lp| read_some(lp, s, false));
+        update_interest(lp, s);
+    }
+    let Some(st) = state(lp, s) else {
+        return;
+    };
+    if queued > 0 {
+        if st.out_pos >= queued {
+            // Keep the buffer from growing while it never empties: drop what was written
+            // once that is more than what is left (amortised: each byte moves once).
+            st.out.drain(..st.out_pos);
+            st.out_pos = 0;
+        }
         return;
     }
     st.out.clear();
     st.out_pos = 0;
+    if st.out.capacity() > KEEP_OUT_CAPACITY {
+        st.out = Vec::new();
+    }
     let drain = std::mem::take(&mut st.need_drain);
     let ending = st.ending;
     update_interest(lp, s);
@@ -511,7 +734,8 @@ fn shut_write(lp: &mut EventLoop, s: Stream) {
     }
 }
 
-/// Reads what the socket has (up to `READS_PER_EVENT` buffers) and delivers it.
+/// Reads what the socket has (up to `READS_PER_EVENT` buffers) and delivers it, or holds
+/// it while no data callback is set; then brings the interest up to date.
 ///
 /// `short_read_drains`: a TCP read that returns less than the buffer has emptied the
 /// receive queue (TCP stops a read early only when no data is left, or at urgent data,
@@ -521,17 +745,27 @@ fn shut_write(lp: &mut EventLoop, s: Stream) {
 /// event itself carried no hang-up or error: a FIN already seen by that event would
 /// otherwise wait for an event that never comes. Unix streams always read to `EAGAIN`.
 fn read_some(lp: &mut EventLoop, s: Stream, short_read_drains: bool) {
+    read_loop(lp, s, short_read_drains);
+    update_interest(lp, s);
+}
+
+fn read_loop(lp: &mut EventLoop, s: Stream, short_read_drains: bool) {
+    if !deliver_held(lp, s) {
+        return;
+    }
     for _ in 0..READS_PER_EVENT {
         let Some(st) = state(lp, s) else {
             return;
         };
-        if st.paused || st.read_eof || st.connecting {
+        if st.paused || st.stalled || st.read_eof || st.connecting || st.held_full() {
             return;
         }
-        if st.cbs.data.is_none() {
-            st.unread = true;
-            return;
-        }
+        let holding = st.cbs.data.is_none();
+        let room = if holding {
+            HELD_READ_LIMIT - st.held.len()
+        } else {
+            READ_BUF
+        };
         let mut buf = std::mem::take(&mut lp.read_buf);
         if buf.len() < READ_BUF {
             buf.resize(READ_BUF, 0);
@@ -539,15 +773,27 @@ fn read_some(lp: &mut EventLoop, s: Stream, short_read_drains: bool) {
         let Some(st) = state(lp, s) else {
             return;
         };
-        let r = st.sock.read(&mut buf);
+        let r = st.sock.read(&mut buf[..room]);
         match r {
             Ok(0) => {
+                let eof_after_held = holding && !st.held.is_empty();
+                if eof_after_held {
+                    st.read_eof = true;
+                    st.held_eof = true;
+                }
                 lp.read_buf = buf;
-                return on_eof(lp, s);
+                if !eof_after_held {
+                    on_eof(lp, s);
+                }
+                return;
             }
             Ok(n) => {
-                let drained = short_read_drains && n < buf.len() && matches!(st.sock, Sock::Tcp(_));
-                deliver(lp, s, &buf[..n]);
+                let drained = short_read_drains && n < room && matches!(st.sock, Sock::Tcp(_));
+                if holding {
+                    st.held.extend_from_slice(&buf[..n]);
+                } else {
+                    deliver(lp, s, &buf[..n]);
+                }
                 lp.read_buf = buf;
                 if drained {
                     return;
@@ -567,16 +813,43 @@ fn read_some(lp: &mut EventLoop, s: Stream, short_read_drains: bool) {
     lp.queue_pending(move |lp| read_some(lp, s, false));
 }
 
+/// Delivers what was read before the data callback was set (and the FIN that followed
+/// it). Returns whether reading may go on.
+fn deliver_held(lp: &mut EventLoop, s: Stream) -> bool {
+    let Some(st) = state(lp, s) else {
+        return false;
+    };
+    if st.cbs.data.is_none() || st.paused || (st.held.is_empty() && !st.held_eof) {
+        return true;
+    }
+    let held = std::mem::take(&mut st.held);
+    let eof = std::mem::take(&mut st.held_eof);
+    if !held.is_empty() {
+        deliver(lp, s, &held);
+    }
+    if eof {
+        on_eof(lp, s);
+        return false;
+    }
+    true
+}
+
+/// Runs the data callback, corked: what it writes leaves in one go when it returns.
 fn deliver(lp: &mut EventLoop, s: Stream, data: &[u8]) {
-    let Some(mut cb) = state(lp, s).and_then(|st| st.cbs.data.take()) else {
+    let Some(st) = state(lp, s) else {
         return;
     };
+    let Some(mut cb) = st.cbs.data.take() else {
+        return;
+    };
+    st.corked += 1;
     lp.invoke(|lp| cb(lp, s, data));
     if let Some(st) = state(lp, s)
         && st.cbs.data.is_none()
     {
         st.cbs.data = Some(cb);
     }
+    s.uncork(lp);
 }
 
 fn on_eof(lp: &mut EventLoop, s: Stream) {

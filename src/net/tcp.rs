@@ -29,7 +29,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use super::listener::{ListenSock, Listener};
-use super::stream::{Sock, Stream};
+use super::stream::{Sock, Stream, StreamOptions};
 use crate::rt::EventLoop;
 
 /// Binds a listener on `addr` (port 0 picks a free port); `on_connection` runs in the poll
@@ -97,7 +97,11 @@ pub fn open_std(lp: &mut EventLoop, s: std::net::TcpStream) -> io::Result<Stream
 /// (the primary accepted it with `SOCK_NONBLOCK`, a flag of the open file the hand-off
 /// shares), which saves a system call.
 pub(crate) fn open_handed_off(lp: &mut EventLoop, s: std::net::TcpStream) -> io::Result<Stream> {
-    Stream::open(lp, Sock::Tcp(mio::net::TcpStream::from_std(s)), false)
+    Stream::accepted(
+        lp,
+        Sock::Tcp(mio::net::TcpStream::from_std(s)),
+        &StreamOptions::default(),
+    )
 }
 
 #[cfg(test)]

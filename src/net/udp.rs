@@ -92,6 +92,7 @@ fn open(lp: &mut EventLoop, sock: mio::net::UdpSocket, on_msg: MsgCb) -> io::Res
     let id = lp.register(st, Interest::READABLE, |lp, id, _| {
         recv_some(lp, UdpSocket(id))
     })?;
+    lp.set_io_kind(id, "UdpSocket");
     Ok(UdpSocket(id))
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use nix::sys::socket::{self as sock, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use super::listener::{ListenSock, Listener};
-use super::stream::{self, Sock, Stream};
+use super::stream::{self, Sock, Stream, StreamOptions};
 use crate::rt::EventLoop;
 use crate::sys;
 
@@ -100,7 +100,11 @@ pub(crate) fn open_handed_off(
     lp: &mut EventLoop,
     s: std::os::unix::net::UnixStream,
 ) -> io::Result<Stream> {
-    Stream::open(lp, Sock::Unix(mio::net::UnixStream::from_std(s)), false)
+    Stream::accepted(
+        lp,
+        Sock::Unix(mio::net::UnixStream::from_std(s)),
+        &StreamOptions::default(),
+    )
 }
 
 fn unix_from(fd: OwnedFd) -> mio::net::UnixStream {

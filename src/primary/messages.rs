@@ -5,17 +5,35 @@ use std::os::fd::OwnedFd;
 use super::balance::Conn;
 use super::listen::close_handle;
 use super::{Event, Primary};
-use crate::cluster::WorkerState;
+use crate::cluster::{ReadLimit, WorkerState};
 use crate::ipc::{Channel, Message};
 use crate::rt::EventLoop;
 
 impl Primary {
-    /// The channel of `worker` is ready: read every frame, then act on each.
+    /// The channel of `worker` is ready: read up to the per-wake-up budget
+    /// ([`READ_BUDGET`](crate::ipc::READ_BUDGET)), then act on each message; if more is
+    /// waiting, come back on the next loop turn, after the other channels and the
+    /// listeners had theirs.
     pub(super) fn on_channel(&self, lp: &mut EventLoop, worker: u32) {
         #[cfg(feature = "node")]
         if self.on_node_channel(lp, worker) {
             return;
         }
+        let p = self.clone();
+        let resume = Box::new(move |lp: &mut EventLoop| p.on_channel(lp, worker));
+        self.read_channel(lp, worker, ReadLimit::Budget(resume));
+    }
+
+    /// Reads everything `worker` wrote (it has exited), then acts on each message.
+    pub(super) fn read_last_of(&self, lp: &mut EventLoop, worker: u32) {
+        #[cfg(feature = "node")]
+        if self.on_node_channel(lp, worker) {
+            return;
+        }
+        self.read_channel(lp, worker, ReadLimit::All);
+    }
+
+    fn read_channel(&self, lp: &mut EventLoop, worker: u32, limit: ReadLimit) {
         let Some(io) = self
             .inner
             .borrow()
@@ -26,7 +44,7 @@ impl Primary {
             return;
         };
         let peer = format!("worker {worker}");
-        let (msgs, closed) = crate::cluster::drain_channel(lp, io, &peer);
+        let (msgs, closed) = crate::cluster::drain_channel(lp, io, &peer, limit);
         for (msg, fds) in msgs {
             self.handle(lp, worker, msg, fds);
         }

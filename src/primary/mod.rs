@@ -777,7 +777,7 @@ impl Primary {
             if connected {
                 // Read what it wrote before dying; EOF then closes the channel, which
                 // emits Disconnect and then Exit.
-                self.on_channel(lp, worker);
+                self.read_last_of(lp, worker);
                 if self
                     .inner
                     .borrow()

@@ -135,6 +135,14 @@ impl<T> Slots<T> {
         self.len
     }
 
+    /// The keys of the live values for which `pred` holds.
+    pub(crate) fn keys_where<'a>(
+        &'a self,
+        pred: impl Fn(&T) -> bool + 'a,
+    ) -> impl Iterator<Item = Key> + 'a {
+        self.iter().filter(move |(_, v)| pred(v)).map(|(k, _)| k)
+    }
+
     /// Iterates over live values with their keys.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (Key, &T)> {
         self.slots.iter().enumerate().filter_map(|(i, s)| {

@@ -81,11 +81,20 @@ impl<T: Source + Any> AnySource for T {
     }
 }
 
+/// The last path segment of a type's name, without generic arguments.
+fn short_type_name<S>() -> &'static str {
+    let full = std::any::type_name::<S>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
 /// The callback of an I/O handle.
 pub(crate) type IoCb = Box<dyn FnMut(&mut EventLoop, IoId, Readiness)>;
 
 struct Entry {
     source: Option<Box<dyn AnySource>>,
+    /// What the handle is, for [`EventLoop::active_handles`].
+    kind: &'static str,
     cb: Option<IoCb>,
     interest: Option<Interest>,
     refed: bool,
@@ -106,6 +115,8 @@ pub(crate) struct Io {
     entries: Slots<Entry>,
     pub(crate) pending: VecDeque<Job>,
     pending_spare: VecDeque<Job>,
+    /// Jobs for the pending phase of the next iteration ([`EventLoop::queue_next_turn`]).
+    pub(crate) next_turn: Vec<Job>,
     pub(crate) closing: Vec<IoId>,
     /// Ref'd, active, not closing handles.
     pub(crate) refed_active: usize,
@@ -123,6 +134,7 @@ impl Io {
             entries: Slots::default(),
             pending: VecDeque::new(),
             pending_spare: VecDeque::new(),
+            next_turn: Vec::new(),
             closing: Vec::new(),
             refed_active: 0,
             registered: 0,
@@ -212,6 +224,7 @@ impl EventLoop {
     {
         let key = self.io.entries.insert(Entry {
             source: Some(Box::new(source)),
+            kind: short_type_name::<S>(),
             cb: Some(Box::new(cb)),
             interest: None,
             refed: true,
@@ -340,6 +353,57 @@ impl EventLoop {
         F: FnOnce(&mut EventLoop) + 'static,
     {
         self.io.pending.push_back(Box::new(cb));
+    }
+
+    /// Queues `cb` for the pending phase of the next iteration, after this one's poll
+    /// phase: unlike [`EventLoop::queue_pending`], it never runs in the rounds right after
+    /// poll, so a handle that yields after a budget and queues its return this way gets one
+    /// budget per iteration, and every other handle is polled in between. Keeps the loop
+    /// alive and the next poll non-blocking, as pending callbacks do.
+    pub(crate) fn queue_next_turn<F>(&mut self, cb: F)
+    where
+        F: FnOnce(&mut EventLoop) + 'static,
+    {
+        self.io.next_turn.push(Box::new(cb));
+    }
+
+    /// Moves the jobs queued for this iteration into the pending queue.
+    pub(super) fn start_turn(&mut self) {
+        if !self.io.next_turn.is_empty() {
+            let jobs = std::mem::take(&mut self.io.next_turn);
+            self.io.pending.extend(jobs);
+        }
+    }
+
+    /// Whether callbacks wait in the pending queue or for the next iteration.
+    pub(super) fn has_pending(&self) -> bool {
+        !self.io.pending.is_empty() || !self.io.next_turn.is_empty()
+    }
+
+    /// Names what the handle is in [`EventLoop::active_handles`] (the default is the
+    /// source's type name).
+    pub(crate) fn set_io_kind(&mut self, id: IoId, kind: &'static str) {
+        if let Some(e) = self.io.entries.get_mut(id.0) {
+            e.kind = kind;
+        }
+    }
+
+    /// The I/O handles that keep the loop alive, with their kinds, then the closing ones.
+    pub(super) fn active_io(&self, out: &mut Vec<super::ActiveHandle>) {
+        use super::ActiveHandle;
+        for (key, e) in self.io.entries.iter() {
+            if e.counts() {
+                out.push(ActiveHandle::Io {
+                    id: IoId(key),
+                    kind: e.kind,
+                });
+            }
+        }
+        out.extend(self.io.closing.iter().map(|&id| ActiveHandle::Closing(id)));
+        let pending = self.io.pending.len() + self.io.next_turn.len();
+        if pending > 0 {
+            out.push(ActiveHandle::Pending(pending));
+        }
     }
 
     pub(crate) fn set_io_ref(&mut self, id: IoId, on: bool) {

@@ -32,6 +32,7 @@
 //! | `setImmediate` / `clearImmediate` | [`EventLoop::set_immediate`], [`EventLoop::clear_immediate`] |
 //! | `process.nextTick` / `queueMicrotask` | [`EventLoop::next_tick`], [`EventLoop::queue_microtask`] |
 //! | promises, `async` functions | [`EventLoop::spawn_local`] (first poll is a microtask), [`yield_now`], [`with_loop`] |
+//! | `process.getActiveResourcesInfo()` | [`EventLoop::active_handles`] |
 //! | `x.ref()` / `x.unref()` / `x.hasRef()` | [`EventLoop::set_ref`], [`EventLoop::unref`], [`EventLoop::has_ref`] with any id ([`Handle`]) |
 //! | a libuv handle on any fd | [`EventLoop::register`], [`EventLoop::set_interest`], [`EventLoop::io_mut`], [`EventLoop::close`], [`EventLoop::take_source`] |
 //! | `uv__io_feed` (pending phase) | [`EventLoop::queue_pending`] |
@@ -194,6 +195,54 @@ handle_from!(
     Watcher(WatcherId),
     Signal(SignalId)
 );
+
+/// One thing that keeps the loop alive, as listed by [`EventLoop::active_handles`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ActiveHandle {
+    /// A ref'd timeout or interval.
+    Timer(TimerId),
+    /// A ref'd queued immediate.
+    Immediate(ImmediateId),
+    /// A ref'd I/O handle that waits for readiness (a reading or writing stream, a
+    /// listener, a channel, …).
+    Io {
+        /// The handle.
+        id: IoId,
+        /// What it is: `"TcpStream"`, `"UnixStream"`, `"TcpListener"`, `"UnixListener"`,
+        /// `"UdpSocket"`, or the type name of a source given to [`EventLoop::register`]
+        /// (e.g. `"Channel"`).
+        kind: &'static str,
+    },
+    /// A ref'd idle, prepare or check watcher.
+    Watcher(WatcherId),
+    /// A ref'd signal listener.
+    Signal(SignalId),
+    /// A blocking job in flight ([`EventLoop::spawn_blocking`]).
+    Request(RequestId),
+    /// A closed handle whose close callback has not run yet.
+    Closing(IoId),
+    /// Deferred callbacks waiting for the pending phase (how many).
+    Pending(usize),
+}
+
+impl ActiveHandle {
+    /// A short name for the kind (Node's `process.getActiveResourcesInfo()` strings):
+    /// `"Timeout"`, `"Immediate"`, the I/O kind, `"Watcher"`, `"Signal"`, `"Request"`,
+    /// `"Closing"` or `"Pending"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ActiveHandle::Timer(_) => "Timeout",
+            ActiveHandle::Immediate(_) => "Immediate",
+            ActiveHandle::Io { kind, .. } => kind,
+            ActiveHandle::Watcher(_) => "Watcher",
+            ActiveHandle::Signal(_) => "Signal",
+            ActiveHandle::Request(_) => "Request",
+            ActiveHandle::Closing(_) => "Closing",
+            ActiveHandle::Pending(_) => "Pending",
+        }
+    }
+}
 
 type ExitCb = Box<dyn FnMut(&mut EventLoop, i32)>;
 
@@ -369,6 +418,7 @@ impl EventLoop {
     /// [`RunMode::Default`] run and then at the end of each iteration. The two differ under
     /// [`RunMode::Once`] and when the last ref'd handle closes while an unref'd timer is due.
     fn tick(&mut self, mode: RunMode) -> std::io::Result<bool> {
+        self.start_turn();
         let can_sleep = self.io.pending.is_empty() && !self.watchers.idle_active();
         self.run_pending();
         self.run_watchers(Phase::Idle);
@@ -401,8 +451,23 @@ impl EventLoop {
     pub fn alive(&self) -> bool {
         self.has_ref_handles()
             || self.requests.len() > 0
-            || !self.io.pending.is_empty()
+            || self.has_pending()
             || !self.io.closing.is_empty()
+    }
+
+    /// What keeps the loop alive now (Node's `process.getActiveResourcesInfo()`): every
+    /// ref'd active handle by kind, blocking jobs in flight, closing handles and pending
+    /// callbacks. Empty exactly when [`EventLoop::alive`] is `false`. Unref'd handles and
+    /// inactive ones (a paused stream with nothing to write, a stopped listener) are not
+    /// listed: they do not keep the loop alive.
+    pub fn active_handles(&self) -> Vec<ActiveHandle> {
+        let mut out: Vec<ActiveHandle> = self.refed_timers().map(ActiveHandle::Timer).collect();
+        out.extend(self.refed_immediates().map(ActiveHandle::Immediate));
+        out.extend(self.refed_watchers().map(ActiveHandle::Watcher));
+        out.extend(self.refed_signals().map(ActiveHandle::Signal));
+        out.extend(self.request_ids().map(ActiveHandle::Request));
+        self.active_io(&mut out);
+        out
     }
 
     fn has_ref_handles(&self) -> bool {
@@ -421,7 +486,7 @@ impl EventLoop {
             return Some(0);
         }
         if self.imm.refed > 0
-            || !self.io.pending.is_empty()
+            || self.has_pending()
             || !self.io.closing.is_empty()
             || self.watchers.idle_active()
         {

@@ -104,6 +104,11 @@ impl EventLoop {
         RequestId(key)
     }
 
+    /// The blocking jobs whose `done` has not run yet.
+    pub(crate) fn request_ids(&self) -> impl Iterator<Item = RequestId> + '_ {
+        self.requests.iter().map(|(k, _)| RequestId(k))
+    }
+
     /// Number of blocking jobs submitted whose `done` has not run yet.
     pub fn active_requests(&self) -> usize {
         self.requests.len()

@@ -101,6 +101,11 @@ impl EventLoop {
         }
     }
 
+    /// The ref'd signal listeners.
+    pub(crate) fn refed_signals(&self) -> impl Iterator<Item = SignalId> + '_ {
+        self.signals.listeners.keys_where(|l| l.refed).map(SignalId)
+    }
+
     pub(crate) fn signal_has_ref(&self, id: SignalId) -> bool {
         self.signals.listeners.get(id.0).is_some_and(|l| l.refed)
     }

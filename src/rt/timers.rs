@@ -322,6 +322,11 @@ impl EventLoop {
         self.timers.set_ref(id.0, on);
     }
 
+    /// The live ref'd timers.
+    pub(crate) fn refed_timers(&self) -> impl Iterator<Item = TimerId> + '_ {
+        self.timers.slots.keys_where(|t| t.refed).map(TimerId)
+    }
+
     pub(crate) fn timer_has_ref(&self, id: TimerId) -> bool {
         self.timers.slots.get(id.0).is_some_and(|t| t.refed)
     }

@@ -131,6 +131,16 @@ impl EventLoop {
         }
     }
 
+    /// The queued ref'd immediates.
+    pub(crate) fn refed_immediates(&self) -> impl Iterator<Item = ImmediateId> + '_ {
+        self.imm.slots.keys_where(|i| i.refed).map(ImmediateId)
+    }
+
+    /// The ref'd watchers.
+    pub(crate) fn refed_watchers(&self) -> impl Iterator<Item = WatcherId> + '_ {
+        self.watchers.slots.keys_where(|w| w.refed).map(WatcherId)
+    }
+
     pub(crate) fn immediate_has_ref(&self, id: ImmediateId) -> bool {
         self.imm.slots.get(id.0).is_some_and(|i| i.refed)
     }

@@ -617,7 +617,12 @@ impl Worker {
         let Some(io) = self.inner.borrow().channel else {
             return;
         };
-        let (msgs, closed) = crate::cluster::drain_channel(lp, io, &"the primary");
+        // Budgeted as in the primary: a primary that sends much (relays, broadcasts) cannot
+        // starve the worker's own connections.
+        let w = self.clone();
+        let resume = Box::new(move |lp: &mut EventLoop| w.on_channel(lp));
+        let limit = crate::cluster::ReadLimit::Budget(resume);
+        let (msgs, closed) = crate::cluster::drain_channel(lp, io, &"the primary", limit);
         let mut gone = closed.is_some();
         if !msgs.is_empty() {
             self.inner.borrow_mut().corked = true;

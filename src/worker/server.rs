@@ -2,7 +2,9 @@
 //! does: stop accepting at once, report "closed" once every connection has ended.
 //!
 //! Connections come from a listener on this worker's loop, or are handed in with
-//! [`Server::adopt`] (how round-robin hand-offs from the primary arrive).
+//! [`Server::adopt`] (how round-robin hand-offs from the primary arrive). Either way each
+//! connection gets the server's [`StreamOptions`]: by default `TCP_NODELAY` on and reading
+//! stopped while the client does not read its answers ([`Server::set_stream_options`]).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -12,7 +14,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use crate::ipc::Endpoint;
-use crate::net::{Listener, Stream, tcp};
+use crate::net::{Listener, Stream, StreamOptions, tcp};
 use crate::rt::{EventLoop, Phase, TimerId, WatcherId};
 
 use super::Worker;
@@ -54,6 +56,8 @@ pub(super) struct Inner {
     /// Prune closed connections when `conns` grows past this.
     prune_at: usize,
     on_connection: Option<ConnCb>,
+    /// What each connection gets when the server takes it.
+    stream_options: StreamOptions,
     closing: bool,
     on_close: Vec<CloseCb>,
     watcher: Option<WatcherId>,
@@ -107,6 +111,7 @@ impl Server {
             conns: HashSet::new(),
             prune_at: 64,
             on_connection: Some(Box::new(on_connection)),
+            stream_options: StreamOptions::default(),
             closing: false,
             on_close: Vec::new(),
             watcher: None,
@@ -161,6 +166,7 @@ impl Server {
         if !inner.refed {
             lp.unref(l.id());
         }
+        l.set_stream_options(lp, inner.stream_options);
         inner.listener = Some(l);
         if addr.is_some() {
             inner.address = addr;
@@ -288,10 +294,25 @@ impl Server {
         }
     }
 
-    /// Hands a connection to the server. Returns `false` (and destroys the stream) if the
-    /// server is closing or at its connection cap.
+    /// Sets what each connection the server takes from now on gets: `TCP_NODELAY` and
+    /// back-pressure, both on by default ([`StreamOptions::default`]). Opt out of either
+    /// per server, e.g. `StreamOptions { no_delay: false, ..Default::default() }`.
+    pub fn set_stream_options(&self, lp: &mut EventLoop, opts: StreamOptions) {
+        let l = {
+            let mut inner = self.0.borrow_mut();
+            inner.stream_options = opts;
+            inner.listener
+        };
+        if let Some(l) = l {
+            l.set_stream_options(lp, opts);
+        }
+    }
+
+    /// Hands a connection to the server, applying the server's [`StreamOptions`]. Returns
+    /// `false` (and destroys the stream) if the server is closing or at its connection cap.
     pub fn adopt(&self, lp: &mut EventLoop, conn: Stream) -> bool {
         let full = self.capacity(lp) == 0;
+        let opts;
         let cb = {
             let mut inner = self.0.borrow_mut();
             if inner.closing || full {
@@ -304,8 +325,12 @@ impl Server {
                 inner.prune(lp);
             }
             inner.conns.insert(conn);
+            opts = inner.stream_options;
             inner.on_connection.take()
         };
+        if let Err(e) = conn.configure(lp, &opts) {
+            log::debug!("forkloop: server connection: cannot set TCP_NODELAY: {e}");
+        }
         if let Some(mut cb) = cb {
             cb(lp, conn);
             let mut inner = self.0.borrow_mut();
