@@ -444,7 +444,20 @@ fn going_down_starts_the_replacement_first() {
         w.on_message(lp, |lp, w, _| w.going_down(lp, "fatal error"));
     });
     let (mut lp, p) = primary("going_down_starts_the_replacement_first");
-    let sup = Supervisor::new(&mut lp, &p, opts(1)).unwrap();
+    // A worker up past the minimum uptime that goes down is a stable end: its replacement
+    // starts at once (an unstable one waits the restart delay; see going_down_counts_*).
+    let sup = Supervisor::new(
+        &mut lp,
+        &p,
+        SupervisorOptions {
+            restart: RestartPolicy {
+                min_uptime: Duration::from_millis(50),
+                ..RestartPolicy::default()
+            },
+            ..opts(1)
+        },
+    )
+    .unwrap();
     let order = Rc::new(RefCell::new(Vec::new()));
     let o = order.clone();
     p.on(move |_, _, ev| match ev {
@@ -454,7 +467,10 @@ fn going_down_starts_the_replacement_first() {
     });
     let s2 = sup.clone();
     sup.on(move |lp, _, ev| match ev {
-        SupervisorEvent::Ready { worker: 1, .. } => s2.primary().send(lp, 1, b"die").unwrap(),
+        SupervisorEvent::Ready { worker: 1, .. } => {
+            let p = s2.primary();
+            lp.set_timeout(100, move |lp| p.send(lp, 1, b"die").unwrap());
+        }
         SupervisorEvent::Ready { worker: 2, .. } => {
             let s3 = s2.clone();
             lp.set_timeout(100, move |lp| s3.shutdown(lp));
