@@ -288,6 +288,8 @@ impl Table {
         if self.down || self.slots.get(slot).is_none_or(|s| s.owner.is_some()) {
             return;
         }
+        // Any spawn into a tripped slot is its half-open try.
+        self.half_open(slot, out);
         self.slots[slot].timer = None;
         match host.spawn() {
             Ok(w) => {
@@ -406,13 +408,11 @@ impl Table {
             return; // replaced or cancelled
         }
         s.timer = None;
-        if let Breaker::Open { cooldown } = s.breaker {
-            s.breaker = Breaker::HalfOpen { cooldown };
-            log::info!("slot {slot}: breaker half-open, trying one worker");
-            out.push(Action::Emit(SupervisorEvent::BreakerHalfOpen { slot }));
-        }
-        if self.slots[slot].owner.is_none() {
+        if s.owner.is_none() {
             self.fill(host, slot, now, out);
+        } else {
+            // The owner serves on: the next automatic replacement is the try.
+            self.half_open(slot, out);
         }
         self.reload_progress(host, now, out);
     }
@@ -617,6 +617,8 @@ impl Table {
         if cause == Cause::Unresponsive {
             out.push(Action::Stop(worker));
         }
+        self.half_open(slot, out);
+        self.slots[slot].timer = None;
         match host.spawn() {
             Ok(new) => {
                 self.add(new, Place::Pending(slot), now);
@@ -734,7 +736,6 @@ impl Table {
             if self.slots[slot].owner.is_some() {
                 continue;
             }
-            self.half_open(slot, out);
             self.fill(host, slot, now, out);
         }
     }
@@ -743,6 +744,7 @@ impl Table {
         let s = &mut self.slots[slot];
         if let Breaker::Open { cooldown } = s.breaker {
             s.breaker = Breaker::HalfOpen { cooldown };
+            log::info!("slot {slot}: breaker half-open, trying one worker");
             out.push(Action::Emit(SupervisorEvent::BreakerHalfOpen { slot }));
         }
     }
@@ -792,10 +794,7 @@ impl Table {
             .owner
             .and_then(|o| self.members.get(&o).map(|m| (o, m.clone())))
         {
-            None => {
-                self.half_open(slot, out);
-                self.fill(host, slot, now, out);
-            }
+            None => self.fill(host, slot, now, out),
             Some((_, m)) if m.generation >= generation => {}
             // Its replacement (of this generation) is booting already.
             Some(_) if s.pending.is_some() => {}
@@ -980,5 +979,438 @@ impl Table {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The table without processes: fixed scenarios (the reload and scale races among
+    //! them) and random interleavings of every input, with the invariants checked after
+    //! each one.
+
+    use super::*;
+
+    /// Hands out ids; fails a spawn when told to.
+    #[derive(Default)]
+    struct Fake {
+        next: u32,
+        fail: bool,
+    }
+
+    impl Host for Fake {
+        fn spawn(&mut self) -> io::Result<u32> {
+            if self.fail {
+                return Err(io::Error::other("no more processes"));
+            }
+            self.next += 1;
+            Ok(self.next)
+        }
+    }
+
+    /// A table, its fake host, a clock and what it asked for.
+    struct Rig {
+        t: Table,
+        host: Fake,
+        now: Instant,
+        timers: Vec<(usize, u64, Instant)>,
+        reloads: Vec<Result<(), String>>,
+        events: Vec<SupervisorEvent>,
+        killed: Vec<u32>,
+    }
+
+    impl Rig {
+        fn new(n: usize, policy: RestartPolicy) -> Rig {
+            let mut r = Rig {
+                t: Table::new(policy, 1),
+                host: Fake::default(),
+                now: Instant::now(),
+                timers: Vec::new(),
+                reloads: Vec::new(),
+                events: Vec::new(),
+                killed: Vec::new(),
+            };
+            r.run(|t, h, now, out| t.start(h, n, now, out));
+            r
+        }
+
+        fn run(&mut self, f: impl FnOnce(&mut Table, &mut dyn Host, Instant, &mut Out)) {
+            let mut out = Vec::new();
+            f(&mut self.t, &mut self.host, self.now, &mut out);
+            for a in out {
+                match a {
+                    Action::Timer { slot, epoch, delay } => {
+                        self.timers.push((slot, epoch, self.now + delay))
+                    }
+                    Action::ReloadFinished(r) => self.reloads.push(r),
+                    Action::Emit(e) => self.events.push(e),
+                    Action::Kill(w) | Action::Stop(w) => self.killed.push(w),
+                    _ => {}
+                }
+            }
+            if let Err(e) = self.t.check() {
+                panic!("invariant broken: {e}\n{:#?}", self.t);
+            }
+        }
+
+        fn advance(&mut self, by: Duration) {
+            self.now += by;
+        }
+
+        fn ready(&mut self, w: u32) {
+            self.run(|t, h, now, out| t.ready(h, w, now, out));
+        }
+        fn exit(&mut self, w: u32) {
+            self.run(|t, h, now, out| t.exit(h, w, now, out));
+        }
+
+        /// Fires every timer that is due.
+        fn fire_due(&mut self) {
+            let now = self.now;
+            let due: Vec<_> = self.timers.iter().filter(|t| t.2 <= now).copied().collect();
+            self.timers.retain(|t| t.2 > now);
+            for (slot, epoch, _) in due {
+                self.run(|t, h, now, out| t.timer(h, slot, epoch, now, out));
+            }
+        }
+
+        fn owners(&self) -> Vec<u32> {
+            self.t.slots.iter().filter_map(|s| s.owner).collect()
+        }
+
+        fn in_place(&self, place: fn(Place) -> bool) -> Vec<u32> {
+            let m = &self.t.members;
+            m.iter()
+                .filter(|(_, m)| place(m.place))
+                .map(|(w, _)| *w)
+                .collect()
+        }
+
+        /// Lets everything settle: booting workers get ready, leaving ones exit, due
+        /// timers fire; until nothing changes.
+        fn settle(&mut self) {
+            for _ in 0..1000 {
+                let booting: Vec<u32> = self
+                    .t
+                    .members
+                    .iter()
+                    .filter(|(_, m)| !m.ready && m.place != Place::Leaving)
+                    .map(|(w, _)| *w)
+                    .collect();
+                let leaving = self.in_place(|p| p == Place::Leaving);
+                if booting.is_empty() && leaving.is_empty() && self.timers.is_empty() {
+                    return;
+                }
+                for w in booting {
+                    self.ready(w);
+                }
+                for w in leaving {
+                    self.exit(w);
+                }
+                self.advance(Duration::from_secs(1));
+                self.fire_due();
+                if self.timers.iter().all(|t| t.2 > self.now) && !self.timers.is_empty() {
+                    let next = self.timers.iter().map(|t| t.2).min().unwrap_or(self.now);
+                    self.now = self.now.max(next);
+                    self.fire_due();
+                }
+            }
+            panic!("the table never settled: {:#?}", self.t);
+        }
+    }
+
+    fn quick() -> RestartPolicy {
+        RestartPolicy {
+            base: Duration::from_millis(10),
+            min_uptime: Duration::from_millis(500),
+            breaker_max: 3,
+            breaker_window: Duration::from_secs(10),
+            breaker_cooldown: Duration::from_secs(5),
+            ..RestartPolicy::default()
+        }
+    }
+
+    #[test]
+    fn reload_then_the_oldest_worker_killed_leaves_one_worker_per_slot() {
+        let mut r = Rig::new(2, quick());
+        r.ready(1);
+        r.ready(2);
+        r.advance(Duration::from_secs(2));
+        r.run(|t, h, now, out| {
+            t.reload(h, now, out);
+        });
+        // Slot 0's replacement (3) boots; the old owner is SIGKILLed meanwhile.
+        assert_eq!(r.t.slots[0].pending, Some(3));
+        r.exit(1);
+        assert_eq!(
+            r.owners(),
+            [3, 2],
+            "the replacement takes the slot, no restart"
+        );
+        r.settle();
+        assert_eq!(r.reloads, [Ok(())]);
+        assert_eq!(r.owners().len(), 2);
+        assert_eq!(r.t.members.len(), 2, "two workers for two slots");
+        assert!(r.t.members.values().all(|m| m.generation == 2));
+    }
+
+    #[test]
+    fn scale_down_during_a_reload_does_not_hang_it() {
+        let mut r = Rig::new(2, quick());
+        r.ready(1);
+        r.ready(2);
+        r.run(|t, h, now, out| {
+            t.reload(h, now, out);
+        });
+        // TTOU while slot 0 is being replaced: slot 1's worker drains (and takes long).
+        r.run(|t, h, now, out| t.scale(h, 1, now, out));
+        assert_eq!(r.in_place(|p| p == Place::Leaving), [2]);
+        r.ready(3);
+        r.exit(1);
+        assert_eq!(
+            r.reloads,
+            [Ok(())],
+            "the reload ends while worker 2 still drains"
+        );
+        // A following reload replaces every worker.
+        r.run(|t, h, now, out| {
+            t.reload(h, now, out);
+        });
+        r.settle();
+        assert_eq!(r.reloads, [Ok(()), Ok(())]);
+        assert_eq!(r.owners(), [4]);
+        assert_eq!(r.t.members.len(), 1);
+    }
+
+    #[test]
+    fn a_tripped_breaker_tries_again_after_its_cool_down() {
+        let mut r = Rig::new(1, quick());
+        // Four boot failures in a row: three restarts, then the breaker trips.
+        for w in 1..=4 {
+            r.exit(w);
+            r.advance(Duration::from_millis(100));
+            r.fire_due();
+        }
+        assert!(
+            r.events
+                .iter()
+                .any(|e| matches!(e, SupervisorEvent::BreakerTripped { slot: 0, .. }))
+        );
+        assert_eq!(
+            r.owners(),
+            [] as [u32; 0],
+            "the slot is empty for the cool-down"
+        );
+        r.advance(Duration::from_secs(5));
+        r.fire_due();
+        assert_eq!(r.owners(), [5], "half-open: one worker");
+        // It fails too: open again for twice as long.
+        r.exit(5);
+        r.advance(Duration::from_secs(5));
+        r.fire_due();
+        assert_eq!(r.owners(), [] as [u32; 0]);
+        r.advance(Duration::from_secs(5));
+        r.fire_due();
+        assert_eq!(r.owners(), [6]);
+        r.ready(6);
+        assert!(
+            r.events
+                .iter()
+                .any(|e| matches!(e, SupervisorEvent::BreakerClosed { slot: 0 }))
+        );
+    }
+
+    #[test]
+    fn reload_and_scale_refill_a_tripped_slot() {
+        let mut r = Rig::new(1, quick());
+        for w in 1..=4 {
+            r.exit(w);
+            r.advance(Duration::from_millis(100));
+            r.fire_due();
+        }
+        assert!(r.owners().is_empty());
+        r.run(|t, h, now, out| {
+            t.reload(h, now, out);
+        });
+        assert_eq!(r.owners(), [5], "the reload refills the slot at once");
+        r.ready(5);
+        assert_eq!(r.reloads, [Ok(())]);
+        // Trip it again; scaling refills it.
+        for w in 5..=8 {
+            r.exit(w);
+            r.advance(Duration::from_secs(1));
+            r.fire_due();
+        }
+        assert!(r.owners().is_empty());
+        r.run(|t, h, now, out| t.scale(h, 2, now, out));
+        assert_eq!(r.owners().len(), 2);
+    }
+
+    #[test]
+    fn a_reload_with_no_slot_is_an_error() {
+        let mut r = Rig::new(1, quick());
+        r.run(|t, h, now, out| t.scale(h, 0, now, out));
+        r.run(|t, h, now, out| {
+            t.reload(h, now, out);
+        });
+        assert_eq!(r.reloads.len(), 1);
+        assert!(r.reloads[0].is_err());
+    }
+
+    #[test]
+    fn going_down_counts_in_the_restart_budget() {
+        let mut r = Rig::new(1, quick());
+        let mut w = 1;
+        for _ in 0..4 {
+            r.ready(w);
+            r.run(|t, h, now, out| t.going_down(h, w, now, out));
+            r.advance(Duration::from_millis(100));
+            r.fire_due();
+            w = r.owners().first().copied().unwrap_or(0);
+        }
+        assert!(
+            r.events
+                .iter()
+                .any(|e| matches!(e, SupervisorEvent::BreakerTripped { slot: 0, .. })),
+            "{:?}",
+            r.events
+        );
+        // Stable ones do not count: restarted at once, every time.
+        let mut r = Rig::new(1, quick());
+        for w in 1..=10 {
+            r.ready(w);
+            r.advance(Duration::from_secs(1));
+            r.run(|t, h, now, out| t.going_down(h, w, now, out));
+            assert_eq!(r.owners(), [w + 1]);
+        }
+    }
+
+    #[test]
+    fn spawn_failures_are_retried_not_lost() {
+        let mut r = Rig::new(1, quick());
+        r.host.fail = true;
+        r.ready(1);
+        r.advance(Duration::from_secs(2));
+        r.exit(1);
+        assert!(r.owners().is_empty());
+        r.host.fail = false;
+        r.advance(Duration::from_secs(1));
+        r.fire_due();
+        assert_eq!(r.owners(), [2]);
+    }
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+        fn pick(&mut self, v: &[u32]) -> Option<u32> {
+            (!v.is_empty()).then(|| v[self.below(v.len())])
+        }
+    }
+
+    fn random_run(seed: u64, steps: usize) {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut r = Rig::new(1 + rng.below(3), quick());
+        for _ in 0..steps {
+            r.host.fail = rng.below(10) == 0;
+            let all: Vec<u32> = r.t.members.keys().copied().collect();
+            match rng.below(11) {
+                0 | 1 => {
+                    if let Some(w) = rng.pick(&all) {
+                        r.ready(w);
+                    }
+                }
+                2 | 3 => {
+                    if let Some(w) = rng.pick(&all) {
+                        r.exit(w);
+                    }
+                }
+                4 => {
+                    if let Some(w) = rng.pick(&all) {
+                        r.run(|t, h, now, out| t.going_down(h, w, now, out));
+                    }
+                }
+                5 => {
+                    let cause =
+                        [Cause::Memory, Cause::Unresponsive, Cause::Connections][rng.below(3)];
+                    if let Some(w) = rng.pick(&all) {
+                        r.run(|t, h, now, out| t.retire(h, w, cause, now, out));
+                    }
+                }
+                6 => {
+                    if let Some(w) = rng.pick(&all) {
+                        r.run(|t, h, now, out| t.ready_deadline(h, w, now, out));
+                    }
+                }
+                7 => {
+                    let n = rng.below(5);
+                    r.run(|t, h, now, out| t.scale(h, n, now, out));
+                }
+                8 => r.run(|t, h, now, out| {
+                    t.reload(h, now, out);
+                }),
+                9 => {
+                    // A stale or due timer.
+                    if !r.timers.is_empty() {
+                        let i = rng.below(r.timers.len());
+                        let (slot, epoch, _) = r.timers.swap_remove(i);
+                        r.run(|t, h, now, out| t.timer(h, slot, epoch, now, out));
+                    }
+                }
+                _ => {
+                    // Killed workers exit.
+                    if let Some(w) = r.killed.pop() {
+                        r.exit(w);
+                    }
+                }
+            }
+            r.advance(Duration::from_millis(rng.below(1500) as u64));
+            r.fire_due();
+        }
+        // Quiet: no more failures; everything settles, then a reload replaces everyone.
+        r.host.fail = false;
+        let target = r.t.size().max(1);
+        r.run(|t, h, now, out| t.scale(h, target, now, out));
+        r.settle();
+        let before = r.reloads.len();
+        r.run(|t, h, now, out| {
+            t.reload(h, now, out);
+        });
+        r.settle();
+        assert_eq!(
+            r.reloads.len(),
+            before + 1,
+            "seed {seed}: the final reload ended"
+        );
+        assert_eq!(r.reloads[before], Ok(()), "seed {seed}");
+        let g = r.t.generation;
+        assert_eq!(r.owners().len(), target, "seed {seed}");
+        assert_eq!(r.t.members.len(), target, "seed {seed}: workers = slots");
+        assert!(
+            r.t.members.values().all(|m| m.generation == g),
+            "seed {seed}"
+        );
+    }
+
+    #[test]
+    fn random_interleavings_keep_the_invariants() {
+        let seeds: u64 = std::env::var("FORKLOOP_TABLE_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2000);
+        for seed in 0..seeds {
+            let run = std::panic::catch_unwind(|| random_run(seed, 300));
+            if run.is_err() {
+                panic!("random interleaving failed with seed {seed}");
+            }
+        }
     }
 }
