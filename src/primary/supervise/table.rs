@@ -471,6 +471,23 @@ impl Table {
             return;
         };
         if self.down {
+            // No restarts: only forget it (a pending replacement takes its slot).
+            match m.place {
+                Place::Owner(i) => {
+                    let pending = self.slots[i].pending.take();
+                    self.slots[i].owner = pending;
+                    if let Some(nm) = pending.and_then(|p| self.members.get_mut(&p)) {
+                        nm.place = Place::Owner(i);
+                    }
+                }
+                Place::Pending(i) => {
+                    self.slots[i].pending = None;
+                    if let Some(om) = self.slots[i].owner.and_then(|o| self.members.get_mut(&o)) {
+                        om.retiring = None;
+                    }
+                }
+                Place::Leaving => {}
+            }
             return;
         }
         match m.place {
