@@ -137,6 +137,15 @@ thread_local! {
     static REGISTRY: RefCell<HashMap<u64, Weak<RefCell<Inner>>>> = RefCell::new(HashMap::new());
 }
 
+/// A [`Supervisor`] handle that does not keep it alive.
+struct WeakSupervisor(Weak<RefCell<Inner>>);
+
+impl WeakSupervisor {
+    fn upgrade(&self) -> Option<Supervisor> {
+        self.0.upgrade().map(Supervisor)
+    }
+}
+
 /// Forks through the primary.
 struct LoopHost<'a> {
     lp: &'a mut EventLoop,
@@ -194,10 +203,10 @@ impl Supervisor {
             }
         }
         REGISTRY.with(|r| r.borrow_mut().insert(id, Rc::downgrade(&sup.0)));
-        let weak = Rc::downgrade(&sup.0);
+        let weak = sup.weak();
         p.on(move |lp, _, ev| {
-            if let Some(inner) = weak.upgrade() {
-                Supervisor(inner).on_primary(lp, ev);
+            if let Some(s) = weak.upgrade() {
+                s.on_primary(lp, ev);
             }
         });
         if sup.0.borrow().opts.signals {
@@ -250,10 +259,10 @@ impl Supervisor {
         }
         let health = self.0.borrow().opts.health;
         if let Some(h) = health {
-            let weak = Rc::downgrade(&self.0);
+            let weak = self.weak();
             let t = lp.set_interval(h.interval, move |lp| {
-                if let Some(inner) = weak.upgrade() {
-                    Supervisor(inner).health_tick(lp);
+                if let Some(s) = weak.upgrade() {
+                    s.health_tick(lp);
                 }
             });
             lp.unref(t);
@@ -288,6 +297,12 @@ impl Supervisor {
             ));
         }
         Ok(())
+    }
+
+    /// A handle that does not keep the supervisor alive (for the loop's callbacks: the
+    /// loop holds one strong handle from [`Supervisor::start`] on).
+    fn weak(&self) -> WeakSupervisor {
+        WeakSupervisor(Rc::downgrade(&self.0))
     }
 
     fn emit(&self, lp: &mut EventLoop, ev: SupervisorEvent) {
@@ -343,17 +358,21 @@ impl Supervisor {
             }
             Action::Route(w) => p.set_routing(lp, w, true),
             Action::ReadyDeadline(w) => {
-                let me = self.clone();
+                let me = self.weak();
                 let t = lp.set_timeout(opts.ready_timeout, move |lp| {
-                    me.apply(lp, |t, host, now, out| t.ready_deadline(host, w, now, out));
+                    if let Some(me) = me.upgrade() {
+                        me.apply(lp, |t, host, now, out| t.ready_deadline(host, w, now, out));
+                    }
                 });
                 lp.unref(t);
             }
             Action::Timer { slot, epoch, delay } => {
-                let me = self.clone();
+                let me = self.weak();
                 let t = lp.set_timeout(delay, move |lp| {
-                    me.0.borrow_mut().slot_timers.remove(&slot);
-                    me.apply(lp, |t, host, now, out| t.timer(host, slot, epoch, now, out));
+                    if let Some(me) = me.upgrade() {
+                        me.0.borrow_mut().slot_timers.remove(&slot);
+                        me.apply(lp, |t, host, now, out| t.timer(host, slot, epoch, now, out));
+                    }
                 });
                 let old = self.0.borrow_mut().slot_timers.insert(slot, t);
                 if let Some(old) = old {
@@ -505,8 +524,12 @@ impl Supervisor {
         self.emit(lp, SupervisorEvent::ShuttingDown);
         p.keep_listeners(lp, false);
         p.disconnect(lp, |_, _| {});
-        let me = self.clone();
-        let t = lp.set_timeout(deadline, move |lp| me.force(lp));
+        let me = self.weak();
+        let t = lp.set_timeout(deadline, move |lp| {
+            if let Some(me) = me.upgrade() {
+                me.force(lp);
+            }
+        });
         lp.unref(t);
         self.maybe_stopped(lp);
     }
