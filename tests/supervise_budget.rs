@@ -1,0 +1,82 @@
+//! One restart budget for every cause: workers going down count like crashes, the breaker
+//! trips, and after its cool-down it tries one worker (half-open) and closes once that
+//! one is ready — the slot is never left empty for good.
+
+mod cluster_util;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use cluster_util::{primary, run, worker};
+use forkloop::primary::supervise::{RestartPolicy, Supervisor, SupervisorEvent, SupervisorOptions};
+
+#[test]
+fn going_down_trips_the_breaker_which_tries_again_after_its_cool_down() {
+    worker(|lp, w| {
+        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, c| c.destroy(lp));
+        server.on_error(|_, _, e| panic!("listen failed: {e}"));
+        w.on_message(lp, |lp, w, _| w.going_down(lp, "fatal error"));
+    });
+    let (mut lp, p) = primary("going_down_trips_the_breaker_which_tries_again_after_its_cool_down");
+    let sup = Supervisor::new(
+        &mut lp,
+        &p,
+        SupervisorOptions {
+            workers: 1,
+            signals: false,
+            health: None,
+            restart: RestartPolicy {
+                base: Duration::from_millis(10),
+                factor: 2.0,
+                min_uptime: Duration::from_secs(5),
+                breaker_max: 3,
+                breaker_window: Duration::from_secs(30),
+                breaker_cooldown: Duration::from_millis(300),
+                ..RestartPolicy::default()
+            },
+            ..SupervisorOptions::default()
+        },
+    )
+    .expect("supervisor");
+    let log: Rc<RefCell<Vec<SupervisorEvent>>> = Rc::default();
+    let (l, tripped) = (log.clone(), Rc::new(Cell::new(false)));
+    let t = tripped.clone();
+    sup.on(move |lp, s, ev| {
+        l.borrow_mut().push(ev.clone());
+        match ev {
+            // Every new worker goes down as soon as it is ready, until the breaker trips.
+            SupervisorEvent::Ready { worker, .. } if !t.get() => {
+                let _ = s.primary().send(lp, *worker, b"go down");
+            }
+            SupervisorEvent::BreakerTripped { .. } => t.set(true),
+            SupervisorEvent::BreakerClosed { .. } => s.shutdown(lp),
+            _ => {}
+        }
+    });
+    sup.start(&mut lp).expect("start");
+    assert_eq!(run(&mut lp), 0);
+    let log = log.borrow();
+    let delays: Vec<Duration> = log
+        .iter()
+        .filter_map(|e| match e {
+            SupervisorEvent::Restarting { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        delays,
+        [10, 20, 40].map(Duration::from_millis),
+        "going down backs off like a crash: {log:?}"
+    );
+    let kinds: Vec<&str> = log
+        .iter()
+        .filter_map(|e| match e {
+            SupervisorEvent::BreakerTripped { restarts: 4, .. } => Some("tripped"),
+            SupervisorEvent::BreakerHalfOpen { .. } => Some("half-open"),
+            SupervisorEvent::BreakerClosed { .. } => Some("closed"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["tripped", "half-open", "closed"], "{log:?}");
+}
