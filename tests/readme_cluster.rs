@@ -111,10 +111,11 @@ fn children(pid: u32) -> Vec<u32> {
         };
         let mut f = rest.split_whitespace();
         let (state, ppid) = (f.next(), f.next().and_then(|p| p.parse::<u32>().ok()));
-        if ppid == Some(pid) && state != Some("Z") {
-            if let Some(p) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
-                out.push(p);
-            }
+        if ppid == Some(pid)
+            && state != Some("Z")
+            && let Some(p) = e.file_name().to_str().and_then(|s| s.parse().ok())
+        {
+            out.push(p);
         }
     }
     out

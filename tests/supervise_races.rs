@@ -221,7 +221,7 @@ fn reload_then_kill_the_oldest_worker_keeps_one_worker_per_slot() {
                     &f,
                     "the reload to end",
                     400,
-                    |s| settled(s),
+                    settled,
                     move |lp, _| {
                         let n = s2.stats().len();
                         if n != 2 {
