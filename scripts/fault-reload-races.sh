@@ -37,12 +37,7 @@ for v in RUNS SLOW_CONNS HOLD_S; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
 done
 
-FL_BIN=target/release/examples/http_cluster
-need timeout coreutils
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  build_retry cargo build --release --quiet --example http_cluster
-fi
-[ -x "$FL_BIN" ] || die "missing $FL_BIN"
+build_http_cluster
 
 pre_cleanup() { track_cluster_workers; }
 

@@ -24,12 +24,7 @@ source scripts/lib.sh
 LIMIT_S=${LIMIT_S:-5}
 POLICY=${POLICY:-}
 [[ $LIMIT_S =~ ^[0-9]+$ ]] || die "LIMIT_S must be a whole number"
-FL_BIN=target/release/examples/http_cluster
-need timeout coreutils
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  build_retry cargo build --release --quiet --example http_cluster
-fi
-[ -x "$FL_BIN" ] || die "missing $FL_BIN"
+build_http_cluster
 pre_cleanup() { track_cluster_workers; }
 
 # expect_start_failure NAME ADDR LOG CMD...: runs CMD (bounded by LIMIT_S + 5 s), checks

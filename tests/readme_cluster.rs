@@ -67,35 +67,35 @@ fn build_example() -> PathBuf {
     std::fs::copy(repo.join("Cargo.lock"), krate.join("Cargo.lock")).expect("Cargo.lock");
     std::fs::write(krate.join("src/main.rs"), readme_example()).expect("main.rs");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let errors = base.join("build-errors.txt");
     let mut build = ChildGuard(
         Command::new(cargo)
             .args(["build", "--offline", "--quiet"])
             .current_dir(&krate)
             .env("CARGO_TARGET_DIR", base.join("target"))
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&errors).expect("error file"))
             .spawn()
             .expect("cargo build"),
     );
-    let end = Instant::now() + BUILD_LIMIT;
-    let status = loop {
-        if let Some(s) = build.0.try_wait().expect("wait for cargo") {
-            break s;
-        }
-        assert!(
-            Instant::now() < end,
-            "building the README example took over {BUILD_LIMIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_bounded(&mut build, BUILD_LIMIT, "building the README example");
     if !status.success() {
-        let mut err = String::new();
-        if let Some(mut e) = build.0.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
+        let err = std::fs::read_to_string(&errors).unwrap_or_default();
         panic!("the README example does not build:\n{err}");
     }
     base.join("target/debug/readme_cluster")
+}
+
+/// Waits for `child` to exit, at most `limit` (then the test fails and the guard kills it).
+fn wait_bounded(child: &mut ChildGuard, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.0.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(Instant::now() < end, "{what}: not done within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Direct children of `pid` (from /proc).
@@ -201,17 +201,11 @@ fn readme_cluster_example_supervises() {
         "back to one process per worker"
     );
     kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("SIGTERM the primary");
-    let end = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            Instant::now() < end,
-            "the primary did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_bounded(
+        &mut child,
+        Duration::from_secs(20),
+        "the primary's exit after SIGTERM",
+    );
     assert_eq!(
         status.code(),
         Some(0),

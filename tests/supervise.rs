@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use cluster_util::{ChildGuard, IO_TIMEOUT, args_for, fetch, primary, run, worker};
+use cluster_util::{ChildGuard, IO_TIMEOUT, args_for, fetch, port_of, primary, run, worker};
 use forkloop::ipc::Endpoint;
 use forkloop::net::Stream;
 use forkloop::primary::supervise::{
@@ -47,21 +47,6 @@ fn record(sup: &Supervisor) -> Rc<RefCell<Vec<SupervisorEvent>>> {
     let l = log.clone();
     sup.on(move |_, _, ev| l.borrow_mut().push(ev.clone()));
     log
-}
-
-fn port_of(p: &Primary) -> Rc<Cell<u16>> {
-    let port = Rc::new(Cell::new(0));
-    let pt = port.clone();
-    p.on(move |_, _, ev| {
-        if let Event::Listening {
-            address: Endpoint::Tcp(a),
-            ..
-        } = ev
-        {
-            pt.set(a.port());
-        }
-    });
-    port
 }
 
 #[test]

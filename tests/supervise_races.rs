@@ -13,12 +13,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::time::Duration;
 
-use cluster_util::{primary, run, worker};
+use cluster_util::{port_of, primary, run, worker};
 use forkloop::cluster::WorkerState;
-use forkloop::ipc::Endpoint;
 use forkloop::net::Stream;
 use forkloop::primary::supervise::{Cause, RestartPolicy, Supervisor, SupervisorOptions};
-use forkloop::primary::{Event, Primary};
 use forkloop::rt::EventLoop;
 use forkloop::worker::Worker;
 use nix::sys::signal::Signal;
@@ -81,21 +79,6 @@ fn watch(sup: &Supervisor) -> Failure {
         }
     });
     failure
-}
-
-fn port_of(p: &Primary) -> Rc<Cell<u16>> {
-    let port = Rc::new(Cell::new(0));
-    let pt = port.clone();
-    p.on(move |_, _, ev| {
-        if let Event::Listening {
-            address: Endpoint::Tcp(a),
-            ..
-        } = ev
-        {
-            pt.set(a.port());
-        }
-    });
-    port
 }
 
 /// Polls every 20 ms until `cond` holds (then runs `then`), at most `tries` times (then

@@ -173,6 +173,18 @@ pub fn tcp_port(ev: &Event) -> Option<u16> {
     }
 }
 
+/// The TCP port the workers listen on, as the primary's `Listening` events report it.
+pub fn port_of(p: &Primary) -> Rc<Cell<u16>> {
+    let port = Rc::new(Cell::new(0));
+    let pt = port.clone();
+    p.on(move |_, _, ev| {
+        if let Some(pn) = tcp_port(ev) {
+            pt.set(pn);
+        }
+    });
+    port
+}
+
 /// Once `n` workers have sent "ready", calls `then` (once) with the loopback address the
 /// workers listen on.
 pub fn on_all_ready<F>(p: &Primary, n: usize, then: F)

@@ -1080,6 +1080,15 @@ mod tests {
             self.run(|t, h, now, out| t.exit(h, w, now, out));
         }
 
+        /// Workers `ids` exit in turn, `apart` from each other (due timers fire between).
+        fn boot_failures(&mut self, ids: std::ops::RangeInclusive<u32>, apart: Duration) {
+            for w in ids {
+                self.exit(w);
+                self.advance(apart);
+                self.fire_due();
+            }
+        }
+
         /// Fires every timer that is due.
         fn fire_due(&mut self) {
             let now = self.now;
@@ -1202,11 +1211,7 @@ mod tests {
     fn a_tripped_breaker_tries_again_after_its_cool_down() {
         let mut r = Rig::new(1, quick());
         // Four boot failures in a row: three restarts, then the breaker trips.
-        for w in 1..=4 {
-            r.exit(w);
-            r.advance(Duration::from_millis(100));
-            r.fire_due();
-        }
+        r.boot_failures(1..=4, Duration::from_millis(100));
         assert!(
             r.events
                 .iter()
@@ -1239,11 +1244,7 @@ mod tests {
     #[test]
     fn reload_and_scale_refill_a_tripped_slot() {
         let mut r = Rig::new(1, quick());
-        for w in 1..=4 {
-            r.exit(w);
-            r.advance(Duration::from_millis(100));
-            r.fire_due();
-        }
+        r.boot_failures(1..=4, Duration::from_millis(100));
         assert!(r.owners().is_empty());
         r.run(|t, h, now, out| {
             t.reload(h, now, out);
@@ -1252,11 +1253,7 @@ mod tests {
         r.ready(5);
         assert_eq!(r.reloads, [Ok(())]);
         // Trip it again; scaling refills it.
-        for w in 5..=8 {
-            r.exit(w);
-            r.advance(Duration::from_secs(1));
-            r.fire_due();
-        }
+        r.boot_failures(5..=8, Duration::from_secs(1));
         assert!(r.owners().is_empty());
         r.run(|t, h, now, out| t.scale(h, 2, now, out));
         assert_eq!(r.owners().len(), 2);
