@@ -12,14 +12,18 @@ use cluster_util::{primary_with, run, worker};
 use forkloop::primary::supervise::{Supervisor, SupervisorEvent, SupervisorOptions};
 use forkloop::primary::{Policy, PrimaryOptions, Settings};
 
-/// Listens on the port in `FORKLOOP_TEST_PORT`; a failed listen ends the worker.
-fn listen_on_the_given_port(lp: &mut forkloop::rt::EventLoop, w: &forkloop::worker::Worker) {
+/// 127.0.0.1 and the port in `FORKLOOP_TEST_PORT` (set by the test for its workers).
+fn given_port() -> std::net::SocketAddr {
     let port: u16 = std::env::var("FORKLOOP_TEST_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
         .expect("FORKLOOP_TEST_PORT");
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let server = w.listen_tcp(lp, addr, |lp, c| c.destroy(lp));
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Listens on the given port; a failed listen ends the worker.
+fn listen_on_the_given_port(lp: &mut forkloop::rt::EventLoop, w: &forkloop::worker::Worker) {
+    let server = w.listen_tcp(lp, given_port(), |lp, c| c.destroy(lp));
     server.on_error(|_, _, e| {
         eprintln!("worker: cannot listen: {e}");
         std::process::exit(3);
@@ -108,4 +112,71 @@ fn port_in_use_stops_the_start_shared() {
 fn port_in_use_stops_the_start_reuseport() {
     worker(listen_on_the_given_port);
     port_in_use_stops_the_start("port_in_use_stops_the_start_reuseport", Policy::ReusePort);
+}
+
+#[test]
+fn a_listen_error_after_the_start_is_the_workers_own() {
+    // Workers serve on port 0 first; asked to, they also try the taken port.
+    worker(|lp, w| {
+        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, c| c.destroy(lp));
+        server.on_error(|_, _, e| panic!("listen failed: {e}"));
+        w.on_message(lp, |lp, w, _| listen_on_the_given_port_quietly(lp, w));
+    });
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let (mut lp, p) = cluster_util::primary("a_listen_error_after_the_start_is_the_workers_own");
+    p.setup(
+        &mut lp,
+        Settings::default().env("FORKLOOP_TEST_PORT", port.to_string()),
+    );
+    let sup = Supervisor::new(
+        &mut lp,
+        &p,
+        SupervisorOptions {
+            workers: 1,
+            signals: false,
+            health: None,
+            ..SupervisorOptions::default()
+        },
+    )
+    .expect("supervisor");
+    let seen: Rc<RefCell<Vec<SupervisorEvent>>> = Rc::default();
+    let s2 = seen.clone();
+    sup.on(move |lp, s, ev| {
+        s2.borrow_mut().push(ev.clone());
+        match ev {
+            SupervisorEvent::Ready { worker, .. } => {
+                let _ = s.primary().send(lp, *worker, b"listen on the taken port");
+            }
+            SupervisorEvent::ListenFailed { .. } => {
+                let s = s.clone();
+                lp.set_timeout(100, move |lp| s.shutdown(lp));
+            }
+            _ => {}
+        }
+    });
+    sup.start(&mut lp).expect("start");
+    assert_eq!(
+        run(&mut lp),
+        0,
+        "the cluster served on: {:?}",
+        seen.borrow()
+    );
+    drop(taken);
+    assert!(
+        seen.borrow()
+            .iter()
+            .any(|e| matches!(e, SupervisorEvent::ListenFailed { fatal: false, .. })),
+        "{:?}",
+        seen.borrow()
+    );
+}
+
+/// Like [`listen_on_the_given_port`], but the worker only logs the error and serves on.
+fn listen_on_the_given_port_quietly(
+    lp: &mut forkloop::rt::EventLoop,
+    w: &forkloop::worker::Worker,
+) {
+    let server = w.listen_tcp(lp, given_port(), |lp, c| c.destroy(lp));
+    server.on_error(|_, _, e| eprintln!("worker: cannot listen: {e}"));
 }

@@ -54,9 +54,10 @@
 //!
 //! # Start failures
 //!
-//! When a listen request fails in the primary because of its address (in use, permission
-//! denied, not available) and no worker of the cluster ever listened on that address, the
-//! start has failed: the supervisor logs one line naming the address and the error (and
+//! When, while the cluster starts (before every slot had a ready worker), a listen
+//! request fails in the primary because of its address (in use, permission denied, not
+//! available) and no worker of the cluster ever listened on that address, the start has
+//! failed: the supervisor logs one line naming the address and the error (and
 //! writes it to standard error if no logger is installed), emits
 //! [`SupervisorEvent::ListenFailed`] with `fatal: true`, kills the workers and ends the
 //! loop with exit code 1 once they are reaped — no restarts.
@@ -106,6 +107,8 @@ struct Inner {
     slot_timers: HashMap<usize, TimerId>,
     /// Addresses some worker of the cluster has listened on.
     listened: HashSet<Endpoint>,
+    /// Every slot had a ready worker once: the start is over.
+    up: bool,
     handlers: Rc<crate::hooks::Hooks<SupHandler>>,
     ping_seq: u64,
     interrupts: u32,
@@ -188,6 +191,7 @@ impl Supervisor {
             reload_done: Vec::new(),
             slot_timers: HashMap::new(),
             listened: HashSet::new(),
+            up: false,
             handlers: Rc::default(),
             ping_seq: 0,
             interrupts: 0,
@@ -421,12 +425,14 @@ impl Supervisor {
         self.apply(lp, |t, host, now, out| t.ready(host, worker, now, out));
     }
 
-    /// A listen request failed in the primary: fatal to the start if no worker ever
-    /// listened on that address and the error is about the address.
+    /// A listen request failed in the primary: fatal while the cluster starts (before
+    /// every slot had a ready worker) if no worker ever listened on that address and the
+    /// error is about the address.
     fn on_listen_failed(&self, lp: &mut EventLoop, worker: u32, address: &Endpoint, e: &io::Error) {
         let fatal = {
             let inner = self.0.borrow();
             !inner.table.down
+                && !inner.up
                 && !inner.listened.contains(address)
                 && matches!(
                     e.kind(),
@@ -458,10 +464,15 @@ impl Supervisor {
         self.force(lp);
     }
 
-    /// Tells systemd (if it listens) the service is ready once every slot's first worker is.
+    /// Once every slot has a ready worker: the start is over, and systemd (if it listens)
+    /// hears the service is ready.
     fn maybe_announce(&self) {
         let mut inner = self.0.borrow_mut();
-        if inner.announced || inner.notifier.is_none() || !inner.table.all_ready() {
+        if !inner.table.all_ready() {
+            return;
+        }
+        inner.up = true;
+        if inner.announced || inner.notifier.is_none() {
             return;
         }
         inner.announced = true;

@@ -184,10 +184,11 @@ pub enum SupervisorEvent {
         /// The error.
         reason: String,
     },
-    /// A listen request failed in the primary. `fatal` when no worker of the cluster
-    /// ever listened on that address and the error is about the address (in use,
-    /// permission denied, not available): the supervisor then stops the cluster and the
-    /// loop exits with 1.
+    /// A listen request failed in the primary. `fatal` when it happened while the
+    /// cluster starts (before every slot had a ready worker), no worker of the cluster
+    /// ever listened on that address, and the error is about the address (in use,
+    /// permission denied, not available): the supervisor then kills the workers (no
+    /// restarts) and the loop exits with 1. Otherwise the worker handles its error.
     ListenFailed {
         /// The worker that asked.
         worker: u32,
