@@ -159,7 +159,7 @@ prepare_http_cluster() {
 # build_http_cluster: checks for timeout, builds examples/http_cluster (unless
 # SKIP_BUILD=1) and sets FL_BIN to it.
 build_http_cluster() {
-  FL_BIN=target/release/examples/http_cluster
+  FL_BIN=${FL_BIN:-target/release/examples/http_cluster}
   need timeout coreutils
   if [ "${SKIP_BUILD:-0}" != 1 ]; then
     build_retry cargo build --release --quiet --example http_cluster
