@@ -1,4 +1,4 @@
-//! Passing a listening socket to workers, as in the seed article's
+//! Passing a listening socket to workers, as with Node's
 //! `worker.send('server', server)`: the primary binds one TCP listener, sends its
 //! descriptor to every worker, and the workers accept on it from their own loops. The
 //! primary then makes a few client connections and prints which worker answered each.

@@ -75,7 +75,13 @@ fn parse_args() -> Args {
             "--workers" => a.workers = val().parse().unwrap_or_else(|_| usage("bad --workers")),
             "--port" => a.port = val().parse().unwrap_or_else(|_| usage("bad --port")),
             "--host" => a.host = val(),
-            "--policy" => a.policy = Some(Policy::parse(&val()).unwrap_or_else(|e| usage(&e))),
+            "--policy" => {
+                a.policy = Some(
+                    val()
+                        .parse::<Policy>()
+                        .unwrap_or_else(|e| usage(&e.to_string())),
+                )
+            }
             "--credit" => a.credit = val().parse().unwrap_or_else(|_| usage("bad --credit")),
             "--accept-window-ms" => {
                 a.accept_window_ms = val()

@@ -294,7 +294,9 @@ fn fdpass_stream(args: &[String]) -> io::Result<()> {
 
 /// The child side: echo, count, or count-and-ack descriptors, until EOF.
 fn child(args: &[String]) -> io::Result<()> {
-    let fd = forkloop::sys::process::take_inherited_fd(FD_ENV)?
+    // SAFETY: the parent (this benchmark's own `main`) spawned this process with the
+    // descriptor in FD_ENV for this one call; nothing else in the child takes it.
+    let fd = unsafe { forkloop::sys::process::take_inherited_fd(FD_ENV) }?
         .ok_or_else(|| io::Error::other(format!("{FD_ENV} not set")))?;
     let mut ep = Endpoint::new(fd)?;
     match args.first().map(String::as_str) {

@@ -1,4 +1,4 @@
-//! Primary ↔ worker messaging and the worker lifecycle, as in the seed article: each
+//! Primary ↔ worker messaging and the worker lifecycle, as in Node's classic cluster example: each
 //! worker greets the primary, the primary answers; then worker 1 is told to disconnect,
 //! worker 2 is killed, and worker 3 leaves on its own. Every event is printed in order.
 //!

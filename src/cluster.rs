@@ -1,23 +1,34 @@
 //! Roles and the shared vocabulary of the primary and its workers.
 //!
 //! A worker is a process the primary spawned (exec of a program, never a bare `fork()` of
-//! a running one) with two environment variables: [`WORKER_ID_ENV`] (its id, from 1) and
-//! [`CHANNEL_FD_ENV`] (the descriptor number of its end of the channel). [`role`] reads
-//! both, removes them from the environment, takes ownership of the descriptor (made
-//! close-on-exec again, so the worker's own children never inherit it) and, in a worker,
-//! writes the `Online` message at once: the primary hears "online" before any user code
-//! runs.
+//! a running one) with four environment variables: [`WORKER_ID_ENV`] (its id, from 1),
+//! [`CHANNEL_FD_ENV`] (the descriptor number of its end of the channel),
+//! [`PRIMARY_PID_ENV`] (the primary's pid) and [`CHANNEL_LIMITS_ENV`] (the frame limits
+//! the primary enforces on the channel). [`role`] reads them once per process and takes
+//! ownership of the descriptor (made close-on-exec again, so the worker's own children
+//! never inherit it); in a worker it writes the `Online` message at once, so the primary
+//! hears "online" before any user code runs.
+//!
+//! The environment is never edited. A worker's own children inherit the variables, but
+//! their parent is the worker, not the pid in [`PRIMARY_PID_ENV`], so they are primaries.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Mutex, OnceLock};
 
-use crate::ipc::frame::{Header, Kind};
+use crate::ipc::frame::{Header, Kind, Limits};
 
 /// Environment variable holding a worker's id.
 pub const WORKER_ID_ENV: &str = "FORKLOOP_WORKER_ID";
 /// Environment variable holding the descriptor number of a worker's channel.
 pub const CHANNEL_FD_ENV: &str = "FORKLOOP_CHANNEL_FD";
+/// Environment variable holding the pid of the primary that spawned the worker. The
+/// worker variables count only in a process whose parent has this pid.
+pub const PRIMARY_PID_ENV: &str = "FORKLOOP_PRIMARY_PID";
+/// Environment variable holding the channel's frame limits as `MAX_PAYLOAD,MAX_FDS`, so
+/// that a worker refuses to send (with a `SendError`) what its primary would refuse to
+/// read. Absent: the defaults.
+pub const CHANNEL_LIMITS_ENV: &str = "FORKLOOP_CHANNEL_LIMITS";
 
 /// Which side of a cluster this process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,10 +48,10 @@ impl Role {
 
 static ROLE: OnceLock<Result<Role, String>> = OnceLock::new();
 static CHANNEL: Mutex<Option<OwnedFd>> = Mutex::new(None);
+static LIMITS: OnceLock<Limits> = OnceLock::new();
 
-/// This process's role. The first call decides (and, in a worker, says "online").
-///
-/// Call it early in `main`, before other threads start: it edits the environment.
+/// This process's role. The first call decides (and, in a worker, says "online"); it is
+/// safe to call from any thread, any number of times.
 ///
 /// # Errors
 ///
@@ -68,23 +79,68 @@ fn detect() -> io::Result<Role> {
     let Some(id) = std::env::var_os(WORKER_ID_ENV) else {
         return Ok(Role::Primary);
     };
-    // SAFETY: documented precondition of `role`: called before other threads exist.
-    unsafe { std::env::remove_var(WORKER_ID_ENV) };
+    let primary = std::env::var_os(PRIMARY_PID_ENV).ok_or_else(|| {
+        bad(format!(
+            "{WORKER_ID_ENV} is set but {PRIMARY_PID_ENV} is not"
+        ))
+    })?;
+    let primary: u32 = primary
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(format!("{PRIMARY_PID_ENV}={primary:?} is not a pid")))?;
+    if primary != std::os::unix::process::parent_id() {
+        // Inherited from an ancestor: a worker's child, not a worker.
+        return Ok(Role::Primary);
+    }
     let id: u32 = id
         .to_str()
         .and_then(|s| s.parse().ok())
         .filter(|&n| n > 0)
         .ok_or_else(|| bad(format!("{WORKER_ID_ENV}={id:?} is not a worker id")))?;
-    let fd = crate::sys::process::take_inherited_fd(CHANNEL_FD_ENV)?.ok_or_else(|| {
-        bad(format!(
-            "{WORKER_ID_ENV} is set but {CHANNEL_FD_ENV} is not"
-        ))
-    })?;
+    let limits = match std::env::var(CHANNEL_LIMITS_ENV) {
+        Ok(v) => limits_from_env(&v).ok_or_else(|| {
+            bad(format!(
+                "{CHANNEL_LIMITS_ENV}={v:?} is not MAX_PAYLOAD,MAX_FDS"
+            ))
+        })?,
+        Err(_) => Limits::default(),
+    };
+    // SAFETY: `detect` runs at most once per process (behind `ROLE`), and the parent check
+    // above shows the variable was set by the primary that spawned this very process and
+    // passed it the descriptor: nothing else in the process owns it.
+    let fd =
+        unsafe { crate::sys::process::take_inherited_fd(CHANNEL_FD_ENV) }?.ok_or_else(|| {
+            bad(format!(
+                "{WORKER_ID_ENV} is set but {CHANNEL_FD_ENV} is not"
+            ))
+        })?;
     say_online(&fd)?;
+    let _ = LIMITS.set(limits);
     if let Ok(mut slot) = CHANNEL.lock() {
         *slot = Some(fd);
     }
     Ok(Role::Worker(id))
+}
+
+/// The frame limits of this worker's channel, as its primary set them (the defaults in a
+/// primary).
+pub(crate) fn channel_limits() -> Limits {
+    LIMITS.get().copied().unwrap_or_default()
+}
+
+/// `limits` as [`CHANNEL_LIMITS_ENV`] carries them.
+pub(crate) fn limits_to_env(limits: Limits) -> String {
+    format!("{},{}", limits.max_payload, limits.max_fds)
+}
+
+fn limits_from_env(v: &str) -> Option<Limits> {
+    let (payload, fds) = v.split_once(',')?;
+    let limits = Limits {
+        max_payload: payload.parse().ok()?,
+        max_fds: fds.parse().ok()?,
+    };
+    limits.validate().ok()?;
+    Some(limits)
 }
 
 fn bad(msg: String) -> io::Error {
@@ -117,6 +173,50 @@ fn say_online(fd: &OwnedFd) -> io::Result<()> {
 pub fn take_channel() -> Option<OwnedFd> {
     let _ = try_role();
     CHANNEL.lock().ok().and_then(|mut slot| slot.take())
+}
+
+/// This process's side of the cluster, from [`start`]: the primary's handle, or the
+/// worker's.
+#[derive(Debug)]
+pub enum Side {
+    /// Not started by a forkloop primary: this process is the primary.
+    Primary(crate::primary::Primary),
+    /// A worker, attached to its channel.
+    Worker(crate::worker::Worker),
+}
+
+/// The one entry point: in the primary, a [`Primary`](crate::primary::Primary) on `lp`
+/// (policy and limits from [`PrimaryOptions`](crate::primary::PrimaryOptions)'s
+/// defaults); in a worker, its [`Worker`](crate::worker::Worker), attached to `lp`.
+///
+/// # Errors
+///
+/// The worker environment is broken ([`crate::Error::Config`]), the worker's channel was
+/// attached already, or the primary or the channel cannot be set up.
+pub fn start(lp: &mut crate::rt::EventLoop) -> crate::Result<Side> {
+    start_with(lp, crate::primary::PrimaryOptions::default())
+}
+
+/// As [`start`], with the primary's options (a worker ignores them: its channel limits
+/// come from its primary).
+///
+/// # Errors
+///
+/// As [`start`].
+pub fn start_with(
+    lp: &mut crate::rt::EventLoop,
+    opts: crate::primary::PrimaryOptions,
+) -> crate::Result<Side> {
+    match try_role()? {
+        Role::Primary => Ok(Side::Primary(crate::primary::Primary::with_options(
+            lp, opts,
+        )?)),
+        Role::Worker(id) => crate::worker::Worker::attach(lp)?
+            .map(Side::Worker)
+            .ok_or_else(|| {
+                crate::Error::Config(format!("worker {id}: its channel was attached already"))
+            }),
+    }
 }
 
 /// How a worker process ended: exactly one of `code` and `signal` is set.

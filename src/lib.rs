@@ -9,15 +9,13 @@
 //! primary, the primary answers and then disconnects them all.
 //!
 //! ```
-//! use forkloop::primary::{Event, Primary};
-//! use forkloop::worker::Worker;
-//! use forkloop::{EventLoop, Role};
+//! use forkloop::primary::Event;
+//! use forkloop::{EventLoop, Side};
 //!
 //! fn main() -> forkloop::Result<()> {
 //!     let mut lp = EventLoop::new()?;
-//!     match forkloop::role() {
-//!         Role::Primary => {
-//!             let p = Primary::new(&mut lp)?;
+//!     match forkloop::start(&mut lp)? {
+//!         Side::Primary(p) => {
 //!             p.on(|lp, p, ev| {
 //!                 if let Event::Message { worker, data, .. } = ev {
 //!                     println!("primary got {:?} from worker {worker}", String::from_utf8_lossy(data));
@@ -36,9 +34,8 @@
 //!                 }
 //!             });
 //!         }
-//!         Role::Worker(id) => {
-//!             let w = Worker::attach(&mut lp)?.expect("a worker has a channel");
-//!             w.send(&mut lp, format!("hello from worker {id}").as_bytes())?;
+//!         Side::Worker(w) => {
+//!             w.send(&mut lp, format!("hello from worker {}", w.id()).as_bytes())?;
 //!             w.on_message(&mut lp, |_, w, msg| {
 //!                 println!("worker {} got {:?}", w.id(), String::from_utf8_lossy(&msg.data));
 //!             });
@@ -85,7 +82,6 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`sys`] | platform glue: socketpair, `SCM_RIGHTS`, sockets with options, spawning with an inherited channel, parent-death signal, resident memory |
 //! | [`ipc`] | the wire format, the framed channel, typed protocol messages |
 //! | [`rt`] | the event loop: Node's phases, timers, immediates, nextTick, microtasks, futures, I/O registration, signals, cross-thread posting, blocking pool |
 //! | [`net`] | loop-driven TCP and Unix listeners and streams (buffered writes, half-close), UDP sockets |
@@ -94,6 +90,7 @@
 //! | [`worker`] | the worker: messaging, disconnect protocol, cluster-aware listen, servers that drain, loop lag |
 
 #![deny(missing_docs, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
 pub mod cluster;
@@ -103,9 +100,19 @@ pub mod ipc;
 pub mod net;
 pub mod primary;
 pub mod rt;
+// Platform glue (socketpairs, SCM_RIGHTS, socket options, spawning, rlimits, CPU time).
+// Public only for this repository's own tests, examples and benchmarks, which measure and
+// probe below the API; it is not part of the supported API and may change in any release.
+#[doc(hidden)]
 pub mod sys;
 pub mod worker;
 
-pub use cluster::{Role, role, try_role};
+pub use cluster::{Role, Side, role, start, start_with, try_role};
 pub use error::{Error, Result};
 pub use rt::{EventLoop, LoopHandle, RunMode};
+
+// The README's code blocks are compiled and run as doctests, so the README cannot drift from
+// the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,5 +1,5 @@
 //! The cluster's lifecycle and messaging, re-expressing the [core] tests of Node's
-//! `test/parallel/test-cluster-*.js` (node-cluster.md §4). Each test's name is the Node test
+//! `test/parallel/test-cluster-*.js`. Each test's name is the Node test
 //! it mirrors. The test binary re-executes itself as the workers (see `cluster_util`).
 
 mod cluster_util;
@@ -35,14 +35,16 @@ fn record(p: &Primary, log: &Log) {
 #[test]
 fn basic() {
     worker(|lp, w| {
-        let env_clean =
-            std::env::var_os(WORKER_ID_ENV).is_none() && std::env::var_os(CHANNEL_FD_ENV).is_none();
+        // The variables stay (the environment is never edited), the role is decided once.
+        let env_kept =
+            std::env::var_os(WORKER_ID_ENV).is_some() && std::env::var_os(CHANNEL_FD_ENV).is_some();
+        let role_kept = forkloop::role() == forkloop::Role::Worker(w.id());
         w.send(
             lp,
-            if env_clean {
-                b"env-clean"
+            if env_kept && role_kept {
+                b"role-kept"
             } else {
-                b"env-dirty"
+                b"role-lost"
             },
         )
         .unwrap();
@@ -74,7 +76,7 @@ fn basic() {
             "setup None",
             "fork 1 Some(None)",
             "online 1 Some(Online)",
-            "message 1 env-clean Some(Online)",
+            "message 1 role-kept Some(Online)",
             "listening 1 Some(Listening)",
             "disconnect 1 Some(Disconnected)",
             "exit 1 Some(3) None Some(Dead)",

@@ -1,5 +1,5 @@
 //! Shared listening: one port for many workers under each policy, re-expressing the
-//! listening tests of Node's cluster suite (node-cluster.md §4), plus forkloop's own
+//! listening tests of Node's cluster suite, plus forkloop's own
 //! guarantees: no connection lost when a worker dies with hand-offs in flight, and an even
 //! round-robin spread.
 

@@ -1,4 +1,5 @@
-//! One test per ordering rule of research/event-loop.md §4, named after the rule.
+//! One test per ordering rule of the `forkloop::rt` module docs ("Ordering rules"), named
+//! after the rule.
 
 mod util_loop;
 

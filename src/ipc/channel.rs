@@ -69,8 +69,8 @@ impl ChannelConfig {
     /// `InvalidInput` naming the setting that is out of range.
     pub fn validate(&self) -> io::Result<()> {
         let bad = |s: String| Err(io::Error::new(io::ErrorKind::InvalidInput, s));
-        if let Err(s) = self.limits.validate() {
-            return bad(s);
+        if let Err(e) = self.limits.validate() {
+            return bad(e.to_string());
         }
         let frame = HEADER_LEN + self.limits.max_payload as usize;
         if self.max_queued_bytes < frame {
@@ -155,9 +155,10 @@ impl fmt::Display for ChannelError {
 
 impl std::error::Error for ChannelError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // `Display` already printed the wrapped error: go on from its source.
         match self {
-            ChannelError::Io(e) => Some(e),
-            ChannelError::Frame(e) => Some(e),
+            ChannelError::Io(e) => e.source(),
+            ChannelError::Frame(e) => e.source(),
             _ => None,
         }
     }

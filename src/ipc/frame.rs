@@ -78,13 +78,16 @@ pub enum Kind {
     /// W→P: the worker's free credit: when it fills up, when it has room again, and when
     /// a hand-off asked for it.
     Credit = 17,
+    /// P→W: a relay this worker sent could not be delivered (no such worker, or it is
+    /// not connected).
+    RelayFailed = 18,
     /// Application bytes (and optional descriptors).
     User = 32,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Online,
         Kind::QueryServer,
         Kind::QueryReply,
@@ -101,6 +104,7 @@ impl Kind {
         Kind::Ack,
         Kind::GoingDown,
         Kind::Credit,
+        Kind::RelayFailed,
         Kind::User,
     ];
 
@@ -123,6 +127,7 @@ impl Kind {
             15 => Kind::Ack,
             16 => Kind::GoingDown,
             17 => Kind::Credit,
+            18 => Kind::RelayFailed,
             32 => Kind::User,
             _ => return None,
         })
@@ -157,23 +162,44 @@ impl Limits {
     ///
     /// # Errors
     ///
-    /// A message naming the limit that is out of range.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The first limit that is out of range.
+    pub fn validate(&self) -> Result<(), LimitsError> {
         if self.max_payload > DEFAULT_MAX_PAYLOAD {
-            return Err(format!(
-                "max_payload {} is above the supported {DEFAULT_MAX_PAYLOAD}",
-                self.max_payload
-            ));
+            return Err(LimitsError::MaxPayload(self.max_payload));
         }
         if self.max_fds > DEFAULT_MAX_FDS {
-            return Err(format!(
-                "max_fds {} is above the supported {DEFAULT_MAX_FDS}",
-                self.max_fds
-            ));
+            return Err(LimitsError::MaxFds(self.max_fds));
         }
         Ok(())
     }
 }
+
+/// A [`Limits`] field above what the implementation supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitsError {
+    /// `max_payload` is above [`DEFAULT_MAX_PAYLOAD`].
+    MaxPayload(u32),
+    /// `max_fds` is above [`DEFAULT_MAX_FDS`].
+    MaxFds(u8),
+}
+
+impl fmt::Display for LimitsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitsError::MaxPayload(n) => {
+                write!(
+                    f,
+                    "max_payload {n} is above the supported {DEFAULT_MAX_PAYLOAD}"
+                )
+            }
+            LimitsError::MaxFds(n) => {
+                write!(f, "max_fds {n} is above the supported {DEFAULT_MAX_FDS}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LimitsError {}
 
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,9 +17,11 @@ pub mod proto;
 
 pub use buf::{InFrame, RecvBuffer, SendFd, SendQueue};
 pub use channel::{Channel, ChannelConfig, ChannelError, Flush, Recv, SendError, SendErrorKind};
-pub use frame::{Decoded, Frame, FrameError, Header, Kind, Limits};
+pub use frame::{Decoded, Frame, FrameError, Header, Kind, Limits, LimitsError};
 pub use ledger::{FdLedger, UnreadFrame};
-pub use proto::{Endpoint, FdRule, ListenMode, ListenRequest, Message, ProtoError};
+pub use proto::{
+    Endpoint, FdRule, LISTEN_IPV6_ONLY, ListenMode, ListenRequest, Message, ProtoError,
+};
 
 impl Channel {
     /// Queues a typed message with its descriptors.

@@ -22,6 +22,7 @@
 //! | `Ack` | P→W | seq | 0 |
 //! | `GoingDown` | W→P | reason | 0 |
 //! | `Credit` | W→P | free credit (when full, when room again, when a `NewConn` asked) | 0 |
+//! | `RelayFailed` | P→W | the peer worker id a `Relay` could not reach | 0 |
 //! | `User` | both | bytes | 0 to the frame limit |
 
 use std::fmt;
@@ -51,10 +52,12 @@ pub struct ListenRequest {
     pub index: u32,
     /// The backlog the worker asks for.
     pub backlog: u32,
-    /// Listen flags (bit 0: IPv6 only; bit 1: reuse address, UDP).
+    /// Listen flags: [`LISTEN_IPV6_ONLY`]; the other bits are reserved (0).
     pub flags: u32,
 }
 
+/// [`ListenRequest::flags`] bit: an IPv6 socket accepts IPv6 only (`IPV6_V6ONLY`).
+pub const LISTEN_IPV6_ONLY: u32 = 1;
 /// How a worker serves a listener the primary granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListenMode {
@@ -189,6 +192,12 @@ pub enum Message {
         /// Free credit now.
         credit: u32,
     },
+    /// P→W: the worker's `Relay` to `peer` was not delivered: no such worker, or it is
+    /// not connected (or its queue is full).
+    RelayFailed {
+        /// The destination the relay named.
+        peer: u32,
+    },
     /// Application bytes.
     User(Vec<u8>),
 }
@@ -296,6 +305,7 @@ impl Message {
             Message::Ack { .. } => Kind::Ack,
             Message::GoingDown { .. } => Kind::GoingDown,
             Message::Credit { .. } => Kind::Credit,
+            Message::RelayFailed { .. } => Kind::RelayFailed,
             Message::User(_) => Kind::User,
         }
     }
@@ -368,6 +378,7 @@ impl Message {
             }
             Message::GoingDown { reason } => w.0.extend_from_slice(reason.as_bytes()),
             Message::Credit { credit } => w.u32(*credit),
+            Message::RelayFailed { peer } => w.u32(*peer),
             Message::User(bytes) => w.0.extend_from_slice(bytes),
         }
     }
@@ -441,6 +452,9 @@ impl Message {
             Kind::Credit => Message::Credit {
                 credit: r.u32("credit")?,
             },
+            Kind::RelayFailed => Message::RelayFailed {
+                peer: r.u32("peer")?,
+            },
             Kind::User => Message::User(r.rest().to_vec()),
         };
         r.finish()?;
@@ -453,8 +467,9 @@ impl Message {
     ///
     /// `value` cannot be serialised.
     #[cfg(feature = "serde")]
-    pub fn user_json<T: serde::Serialize>(value: &T) -> Result<Message, serde_json::Error> {
-        Ok(Message::User(serde_json::to_vec(value)?))
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+    pub fn user_json<T: serde::Serialize>(value: &T) -> Result<Message, crate::error::JsonError> {
+        crate::error::to_json(value).map(Message::User)
     }
 
     /// Reads a user (or relayed) message as JSON into `T`; `None` for other kinds.
@@ -463,9 +478,14 @@ impl Message {
     ///
     /// The bytes are not valid JSON for `T`.
     #[cfg(feature = "serde")]
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Option<Result<T, serde_json::Error>> {
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+    pub fn json<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Option<Result<T, crate::error::JsonError>> {
         match self {
-            Message::User(b) | Message::Relay { payload: b, .. } => Some(serde_json::from_slice(b)),
+            Message::User(b) | Message::Relay { payload: b, .. } => {
+                Some(crate::error::from_json(b))
+            }
             _ => None,
         }
     }

@@ -129,10 +129,12 @@ impl Listener {
         lp.close(self.0, on_close);
     }
 
-    /// Stops listening and gives the socket back (e.g. to send it to a worker process).
-    pub fn take_tcp(self, lp: &mut EventLoop) -> Option<mio::net::TcpListener> {
+    /// Stops listening on the loop and gives the socket back, still bound and listening
+    /// and non-blocking (e.g. to send it to a worker process). `None` for a Unix
+    /// listener or one already closed.
+    pub fn take_tcp(self, lp: &mut EventLoop) -> Option<std::net::TcpListener> {
         match lp.take_source::<ListenerState>(self.0)?.sock {
-            ListenSock::Tcp(l) => Some(l),
+            ListenSock::Tcp(l) => Some(std::net::TcpListener::from(std::os::fd::OwnedFd::from(l))),
             ListenSock::Unix(_) => None,
         }
     }

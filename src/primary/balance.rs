@@ -53,9 +53,11 @@
 //! credit) and are handed off again oldest first.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,7 +66,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use super::window::AcceptWindow;
-use crate::ipc::{Endpoint, ListenRequest};
+use crate::ipc::{Endpoint, LISTEN_IPV6_ONLY, ListenRequest};
 use crate::rt::IoId;
 use crate::sys::net::{self as sysnet, BindOptions};
 
@@ -90,33 +92,63 @@ pub enum Policy {
     ReusePort,
 }
 
-impl Policy {
-    /// Parses `rr`, `none` or `reuseport`.
-    ///
-    /// # Errors
-    ///
-    /// Any other text, with a message naming the accepted values.
-    pub fn parse(s: &str) -> Result<Policy, String> {
+/// A policy name that is not `rr`, `none` or `reuseport`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsePolicyError {
+    /// The text that was given.
+    pub given: String,
+}
+
+impl fmt::Display for ParsePolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown policy {:?}: expected one of rr, none, reuseport",
+            self.given
+        )
+    }
+}
+
+impl std::error::Error for ParsePolicyError {}
+
+impl FromStr for Policy {
+    type Err = ParsePolicyError;
+
+    /// Parses `rr`, `none` or `reuseport` (the names of [`Policy::name`]).
+    fn from_str(s: &str) -> Result<Policy, ParsePolicyError> {
         match s {
             "rr" => Ok(Policy::RoundRobin),
             "none" => Ok(Policy::Shared),
             "reuseport" => Ok(Policy::ReusePort),
-            other => Err(format!(
-                "{POLICY_ENV}={other:?}: expected one of rr, none, reuseport"
-            )),
+            other => Err(ParsePolicyError {
+                given: other.to_string(),
+            }),
         }
     }
+}
 
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Policy {
     /// The policy named by [`POLICY_ENV`], if set.
     ///
     /// # Errors
     ///
     /// The variable is set to something else than `rr`, `none` or `reuseport`.
-    pub fn from_env() -> Result<Option<Policy>, String> {
-        match std::env::var(POLICY_ENV) {
-            Ok(v) => Policy::parse(&v).map(Some),
-            Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(e) => Err(format!("{POLICY_ENV}: {e}")),
+    pub fn from_env() -> Result<Option<Policy>, ParsePolicyError> {
+        match std::env::var_os(POLICY_ENV) {
+            Some(v) => v
+                .to_str()
+                .ok_or_else(|| ParsePolicyError {
+                    given: v.to_string_lossy().into_owned(),
+                })?
+                .parse()
+                .map(Some),
+            None => Ok(None),
         }
     }
 
@@ -383,7 +415,7 @@ impl Balancer {
 
     /// Binds a new handle for `key`.
     fn open(&self, key: HandleKey, backlog: u32) -> io::Result<(Handle, Option<OwnedFd>)> {
-        let ipv6_only = key.flags & 1 != 0;
+        let ipv6_only = key.flags & LISTEN_IPV6_ONLY != 0;
         let adopted = self.adopted_for(&key.endpoint, backlog)?;
         let (mode, fd, bound, unix_path) = match (&key.endpoint, adopted) {
             (_, Some(opened)) => opened,

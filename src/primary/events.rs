@@ -93,6 +93,22 @@ pub enum Event {
 }
 
 impl Event {
+    /// A [`Event::Message`]'s bytes read as JSON into `T`; `None` for other events.
+    ///
+    /// # Errors
+    ///
+    /// The bytes are not valid JSON for `T`.
+    #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+    pub fn json<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Option<Result<T, crate::error::JsonError>> {
+        match self {
+            Event::Message { data, .. } => Some(crate::error::from_json(data)),
+            _ => None,
+        }
+    }
+
     /// The worker this event is about, if any.
     pub fn worker(&self) -> Option<u32> {
         match *self {

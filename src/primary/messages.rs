@@ -59,8 +59,10 @@ impl Primary {
                     peer: worker,
                     payload,
                 };
-                if self.send_msg(lp, peer, &stamped).is_err() {
-                    log::info!("worker {worker}: relay to worker {peer} dropped: not connected");
+                if let Err(e) = self.send_msg(lp, peer, &stamped) {
+                    log::info!("worker {worker}: relay to worker {peer} not delivered: {e}");
+                    // The sender hears of it; if even that fails, its channel is gone.
+                    let _ = self.send_msg(lp, worker, &Message::RelayFailed { peer });
                 }
             }
             Message::ExitedAfterDisconnect { seq } => {

@@ -8,10 +8,10 @@
 //!
 //! Handlers added with [`Primary::on`] (cluster-wide) and [`Primary::on_worker`] (one
 //! worker) receive every [`Event`]; for each event the worker's handlers run first, then
-//! the cluster's, as in Node. Order for one worker (node-cluster.md §3.2):
+//! the cluster's, as in Node. Order for one worker:
 //! `Setup` → `Fork` → `Online` → `Listening`… → `Disconnect` → `Exit`.
 //!
-//! Differences from Node, on purpose (node-cluster.md §5 and "quirks"):
+//! Differences from Node, on purpose:
 //!
 //! * `Disconnect` always comes before `Exit`: when the exit is seen first, whatever the
 //!   worker wrote before dying is read, then the channel is closed and `Disconnect` emitted.
@@ -65,7 +65,9 @@ use std::time::Duration;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
-pub use balance::{DEFAULT_BACKLOG, DEFAULT_CREDIT, HAND_OFF_BATCH, POLICY_ENV, Policy};
+pub use balance::{
+    DEFAULT_BACKLOG, DEFAULT_CREDIT, HAND_OFF_BATCH, POLICY_ENV, ParsePolicyError, Policy,
+};
 pub use events::{Event, WorkerInfo};
 pub use settings::Settings;
 pub use window::{ACCEPT_WINDOW_HOLD_OFF_MS, ACCEPT_WINDOW_MIN_BATCH, ACCEPT_WINDOW_SHORTEST};
@@ -74,7 +76,9 @@ use balance::Balancer;
 use listen::close_handle;
 use window::window_len;
 
-use crate::cluster::{CHANNEL_FD_ENV, ExitStatus, WORKER_ID_ENV, WorkerState};
+use crate::cluster::{
+    CHANNEL_FD_ENV, CHANNEL_LIMITS_ENV, ExitStatus, PRIMARY_PID_ENV, WORKER_ID_ENV, WorkerState,
+};
 use crate::ipc::{Channel, ChannelConfig, FdLedger, Kind, Message, SendError, SendFd};
 use crate::rt::{EventLoop, Interest, IoId, SignalId};
 use crate::sys::BatchScheduling;
@@ -213,7 +217,9 @@ impl Primary {
         let policy = match opts.policy {
             Some(p) => p,
             None => Policy::from_env()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+                .map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("{POLICY_ENV}: {e}"))
+                })?
                 .unwrap_or(Policy::RoundRobin),
         };
         let primary = Primary {
@@ -322,6 +328,10 @@ impl Primary {
         };
         let (mine, theirs) = crate::sys::socketpair()?;
         let mut cmd = command(&settings, id, env, batch);
+        cmd.env(
+            CHANNEL_LIMITS_ENV,
+            crate::cluster::limits_to_env(config.limits),
+        );
         let mut child =
             crate::sys::process::spawn_with_fd(&mut cmd, theirs.as_fd(), CHANNEL_FD_ENV)?;
         let channel = match self.register_channel(lp, id, mine, config) {
@@ -443,16 +453,17 @@ impl Primary {
     ///
     /// # Errors
     ///
-    /// `value` does not serialise ([`crate::Error::Config`] with serde's reason), or as
+    /// `value` does not serialise ([`crate::Error::Json`]), or as
     /// [`Primary::send`].
     #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
     pub fn send_json<T: serde::Serialize>(
         &self,
         lp: &mut EventLoop,
         worker: u32,
         value: &T,
     ) -> crate::Result<()> {
-        let data = serde_json::to_vec(value).map_err(|e| crate::Error::Config(e.to_string()))?;
+        let data = crate::error::to_json(value)?;
         Ok(self.send(lp, worker, &data)?)
     }
 
@@ -469,10 +480,34 @@ impl Primary {
 
     /// Sends user bytes to every connected worker; returns how many it was queued for.
     pub fn broadcast(&self, lp: &mut EventLoop, data: &[u8]) -> usize {
+        self.broadcast_except(lp, None, data)
+    }
+
+    /// Sends user bytes to every connected worker but `except` (typically the worker whose
+    /// message is being passed on); returns how many it was queued for.
+    pub fn broadcast_except(&self, lp: &mut EventLoop, except: Option<u32>, data: &[u8]) -> usize {
         let ids: Vec<u32> = self.inner.borrow().workers.keys().copied().collect();
         ids.into_iter()
-            .filter(|&id| self.send(lp, id, data).is_ok())
+            .filter(|&id| Some(id) != except && self.send(lp, id, data).is_ok())
             .count()
+    }
+
+    /// Sends `value` as JSON to every connected worker but `except` (`None`: to all);
+    /// returns how many it was queued for.
+    ///
+    /// # Errors
+    ///
+    /// `value` does not serialise ([`crate::Error::Json`]).
+    #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+    pub fn broadcast_json<T: serde::Serialize>(
+        &self,
+        lp: &mut EventLoop,
+        except: Option<u32>,
+        value: &T,
+    ) -> crate::Result<usize> {
+        let data = crate::error::to_json(value)?;
+        Ok(self.broadcast_except(lp, except, &data))
     }
 
     fn channel_of(&self, worker: u32) -> Option<IoId> {
@@ -802,6 +837,11 @@ where
         cmd.env(k.into(), v.into());
     }
     cmd.env(WORKER_ID_ENV, id.to_string());
+    cmd.env(PRIMARY_PID_ENV, std::process::id().to_string());
+    // Sockets a service manager passed to the primary are the primary's alone.
+    for var in crate::primary::systemd::ACTIVATION_ENV {
+        cmd.env_remove(var);
+    }
     if let Some(dir) = &settings.cwd {
         cmd.current_dir(dir);
     }

@@ -34,17 +34,19 @@
 //! that rate from the primary's loop, so a primary whose loop hangs stops pinging and
 //! systemd restarts it.
 //!
-//! The variables are read from this process's environment: call [`listen_fds`] early in
-//! `main`, before other threads start (it removes its variables, as [`crate::role`]
-//! does). `NOTIFY_SOCKET` and `WATCHDOG_*` are left in place (as `sd_notify` does), so
-//! workers inherit them; systemd's default `NotifyAccess=main` ignores what they send.
+//! The variables are read from this process's environment, which is never edited.
+//! [`listen_fds`] takes the sockets once per process (a second call is an error, so two
+//! owners of one descriptor cannot happen). Workers do not inherit the
+//! [`ACTIVATION_ENV`] variables: the primary removes them from each worker's command.
+//! `NOTIFY_SOCKET` and `WATCHDOG_*` are passed on (as `sd_notify` leaves them); systemd's
+//! default `NotifyAccess=main` ignores what workers send.
 //!
 //! ```no_run
 //! use forkloop::primary::{Primary, systemd};
 //! use forkloop::rt::EventLoop;
 //!
 //! # fn main() -> std::io::Result<()> {
-//! let sockets = systemd::listen_fds()?; // first: it edits the environment
+//! let sockets = systemd::listen_fds()?;
 //! let mut lp = EventLoop::new()?;
 //! let primary = Primary::new(&mut lp)?;
 //! primary.adopt_listeners(sockets);
@@ -64,10 +66,11 @@ use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::rt::{EventLoop, TimerId};
-use crate::sys::process::{take_env_var, take_fds};
+use crate::sys::process::take_fds;
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
@@ -76,18 +79,23 @@ const LISTEN_PID: &str = "LISTEN_PID";
 const LISTEN_FDS: &str = "LISTEN_FDS";
 const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 
+/// The socket-activation variables, which the primary removes from its workers'
+/// environment.
+pub const ACTIVATION_ENV: [&str; 3] = [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES];
+
+/// Set once the passed sockets were taken: they have one owner per process.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
 /// The sockets systemd passed to this process (socket activation), in order; empty when
 /// none were (no `LISTEN_FDS`, or `LISTEN_PID` names another process). Each is made
 /// close-on-exec; their blocking mode is left as passed (adoption makes them
-/// non-blocking). `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` are removed from the
-/// environment in every case, so workers never see them.
-///
-/// Call it once, early in `main`, before other threads start (it edits the environment).
+/// non-blocking). The environment is not edited.
 ///
 /// # Errors
 ///
 /// `InvalidData` when a variable is malformed, the names do not match the count, or a
-/// passed descriptor is not open; no descriptor is taken then.
+/// passed descriptor is not open; no descriptor is taken then. `AlreadyExists` when the
+/// sockets were taken before in this process (each has one owner).
 pub fn listen_fds() -> io::Result<Vec<OwnedFd>> {
     Ok(listen_fds_with_names()?
         .into_iter()
@@ -103,9 +111,9 @@ pub fn listen_fds() -> io::Result<Vec<OwnedFd>> {
 ///
 /// As [`listen_fds`].
 pub fn listen_fds_with_names() -> io::Result<Vec<(OwnedFd, String)>> {
-    let pid = take_env_var(LISTEN_PID);
-    let fds = take_env_var(LISTEN_FDS);
-    let names = take_env_var(LISTEN_FDNAMES);
+    let pid = std::env::var_os(LISTEN_PID);
+    let fds = std::env::var_os(LISTEN_FDS);
+    let names = std::env::var_os(LISTEN_FDNAMES);
     let text = |v: &Option<OsString>, name: &str| -> io::Result<Option<String>> {
         v.as_ref()
             .map(|s| {
@@ -124,7 +132,21 @@ pub fn listen_fds_with_names() -> io::Result<Vec<(OwnedFd, String)>> {
         return Ok(Vec::new());
     }
     let names = parse_fd_names(text(&names, LISTEN_FDNAMES)?.as_deref(), count)?;
-    let fds = take_fds(LISTEN_FDS_START, count)?;
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the sockets passed by the service manager were taken already",
+        ));
+    }
+    // SAFETY: `LISTEN_PID` names this process, so the service manager passed these
+    // descriptors to it, and `TAKEN` makes this the only place that ever owns them.
+    let fds = match unsafe { take_fds(LISTEN_FDS_START, count) } {
+        Ok(fds) => fds,
+        Err(e) => {
+            TAKEN.store(false, Ordering::SeqCst);
+            return Err(e);
+        }
+    };
     Ok(fds.into_iter().zip(names).collect())
 }
 
@@ -377,7 +399,8 @@ mod tests {
     #[test]
     fn take_fds_refuses_closed_descriptors() {
         // Far above anything a test process has open.
-        let err = take_fds(900_000, 2).unwrap_err();
+        // SAFETY: nothing is open there, so nothing can be taken from another owner.
+        let err = unsafe { take_fds(900_000, 2) }.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }

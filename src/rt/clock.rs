@@ -1,7 +1,7 @@
 //! The loop's millisecond clock.
 //!
-//! The loop caches "now" in whole milliseconds and refreshes it only where libuv and Node do
-//! (research/event-loop.md §1.3 and §2.2): on entry to a run, right after every poll, before
+//! The loop caches "now" in whole milliseconds and refreshes it only where libuv and Node do:
+//! on entry to a run, right after every poll, before
 //! the timers phase, and when a timer is created or refreshed. [`Clock`] hides the source so
 //! tests can use [`FakeClock`], which only moves when told to (or, in auto-advance mode, when
 //! the loop would otherwise sleep until a timer).

@@ -3,7 +3,7 @@
 //! Every loop object (timer, immediate, I/O handle, watcher, signal listener, task) lives in a
 //! [`Slots`] table. Its id is the slot index plus the slot's generation at insertion time; the
 //! generation is bumped whenever the slot is emptied, so a stale id never reaches a later
-//! occupant of the same slot ("a stale id cancels nothing", research/style.md §3.1 habit 7).
+//! occupant of the same slot: a stale id cancels nothing.
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! The poll phase, the pending queue and the closing list (research/event-loop.md §1.1, §3).
+//! The poll phase, the pending queue and the closing list.
 //!
 //! Any `mio::event::Source` can be registered with a callback
 //! `FnMut(&mut EventLoop, IoId, Readiness)`; the loop owns the source, and callbacks reach
@@ -13,7 +13,7 @@
 //!   makes poll non-blocking.
 //! * **Closing**: [`EventLoop::close`] deregisters and drops the source at once and runs the
 //!   close callback in the closing phase, after this iteration's check phase. Callbacks of
-//!   one batch run in reverse order of the close calls (rule 17).
+//!   one batch run in reverse order of the close calls ([rule 17](crate::rt#ordering-rules)).
 
 use std::any::Any;
 use std::collections::VecDeque;

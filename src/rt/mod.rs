@@ -1,14 +1,14 @@
 //! The event loop: Node's phases, timers, immediates, nextTick and microtasks on mio.
 //!
-//! research/event-loop.md is the specification; its §4 rules are tested one by one in
-//! `tests/loop_rules.rs`. One [`EventLoop`] owns every queue, timer list and handle, and every
+//! The [ordering rules](#ordering-rules) at the end of this page are the specification;
+//! `tests/loop_rules.rs` tests them one by one. One [`EventLoop`] owns every queue, timer list and handle, and every
 //! callback receives `&mut EventLoop`, so callbacks schedule more work directly. Ids
 //! ([`TimerId`], [`ImmediateId`], [`IoId`], …) are `Copy` slot indices with a generation: a
 //! stale id cancels nothing.
 //!
 //! # One iteration
 //!
-//! [`EventLoop::run_mode`] follows libuv 1.46's `uv_run` (§1.1):
+//! [`EventLoop::run_mode`] follows libuv 1.46's `uv_run`:
 //!
 //! 0. on entry, in [`RunMode::Default`] only: refresh the time and run due timers once;
 //! 1. **pending**: deferred I/O callbacks ([`EventLoop::queue_pending`]);
@@ -21,7 +21,7 @@
 //! 7. refresh the time, then **timers** due at that one `now`.
 //!
 //! After every single callback (timer, immediate, I/O, close, posted closure, before-exit),
-//! the loop's private `invoke` drains nextTicks and then microtasks (§2.3). Code that runs before
+//! the loop's private `invoke` drains nextTicks and then microtasks. Code that runs before
 //! [`EventLoop::run`] is the "main script": `run` drains its ticks and microtasks first.
 //!
 //! # API at a glance
@@ -66,6 +66,55 @@
 //! assert_eq!(lp.run().unwrap(), 0);
 //! assert_eq!(*log.borrow(), ["tick", "microtask", "immediate"]);
 //! ```
+//!
+//! # Ordering rules
+//!
+//! *Drain* means: run nextTicks until that queue is empty, then microtasks until that queue is
+//! empty, and repeat until both are empty. The loop keeps these rules, the same as Node 20 on
+//! libuv 1.46; `tests/loop_rules.rs` tests each one.
+//!
+//! 1. After the main script, drain (ticks before microtasks) before the loop starts.
+//! 2. A drain runs ticks queued during the tick drain in the same round, before any microtask.
+//! 3. A drain runs microtasks queued during the microtask drain in the same round. A tick queued by a
+//!    microtask runs after the microtask queue is empty, then microtasks again.
+//! 4. A drain happens after every single macrotask callback (each timer, immediate, I/O callback,
+//!    close callback, beforeExit and exit listener), not after a batch.
+//! 5. Iteration order: initial due timers on entry, then repeat { pending → idle → prepare → poll (I/O) →
+//!    check (immediates) → close callbacks → timers }.
+//! 6. Timer delays: coerce with `*1`. Anything not in [1, 2^31−1] becomes 1. Choose the list by the
+//!    whole-millisecond part.
+//! 7. Timers of the same duration run in creation order, whatever phase created them.
+//! 8. Timers live in one list per duration. Lists are ordered by (expiry of their head, list id);
+//!    a due list runs until it reaches a timer that is not yet due or runs out, before the next
+//!    list is considered.
+//! 9. The timers phase compares against one `now` taken at its start. A timer is due iff
+//!    `now − start ≥ duration`. Timers created during the phase, or becoming due while it runs,
+//!    wait for the next timers phase.
+//! 10. The check phase runs only the immediates queued before it started, in FIFO order. Immediates
+//!     queued during it run in the next iteration's check phase.
+//! 11. From an I/O callback or a timer callback, `setImmediate` runs before `setTimeout(0)`. From the
+//!     main script or from an immediate it is a race, decided by whether 1 ms passes before the
+//!     next timers phase.
+//! 12. An interval's next deadline is the time taken just before its callback plus the interval.
+//!     It is re-appended to its list, runs at most once per timers phase, never catches up, and
+//!     `clearInterval` inside its own callback stops it.
+//! 13. `clearTimeout`/`clearImmediate` take effect at once, including on timers already due in the
+//!     running pass and on immediates of the running batch.
+//! 14. Overdue timers held back by a long callback all run in the next timers phase, in list
+//!     order, before the next check phase.
+//! 15. The loop stays alive while any ref'd timer, ref'd immediate, ref'd handle, active request,
+//!     closing handle or pending callback exists. Unref'd timers and immediates still run if the
+//!     loop happens to be iterating when they are due.
+//! 16. Poll does not block while a ref'd immediate is queued. An unref'd immediate does not prevent
+//!     blocking, but check still runs right after that poll.
+//! 17. A handle closed in a callback gets its close callback after this iteration's check phase. Close
+//!     callbacks of one batch run in reverse order of closing.
+//! 18. When the loop drains, emit `beforeExit(exitCode)` and drain. If the loop is alive again,
+//!     continue and emit again at the next drain; otherwise exit.
+//! 19. On natural exit, `exit` fires once after the last `beforeExit`. nextTick is a no-op from then
+//!     on, microtasks queued by `exit` listeners still run, and timers and immediates never do.
+//! 20. `process.exit(n)` runs the `exit` listeners synchronously and stops. Nothing queued runs, not
+//!     even the rest of the current callback or batch, and `beforeExit` is skipped.
 
 use std::fmt;
 
@@ -80,6 +129,7 @@ mod local;
 mod pool;
 mod remote;
 mod signal;
+mod state;
 mod tasks;
 mod timers;
 mod watchers;
@@ -167,6 +217,7 @@ pub struct EventLoop {
     /// `exit(code)` was called: nothing else runs.
     forced: Option<i32>,
     pub(crate) read_buf: Vec<u8>,
+    state: state::StateMap,
 }
 
 impl fmt::Debug for EventLoop {
@@ -223,6 +274,7 @@ impl EventLoop {
             exiting: false,
             forced: None,
             read_buf: Vec::new(),
+            state: state::StateMap::default(),
         })
     }
 
@@ -345,7 +397,7 @@ impl EventLoop {
 
     /// Whether anything keeps the loop running: a ref'd timer, ref'd immediate, ref'd
     /// active handle (socket, listener, watcher, signal listener), in-flight blocking job,
-    /// closing handle or pending callback (rule 15).
+    /// closing handle or pending callback ([rule 15](#ordering-rules)).
     pub fn alive(&self) -> bool {
         self.has_ref_handles()
             || self.requests.len() > 0
@@ -363,7 +415,7 @@ impl EventLoop {
 
     /// How long poll may block, in ms (`None`: until I/O arrives). Zero when nothing ref'd
     /// is active, or ref'd immediates, pending callbacks, closing handles or an idle watcher
-    /// exist; otherwise the time to the earliest timer list, ref'd or not (§1.5, rule 16).
+    /// exist; otherwise the time to the earliest timer list, ref'd or not ([rule 16](#ordering-rules)).
     pub fn poll_timeout(&self) -> Option<u64> {
         if self.halted() || !(self.has_ref_handles() || self.requests.len() > 0) {
             return Some(0);
@@ -381,7 +433,7 @@ impl EventLoop {
     }
 
     /// The one place that calls user code from a phase: run `cb`, then drain nextTicks and
-    /// microtasks (research/style.md §3.1 habit 3).
+    /// microtasks.
     #[inline]
     pub(crate) fn invoke<F: FnOnce(&mut EventLoop)>(&mut self, cb: F) {
         cb(self);
@@ -398,7 +450,7 @@ impl EventLoop {
 
     /// Adds a before-exit listener (Node's `process.on('beforeExit')`): called with the exit
     /// code each time the loop runs out of work; if it schedules more, the loop continues
-    /// and the listener fires again at the next drain (rule 18).
+    /// and the listener fires again at the next drain ([rule 18](#ordering-rules)).
     pub fn on_before_exit<F>(&mut self, cb: F)
     where
         F: FnMut(&mut EventLoop, i32) + 'static,
@@ -408,7 +460,7 @@ impl EventLoop {
 
     /// Adds an exit listener (Node's `process.on('exit')`): called once when the loop ends,
     /// or synchronously from [`EventLoop::exit`]. On a natural exit, microtasks it queues
-    /// still run, nextTick is a no-op, and timers and immediates never run (rule 19).
+    /// still run, nextTick is a no-op, and timers and immediates never run ([rule 19](#ordering-rules)).
     pub fn on_exit<F>(&mut self, cb: F)
     where
         F: FnMut(&mut EventLoop, i32) + 'static,
@@ -426,7 +478,7 @@ impl EventLoop {
         self.exit_code = code;
     }
 
-    /// Node's `process.exit(code)` (rule 20): calls the exit listeners now and stops the
+    /// Node's `process.exit(code)` ([rule 20](#ordering-rules)): calls the exit listeners now and stops the
     /// loop. Nothing already queued runs afterwards, not even the rest of the current batch
     /// or pending nextTicks; `run` returns `code` (the caller decides whether to end the
     /// process). The rest of the calling Rust function still runs, so return from it.

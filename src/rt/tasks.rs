@@ -1,7 +1,6 @@
 //! nextTick and microtask queues, and futures polled on the loop (`spawn_local`).
 //!
-//! The drain follows Node's `processTicksAndRejections` (research/event-loop.md §2.3, rules
-//! 1–4): run nextTicks until that queue is empty, including ticks queued meanwhile; then run
+//! The drain follows Node's `processTicksAndRejections` ([rules 1–4](crate::rt#ordering-rules)): run nextTicks until that queue is empty, including ticks queued meanwhile; then run
 //! microtasks until that queue is empty, including microtasks queued meanwhile; repeat until
 //! both are empty.
 //!
@@ -170,7 +169,7 @@ impl Tasks {
 
 impl EventLoop {
     /// Queues `cb` on the nextTick queue (Node's `process.nextTick`). It runs at the next
-    /// drain, before any microtask. A no-op once the loop is exiting (rule 19).
+    /// drain, before any microtask. A no-op once the loop is exiting ([rule 19](crate::rt#ordering-rules)).
     pub fn next_tick<F>(&mut self, cb: F)
     where
         F: FnOnce(&mut EventLoop) + 'static,

@@ -1,7 +1,7 @@
 //! Node's timers: one list per duration, lists ordered by `(expiry, list id)`.
 //!
-//! This mirrors `lib/internal/timers.js` as described in research/event-loop.md §2.2 and
-//! rules 6–9 and 12–14 of §4:
+//! This mirrors Node's `lib/internal/timers.js` and [rules 6–9 and
+//! 12–14](crate::rt#ordering-rules):
 //!
 //! * a delay outside `[1, 2^31−1]` ms (or NaN) becomes 1 ms; the list key is the delay
 //!   truncated to whole milliseconds;
@@ -267,7 +267,7 @@ impl Timers {
 }
 
 impl EventLoop {
-    /// Runs `cb` once after `delay` ms (Node's `setTimeout`; delay coercion per rule 6).
+    /// Runs `cb` once after `delay` ms (Node's `setTimeout`; delay coercion per [rule 6](crate::rt#ordering-rules)).
     ///
     /// The start time is a fresh clock reading, as in Node.
     pub fn set_timeout<F>(&mut self, delay: impl Delay, cb: F) -> TimerId
@@ -279,7 +279,7 @@ impl EventLoop {
         TimerId(self.timers.add(Cb::Once(Box::new(cb)), ms, self.now))
     }
 
-    /// Runs `cb` every `delay` ms until cleared (Node's `setInterval`; rule 12).
+    /// Runs `cb` every `delay` ms until cleared (Node's `setInterval`; [rule 12](crate::rt#ordering-rules)).
     pub fn set_interval<F>(&mut self, delay: impl Delay, cb: F) -> TimerId
     where
         F: FnMut(&mut EventLoop) + 'static,
@@ -290,7 +290,7 @@ impl EventLoop {
     }
 
     /// Cancels a timeout or interval at once, even one already due in the running timers
-    /// phase or the interval currently running (rule 13). Returns whether the id was live.
+    /// phase or the interval currently running ([rule 13](crate::rt#ordering-rules)). Returns whether the id was live.
     pub fn clear_timeout(&mut self, id: TimerId) -> bool {
         self.timers.clear(id.0)
     }

@@ -1,8 +1,8 @@
 //! The idle, prepare and check phases: immediates plus generic per-phase watchers
 //! (libuv's `loop-watcher.c`).
 //!
-//! Immediates follow Node's `processImmediate` (research/event-loop.md §2.4, rules 10, 13,
-//! 16): the check phase detaches the queue and runs only that snapshot, FIFO; immediates
+//! Immediates follow Node's `processImmediate` ([rules 10, 13 and
+//! 16](crate::rt#ordering-rules)): the check phase detaches the queue and runs only that snapshot, FIFO; immediates
 //! queued meanwhile run in the next iteration; a cleared immediate is skipped even if it is
 //! in the running batch. A ref'd immediate keeps the loop alive and makes poll non-blocking
 //! (Node's idle handle); an unref'd one does neither but still runs if the loop iterates.
@@ -104,7 +104,7 @@ impl EventLoop {
         id
     }
 
-    /// Cancels an immediate at once, even inside the running batch (rule 13). Returns
+    /// Cancels an immediate at once, even inside the running batch ([rule 13](crate::rt#ordering-rules)). Returns
     /// whether the id was still queued.
     pub fn clear_immediate(&mut self, id: ImmediateId) -> bool {
         match self.imm.slots.remove(id.0) {

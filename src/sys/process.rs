@@ -3,7 +3,8 @@
 //! The descriptor stays close-on-exec in the parent (so no other child spawned meanwhile
 //! inherits it); only the forked child clears the flag, between `fork` and `exec`. Its number
 //! travels in an environment variable. The child takes it with [`take_inherited_fd`], which
-//! removes the variable and sets close-on-exec again, so grandchildren never inherit it.
+//! sets close-on-exec again, so grandchildren never inherit the descriptor (the variable
+//! stays: nothing here edits the environment).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -36,21 +37,24 @@ pub fn spawn_with_fd(cmd: &mut Command, fd: BorrowedFd<'_>, env_var: &str) -> io
     cmd.spawn()
 }
 
-/// Takes ownership of the descriptor whose number is in `env_var`, if the variable is set.
+/// Takes ownership of the descriptor whose number is in `env_var`, if the variable is set,
+/// and makes it close-on-exec. The environment is left as it is.
 ///
-/// The variable is removed from the environment, and the descriptor is made close-on-exec.
-/// Call this once, early in `main`, before other threads exist (it edits the environment).
+/// # Safety
+///
+/// The descriptor named by the variable must have been passed to this process for the
+/// caller alone: nothing else in the process owns it, or will take it (call this at most
+/// once per variable and process, and only where the variable was set for this very
+/// process, not inherited from an ancestor).
 ///
 /// # Errors
 ///
 /// `InvalidData` if the variable is not a number, or names a descriptor that is not open or
-/// is not a socket (so a stray or forged variable can never make us own a foreign fd).
-pub fn take_inherited_fd(env_var: &str) -> io::Result<Option<OwnedFd>> {
+/// is not a socket.
+pub unsafe fn take_inherited_fd(env_var: &str) -> io::Result<Option<OwnedFd>> {
     let Some(value) = std::env::var_os(env_var) else {
         return Ok(None);
     };
-    // SAFETY: documented precondition: called before other threads exist.
-    unsafe { std::env::remove_var(env_var) };
     let bad = |why: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -70,8 +74,8 @@ pub fn take_inherited_fd(env_var: &str) -> io::Result<Option<OwnedFd>> {
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(bad("descriptor is not a socket"));
     }
-    // SAFETY: the parent handed this open socket to us alone; nothing else in this process
-    // owns it (the variable is consumed above, so it cannot be taken twice).
+    // SAFETY: the caller's precondition: the parent handed this open socket to the caller
+    // alone, and nothing else in this process owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     super::set_cloexec(std::os::fd::AsFd::as_fd(&fd), true)?;
     Ok(Some(fd))
@@ -123,26 +127,19 @@ pub(crate) fn normal_scheduling_in_child(cmd: &mut Command) {
     }
 }
 
-/// Reads and removes the environment variable `key`.
-///
-/// Call this early in `main`, before other threads exist (it edits the environment).
-pub fn take_env_var(key: &str) -> Option<std::ffi::OsString> {
-    let value = std::env::var_os(key)?;
-    // SAFETY: documented precondition: called before other threads exist.
-    unsafe { std::env::remove_var(key) };
-    Some(value)
-}
-
 /// Takes ownership of the `count` descriptors `start, start + 1, …` a service manager
 /// passed to this process (socket activation), making each close-on-exec.
 ///
-/// Call this once: the caller must have consumed whatever told it about the descriptors
-/// (`LISTEN_FDS`), so that nothing else in the process owns them.
+/// # Safety
+///
+/// The descriptors must have been passed to this process for the caller alone: nothing
+/// else in the process owns any of them, or will take them (call this at most once for a
+/// range).
 ///
 /// # Errors
 ///
 /// `InvalidData` if one of them is not open (then none is taken); `fcntl` fails.
-pub fn take_fds(start: RawFd, count: usize) -> io::Result<Vec<OwnedFd>> {
+pub unsafe fn take_fds(start: RawFd, count: usize) -> io::Result<Vec<OwnedFd>> {
     let end = RawFd::try_from(count)
         .ok()
         .and_then(|n| start.checked_add(n))
@@ -158,8 +155,8 @@ pub fn take_fds(start: RawFd, count: usize) -> io::Result<Vec<OwnedFd>> {
     }
     let mut fds = Vec::with_capacity(count);
     for raw in start..end {
-        // SAFETY: the descriptor is open (checked above) and was passed to this process
-        // alone; the caller's precondition says nothing else owns it.
+        // SAFETY: the descriptor is open (checked above); the caller's precondition says
+        // it was passed to the caller alone and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         super::set_cloexec(std::os::fd::AsFd::as_fd(&fd), true)?;
         fds.push(fd);

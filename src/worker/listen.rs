@@ -21,7 +21,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use crate::ipc::{Endpoint, ListenMode, ListenRequest, Message};
+use crate::ipc::{Endpoint, LISTEN_IPV6_ONLY, ListenMode, ListenRequest, Message};
 use crate::net::{Stream, UdpSocket, tcp, udp, unix};
 use crate::rt::EventLoop;
 use crate::sys::net::{self as sysnet, BindOptions};
@@ -141,7 +141,7 @@ impl Worker {
     /// Sends the listen request for `server`.
     fn query(&self, lp: &mut EventLoop, server: Server, endpoint: Endpoint, opts: ListenOptions) {
         server.set_endpoint(endpoint.clone());
-        let flags = u32::from(opts.ipv6_only);
+        let flags = if opts.ipv6_only { LISTEN_IPV6_ONLY } else { 0 };
         let (seq, index) = {
             let mut inner = self.inner.borrow_mut();
             let slot = (endpoint.clone(), flags);
@@ -253,7 +253,10 @@ impl Worker {
                     "shared listener missing",
                 )),
             },
-            ListenMode::ReusePort => bind_reuseport(lp, &p.server, &bound, p.backlog),
+            ListenMode::ReusePort => {
+                let ipv6_only = p.slot.1 & LISTEN_IPV6_ONLY != 0;
+                bind_reuseport(lp, &p.server, &bound, p.backlog, ipv6_only)
+            }
         };
         if let Err(e) = served {
             self.release_slot(&p);
@@ -471,6 +474,7 @@ fn bind_reuseport(
     server: &Server,
     bound: &Endpoint,
     backlog: u32,
+    ipv6_only: bool,
 ) -> io::Result<()> {
     let Endpoint::Tcp(addr) = bound else {
         return Err(io::Error::new(
@@ -480,7 +484,7 @@ fn bind_reuseport(
     };
     let opts = BindOptions {
         reuse_port: true,
-        ipv6_only: false,
+        ipv6_only,
         listen: Some(backlog as i32),
     };
     let fd = sysnet::bind_tcp(*addr, opts)?;

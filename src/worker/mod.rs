@@ -6,7 +6,7 @@
 //!
 //! # Leaving
 //!
-//! | trigger | what happens (node-cluster.md §1.6) |
+//! | trigger | what happens |
 //! |---|---|
 //! | the primary's `disconnect_worker` | servers close (once their connections end), the channel closes, `on_disconnect` handlers run, the loop drains and the worker exits on its own terms |
 //! | [`Worker::disconnect`] | as above, then the worker tells the primary it leaves on purpose and closes the channel only after the primary's acknowledgement |
@@ -66,8 +66,9 @@ impl Incoming {
     ///
     /// The bytes are not valid JSON for `T`.
     #[cfg(feature = "serde")]
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.data)
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::error::JsonError> {
+        crate::error::from_json(&self.data)
     }
 }
 
@@ -89,6 +90,7 @@ impl ServerClosed {
 type CloseFn = Box<dyn FnOnce(&mut EventLoop, ServerClosed)>;
 type MessageCb = Box<dyn FnMut(&mut EventLoop, &Worker, &mut Incoming)>;
 type DisconnectCb = Box<dyn FnMut(&mut EventLoop, &Worker)>;
+type RelayFailedCb = Box<dyn FnMut(&mut EventLoop, &Worker, u32)>;
 type AckCb = Box<dyn FnOnce(&mut EventLoop, &Worker)>;
 
 struct Tracked {
@@ -145,6 +147,7 @@ impl Inner {
 struct Hooks {
     message: crate::hooks::Hooks<MessageCb>,
     disconnect: crate::hooks::Hooks<DisconnectCb>,
+    relay_failed: crate::hooks::Hooks<RelayFailedCb>,
 }
 
 /// This process's side of the cluster; clone the handle freely (it is an `Rc`).
@@ -213,7 +216,12 @@ impl Worker {
             })),
             hooks: Rc::new(Hooks::default()),
         };
-        let ch = Channel::new(fd, ChannelConfig::default())?;
+        // The primary's limits, so that a frame it would refuse fails here with a `SendError`.
+        let config = ChannelConfig {
+            limits: crate::cluster::channel_limits(),
+            ..ChannelConfig::default()
+        };
+        let ch = Channel::new(fd, config)?;
         let w = worker.clone();
         let io = lp.register(ch, Interest::READABLE, move |lp, _, _| w.on_channel(lp))?;
         worker.inner.borrow_mut().channel = Some(io);
@@ -268,6 +276,16 @@ impl Worker {
         self.hooks.disconnect.push(Box::new(cb));
     }
 
+    /// Adds a handler for relays this worker sent that the primary could not deliver
+    /// ([`Worker::relay`] to a worker that does not exist or is not connected); it gets
+    /// the destination id. With no handler, each such relay is logged as a warning.
+    pub fn on_relay_failed<F>(&self, cb: F)
+    where
+        F: FnMut(&mut EventLoop, &Worker, u32) + 'static,
+    {
+        self.hooks.relay_failed.push(Box::new(cb));
+    }
+
     /// Sends user bytes to the primary.
     ///
     /// # Errors
@@ -296,20 +314,22 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// `value` does not serialise ([`crate::Error::Config`] with serde's reason), or as
+    /// `value` does not serialise ([`crate::Error::Json`]), or as
     /// [`Worker::send`].
     #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
     pub fn send_json<T: serde::Serialize>(
         &self,
         lp: &mut EventLoop,
         value: &T,
     ) -> crate::Result<()> {
-        let data = serde_json::to_vec(value).map_err(|e| crate::Error::Config(e.to_string()))?;
+        let data = crate::error::to_json(value)?;
         Ok(self.send(lp, &data)?)
     }
 
     /// Sends user bytes to worker `to` through the primary, which stamps this worker's id
-    /// as the sender.
+    /// as the sender. A relay the primary cannot deliver (no such worker, or it is not
+    /// connected) comes back as a [`Worker::on_relay_failed`] call.
     ///
     /// # Errors
     ///
@@ -322,6 +342,24 @@ impl Worker {
                 payload: data.to_vec(),
             },
         )
+    }
+
+    /// Sends `value` to worker `to` through the primary as a JSON message (see
+    /// [`Worker::relay`]).
+    ///
+    /// # Errors
+    ///
+    /// `value` does not serialise ([`crate::Error::Json`]), or as [`Worker::send`].
+    #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+    pub fn relay_json<T: serde::Serialize>(
+        &self,
+        lp: &mut EventLoop,
+        to: u32,
+        value: &T,
+    ) -> crate::Result<()> {
+        let data = crate::error::to_json(value)?;
+        Ok(self.relay(lp, to, &data)?)
     }
 
     /// Tells the primary the application is ready for traffic.
@@ -649,6 +687,13 @@ impl Worker {
             Message::Ping { seq } => {
                 let lag_us = self.inner.borrow().lag.get().as_micros() as u64;
                 let _ = self.send_msg(lp, &Message::Pong { seq, lag_us });
+            }
+            Message::RelayFailed { peer } => {
+                if self.hooks.relay_failed.is_empty() {
+                    log::warn!("worker: a relay to worker {peer} was not delivered");
+                } else {
+                    self.hooks.relay_failed.run(|h| h(lp, self, peer));
+                }
             }
             other => log::debug!("worker: ignoring {:?} from the primary", other.kind()),
         }

@@ -1,7 +1,7 @@
 //! The orphan watchdog: a tiny thread, outside the worker's event loop, that ends the
 //! process when the primary is gone, even while the loop is blocked (a busy loop, a long
 //! synchronous call). Node's workers only notice the primary's death by reading EOF on
-//! their loop, so a blocked worker outlives it (peers.md §1 row 23, §4 idea 11).
+//! their loop, so a blocked worker outlives it.
 //!
 //! The thread sleeps in `poll(2)` on a *duplicate* of the channel descriptor, asking only
 //! for the hang-up events ([`crate::sys::watch`]): it never reads, so no channel byte is
