@@ -1412,6 +1412,17 @@ mod tests {
             r.t.members.values().all(|m| m.generation == g),
             "seed {seed}"
         );
+        // Shutting down mid-reload: the reload fails, exits only remove workers.
+        r.run(|t, h, now, out| {
+            t.reload(h, now, out);
+        });
+        r.run(|t, _, _, out| t.shut_down(out));
+        assert!(r.reloads.last().is_some_and(Result::is_err), "seed {seed}");
+        let all: Vec<u32> = r.t.members.keys().copied().collect();
+        for w in all {
+            r.exit(w);
+        }
+        assert!(r.t.members.is_empty(), "seed {seed}");
     }
 
     #[test]
