@@ -25,6 +25,7 @@
 //! | backoff base / factor / cap | 100 ms / 1.5 / 15 s | systemd's `RestartSec`, PM2's and Einhorn's factor, PM2's cap |
 //! | minimum uptime | 1 s | Einhorn counts a worker alive 1 s as healthy |
 //! | breaker | more than 5 unstable restarts in 10 s | systemd's `StartLimitBurst`/`StartLimitIntervalSec` |
+//! | breaker cool-down | 10 s, doubling per failed try up to 5 min | a tripped slot is tried again, never left empty for good |
 //! | heartbeat / unresponsive after / kill grace | 1 s / 10 s / 2 s | stricter than Puma (5 s / 60 s) so a hung worker is noticed in seconds |
 //! | quarantine lag | 500 ms | a loop that late cannot serve interactive traffic |
 //! | ready / drain / shutdown deadlines | 30 s each | gunicorn's and Puma's graceful timeout |

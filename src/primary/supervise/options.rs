@@ -82,7 +82,9 @@ pub struct SupervisorOptions {
     pub restart: RestartPolicy,
     /// Heartbeats (`None`: off).
     pub health: Option<HealthPolicy>,
-    /// A new worker must be ready within this.
+    /// Every new worker (first start, restart, replacement) must be ready within this;
+    /// one that is not is killed (a boot failure, or a failed replacement). Workers that
+    /// never listen must say they are ready (`ready_on_message`).
     pub ready_timeout: Duration,
     /// A retiring worker is killed after this.
     pub drain_timeout: Duration,
