@@ -39,12 +39,41 @@
 //! activation (`LISTEN_FDS`), listeners whose address matches a passed socket use it
 //! instead of binding.
 //!
-//! A crash after the minimum uptime is restarted at once (the first restart is immediate);
-//! a crash before it (unstable) waits `base × factor^(n−1)`, capped; a boot failure (exit
-//! before ready) always counts as unstable. After the minimum uptime the count resets.
-//! Crashes, workers going down, boot failures and failed replacements share one restart
-//! budget per slot, and a tripped breaker tries again after a cool-down (half-open); the
-//! state machine in `table.rs` states the result of every event in every state.
+//! Every event (an exit, a kill, scaling, a reload, a missed heartbeat, a worker going
+//! down, a boot or replacement failure) has a defined result in every state: one state
+//! machine owns the slots, the workers in them, the generations and the reload cursor.
+//!
+//! # The restart budget
+//!
+//! One budget per slot covers every unplanned end of a worker: a crash, a worker going
+//! down ([`crate::worker::Worker::going_down`]), a boot failure (exit or missed deadline
+//! before ready), a failed spawn and a replacement that fails. An end is *stable* when the
+//! worker was ready and up at least [`RestartPolicy::min_uptime`]: it resets the backoff
+//! and is restarted at once. Every other end is *unstable*: it is restarted after
+//! `base × factor^(n−1)` (n consecutive unstable ends, capped), and counts in the breaker's
+//! window. More than [`RestartPolicy::breaker_max`] unstable ends within
+//! [`RestartPolicy::breaker_window`] trip the breaker: the slot is not restarted and no
+//! automatic replacement (memory or connection recycling) is started in it. After
+//! [`RestartPolicy::breaker_cooldown`] the breaker is *half-open*: one worker is started;
+//! once it is ready the breaker closes, and if it fails the breaker opens again for twice
+//! the cool-down (at most [`RestartPolicy::breaker_cooldown_cap`]). Planned replacements
+//! (reload, recycling, an unresponsive worker) do not count unless the replacement fails.
+//! A worker going down drains while its slot restarts under this policy (at once when it
+//! was stable, so its replacement boots beside it). A worker that exits while its
+//! replacement boots is not restarted: the replacement takes the slot. A reload or a
+//! scaling fills every empty slot at once (a tripped breaker goes half-open for it).
+//!
+//! # Reload
+//!
+//! A reload raises the generation and walks the slots, `concurrency` at a time. A slot's
+//! step is done when its owner is a ready worker of the new generation and the worker it
+//! replaced has exited (so at most `concurrency` workers are on their way out): a serving owner of
+//! an older one is retired (its replacement boots beside it), a booting one is killed and
+//! the slot refilled, an empty slot is refilled. A step fails when a replacement fails or
+//! the slot's breaker trips; the reload then starts no further step and reports the first
+//! failure once the steps under way end. A reload reports `Ok(())` only if every slot
+//! ended with a ready worker of the new generation; with no slot at all it reports an
+//! error (there was nothing to reload).
 //!
 //! # Lifetime
 //!

@@ -32,32 +32,8 @@
 //! slots at once (a tripped breaker goes half-open for it). Shutting down ends a reload
 //! with an error and stops every restart; exits then only remove workers.
 //!
-//! # The restart budget
-//!
-//! One budget per slot covers every unplanned end of a worker: a crash, a worker going
-//! down ([`crate::worker::Worker::going_down`]), a boot failure (exit or missed deadline
-//! before ready), a failed spawn and a replacement that fails. An end is *stable* when the
-//! worker was ready and up at least [`RestartPolicy::min_uptime`]: it resets the backoff
-//! and is restarted at once. Every other end is *unstable*: it is restarted after
-//! `base × factor^(n−1)` (n consecutive unstable ends, capped), and counts in the breaker's
-//! window. More than [`RestartPolicy::breaker_max`] unstable ends within
-//! [`RestartPolicy::breaker_window`] trip the breaker: the slot is not restarted and no
-//! automatic replacement (memory or connection recycling) is started in it. After
-//! [`RestartPolicy::breaker_cooldown`] the breaker is *half-open*: one worker is started;
-//! once it is ready the breaker closes, and if it fails the breaker opens again for twice
-//! the cool-down (at most [`RestartPolicy::breaker_cooldown_cap`]). Planned replacements
-//! (reload, recycling, an unresponsive worker) do not count unless the replacement fails.
-//!
-//! # Reload
-//!
-//! A reload raises the generation and walks the slots, `concurrency` at a time. A slot's
-//! step is done when its owner is a ready worker of the new generation: a serving owner of
-//! an older one is retired (its replacement boots beside it), a booting one is killed and
-//! the slot refilled, an empty slot is refilled. A step fails when a replacement fails or
-//! the slot's breaker trips; the reload then starts no further step and reports the first
-//! failure once the steps under way end. A reload reports `Ok(())` only if every slot
-//! ended with a ready worker of the new generation; with no slot at all it reports an
-//! error (there was nothing to reload).
+//! The restart budget and the reload rules it implements are stated in the module docs of
+//! [`supervise`](super).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
