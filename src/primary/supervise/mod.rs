@@ -69,11 +69,11 @@
 //! step is done when its owner is a ready worker of the new generation and the worker it
 //! replaced has exited (so at most `concurrency` workers are on their way out): a
 //! serving owner of an older one is retired (its replacement boots beside it), a booting
-//! one is killed and the slot refilled, an empty slot is refilled. A step fails when a replacement fails or
-//! the slot's breaker trips; the reload then starts no further step and reports the first
-//! failure once the steps under way end. A reload reports `Ok(())` only if every slot
-//! ended with a ready worker of the new generation; with no slot at all it reports an
-//! error (there was nothing to reload).
+//! one is killed and the slot refilled, an empty slot is refilled. A step fails when a
+//! replacement fails or the slot's breaker trips; the reload then starts no further step
+//! and reports the first failure once the steps under way end. A reload reports `Ok(())`
+//! only if every slot ended with a ready worker of the new generation; with no slot at
+//! all it reports an error (there was nothing to reload).
 //!
 //! # Lifetime
 //!
