@@ -22,6 +22,7 @@
 #      SKIP_BUILD=1, KEEP_DIR (copy logs there).
 # Exit status: 0 all PASS, 1 some FAIL, 2 the test itself could not run.
 # Loopback only; bounded; every process started is stopped by its pid on exit.
+# shellcheck disable=SC2015  # `A && pass … || fail …`: pass always succeeds
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 SCRIPT_NAME=fault-reload-races
