@@ -10,7 +10,10 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use cluster_util::{ChildGuard, IO_TIMEOUT, args_for, fetch, port_of, primary, run, worker};
+use cluster_util::{
+    ChildGuard, IO_TIMEOUT, args_for, fetch, port_of, primary, run, serve_id as serve,
+    supervisor_options as opts, worker,
+};
 use forkloop::ipc::Endpoint;
 use forkloop::net::Stream;
 use forkloop::primary::supervise::{
@@ -18,29 +21,6 @@ use forkloop::primary::supervise::{
 };
 use forkloop::primary::{Event, Primary};
 use forkloop::rt::EventLoop;
-use forkloop::worker::Worker;
-
-fn opts(workers: usize) -> SupervisorOptions {
-    SupervisorOptions {
-        workers,
-        signals: false,
-        health: None,
-        ..SupervisorOptions::default()
-    }
-}
-
-/// Serves `w<ID>` to each connection after its first bytes, then ends it.
-fn serve(lp: &mut EventLoop, w: &Worker) {
-    let w2 = w.clone();
-    let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), move |lp, c: Stream| {
-        let reply = format!("w{}", w2.id());
-        c.on_data(lp, move |lp, c, _| {
-            c.write(lp, reply.as_bytes());
-            c.end(lp);
-        });
-    });
-    server.on_error(|_, _, e| panic!("listen failed: {e}"));
-}
 
 fn record(sup: &Supervisor) -> Rc<RefCell<Vec<SupervisorEvent>>> {
     let log: Rc<RefCell<Vec<SupervisorEvent>>> = Rc::default();

@@ -23,9 +23,6 @@ fn going_down_trips_the_breaker_which_tries_again_after_its_cool_down() {
         &mut lp,
         &p,
         SupervisorOptions {
-            workers: 1,
-            signals: false,
-            health: None,
             restart: RestartPolicy {
                 base: Duration::from_millis(10),
                 factor: 2.0,
@@ -35,7 +32,7 @@ fn going_down_trips_the_breaker_which_tries_again_after_its_cool_down() {
                 breaker_cooldown: Duration::from_millis(300),
                 ..RestartPolicy::default()
             },
-            ..SupervisorOptions::default()
+            ..cluster_util::supervisor_options(1)
         },
     )
     .expect("supervisor");
@@ -103,9 +100,6 @@ fn a_reload_refills_tripped_slots_and_says_ok_only_when_they_serve() {
         &mut lp,
         &p,
         SupervisorOptions {
-            workers: 2,
-            signals: false,
-            health: None,
             restart: RestartPolicy {
                 base: Duration::from_millis(10),
                 breaker_max: 1,
@@ -113,7 +107,7 @@ fn a_reload_refills_tripped_slots_and_says_ok_only_when_they_serve() {
                 breaker_cooldown: Duration::from_secs(600),
                 ..RestartPolicy::default()
             },
-            ..SupervisorOptions::default()
+            ..cluster_util::supervisor_options(2)
         },
     )
     .expect("supervisor");

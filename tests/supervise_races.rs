@@ -15,24 +15,14 @@ use std::time::Duration;
 
 use cluster_util::{port_of, primary, run, worker};
 use forkloop::cluster::WorkerState;
-use forkloop::net::Stream;
 use forkloop::primary::supervise::{Cause, RestartPolicy, Supervisor, SupervisorOptions};
 use forkloop::rt::EventLoop;
 use forkloop::worker::Worker;
 use nix::sys::signal::Signal;
 
-/// Serves `w<ID>` after a connection's first bytes; a message `die` crashes the worker,
-/// `down` makes it go down.
+/// Serves `w<ID>`; a message `die` crashes the worker, `down` makes it go down.
 fn serve(lp: &mut EventLoop, w: &Worker) {
-    let w2 = w.clone();
-    let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), move |lp, c: Stream| {
-        let reply = format!("w{}", w2.id());
-        c.on_data(lp, move |lp, c, _| {
-            c.write(lp, reply.as_bytes());
-            c.end(lp);
-        });
-    });
-    server.on_error(|_, _, e| panic!("listen failed: {e}"));
+    cluster_util::serve_id(lp, w);
     w.on_message(lp, |lp, w, m| match m.data.as_slice() {
         b"die" => std::process::exit(9),
         b"down" => w.going_down(lp, "asked to"),
@@ -42,9 +32,6 @@ fn serve(lp: &mut EventLoop, w: &Worker) {
 
 fn options(workers: usize) -> SupervisorOptions {
     SupervisorOptions {
-        workers,
-        signals: false,
-        health: None,
         ready_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(3),
         shutdown_timeout: Duration::from_secs(3),
@@ -58,7 +45,7 @@ fn options(workers: usize) -> SupervisorOptions {
             breaker_cooldown_cap: Duration::from_millis(400),
             ..RestartPolicy::default()
         },
-        ..SupervisorOptions::default()
+        ..cluster_util::supervisor_options(workers)
     }
 }
 

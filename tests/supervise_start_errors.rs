@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use cluster_util::{primary_with, run, worker};
-use forkloop::primary::supervise::{Supervisor, SupervisorEvent, SupervisorOptions};
+use forkloop::primary::supervise::{Supervisor, SupervisorEvent};
 use forkloop::primary::{Policy, PrimaryOptions, Settings};
 
 /// 127.0.0.1 and the port in `FORKLOOP_TEST_PORT` (set by the test for its workers).
@@ -45,17 +45,8 @@ fn port_in_use_stops_the_start(test: &str, policy: Policy) {
         &mut lp,
         Settings::default().env("FORKLOOP_TEST_PORT", port.to_string()),
     );
-    let sup = Supervisor::new(
-        &mut lp,
-        &p,
-        SupervisorOptions {
-            workers: 2,
-            signals: false,
-            health: None,
-            ..SupervisorOptions::default()
-        },
-    )
-    .expect("supervisor");
+    let sup =
+        Supervisor::new(&mut lp, &p, cluster_util::supervisor_options(2)).expect("supervisor");
     let events: Rc<RefCell<Vec<SupervisorEvent>>> = Rc::default();
     let ev = events.clone();
     sup.on(move |_, _, e| ev.borrow_mut().push(e.clone()));
@@ -129,17 +120,8 @@ fn a_listen_error_after_the_start_is_the_workers_own() {
         &mut lp,
         Settings::default().env("FORKLOOP_TEST_PORT", port.to_string()),
     );
-    let sup = Supervisor::new(
-        &mut lp,
-        &p,
-        SupervisorOptions {
-            workers: 1,
-            signals: false,
-            health: None,
-            ..SupervisorOptions::default()
-        },
-    )
-    .expect("supervisor");
+    let sup =
+        Supervisor::new(&mut lp, &p, cluster_util::supervisor_options(1)).expect("supervisor");
     let seen: Rc<RefCell<Vec<SupervisorEvent>>> = Rc::default();
     let s2 = seen.clone();
     sup.on(move |lp, s, ev| {

@@ -264,15 +264,8 @@ impl Table {
         if self.down || self.slots.get(slot).is_none_or(|s| s.owner.is_some()) {
             return;
         }
-        // Any spawn into a tripped slot is its half-open try.
-        self.half_open(slot, out);
-        self.slots[slot].timer = None;
-        match host.spawn() {
-            Ok(w) => {
-                self.add(w, Place::Owner(slot), now);
-                self.slots[slot].owner = Some(w);
-                out.push(Action::ReadyDeadline(w));
-            }
+        match self.spawn_into(host, slot, Place::Owner(slot), now, out) {
+            Ok(_) => {}
             Err(e) => {
                 log::error!("slot {slot}: cannot spawn a worker: {e}");
                 out.push(Action::Emit(SupervisorEvent::SpawnFailed {
@@ -282,6 +275,28 @@ impl Table {
                 self.vacated(host, slot, None, false, now, out);
             }
         }
+    }
+
+    /// Forks a worker into `place` (`slot`'s owner or pending replacement) with its ready
+    /// deadline. Any spawn into a tripped slot is its half-open try.
+    fn spawn_into(
+        &mut self,
+        host: &mut dyn Host,
+        slot: usize,
+        place: Place,
+        now: Instant,
+        out: &mut Out,
+    ) -> io::Result<u32> {
+        self.half_open(slot, out);
+        self.slots[slot].timer = None;
+        let w = host.spawn()?;
+        self.add(w, place, now);
+        match place {
+            Place::Pending(_) => self.slots[slot].pending = Some(w),
+            _ => self.slots[slot].owner = Some(w),
+        }
+        out.push(Action::ReadyDeadline(w));
+        Ok(w)
     }
 
     /// Counts an unstable end in `slot`'s budget; trips (or re-opens) the breaker when
@@ -610,15 +625,8 @@ impl Table {
         if cause == Cause::Unresponsive {
             out.push(Action::Stop(worker));
         }
-        self.half_open(slot, out);
-        self.slots[slot].timer = None;
-        match host.spawn() {
-            Ok(new) => {
-                self.add(new, Place::Pending(slot), now);
-                self.slots[slot].pending = Some(new);
-                out.push(Action::ReadyDeadline(new));
-            }
-            Err(e) => self.replacement_failed(host, slot, format!("cannot spawn: {e}"), now, out),
+        if let Err(e) = self.spawn_into(host, slot, Place::Pending(slot), now, out) {
+            self.replacement_failed(host, slot, format!("cannot spawn: {e}"), now, out);
         }
     }
 
