@@ -149,12 +149,17 @@ live_children() {
 # fd_count PID: open descriptors of PID.
 fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 
-# prepare_http_cluster: checks for wrk, curl and timeout, builds examples/http_cluster
-# (unless SKIP_BUILD=1) and sets FL_BIN to it.
+# prepare_http_cluster: checks for wrk and curl, then build_http_cluster.
 prepare_http_cluster() {
-  FL_BIN=target/release/examples/http_cluster
   need wrk wrk
   need curl curl
+  build_http_cluster
+}
+
+# build_http_cluster: checks for timeout, builds examples/http_cluster (unless
+# SKIP_BUILD=1) and sets FL_BIN to it.
+build_http_cluster() {
+  FL_BIN=${FL_BIN:-target/release/examples/http_cluster}
   need timeout coreutils
   if [ "${SKIP_BUILD:-0}" != 1 ]; then
     build_retry cargo build --release --quiet --example http_cluster

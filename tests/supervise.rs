@@ -10,7 +10,10 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use cluster_util::{ChildGuard, IO_TIMEOUT, args_for, fetch, primary, run, worker};
+use cluster_util::{
+    ChildGuard, IO_TIMEOUT, args_for, fetch, port_of, primary, run, serve_id as serve,
+    supervisor_options as opts, worker,
+};
 use forkloop::ipc::Endpoint;
 use forkloop::net::Stream;
 use forkloop::primary::supervise::{
@@ -18,50 +21,12 @@ use forkloop::primary::supervise::{
 };
 use forkloop::primary::{Event, Primary};
 use forkloop::rt::EventLoop;
-use forkloop::worker::Worker;
-
-fn opts(workers: usize) -> SupervisorOptions {
-    SupervisorOptions {
-        workers,
-        signals: false,
-        health: None,
-        ..SupervisorOptions::default()
-    }
-}
-
-/// Serves `w<ID>` to each connection after its first bytes, then ends it.
-fn serve(lp: &mut EventLoop, w: &Worker) {
-    let w2 = w.clone();
-    let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), move |lp, c: Stream| {
-        let reply = format!("w{}", w2.id());
-        c.on_data(lp, move |lp, c, _| {
-            c.write(lp, reply.as_bytes());
-            c.end(lp);
-        });
-    });
-    server.on_error(|_, _, e| panic!("listen failed: {e}"));
-}
 
 fn record(sup: &Supervisor) -> Rc<RefCell<Vec<SupervisorEvent>>> {
     let log: Rc<RefCell<Vec<SupervisorEvent>>> = Rc::default();
     let l = log.clone();
     sup.on(move |_, _, ev| l.borrow_mut().push(ev.clone()));
     log
-}
-
-fn port_of(p: &Primary) -> Rc<Cell<u16>> {
-    let port = Rc::new(Cell::new(0));
-    let pt = port.clone();
-    p.on(move |_, _, ev| {
-        if let Event::Listening {
-            address: Endpoint::Tcp(a),
-            ..
-        } = ev
-        {
-            pt.set(a.port());
-        }
-    });
-    port
 }
 
 #[test]
@@ -444,7 +409,20 @@ fn going_down_starts_the_replacement_first() {
         w.on_message(lp, |lp, w, _| w.going_down(lp, "fatal error"));
     });
     let (mut lp, p) = primary("going_down_starts_the_replacement_first");
-    let sup = Supervisor::new(&mut lp, &p, opts(1)).unwrap();
+    // A worker up past the minimum uptime that goes down is a stable end: its replacement
+    // starts at once (an unstable one waits the restart delay; see going_down_counts_*).
+    let sup = Supervisor::new(
+        &mut lp,
+        &p,
+        SupervisorOptions {
+            restart: RestartPolicy {
+                min_uptime: Duration::from_millis(50),
+                ..RestartPolicy::default()
+            },
+            ..opts(1)
+        },
+    )
+    .unwrap();
     let order = Rc::new(RefCell::new(Vec::new()));
     let o = order.clone();
     p.on(move |_, _, ev| match ev {
@@ -454,7 +432,10 @@ fn going_down_starts_the_replacement_first() {
     });
     let s2 = sup.clone();
     sup.on(move |lp, _, ev| match ev {
-        SupervisorEvent::Ready { worker: 1, .. } => s2.primary().send(lp, 1, b"die").unwrap(),
+        SupervisorEvent::Ready { worker: 1, .. } => {
+            let p = s2.primary();
+            lp.set_timeout(100, move |lp| p.send(lp, 1, b"die").unwrap());
+        }
         SupervisorEvent::Ready { worker: 2, .. } => {
             let s3 = s2.clone();
             lp.set_timeout(100, move |lp| s3.shutdown(lp));

@@ -74,6 +74,15 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A worker's listen request failed in the primary (the worker hears the error too).
+    ListenFailed {
+        /// The worker.
+        worker: u32,
+        /// The address it asked for.
+        address: Endpoint,
+        /// Why it failed (binding the address).
+        error: std::io::Error,
+    },
     /// A worker misbehaved (malformed or unexpected message); its channel was closed.
     Error {
         /// The worker.
@@ -113,6 +122,7 @@ impl Event {
             | Event::Exit { worker, .. }
             | Event::Pong { worker, .. }
             | Event::GoingDown { worker, .. }
+            | Event::ListenFailed { worker, .. }
             | Event::Error { worker, .. } => Some(worker),
         }
     }

@@ -55,6 +55,15 @@ impl Primary {
                     bound: None,
                 };
                 let _ = self.send_msg(lp, worker, &reply);
+                let address = req.endpoint.clone();
+                self.emit(
+                    lp,
+                    super::Event::ListenFailed {
+                        worker,
+                        address,
+                        error: e,
+                    },
+                );
                 return;
             }
         };

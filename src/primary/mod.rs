@@ -470,6 +470,17 @@ impl Primary {
             .collect()
     }
 
+    /// Workers whose `Exit` has not been emitted yet (for the supervisor's checks).
+    pub(crate) fn live_workers(&self) -> Vec<u32> {
+        let inner = self.inner.borrow();
+        inner
+            .workers
+            .values()
+            .filter(|e| e.info.state != WorkerState::Dead)
+            .map(|e| e.info.id)
+            .collect()
+    }
+
     /// A view of worker `id`, while the primary still tracks it (until its `Exit` event
     /// has been handled).
     pub fn worker(&self, id: u32) -> Option<WorkerInfo> {

@@ -173,6 +173,45 @@ pub fn tcp_port(ev: &Event) -> Option<u16> {
     }
 }
 
+/// The TCP port the workers listen on, as the primary's `Listening` events report it.
+pub fn port_of(p: &Primary) -> Rc<Cell<u16>> {
+    let port = Rc::new(Cell::new(0));
+    let pt = port.clone();
+    p.on(move |_, _, ev| {
+        if let Some(pn) = tcp_port(ev) {
+            pt.set(pn);
+        }
+    });
+    port
+}
+
+/// Serves `w<ID>` to each connection after its first bytes, then ends it (port 0).
+pub fn serve_id(lp: &mut EventLoop, w: &Worker) {
+    let w2 = w.clone();
+    let server = w.listen_tcp(
+        lp,
+        "127.0.0.1:0".parse().unwrap(),
+        move |lp, c: forkloop::net::Stream| {
+            let reply = format!("w{}", w2.id());
+            c.on_data(lp, move |lp, c, _| {
+                c.write(lp, reply.as_bytes());
+                c.end(lp);
+            });
+        },
+    );
+    server.on_error(|_, _, e| panic!("listen failed: {e}"));
+}
+
+/// Supervisor options for tests: `workers` workers, no signal handlers, no heartbeats.
+pub fn supervisor_options(workers: usize) -> forkloop::primary::supervise::SupervisorOptions {
+    forkloop::primary::supervise::SupervisorOptions {
+        workers,
+        signals: false,
+        health: None,
+        ..Default::default()
+    }
+}
+
 /// Once `n` workers have sent "ready", calls `then` (once) with the loopback address the
 /// workers listen on.
 pub fn on_all_ready<F>(p: &Primary, n: usize, then: F)

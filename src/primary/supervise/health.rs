@@ -14,7 +14,7 @@ impl Supervisor {
                 .opts
                 .health
                 .map_or(Duration::MAX, |h| h.quarantine_lag);
-            let Some(m) = inner.meta.get_mut(&worker) else {
+            let Some(m) = inner.table.members.get_mut(&worker) else {
                 return;
             };
             m.last_pong = Instant::now();
@@ -49,13 +49,14 @@ impl Supervisor {
             let mut inner = self.0.borrow_mut();
             inner.ping_seq += 1;
             let workers: Vec<(u32, bool, Instant, bool)> = inner
-                .meta
+                .table
+                .members
                 .iter()
-                .map(|(w, m)| (*w, m.ready, m.last_pong, m.retiring.is_some() || m.removing))
+                .map(|(w, m)| (*w, m.ready, m.last_pong, inner.table.leaving(*w)))
                 .collect();
             (inner.p.clone(), inner.opts.clone(), workers, inner.ping_seq)
         };
-        if self.0.borrow().shutting_down {
+        if self.0.borrow().table.down {
             return;
         }
         let Some(h) = opts.health else { return };
@@ -72,7 +73,7 @@ impl Supervisor {
                 continue;
             }
             let _ = p.ping(lp, w, seq);
-            let recycling = self.0.borrow().recycling;
+            let recycling = self.0.borrow().table.recycling();
             if recycling >= opts.concurrency {
                 continue;
             }

@@ -25,6 +25,7 @@
 //! | backoff base / factor / cap | 100 ms / 1.5 / 15 s | systemd's `RestartSec`, PM2's and Einhorn's factor, PM2's cap |
 //! | minimum uptime | 1 s | Einhorn counts a worker alive 1 s as healthy |
 //! | breaker | more than 5 unstable restarts in 10 s | systemd's `StartLimitBurst`/`StartLimitIntervalSec` |
+//! | breaker cool-down | 10 s, doubling per failed try up to 5 min | a tripped slot is tried again, never left empty for good |
 //! | heartbeat / unresponsive after / kill grace | 1 s / 10 s / 2 s | stricter than Puma (5 s / 60 s) so a hung worker is noticed in seconds |
 //! | quarantine lag | 500 ms | a loop that late cannot serve interactive traffic |
 //! | ready / drain / shutdown deadlines | 30 s each | gunicorn's and Puma's graceful timeout |
@@ -38,12 +39,61 @@
 //! activation (`LISTEN_FDS`), listeners whose address matches a passed socket use it
 //! instead of binding.
 //!
-//! A crash after the minimum uptime is restarted at once (the first restart is immediate);
-//! a crash before it (unstable) waits `base × factor^(n−1)`, capped; a boot failure (exit
-//! before ready) always counts as unstable. After the minimum uptime the count resets.
+//! Every event (an exit, a kill, scaling, a reload, a missed heartbeat, a worker going
+//! down, a boot or replacement failure) has a defined result in every state: one state
+//! machine owns the slots, the workers in them, the generations and the reload cursor.
+//!
+//! # The restart budget
+//!
+//! One budget per slot covers every unplanned end of a worker: a crash, a worker going
+//! down ([`crate::worker::Worker::going_down`]), a boot failure (exit or missed deadline
+//! before ready), a failed spawn and a replacement that fails. An end is *stable* when the
+//! worker was ready and up at least [`RestartPolicy::min_uptime`]: it resets the backoff
+//! and is restarted at once. Every other end is *unstable*: it is restarted after
+//! `base × factor^(n−1)` (n consecutive unstable ends, capped), and counts in the breaker's
+//! window. More than [`RestartPolicy::breaker_max`] unstable ends within
+//! [`RestartPolicy::breaker_window`] trip the breaker: the slot is not restarted and no
+//! automatic replacement (memory or connection recycling) is started in it. After
+//! [`RestartPolicy::breaker_cooldown`] the breaker is *half-open*: one worker is started;
+//! once it is ready the breaker closes, and if it fails the breaker opens again for twice
+//! the cool-down (at most [`RestartPolicy::breaker_cooldown_cap`]). Planned replacements
+//! (reload, recycling, an unresponsive worker) do not count unless the replacement fails.
+//! A worker going down drains while its slot restarts under this policy (at once when it
+//! was stable, so its replacement boots beside it). A worker that exits while its
+//! replacement boots is not restarted: the replacement takes the slot. A reload or a
+//! scaling fills every empty slot at once (a tripped breaker goes half-open for it).
+//!
+//! # Reload
+//!
+//! A reload raises the generation and walks the slots, `concurrency` at a time. A slot's
+//! step is done when its owner is a ready worker of the new generation and the worker it
+//! replaced has exited (so at most `concurrency` workers are on their way out): a
+//! serving owner of an older one is retired (its replacement boots beside it), a booting
+//! one is killed and the slot refilled, an empty slot is refilled. A step fails when a
+//! replacement fails or the slot's breaker trips; the reload then starts no further step
+//! and reports the first failure once the steps under way end. A reload reports `Ok(())`
+//! only if every slot ended with a ready worker of the new generation; with no slot at
+//! all it reports an error (there was nothing to reload).
+//!
+//! # Lifetime
+//!
+//! [`Supervisor::start`] hands the supervisor to the loop: from then on the loop keeps it
+//! alive (dropping every [`Supervisor`] handle does not stop supervision) until the loop
+//! ends. A supervisor that is never started does nothing, so [`Supervisor::new`]'s result
+//! must be used.
+//!
+//! # Start failures
+//!
+//! When, while the cluster starts (before every slot had a ready worker), a listen
+//! request fails in the primary because of its address (in use, permission denied, not
+//! available) and no worker of the cluster ever listened on that address, the start has
+//! failed: the supervisor logs one line naming the address and the error (and
+//! writes it to standard error if no logger is installed), emits
+//! [`SupervisorEvent::ListenFailed`] with `fatal: true`, kills the workers and ends the
+//! loop with exit code 1 once they are reaped — no restarts.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::rc::{Rc, Weak};
@@ -56,6 +106,7 @@ mod control;
 mod health;
 mod options;
 mod reload;
+mod table;
 
 pub use control::Control;
 pub use options::{
@@ -63,57 +114,31 @@ pub use options::{
 };
 
 use super::{Event, Primary};
+use crate::ipc::Endpoint;
 use crate::rt::{EventLoop, TimerId};
+use table::{Action, Host, Table};
 
 type SupHandler = Box<dyn FnMut(&mut EventLoop, &Supervisor, &SupervisorEvent)>;
 type ReloadDone = Box<dyn FnOnce(&mut EventLoop, Result<(), String>)>;
-
-#[derive(Debug, Default)]
-struct Slot {
-    worker: Option<u32>,
-    active: bool,
-    restarts: u32,
-    consecutive: u32,
-    unstable: VecDeque<Instant>,
-    tripped: bool,
-    timer: Option<TimerId>,
-}
-
-#[derive(Debug)]
-struct Meta {
-    slot: usize,
-    generation: u64,
-    started: Instant,
-    ready: bool,
-    last_pong: Instant,
-    lag: Duration,
-    quarantined: bool,
-    /// Being replaced (or removed, when scaling down).
-    retiring: Option<Cause>,
-    /// This worker replaces that one once ready.
-    replaces: Option<u32>,
-    /// This worker is being retired without replacement.
-    removing: bool,
-}
-
-struct Reload {
-    queue: VecDeque<u32>,
-    active: usize,
-    failed: Option<String>,
-    done: Vec<ReloadDone>,
-}
 
 struct Inner {
     id: u64,
     p: Primary,
     opts: SupervisorOptions,
-    slots: Vec<Slot>,
-    meta: HashMap<u32, Meta>,
-    generation: u64,
-    shutting_down: bool,
+    table: Table,
+    started: bool,
     forced: bool,
-    reload: Option<Reload>,
-    recycling: usize,
+    /// The start failed (a listen error): the loop exits with 1.
+    failed: bool,
+    stopped: bool,
+    /// Callbacks of the reload under way.
+    reload_done: Vec<ReloadDone>,
+    /// The armed timer of each slot (restart delay or breaker cool-down).
+    slot_timers: HashMap<usize, TimerId>,
+    /// Addresses some worker of the cluster has listened on.
+    listened: HashSet<Endpoint>,
+    /// Every slot had a ready worker once: the start is over.
+    up: bool,
     handlers: Rc<crate::hooks::Hooks<SupHandler>>,
     ping_seq: u64,
     interrupts: u32,
@@ -123,7 +148,8 @@ struct Inner {
     announced: bool,
 }
 
-/// The supervisor of a [`Primary`]; clone the handle freely (it is an `Rc`).
+/// The supervisor of a [`Primary`]; clone the handle freely (it is an `Rc`). Once
+/// [`started`](Supervisor::start), the loop keeps it alive.
 #[derive(Clone)]
 pub struct Supervisor(Rc<RefCell<Inner>>);
 
@@ -131,9 +157,9 @@ impl fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = self.0.borrow();
         f.debug_struct("Supervisor")
-            .field("slots", &inner.slots.len())
-            .field("workers", &inner.meta.len())
-            .field("shutting_down", &inner.shutting_down)
+            .field("slots", &inner.table.size())
+            .field("workers", &inner.table.members.len())
+            .field("shutting_down", &inner.table.down)
             .finish()
     }
 }
@@ -144,25 +170,58 @@ thread_local! {
     static REGISTRY: RefCell<HashMap<u64, Weak<RefCell<Inner>>>> = RefCell::new(HashMap::new());
 }
 
+/// A [`Supervisor`] handle that does not keep it alive.
+struct WeakSupervisor(Weak<RefCell<Inner>>);
+
+impl WeakSupervisor {
+    fn upgrade(&self) -> Option<Supervisor> {
+        self.0.upgrade().map(Supervisor)
+    }
+}
+
+/// Forks through the primary.
+struct LoopHost<'a> {
+    lp: &'a mut EventLoop,
+    p: &'a Primary,
+}
+
+impl Host for LoopHost<'_> {
+    fn spawn(&mut self) -> io::Result<u32> {
+        self.p.fork(self.lp)
+    }
+}
+
+/// An address as a person reads it.
+fn endpoint_text(e: &Endpoint) -> String {
+    match e {
+        Endpoint::Tcp(a) => a.to_string(),
+        Endpoint::Udp(a) => format!("udp {a}"),
+        Endpoint::Unix(p) => p.display().to_string(),
+    }
+}
+
 impl Supervisor {
     /// Supervises `p` on `lp`; call [`Supervisor::start`] to fork the workers.
     ///
     /// # Errors
     ///
     /// A signal handler cannot be installed.
+    #[must_use = "a supervisor does nothing until it is started"]
     pub fn new(lp: &mut EventLoop, p: &Primary, opts: SupervisorOptions) -> io::Result<Supervisor> {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let sup = Supervisor(Rc::new(RefCell::new(Inner {
             id,
             p: p.clone(),
+            table: Table::new(opts.restart, opts.concurrency),
             opts,
-            slots: Vec::new(),
-            meta: HashMap::new(),
-            generation: 1,
-            shutting_down: false,
+            started: false,
             forced: false,
-            reload: None,
-            recycling: 0,
+            failed: false,
+            stopped: false,
+            reload_done: Vec::new(),
+            slot_timers: HashMap::new(),
+            listened: HashSet::new(),
+            up: false,
             handlers: Rc::default(),
             ping_seq: 0,
             interrupts: 0,
@@ -178,10 +237,10 @@ impl Supervisor {
             }
         }
         REGISTRY.with(|r| r.borrow_mut().insert(id, Rc::downgrade(&sup.0)));
-        let weak = Rc::downgrade(&sup.0);
+        let weak = sup.weak();
         p.on(move |lp, _, ev| {
-            if let Some(inner) = weak.upgrade() {
-                Supervisor(inner).on_primary(lp, ev);
+            if let Some(s) = weak.upgrade() {
+                s.on_primary(lp, ev);
             }
         });
         if sup.0.borrow().opts.signals {
@@ -203,35 +262,41 @@ impl Supervisor {
         self.0.borrow().p.clone()
     }
 
-    /// Forks the configured number of workers and starts the heartbeats.
+    /// Forks the configured number of workers, starts the heartbeats, and hands the
+    /// supervisor to the loop: the loop keeps it alive until the loop ends, so the
+    /// handle may be dropped (supervision goes on).
+    ///
+    /// A worker that cannot be spawned is retried after the restart delay
+    /// ([`SupervisorEvent::SpawnFailed`]).
     ///
     /// # Errors
     ///
-    /// A worker cannot be spawned.
+    /// The supervisor was started already.
     pub fn start(&self, lp: &mut EventLoop) -> io::Result<()> {
+        if std::mem::replace(&mut self.0.borrow_mut().started, true) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the supervisor was started already",
+            ));
+        }
+        let keep = self.clone();
+        lp.on_exit(move |_, _| {
+            // The loop owns this handle: supervision lasts as long as the loop.
+            let _ = &keep;
+        });
         self.primary().keep_listeners(lp, true);
         let n = self.0.borrow().opts.workers;
-        for _ in 0..n {
-            let slot = {
-                let mut inner = self.0.borrow_mut();
-                inner.slots.push(Slot {
-                    active: true,
-                    ..Slot::default()
-                });
-                inner.slots.len() - 1
-            };
-            self.spawn(lp, slot, None)?;
-        }
+        self.apply(lp, |t, host, now, out| t.start(host, n, now, out));
         let notifier = self.0.borrow().notifier.clone();
         if let (Some(n), Some(every)) = (notifier, super::systemd::watchdog_interval()) {
             n.start_watchdog(lp, every);
         }
         let health = self.0.borrow().opts.health;
         if let Some(h) = health {
-            let weak = Rc::downgrade(&self.0);
+            let weak = self.weak();
             let t = lp.set_interval(h.interval, move |lp| {
-                if let Some(inner) = weak.upgrade() {
-                    Supervisor(inner).health_tick(lp);
+                if let Some(s) = weak.upgrade() {
+                    s.health_tick(lp);
                 }
             });
             lp.unref(t);
@@ -248,94 +313,203 @@ impl Supervisor {
         }
     }
 
+    /// Checks the supervisor's bookkeeping: every worker in exactly one place (a slot's
+    /// owner, its pending replacement, or leaving), every empty slot waiting on a timer,
+    /// the reload cursor within the slots, every slot on the current generation after a
+    /// successful reload; and that the primary tracks exactly the workers the supervisor
+    /// does. For tests: the first broken invariant.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let inner = self.0.borrow();
+        inner.table.check()?;
+        let mut known = inner.p.live_workers();
+        known.sort_unstable();
+        let mine: Vec<u32> = inner.table.members.keys().copied().collect();
+        if known != mine {
+            return Err(format!(
+                "the primary runs workers {known:?}, the supervisor tracks {mine:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A handle that does not keep the supervisor alive (for the loop's callbacks: the
+    /// loop holds one strong handle from [`Supervisor::start`] on).
+    fn weak(&self) -> WeakSupervisor {
+        WeakSupervisor(Rc::downgrade(&self.0))
+    }
+
     fn emit(&self, lp: &mut EventLoop, ev: SupervisorEvent) {
         let handlers = self.0.borrow().handlers.clone();
         handlers.run(|h| h(lp, self, &ev));
     }
 
-    /// Forks a worker into `slot`; `replaces` is the worker it will take over from.
-    fn spawn(&self, lp: &mut EventLoop, slot: usize, replaces: Option<u32>) -> io::Result<u32> {
-        let p = self.primary();
-        let w = p.fork(lp)?;
-        let mut inner = self.0.borrow_mut();
-        let generation = inner.generation;
-        let now = Instant::now();
-        inner.meta.insert(
-            w,
-            Meta {
-                slot,
-                generation,
-                started: now,
-                ready: false,
-                last_pong: now,
-                lag: Duration::ZERO,
-                quarantined: false,
-                retiring: None,
-                replaces,
-                removing: false,
-            },
-        );
-        if replaces.is_none()
-            && let Some(s) = inner.slots.get_mut(slot)
+    /// Feeds one input to the table, then carries out what it asks for.
+    fn apply(
+        &self,
+        lp: &mut EventLoop,
+        f: impl FnOnce(&mut Table, &mut dyn Host, Instant, &mut Vec<Action>),
+    ) {
+        let mut out = Vec::new();
         {
-            s.worker = Some(w);
+            let mut inner = self.0.borrow_mut();
+            let p = inner.p.clone();
+            let mut host = LoopHost { lp, p: &p };
+            f(&mut inner.table, &mut host, Instant::now(), &mut out);
         }
-        Ok(w)
+        for a in out {
+            self.act(lp, a);
+        }
+    }
+
+    fn act(&self, lp: &mut EventLoop, action: Action) {
+        let (p, opts) = {
+            let inner = self.0.borrow();
+            (inner.p.clone(), inner.opts.clone())
+        };
+        match action {
+            Action::Emit(ev) => {
+                let ready = matches!(ev, SupervisorEvent::Ready { .. });
+                if ready {
+                    self.maybe_announce();
+                }
+                self.emit(lp, ev);
+            }
+            Action::Drain(w) => self.drain(lp, w),
+            Action::Stop(w) => {
+                // It serves nobody: unroute and stop it now.
+                p.set_routing(lp, w, false);
+                let _ = p.kill(w, Signal::SIGTERM);
+                let grace = opts.health.map_or(Duration::from_secs(2), |h| h.kill_grace);
+                let t = lp.set_timeout(grace, move |_| {
+                    let _ = p.kill(w, Signal::SIGKILL);
+                });
+                lp.unref(t);
+            }
+            Action::Kill(w) => {
+                p.set_routing(lp, w, false);
+                let _ = p.kill(w, Signal::SIGKILL);
+            }
+            Action::Route(w) => p.set_routing(lp, w, true),
+            Action::ReadyDeadline(w) => {
+                let me = self.weak();
+                let t = lp.set_timeout(opts.ready_timeout, move |lp| {
+                    if let Some(me) = me.upgrade() {
+                        me.apply(lp, |t, host, now, out| t.ready_deadline(host, w, now, out));
+                    }
+                });
+                lp.unref(t);
+            }
+            Action::Timer { slot, epoch, delay } => {
+                let me = self.weak();
+                let t = lp.set_timeout(delay, move |lp| {
+                    if let Some(me) = me.upgrade() {
+                        me.0.borrow_mut().slot_timers.remove(&slot);
+                        me.apply(lp, |t, host, now, out| t.timer(host, slot, epoch, now, out));
+                    }
+                });
+                let old = self.0.borrow_mut().slot_timers.insert(slot, t);
+                if let Some(old) = old {
+                    lp.clear_timeout(old);
+                }
+            }
+            Action::ReloadFinished(result) => {
+                if let Some(n) = &self.0.borrow().notifier {
+                    n.ready();
+                    n.status(match &result {
+                        Ok(()) => "reloaded",
+                        Err(_) => "reload failed; previous generation serving",
+                    });
+                }
+                let done = std::mem::take(&mut self.0.borrow_mut().reload_done);
+                for cb in done {
+                    cb(lp, result.clone());
+                }
+            }
+        }
     }
 
     fn on_primary(&self, lp: &mut EventLoop, ev: &Event) {
         let on_message = self.0.borrow().opts.ready_on_message;
-        match *ev {
-            Event::Listening { worker, .. } if !on_message => self.mark_ready(lp, worker),
-            Event::Ready { worker } if on_message => self.mark_ready(lp, worker),
-            Event::Pong { worker, lag_us, .. } => self.on_pong(lp, worker, lag_us),
-            Event::GoingDown { worker, .. } => self.retire(lp, worker, Cause::GoingDown),
-            Event::Exit { worker, .. } => self.on_exit(lp, worker),
+        match ev {
+            Event::Listening { worker, address } => {
+                self.0.borrow_mut().listened.insert(address.clone());
+                if !on_message {
+                    self.mark_ready(lp, *worker);
+                }
+            }
+            Event::Ready { worker } if on_message => self.mark_ready(lp, *worker),
+            Event::Pong { worker, lag_us, .. } => self.on_pong(lp, *worker, *lag_us),
+            Event::GoingDown { worker, .. } => self.retire(lp, *worker, Cause::GoingDown),
+            Event::Exit { worker, .. } => self.on_exit(lp, *worker),
+            Event::ListenFailed {
+                worker,
+                address,
+                error,
+            } => self.on_listen_failed(lp, *worker, address, error),
             _ => {}
         }
     }
 
     fn mark_ready(&self, lp: &mut EventLoop, worker: u32) {
-        let (slot, replaces) = {
-            let mut inner = self.0.borrow_mut();
-            let Some(m) = inner.meta.get_mut(&worker) else {
-                return;
-            };
-            if m.ready {
-                return;
-            }
-            m.ready = true;
-            (m.slot, m.replaces.take())
-        };
-        self.maybe_announce();
-        self.emit(lp, SupervisorEvent::Ready { slot, worker });
-        if let Some(old) = replaces {
-            // Step 3–5 of the retire path.
-            if let Some(s) = self.0.borrow_mut().slots.get_mut(slot) {
-                s.worker = Some(worker);
-            }
-            self.drain(lp, old);
-        }
+        self.apply(lp, |t, host, now, out| t.ready(host, worker, now, out));
     }
 
-    /// Tells systemd (if it listens) the service is ready once every slot's first worker is.
+    /// A listen request failed in the primary: fatal while the cluster starts (before
+    /// every slot had a ready worker) if no worker ever listened on that address and the
+    /// error is about the address.
+    fn on_listen_failed(&self, lp: &mut EventLoop, worker: u32, address: &Endpoint, e: &io::Error) {
+        let fatal = {
+            let inner = self.0.borrow();
+            !inner.table.down
+                && !inner.up
+                && !inner.listened.contains(address)
+                && matches!(
+                    e.kind(),
+                    io::ErrorKind::AddrInUse
+                        | io::ErrorKind::PermissionDenied
+                        | io::ErrorKind::AddrNotAvailable
+                )
+        };
+        let text = endpoint_text(address);
+        self.emit(
+            lp,
+            SupervisorEvent::ListenFailed {
+                worker,
+                address: text.clone(),
+                error: e.to_string(),
+                fatal,
+            },
+        );
+        if !fatal {
+            return;
+        }
+        let line = format!("cannot listen on {text}: {e}; stopping");
+        log::error!("{line}");
+        if log::max_level() == log::LevelFilter::Off {
+            // No logger: the one line must still reach the operator.
+            eprintln!("forkloop: {line}");
+        }
+        self.0.borrow_mut().failed = true;
+        self.force(lp);
+    }
+
+    /// Once every slot has a ready worker: the start is over, and systemd (if it listens)
+    /// hears the service is ready.
     fn maybe_announce(&self) {
         let mut inner = self.0.borrow_mut();
+        if !inner.table.all_ready() {
+            return;
+        }
+        inner.up = true;
         if inner.announced || inner.notifier.is_none() {
             return;
         }
-        let all = inner.slots.iter().filter(|s| s.active).all(|s| {
-            s.worker
-                .and_then(|w| inner.meta.get(&w))
-                .is_some_and(|m| m.ready)
-        });
-        if all {
-            inner.announced = true;
-            let n = inner.slots.iter().filter(|s| s.active).count();
-            if let Some(notifier) = &inner.notifier {
-                notifier.ready();
-                notifier.status(&format!("{n} workers ready"));
-            }
+        inner.announced = true;
+        let n = inner.table.size();
+        if let Some(notifier) = &inner.notifier {
+            notifier.ready();
+            notifier.status(&format!("{n} workers ready"));
         }
     }
 
@@ -356,239 +530,33 @@ impl Supervisor {
         lp.unref(t);
     }
 
-    /// Starts replacing `worker` (see the module docs).
+    /// Starts replacing `worker` (see the module docs). [`Cause::GoingDown`] is handled as
+    /// the worker's going down: it drains and its slot restarts under the restart budget.
     pub fn retire(&self, lp: &mut EventLoop, worker: u32, cause: Cause) {
-        let (slot, p, opts) = {
-            let mut inner = self.0.borrow_mut();
-            if inner.shutting_down {
-                return;
-            }
-            let Some(m) = inner.meta.get_mut(&worker) else {
-                return;
-            };
-            if m.retiring.is_some() {
-                return;
-            }
-            m.retiring = Some(cause);
-            let slot = m.slot;
-            if matches!(cause, Cause::Memory | Cause::Connections) {
-                inner.recycling += 1;
-            }
-            (slot, inner.p.clone(), inner.opts.clone())
-        };
-        log::info!("replacing worker {worker}: {cause:?}");
-        self.emit(lp, SupervisorEvent::Retiring { worker, cause });
-        if cause == Cause::Unresponsive {
-            // It serves nobody: unroute and stop it now; the replacement comes up beside.
-            p.set_routing(lp, worker, false);
-            let _ = p.kill(worker, Signal::SIGTERM);
-            let grace = opts.health.map_or(Duration::from_secs(2), |h| h.kill_grace);
-            let pk = p.clone();
-            let t = lp.set_timeout(grace, move |_| {
-                let _ = pk.kill(worker, Signal::SIGKILL);
-            });
-            lp.unref(t);
-        }
-        let new = match self.spawn(lp, slot, Some(worker)) {
-            Ok(w) => w,
-            Err(e) => {
-                self.replacement_failed(lp, worker, None, format!("cannot spawn: {e}"));
-                return;
-            }
-        };
-        let me = self.clone();
-        let t = lp.set_timeout(opts.ready_timeout, move |lp| {
-            let pending = me.0.borrow().meta.get(&new).is_some_and(|m| !m.ready);
-            if pending {
-                me.replacement_failed(lp, worker, Some(new), "missed its ready deadline".into());
-            }
+        self.apply(lp, |t, host, now, out| {
+            t.retire(host, worker, cause, now, out)
         });
-        lp.unref(t);
-    }
-
-    /// A replacement for `old` failed: kill it, keep `old` serving, report.
-    fn replacement_failed(&self, lp: &mut EventLoop, old: u32, new: Option<u32>, reason: String) {
-        let p = self.primary();
-        if let Some(new) = new {
-            if let Some(m) = self.0.borrow_mut().meta.get_mut(&new) {
-                m.replaces = None;
-                m.removing = true;
-            }
-            let _ = p.kill(new, Signal::SIGKILL);
-        }
-        let unresponsive = {
-            let mut inner = self.0.borrow_mut();
-            let cause = inner.meta.get_mut(&old).and_then(|m| m.retiring.take());
-            if matches!(cause, Some(Cause::Memory | Cause::Connections)) {
-                inner.recycling = inner.recycling.saturating_sub(1);
-            }
-            cause == Some(Cause::Unresponsive)
-        };
-        log::error!("replacement for worker {old} failed: {reason}");
-        if !unresponsive {
-            p.set_routing(lp, old, true);
-        }
-        self.emit(
-            lp,
-            SupervisorEvent::ReplacementFailed {
-                worker: old,
-                reason: reason.clone(),
-            },
-        );
-        let in_reload = self.0.borrow().reload.is_some();
-        if in_reload {
-            self.reload_step(lp, Some(reason));
-        }
     }
 
     fn on_exit(&self, lp: &mut EventLoop, worker: u32) {
-        let Some(m) = self.0.borrow_mut().meta.remove(&worker) else {
-            return;
-        };
-        let shutting_down = self.0.borrow().shutting_down;
-        if shutting_down {
+        self.apply(lp, |t, host, now, out| t.exit(host, worker, now, out));
+        if self.0.borrow().table.down {
             self.maybe_stopped(lp);
-            return;
-        }
-        if let Some(old) = m.replaces {
-            // A replacement died before it was ready.
-            self.replacement_failed(
-                lp,
-                old,
-                None,
-                format!("replacement worker {worker} exited before ready"),
-            );
-            return;
-        }
-        if m.removing {
-            return;
-        }
-        if let Some(cause) = m.retiring {
-            let in_reload = {
-                let mut inner = self.0.borrow_mut();
-                if matches!(cause, Cause::Memory | Cause::Connections) {
-                    inner.recycling = inner.recycling.saturating_sub(1);
-                }
-                inner.reload.is_some() && cause == Cause::Reload
-            };
-            if in_reload {
-                self.reload_step(lp, None);
-            }
-            let slot_now = self.0.borrow().slots.get(m.slot).and_then(|s| s.worker);
-            if slot_now != Some(worker) {
-                return; // its replacement holds the slot
-            }
-        }
-        self.restart_slot(lp, m.slot, worker, &m);
-    }
-
-    /// The unexpected-exit policy for `slot`.
-    fn restart_slot(&self, lp: &mut EventLoop, slot: usize, worker: u32, m: &Meta) {
-        let now = Instant::now();
-        let decision = {
-            let mut inner = self.0.borrow_mut();
-            let policy = inner.opts.restart;
-            let Some(s) = inner.slots.get_mut(slot) else {
-                return;
-            };
-            if !s.active || s.worker != Some(worker) {
-                return;
-            }
-            s.worker = None;
-            let stable = m.ready && now.duration_since(m.started) >= policy.min_uptime;
-            if stable {
-                s.consecutive = 0;
-            } else {
-                s.consecutive += 1;
-                s.unstable.push_back(now);
-            }
-            while s
-                .unstable
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > policy.breaker_window)
-            {
-                s.unstable.pop_front();
-            }
-            if s.unstable.len() > policy.breaker_max as usize {
-                s.tripped = true;
-                Err(s.unstable.len() as u32)
-            } else {
-                s.restarts += 1;
-                let delay = if stable {
-                    Duration::ZERO
-                } else {
-                    policy.delay(s.consecutive)
-                };
-                Ok(delay)
-            }
-        };
-        match decision {
-            Err(restarts) => {
-                log::error!(
-                    "slot {slot}: {restarts} unstable restarts in the breaker window; not restarting it"
-                );
-                self.emit(lp, SupervisorEvent::BreakerTripped { slot, restarts });
-            }
-            Ok(delay) => {
-                self.emit(
-                    lp,
-                    SupervisorEvent::Restarting {
-                        slot,
-                        worker,
-                        delay,
-                        boot_failure: !m.ready,
-                    },
-                );
-                if delay.is_zero() {
-                    self.respawn(lp, slot);
-                } else {
-                    let me = self.clone();
-                    let t = lp.set_timeout(delay, move |lp| me.respawn(lp, slot));
-                    if let Some(s) = self.0.borrow_mut().slots.get_mut(slot) {
-                        s.timer = Some(t);
-                    }
-                }
-            }
-        }
-    }
-
-    fn respawn(&self, lp: &mut EventLoop, slot: usize) {
-        let go = {
-            let mut inner = self.0.borrow_mut();
-            let down = inner.shutting_down;
-            match inner.slots.get_mut(slot) {
-                Some(s) => {
-                    s.timer = None;
-                    s.active && s.worker.is_none() && !down
-                }
-                None => false,
-            }
-        };
-        if go && let Err(e) = self.spawn(lp, slot, None) {
-            log::error!("slot {slot}: cannot spawn a worker: {e}");
         }
     }
 
     /// Graceful shutdown: no more restarts, every worker disconnects and drains; after
     /// the shutdown deadline the rest are killed. The loop exits with 0 after a clean
-    /// drain, 1 otherwise.
+    /// drain, 1 otherwise. A reload under way ends with an error.
     pub fn shutdown(&self, lp: &mut EventLoop) {
-        let (p, deadline, timers) = {
-            let mut inner = self.0.borrow_mut();
-            if inner.shutting_down {
-                return;
-            }
-            inner.shutting_down = true;
-            let timers: Vec<TimerId> = inner
-                .slots
-                .iter_mut()
-                .filter_map(|s| s.timer.take())
-                .collect();
-            (inner.p.clone(), inner.opts.shutdown_timeout, timers)
-        };
-        for t in timers {
-            lp.clear_timeout(t);
+        if self.0.borrow().table.down {
+            return;
         }
+        self.stop_restarts(lp);
+        let (p, deadline) = {
+            let inner = self.0.borrow();
+            (inner.p.clone(), inner.opts.shutdown_timeout)
+        };
         log::info!("shutting down: draining {} workers", p.workers().len());
         if let Some(n) = &self.0.borrow().notifier {
             n.stopping();
@@ -597,22 +565,41 @@ impl Supervisor {
         self.emit(lp, SupervisorEvent::ShuttingDown);
         p.keep_listeners(lp, false);
         p.disconnect(lp, |_, _| {});
-        let me = self.clone();
-        let t = lp.set_timeout(deadline, move |lp| me.force(lp));
+        let me = self.weak();
+        let t = lp.set_timeout(deadline, move |lp| {
+            if let Some(me) = me.upgrade() {
+                me.force(lp);
+            }
+        });
         lp.unref(t);
         self.maybe_stopped(lp);
     }
 
+    /// Marks the table down and clears the slot timers.
+    fn stop_restarts(&self, lp: &mut EventLoop) {
+        self.apply(lp, |t, _, _, out| t.shut_down(out));
+        let timers: Vec<TimerId> = self
+            .0
+            .borrow_mut()
+            .slot_timers
+            .drain()
+            .map(|(_, t)| t)
+            .collect();
+        for t in timers {
+            lp.clear_timeout(t);
+        }
+    }
+
     /// Kills every worker now (`SIGKILL`); the loop exits with 1 once they are reaped.
     pub fn force(&self, lp: &mut EventLoop) {
+        self.stop_restarts(lp);
         self.primary().keep_listeners(lp, false);
-        let p = {
+        let (p, ids) = {
             let mut inner = self.0.borrow_mut();
-            inner.shutting_down = true;
             inner.forced = true;
-            inner.p.clone()
+            let ids: Vec<u32> = inner.table.members.keys().copied().collect();
+            (inner.p.clone(), ids)
         };
-        let ids: Vec<u32> = self.0.borrow().meta.keys().copied().collect();
         for w in ids {
             let _ = p.kill(w, Signal::SIGKILL);
         }
@@ -620,14 +607,19 @@ impl Supervisor {
     }
 
     fn maybe_stopped(&self, lp: &mut EventLoop) {
-        let (empty, forced) = {
-            let inner = self.0.borrow();
-            (inner.meta.is_empty(), inner.forced)
+        let (empty, forced, failed) = {
+            let mut inner = self.0.borrow_mut();
+            if inner.stopped || !inner.table.members.is_empty() {
+                (false, false, false)
+            } else {
+                inner.stopped = true;
+                (true, inner.forced, inner.failed)
+            }
         };
         if empty {
             let clean = !forced;
             self.emit(lp, SupervisorEvent::Stopped { clean });
-            lp.exit(if clean { 0 } else { 1 });
+            lp.exit(if clean && !failed { 0 } else { 1 });
         }
     }
 
@@ -674,18 +666,19 @@ impl Supervisor {
         let inner = self.0.borrow();
         let now = Instant::now();
         let mut out: Vec<WorkerStats> = inner
-            .meta
+            .table
+            .members
             .iter()
             .filter_map(|(&w, m)| {
                 let info = inner.p.worker(w)?;
                 Some(WorkerStats {
                     id: w,
-                    slot: m.slot,
+                    slot: m.home,
                     pid: info.pid,
                     state: info.state,
                     generation: m.generation,
                     uptime: now.duration_since(m.started),
-                    restarts: inner.slots.get(m.slot).map_or(0, |s| s.restarts),
+                    restarts: inner.table.slots.get(m.home).map_or(0, |s| s.restarts),
                     connections_handed: inner.p.handed(w),
                     in_flight: inner.p.in_flight(w),
                     loop_lag: m.lag,

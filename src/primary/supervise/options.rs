@@ -20,6 +20,10 @@ pub struct RestartPolicy {
     pub breaker_max: u32,
     /// The breaker's window.
     pub breaker_window: Duration,
+    /// How long a tripped breaker waits before it tries one worker again (half-open).
+    pub breaker_cooldown: Duration,
+    /// Each failed half-open try doubles the cool-down, up to this.
+    pub breaker_cooldown_cap: Duration,
 }
 
 impl Default for RestartPolicy {
@@ -31,6 +35,8 @@ impl Default for RestartPolicy {
             min_uptime: Duration::from_secs(1),
             breaker_max: 5,
             breaker_window: Duration::from_secs(10),
+            breaker_cooldown: Duration::from_secs(10),
+            breaker_cooldown_cap: Duration::from_secs(300),
         }
     }
 }
@@ -76,7 +82,9 @@ pub struct SupervisorOptions {
     pub restart: RestartPolicy,
     /// Heartbeats (`None`: off).
     pub health: Option<HealthPolicy>,
-    /// A new worker must be ready within this.
+    /// Every new worker (first start, restart, replacement) must be ready within this;
+    /// one that is not is killed (a boot failure, or a failed replacement). Workers that
+    /// never listen must say they are ready (`ready_on_message`).
     pub ready_timeout: Duration,
     /// A retiring worker is killed after this.
     pub drain_timeout: Duration,
@@ -150,12 +158,48 @@ pub enum SupervisorEvent {
         /// It exited before it was ready.
         boot_failure: bool,
     },
-    /// Too many unstable restarts: the slot stays empty; the others keep serving.
+    /// Too many unstable ends in a slot (crashes, workers going down, boot failures,
+    /// failed replacements): the slot is not restarted until the breaker's cool-down
+    /// passes; the others keep serving.
     BreakerTripped {
         /// Slot.
         slot: usize,
         /// Unstable restarts within the window.
         restarts: u32,
+    },
+    /// A tripped breaker's cool-down passed (or a reload or scaling asked for the slot):
+    /// one worker is tried in the slot.
+    BreakerHalfOpen {
+        /// Slot.
+        slot: usize,
+    },
+    /// The worker tried in a half-open slot is ready: the slot restarts normally again.
+    BreakerClosed {
+        /// Slot.
+        slot: usize,
+    },
+    /// A worker could not be spawned into a slot; it is tried again after the restart
+    /// delay (the failure counts as a boot failure).
+    SpawnFailed {
+        /// Slot.
+        slot: usize,
+        /// The error.
+        reason: String,
+    },
+    /// A listen request failed in the primary. `fatal` when it happened while the
+    /// cluster starts (before every slot had a ready worker), no worker of the cluster
+    /// ever listened on that address, and the error is about the address (in use,
+    /// permission denied, not available): the supervisor then kills the workers (no
+    /// restarts) and the loop exits with 1. Otherwise the worker handles its error.
+    ListenFailed {
+        /// The worker that asked.
+        worker: u32,
+        /// The address, as asked.
+        address: String,
+        /// The error.
+        error: String,
+        /// The start failed: the cluster stops.
+        fatal: bool,
     },
     /// A worker's loop lags: no new connections for it until it recovers.
     Quarantined {
@@ -183,7 +227,9 @@ pub enum SupervisorEvent {
         /// What happened.
         reason: String,
     },
-    /// A rolling reload ended.
+    /// A rolling reload ended: `Ok` only if every slot serves a ready worker of the new
+    /// generation; `Err` names the first failure (the workers that were not replaced keep
+    /// serving), or says there was no slot to reload.
     ReloadFinished(Result<(), String>),
     /// Shutdown began.
     ShuttingDown,
@@ -199,7 +245,7 @@ pub enum SupervisorEvent {
 pub struct WorkerStats {
     /// Worker id.
     pub id: u32,
-    /// Slot.
+    /// The slot it was started for (a worker that is leaving still shows it).
     pub slot: usize,
     /// Process id.
     pub pid: u32,
