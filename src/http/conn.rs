@@ -168,7 +168,9 @@ pub(crate) fn accept(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, stream: Strea
         net.set_idle(lp, stream, true);
     }
     let s1 = sh.clone();
-    stream.on_data(lp, move |lp, stream, data| on_data(&s1, lp, key, stream, data));
+    stream.on_data(lp, move |lp, stream, data| {
+        on_data(&s1, lp, key, stream, data)
+    });
     let s2 = sh.clone();
     stream.on_drain(lp, move |lp, stream| on_drain(&s2, lp, key, stream));
     let s3 = sh.clone();
@@ -221,7 +223,13 @@ fn on_data(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, key: usize, stream: Str
 
 /// Puts the unconsumed bytes back, then flushes, closes, pauses or marks idle as the
 /// connection's state says.
-fn settle(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, key: usize, stream: Stream, input: Vec<u8>) {
+fn settle(
+    sh: &Rc<RefCell<Shared>>,
+    lp: &mut EventLoop,
+    key: usize,
+    stream: Stream,
+    input: Vec<u8>,
+) {
     let mut s = sh.borrow_mut();
     let max_ahead = s.config.max_read_ahead;
     let net = s.net.clone();
@@ -274,7 +282,13 @@ pub(crate) fn flush(c: &mut Conn, lp: &mut EventLoop) {
 
 /// Decodes and dispatches requests from `input` while the connection may go on; returns
 /// the bytes consumed.
-fn pump(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, key: usize, stream: Stream, input: &[u8]) -> usize {
+fn pump(
+    sh: &Rc<RefCell<Shared>>,
+    lp: &mut EventLoop,
+    key: usize,
+    stream: Stream,
+    input: &[u8],
+) -> usize {
     let mut pos = 0;
     loop {
         let mut guard = sh.borrow_mut();
@@ -424,7 +438,12 @@ pub(crate) fn on_drain(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, key: usize,
 }
 
 /// Called by [`Response`] once its response is complete (head and body queued).
-pub(crate) fn response_done(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, key: usize, stream: Stream) {
+pub(crate) fn response_done(
+    sh: &Rc<RefCell<Shared>>,
+    lp: &mut EventLoop,
+    key: usize,
+    stream: Stream,
+) {
     let dispatching = {
         let mut s = sh.borrow_mut();
         let now = lp.now();
@@ -514,11 +533,16 @@ pub(crate) fn answer_abandoned(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop) {
 /// per connection re-armed on every request).
 pub(crate) fn start_sweep(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop) {
     let c = sh.borrow().config;
-    let shortest = [c.header_timeout, c.body_timeout, c.keep_alive_timeout, c.linger]
-        .into_iter()
-        .map(ms)
-        .min()
-        .unwrap_or(1000);
+    let shortest = [
+        c.header_timeout,
+        c.body_timeout,
+        c.keep_alive_timeout,
+        c.linger,
+    ]
+    .into_iter()
+    .map(ms)
+    .min()
+    .unwrap_or(1000);
     let period = (shortest / 4).clamp(5, 1000);
     let weak = Rc::downgrade(sh);
     let id: Rc<Cell<Option<TimerId>>> = Rc::default();

@@ -274,7 +274,8 @@ impl Decoder {
         let window = &buf[..buf.len().min(self.limits.max_head)];
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut []);
-        let status = parsed.parse_with_uninit_headers(window, &mut slots[..self.limits.max_headers]);
+        let status =
+            parsed.parse_with_uninit_headers(window, &mut slots[..self.limits.max_headers]);
         let len = match status {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() >= self.limits.max_head => {
@@ -351,9 +352,7 @@ impl Decoder {
                 }
             }
         }
-        if codings > 1
-            || (codings == 1 && (length.is_some() || version == Version::Http10))
-        {
+        if codings > 1 || (codings == 1 && (length.is_some() || version == Version::Http10)) {
             return Err(ErrorKind::AmbiguousLength);
         }
         if version == Version::Http11 && hosts != 1 {
@@ -533,7 +532,14 @@ mod tests {
               3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n");
         assert_eq!(
             steps,
-            ["head GET /a", "end", "head POST /b", "end", "head POST /c", "end"]
+            [
+                "head GET /a",
+                "end",
+                "head POST /b",
+                "end",
+                "head POST /c",
+                "end"
+            ]
         );
         assert_eq!(bodies, [b"".to_vec(), b"hello".to_vec(), b"abcde".to_vec()]);
     }
@@ -583,28 +589,38 @@ mod tests {
             );
         }
         // Same Content-Length twice is not ambiguous.
-        let (steps, _) = run(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok");
+        let (steps, _) =
+            run(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok");
         assert_eq!(steps, ["head POST /", "end"]);
     }
 
     #[test]
     fn limits_have_their_kinds() {
         let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(300));
-        assert_eq!(error_of(long.as_bytes()).as_deref(), Some("error head_too_large"));
+        assert_eq!(
+            error_of(long.as_bytes()).as_deref(),
+            Some("error head_too_large")
+        );
         // Partial and over the limit: refused without waiting for the rest.
         assert_eq!(
             error_of(&long.as_bytes()[..280]).as_deref(),
             Some("error head_too_large")
         );
         let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", "A: b\r\n".repeat(9));
-        assert_eq!(error_of(many.as_bytes()).as_deref(), Some("error too_many_headers"));
+        assert_eq!(
+            error_of(many.as_bytes()).as_deref(),
+            Some("error too_many_headers")
+        );
         let big = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65\r\n\r\n";
         assert_eq!(error_of(big).as_deref(), Some("error body_too_large"));
         let chunks = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n";
         assert_eq!(error_of(chunks), None, "64 bytes are allowed");
         let chunks = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n41\r\n";
         assert_eq!(error_of(chunks).as_deref(), Some("error body_too_large"));
-        assert_eq!(error_of(b"GET / HTTP/1.1\r\n\r\n").as_deref(), Some("error malformed"));
+        assert_eq!(
+            error_of(b"GET / HTTP/1.1\r\n\r\n").as_deref(),
+            Some("error malformed")
+        );
     }
 
     #[test]

@@ -79,7 +79,12 @@ fn bodiless(status: u16) -> bool {
 }
 
 impl Response {
-    pub(crate) fn new(sh: Rc<RefCell<Shared>>, key: usize, stream: Stream, serial: u64) -> Response {
+    pub(crate) fn new(
+        sh: Rc<RefCell<Shared>>,
+        key: usize,
+        stream: Stream,
+        serial: u64,
+    ) -> Response {
         let abandoned = sh.borrow().abandoned.clone();
         Response {
             sh,
@@ -93,7 +98,11 @@ impl Response {
 
     /// Runs `f` on this response's connection state (with the server's state), if the
     /// connection is open and this response is still the pending one.
-    fn with<R>(&self, now: u64, f: impl FnOnce(&mut Conn, bool, &[u8; DATE_LEN]) -> R) -> Option<R> {
+    fn with<R>(
+        &self,
+        now: u64,
+        f: impl FnOnce(&mut Conn, bool, &[u8; DATE_LEN]) -> R,
+    ) -> Option<R> {
         let mut guard = self.sh.borrow_mut();
         let s = &mut *guard;
         let leaving = s.leaving();
@@ -176,21 +185,18 @@ impl Response {
     /// write). After a streamed body ([`Response::write`]), sends `body` as its last part.
     pub fn end(mut self, lp: &mut EventLoop, body: &[u8]) {
         self.done = true;
-        let queued = self.with(
-            lp.now(),
-            |c, leaving, date| {
-                if c.resp.streaming {
-                    body_part(c, body);
-                    last_part(c);
-                } else {
-                    c.resp.close |= leaving;
-                    write_head(&mut c.out, &c.resp, date, Some(body.len() as u64));
-                    if !c.resp.head_only && !bodiless(c.resp.status) {
-                        c.out.extend_from_slice(body);
-                    }
+        let queued = self.with(lp.now(), |c, leaving, date| {
+            if c.resp.streaming {
+                body_part(c, body);
+                last_part(c);
+            } else {
+                c.resp.close |= leaving;
+                write_head(&mut c.out, &c.resp, date, Some(body.len() as u64));
+                if !c.resp.head_only && !bodiless(c.resp.status) {
+                    c.out.extend_from_slice(body);
                 }
-            },
-        );
+            }
+        });
         if queued.is_some() {
             conn::response_done(&self.sh, lp, self.key, self.stream);
         }
@@ -201,34 +207,32 @@ impl Response {
     /// the connection's write queue is full: stop writing and continue in
     /// [`Response::on_drain`]. Also `false` once the connection is closed.
     pub fn write(&mut self, lp: &mut EventLoop, chunk: &[u8]) -> bool {
-        self.with(
-            lp.now(),
-            |c, leaving, date| {
-                if !c.resp.streaming {
-                    c.resp.streaming = true;
-                    c.resp.close |= leaving || c.resp.version == Version::Http10;
-                    write_head(&mut c.out, &c.resp, date, None);
-                }
-                body_part(c, chunk);
-                conn::flush(c, lp);
-                !c.blocked
-            },
-        )
+        self.with(lp.now(), |c, leaving, date| {
+            if !c.resp.streaming {
+                c.resp.streaming = true;
+                c.resp.close |= leaving || c.resp.version == Version::Http10;
+                write_head(&mut c.out, &c.resp, date, None);
+            }
+            body_part(c, chunk);
+            conn::flush(c, lp);
+            !c.blocked
+        })
         .unwrap_or(false)
     }
 
     /// Gives the response back to `cb` once the connection's write queue has drained (at
     /// once, on the next tick, if it is not full). If the connection closes first, `cb` is
     /// dropped without running.
-    pub fn on_drain<F: FnOnce(&mut EventLoop, Response) + 'static>(mut self, lp: &mut EventLoop, cb: F) {
+    pub fn on_drain<F: FnOnce(&mut EventLoop, Response) + 'static>(
+        mut self,
+        lp: &mut EventLoop,
+        cb: F,
+    ) {
         self.done = true;
-        let blocked = self.with(
-            lp.now(),
-            |c, _, _| {
-                c.drain = Some(Box::new(cb));
-                c.blocked
-            },
-        );
+        let blocked = self.with(lp.now(), |c, _, _| {
+            c.drain = Some(Box::new(cb));
+            c.blocked
+        });
         if blocked == Some(false) {
             let (sh, key, stream) = (self.sh.clone(), self.key, self.stream);
             lp.next_tick(move |lp| conn::on_drain(&sh, lp, key, stream));
@@ -242,14 +246,11 @@ impl Response {
 
     /// Answers 500 and closes (for a response dropped without being ended).
     pub(crate) fn fail_internal(mut self, lp: &mut EventLoop) {
-        let _ = self.with(
-            lp.now(),
-            |c, _, _| {
-                c.resp.status = 500;
-                c.resp.headers.clear();
-                c.resp.close = true;
-            },
-        );
+        let _ = self.with(lp.now(), |c, _, _| {
+            c.resp.status = 500;
+            c.resp.headers.clear();
+            c.resp.close = true;
+        });
         let _ = self.set_header("Content-Type", "text/plain");
         self.end(lp, b"internal server error\n");
     }
