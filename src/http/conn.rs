@@ -547,10 +547,14 @@ pub(crate) fn start_sweep(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop) {
     let weak = Rc::downgrade(sh);
     let id: Rc<Cell<Option<TimerId>>> = Rc::default();
     let own = id.clone();
-    let t = lp.set_interval(period, move |lp| match weak.upgrade() {
-        Some(sh) => sweep(&sh, lp),
-        None => {
-            // The server is gone: so is its timer.
+    let t = lp.set_interval(period, move |lp| {
+        let live = weak.upgrade().is_some_and(|sh| {
+            sweep(&sh, lp);
+            let s = sh.borrow();
+            !(s.leaving() && s.conns.is_empty())
+        });
+        if !live {
+            // Closed with every connection gone (or dropped): nothing left to time.
             if let Some(t) = own.take() {
                 lp.clear_interval(t);
             }

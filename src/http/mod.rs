@@ -178,13 +178,11 @@ impl Server {
         H: FnMut(&mut EventLoop, &Request, Response) + 'static,
     {
         let shared = conn::Shared::new(config, Box::new(handler));
-        let weak = Rc::downgrade(&shared);
+        // The listener keeps the server alive (as Node's does): dropping this handle does
+        // not stop it; closing does.
+        let sh = shared.clone();
         let net = worker::listen_tcp(lp, worker, addr, move |lp, stream| {
-            if let Some(sh) = weak.upgrade() {
-                conn::accept(&sh, lp, stream);
-            } else {
-                stream.destroy(lp);
-            }
+            conn::accept(&sh, lp, stream);
         });
         shared.borrow_mut().net = Some(net.clone());
         conn::start_sweep(&shared, lp);
