@@ -6,46 +6,15 @@
 mod cluster_util;
 mod http_util;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster_util::{Log, name, on_all_ready, primary, run, worker};
 use forkloop::http::{Config, Server};
-use http_util::{connect, read_response, read_to_close};
-
-/// Reads one response; `None` if the server closed the connection before its first byte.
-/// Panics on a response cut short.
-fn next_response(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut first = [0u8; 1];
-    match s.read(&mut first) {
-        Ok(0) => return None,
-        Ok(_) => {}
-        Err(e) => panic!("read: {e}"),
-    }
-    let mut data = first.to_vec();
-    let mut byte = [0u8; 1];
-    while !data.ends_with(b"\r\n\r\n") {
-        let n = s.read(&mut byte).expect("read head");
-        assert_eq!(
-            n,
-            1,
-            "response head cut short: {:?}",
-            String::from_utf8_lossy(&data)
-        );
-        data.push(byte[0]);
-    }
-    let head = String::from_utf8(data).expect("head");
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: ")?.trim().parse().ok())
-        .expect("Content-Length");
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).expect("response body cut short");
-    Some((head, body))
-}
+use http_util::{connect, next_response, read_response, read_to_close};
 
 /// One keep-alive client under load: requests back to back until the server closes.
 /// Returns the responses it got; asserts the last one said `Connection: close`.

@@ -10,6 +10,30 @@ use std::time::Duration;
 use forkloop::http::Config;
 use http_util::{STREAM_BYTES, connect, exchange, read_response, read_to_close, run_tool, serve};
 
+/// Runs a Python script with the server's port as its argument; its output, or `None`
+/// (after saying why) without python3.
+fn python(script: &str, addr: std::net::SocketAddr) -> Option<String> {
+    let port = addr.port().to_string();
+    let out = run_tool("python3", &["-c", script, &port], None)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs curl (at most 20 s); (stdout, stderr) once it succeeded, or `None` (after saying
+/// why) without curl.
+fn curl(args: &[&str], stdin: Option<&[u8]>) -> Option<(String, String)> {
+    let mut all = vec!["--max-time", "20"];
+    all.extend_from_slice(args);
+    let out = run_tool("curl", &all, stdin)?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    Some((String::from_utf8_lossy(&out.stdout).into_owned(), stderr))
+}
+
 fn url(addr: std::net::SocketAddr, path: &str) -> String {
     format!("http://{addr}{path}")
 }
@@ -17,22 +41,10 @@ fn url(addr: std::net::SocketAddr, path: &str) -> String {
 #[test]
 fn curl_keeps_the_connection_alive() {
     let srv = serve(Config::default());
-    let Some(out) = run_tool(
-        "curl",
-        &[
-            "-sv",
-            "--max-time",
-            "10",
-            &url(srv.addr, "/a"),
-            &url(srv.addr, "/b"),
-        ],
-        None,
-    ) else {
+    let Some((stdout, stderr)) = curl(&["-sv", &url(srv.addr, "/a"), &url(srv.addr, "/b")], None)
+    else {
         return;
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout, "hellohello");
     assert!(stderr.contains("Re-using existing connection"), "{stderr}");
     assert!(stderr.contains("< Date: "), "{stderr}");
@@ -42,12 +54,9 @@ fn curl_keeps_the_connection_alive() {
 fn curl_chunked_upload_arrives_whole() {
     let srv = serve(Config::default());
     let body: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-    let Some(out) = run_tool(
-        "curl",
+    let Some((stdout, stderr)) = curl(
         &[
             "-sS",
-            "--max-time",
-            "10",
             "-H",
             "Transfer-Encoding: chunked",
             "-D",
@@ -60,13 +69,7 @@ fn curl_chunked_upload_arrives_whole() {
     ) else {
         return;
     };
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (head, echoed) = text.split_once("\r\n\r\n").expect("head");
+    let (head, echoed) = stdout.split_once("\r\n\r\n").expect(&stderr);
     assert!(head.contains("X-Chunked: yes"), "{head}");
     assert!(head.contains("X-Method: POST"), "{head}");
     assert_eq!(echoed.as_bytes(), &body[..]);
@@ -75,12 +78,9 @@ fn curl_chunked_upload_arrives_whole() {
 #[test]
 fn curl_gets_100_continue_before_sending_the_body() {
     let srv = serve(Config::default());
-    let Some(out) = run_tool(
-        "curl",
+    let Some((stdout, stderr)) = curl(
         &[
             "-sv",
-            "--max-time",
-            "10",
             // Long enough that only a real 100 Continue makes curl send the body in time.
             "--expect100-timeout",
             "8",
@@ -94,21 +94,16 @@ fn curl_gets_100_continue_before_sending_the_body() {
     ) else {
         return;
     };
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("< HTTP/1.1 100 Continue"), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "the body");
+    assert_eq!(stdout, "the body");
 }
 
 #[test]
 fn curl_reads_a_streamed_body_written_with_back_pressure() {
     let srv = serve(Config::default());
-    let Some(out) = run_tool(
-        "curl",
+    let Some((stdout, stderr)) = curl(
         &[
             "-sS",
-            "--max-time",
-            "20",
             // Slow reader: the server's queue fills and it must wait for drains.
             "--limit-rate",
             "8M",
@@ -122,15 +117,7 @@ fn curl_reads_a_streamed_body_written_with_back_pressure() {
     ) else {
         return;
     };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("{STREAM_BYTES} 200")
-    );
+    assert_eq!(stdout, format!("{STREAM_BYTES} 200"), "{stderr}");
 }
 
 #[test]
@@ -177,19 +164,10 @@ for _ in range(4):
     r.begin()
     print(r.status, r.read().decode())
 "#;
-    let port = srv.addr.port().to_string();
-    let Some(out) = run_tool("python3", &["-c", script, &port], None) else {
+    let Some(out) = python(script, srv.addr) else {
         return;
     };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "200 slow\n200 hello\n200 abc\n200 hello\n"
-    );
+    assert_eq!(out, "200 slow\n200 hello\n200 abc\n200 hello\n");
 }
 
 /// Python: HTTP/1.0 closes after the response unless it asks for keep-alive.
@@ -215,17 +193,11 @@ c.request("GET", "/", headers={"Connection": "keep-alive"})
 r = c.getresponse()
 print(r.status, r.read(), c.sock is sock)
 "#;
-    let port = srv.addr.port().to_string();
-    let Some(out) = run_tool("python3", &["-c", script, &port], None) else {
+    let Some(out) = python(script, srv.addr) else {
         return;
     };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        out,
         "200 close Http10 True b''\n200 keep-alive False b'hello'\n200 b'hello' True\n"
     );
 }

@@ -167,16 +167,20 @@ pub fn exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
     read_to_close(&mut s)
 }
 
-/// Reads one response with a `Content-Length` body from `s`; returns (head, body).
-pub fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+/// Reads one response with a `Content-Length` body from `s`: (head, body), or `None` if
+/// the server closed the connection before its first byte. Panics on a response cut short.
+pub fn next_response(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     let mut data = Vec::new();
     let mut byte = [0u8; 1];
     while !data.ends_with(b"\r\n\r\n") {
         let n = s.read(&mut byte).expect("read head");
+        if n == 0 && data.is_empty() {
+            return None;
+        }
         assert_eq!(
             n,
             1,
-            "connection closed inside a head: {:?}",
+            "response head cut short: {:?}",
             String::from_utf8_lossy(&data)
         );
         data.push(byte[0]);
@@ -191,8 +195,13 @@ pub fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
         })
         .unwrap_or(0);
     let mut body = vec![0u8; len];
-    s.read_exact(&mut body).expect("read body");
-    (head, body)
+    s.read_exact(&mut body).expect("response body cut short");
+    Some((head, body))
+}
+
+/// As [`next_response`], for a response that must come.
+pub fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+    next_response(s).expect("connection closed before a response")
 }
 
 /// Runs `program` with `args`; `None` (after printing why) when it is not installed.
