@@ -2,6 +2,7 @@
 //! the handler for it, an idle keep-alive connection is closed at once, a request in flight
 //! is answered (with `Connection: close`), and connections under load get a last response
 //! that says `Connection: close` followed by a clean close — never a cut response.
+#![cfg(feature = "http")]
 
 mod cluster_util;
 mod http_util;

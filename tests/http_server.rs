@@ -1,6 +1,7 @@
 //! `forkloop::http` with real clients: curl (keep-alive, chunked upload, `Expect:
 //! 100-continue`, a streamed body), Python's `http.client` (pipelining, HTTP/1.0), and raw
 //! sockets for every refusal, limit and timeout.
+#![cfg(feature = "http")]
 
 mod http_util;
 
@@ -352,4 +353,37 @@ fn a_dropped_response_is_answered_500() {
     let (answer, clean) = exchange(srv.addr, b"GET /drop HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 500 "), "{answer}");
     assert!(clean, "{answer}");
+}
+
+/// A deep pipeline from a client that writes everything before reading: the server stops
+/// reading while its write queue is full, goes on after each drain, and answers every
+/// request once, in order.
+#[test]
+fn a_deep_pipeline_is_answered_in_order_under_back_pressure() {
+    const N: usize = 20_000;
+    let srv = serve(Config::default());
+    let s = connect(srv.addr);
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for i in 0..N {
+            all.extend_from_slice(
+                format!(
+                    "GET /echo?{i} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{i}",
+                    i.to_string().len()
+                )
+                .as_bytes(),
+            );
+        }
+        w.write_all(&all).unwrap();
+    });
+    // Let the queues fill before reading anything.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut s = std::io::BufReader::new(s);
+    for i in 0..N {
+        let (head, body) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert_eq!(body, i.to_string().as_bytes(), "response {i}");
+    }
+    writer.join().unwrap();
 }

@@ -169,7 +169,7 @@ pub fn exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
 
 /// Reads one response with a `Content-Length` body from `s`: (head, body), or `None` if
 /// the server closed the connection before its first byte. Panics on a response cut short.
-pub fn next_response(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+pub fn next_response(s: &mut impl Read) -> Option<(String, Vec<u8>)> {
     let mut data = Vec::new();
     let mut byte = [0u8; 1];
     while !data.ends_with(b"\r\n\r\n") {
@@ -200,7 +200,7 @@ pub fn next_response(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
 }
 
 /// As [`next_response`], for a response that must come.
-pub fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+pub fn read_response(s: &mut impl Read) -> (String, Vec<u8>) {
     next_response(s).expect("connection closed before a response")
 }
 
