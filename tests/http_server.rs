@@ -9,7 +9,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use forkloop::http::Config;
-use http_util::{STREAM_BYTES, connect, exchange, read_response, read_to_close, run_tool, serve};
+use http_util::{
+    BIG_BYTES, STREAM_BYTES, connect, exchange, read_response, read_to_close, run_tool, serve,
+};
 
 /// Runs a Python script with the server's port as its argument; its output, or `None`
 /// (after saying why) without python3.
@@ -386,4 +388,24 @@ fn a_deep_pipeline_is_answered_in_order_under_back_pressure() {
         assert_eq!(body, i.to_string().as_bytes(), "response {i}");
     }
     writer.join().unwrap();
+}
+
+/// Responses around a large whole body (written apart from its head) stay in order.
+#[test]
+fn a_large_body_keeps_its_place_in_the_pipeline() {
+    let srv = serve(Config::default());
+    let mut s = connect(srv.addr);
+    s.write_all(
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /big HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let mut s = std::io::BufReader::new(s);
+    assert_eq!(read_response(&mut s).1, b"hello");
+    let (head, body) = read_response(&mut s);
+    assert!(
+        head.contains(&format!("Content-Length: {BIG_BYTES}")),
+        "{head}"
+    );
+    assert!(body.len() == BIG_BYTES && body.iter().all(|&b| b == b'y'));
+    assert_eq!(read_response(&mut s).1, b"hello");
 }

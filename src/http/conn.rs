@@ -15,6 +15,10 @@ use crate::net::{DEFAULT_HIGH_WATER_MARK, Stream};
 use crate::rt::{EventLoop, TimerId};
 use crate::worker;
 
+/// Buffer capacity a connection keeps between requests; beyond it a buffer is released
+/// once empty (so that one large request or response does not stay allocated).
+pub(crate) const KEEP_CAPACITY: usize = 64 * 1024;
+
 /// A drain callback left by [`Response::on_drain`].
 pub(crate) type DrainCb = Box<dyn FnOnce(&mut EventLoop, Response)>;
 
@@ -236,7 +240,11 @@ fn settle(
     let Some(c) = s.conn(key, stream) else {
         return;
     };
-    c.inbuf = input;
+    c.inbuf = if input.is_empty() && input.capacity() > KEEP_CAPACITY {
+        Vec::new()
+    } else {
+        input
+    };
     flush(c, lp);
     if c.phase == Phase::Closing {
         if !c.ended {
@@ -278,6 +286,9 @@ pub(crate) fn flush(c: &mut Conn, lp: &mut EventLoop) {
         c.blocked = true;
     }
     c.out.clear();
+    if c.out.capacity() > KEEP_CAPACITY {
+        c.out = Vec::new(); // a burst of large responses is not kept per connection
+    }
 }
 
 /// Decodes and dispatches requests from `input` while the connection may go on; returns

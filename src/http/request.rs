@@ -71,6 +71,9 @@ impl Request {
         self.head.extend_from_slice(head);
         self.headers.clear();
         self.body.clear();
+        if self.body.capacity() > super::conn::KEEP_CAPACITY {
+            self.body = Vec::new(); // one large upload does not stay allocated
+        }
         self.version = version;
         self.flags = Flags::default();
     }

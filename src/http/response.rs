@@ -10,6 +10,10 @@ use super::request::Version;
 use crate::net::Stream;
 use crate::rt::EventLoop;
 
+/// Bodies up to this size leave in the same write as their head (copied behind it); larger
+/// ones are written on their own rather than copied.
+const INLINE_BODY: usize = 16 * 1024;
+
 /// Why a [`Response`] call was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseError {
@@ -192,8 +196,17 @@ impl Response {
             } else {
                 c.resp.close |= leaving;
                 write_head(&mut c.out, &c.resp, date, Some(body.len() as u64));
-                if !c.resp.head_only && !bodiless(c.resp.status) {
+                if c.resp.head_only || bodiless(c.resp.status) {
+                    // No body bytes.
+                } else if body.len() <= INLINE_BODY {
                     c.out.extend_from_slice(body);
+                } else {
+                    // A large body is not copied behind the head: the head (and the
+                    // responses batched before it) go first, the body straight after.
+                    conn::flush(c, lp);
+                    if !c.stream.write(lp, body) {
+                        c.blocked = true;
+                    }
                 }
             }
         });

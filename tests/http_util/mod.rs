@@ -20,6 +20,9 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes `/stream` sends.
 pub const STREAM_BYTES: usize = 4 << 20;
 
+/// Bytes of `/big`'s body (sent with `end`).
+pub const BIG_BYTES: usize = 1 << 20;
+
 /// A server on its own thread; stopped (and joined) when dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -78,6 +81,7 @@ pub fn serve(config: Config) -> TestServer {
 /// * `/echo`: the request body back, with `X-Method`, `X-Chunked`, `X-Version`;
 /// * `/slow`: `slow`, 200 ms later (from a timer);
 /// * `/stream`: [`STREAM_BYTES`] bytes streamed in 64 KiB parts, waiting for each drain;
+/// * `/big`: [`BIG_BYTES`] bytes with `end`;
 /// * `/close`: `bye` with `Connection: close`;
 /// * `/drop`: the response is dropped without being ended;
 /// * `/stats`: the server's counters as text;
@@ -101,6 +105,7 @@ pub fn route(
             lp.set_timeout(200u64, move |lp| res.end(lp, b"slow"));
         }
         "/stream" => stream_part(lp, res, 0),
+        "/big" => res.end(lp, &vec![b'y'; BIG_BYTES]),
         "/close" => {
             res.set_header("Connection", "close").unwrap();
             res.end(lp, b"bye");
