@@ -409,3 +409,23 @@ fn a_large_body_keeps_its_place_in_the_pipeline() {
     assert!(body.len() == BIG_BYTES && body.iter().all(|&b| b == b'y'));
     assert_eq!(read_response(&mut s).1, b"hello");
 }
+
+/// Invalid statuses and header fields are refused with a reason (never written, so no
+/// header can be injected), and the response still goes out.
+#[test]
+fn response_misuse_is_refused_loudly() {
+    let srv = serve(Config::default());
+    let mut s = connect(srv.addr);
+    s.write_all(b"GET /misuse HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK") && !head.contains("Injected"),
+        "{head}"
+    );
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        "invalid status code 99|header field managed by the server|\
+         header field managed by the server|invalid header field|invalid header field"
+    );
+}

@@ -84,6 +84,7 @@ pub fn serve(config: Config) -> TestServer {
 /// * `/big`: [`BIG_BYTES`] bytes with `end`;
 /// * `/close`: `bye` with `Connection: close`;
 /// * `/drop`: the response is dropped without being ended;
+/// * `/misuse`: the refusals of invalid statuses and header fields, in the body;
 /// * `/stats`: the server's counters as text;
 /// * anything else: `hello`.
 pub fn route(
@@ -111,6 +112,21 @@ pub fn route(
             res.end(lp, b"bye");
         }
         "/drop" => drop(res),
+        "/misuse" => {
+            // Each refusal, by name, in the body.
+            let refusals = [
+                res.set_status(99).err(),
+                res.set_header("Content-Length", "3").err(),
+                res.set_header("Connection", "upgrade").err(),
+                res.set_header("Bad Name", "x").err(),
+                res.set_header("X-Ok", "a\r\nX-Injected: 1").err(),
+            ];
+            let text: Vec<String> = refusals
+                .iter()
+                .map(|e| e.map_or("accepted".to_string(), |e| e.to_string()))
+                .collect();
+            res.end(lp, text.join("|").as_bytes());
+        }
         "/stats" => {
             let s = server
                 .borrow()
