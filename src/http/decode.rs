@@ -12,8 +12,9 @@
 //! differently is refused, never handed to a handler):
 //!
 //! * `Transfer-Encoding` together with `Content-Length`, `Transfer-Encoding` in an
-//!   HTTP/1.0 request, more than one `Transfer-Encoding` field, or a transfer coding other
-//!   than `chunked` alone: refused (`chunked` after other codings: 501, not implemented);
+//!   HTTP/1.0 request, more than one `Transfer-Encoding` field, `chunked` applied twice or
+//!   not last: refused (400); other codings before a final `chunked`: 501, not
+//!   implemented (only `chunked` alone is decoded);
 //! * `Content-Length` values (repeated fields or comma lists) that differ, or that are not
 //!   plain decimal digits: refused;
 //! * line folding (obs-fold), a bare CR anywhere, or a bare LF (a line feed not preceded
@@ -324,14 +325,19 @@ impl Decoder {
                 }
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 codings += 1;
-                let last = h.value.rsplit(|&b| b == b',').next().map(trim);
-                chunked = h.value.eq_ignore_ascii_case(b"chunked");
+                chunked = trim(h.value).eq_ignore_ascii_case(b"chunked");
                 if !chunked {
-                    return Err(match last {
-                        Some(l) if l.eq_ignore_ascii_case(b"chunked") => {
-                            ErrorKind::UnsupportedCoding
-                        }
-                        _ => ErrorKind::AmbiguousLength,
+                    // `chunked` must be the last coding and applied once; other codings
+                    // before it are valid HTTP that this server does not decode (501).
+                    let mut codes = h.value.split(|&b| b == b',').map(trim).rev();
+                    let last_chunked = codes
+                        .next()
+                        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+                    let chunked_again = codes.any(|c| c.eq_ignore_ascii_case(b"chunked"));
+                    return Err(if last_chunked && !chunked_again {
+                        ErrorKind::UnsupportedCoding
+                    } else {
+                        ErrorKind::AmbiguousLength
                     });
                 }
             } else if name.eq_ignore_ascii_case(b"host") {
@@ -546,7 +552,19 @@ mod tests {
 
     #[test]
     fn smuggling_shapes_are_refused() {
-        let cases: [(&[u8], &str); 11] = [
+        let cases: [(&[u8], &str); 14] = [
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+                "ambiguous_length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                "ambiguous_length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "ambiguous_length",
+            ),
             (
                 b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
                 "ambiguous_length",
