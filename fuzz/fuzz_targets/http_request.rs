@@ -10,7 +10,14 @@ use libfuzzer_sys::fuzz_target;
 /// What the decoder decided, in order; bodies are whole per request.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
-    Head(String, String, String, Vec<(String, Vec<u8>)>, Option<u64>, bool),
+    Head(
+        String,
+        String,
+        String,
+        Vec<(String, Vec<u8>)>,
+        Option<u64>,
+        bool,
+    ),
     End(Vec<u8>),
     Error(String),
 }
@@ -43,7 +50,9 @@ fn decode(limits: Limits, chunks: &[&[u8]]) -> (Vec<Step>, usize) {
                     req.method().to_string(),
                     req.target().to_string(),
                     format!("{:?}", req.version()),
-                    req.headers().map(|(n, v)| (n.to_string(), v.to_vec())).collect(),
+                    req.headers()
+                        .map(|(n, v)| (n.to_string(), v.to_vec()))
+                        .collect(),
                     req.content_length(),
                     req.is_chunked(),
                 ));
