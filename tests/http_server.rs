@@ -300,6 +300,9 @@ fn every_refusal_gets_its_status_and_a_closed_connection() {
     let (_, body) = read_response(&mut s);
     let stats = String::from_utf8(body).unwrap();
     for expect in [
+        // Refused requests never reached the handler: only this one did.
+        "requests=1 ",
+        &format!("accepted={} ", cases.len() + 1),
         "head_too_large=1",
         "too_many_headers=1",
         "body_too_large=2",
