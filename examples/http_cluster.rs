@@ -1,46 +1,48 @@
-//! A hello-world HTTP/1.1 cluster: every worker serves `hello world\n` with keep-alive;
-//! the primary shares the port among them.
+//! A hello-world HTTP/1.1 cluster: every worker serves `hello world\n` with
+//! `forkloop::http` (keep-alive, pipelining, limits and timeouts, graceful leaving); the
+//! primary shares the port among them.
 //!
 //! ```text
 //! cargo run --release --example http_cluster -- [--workers N] [--port P] [--host H] [--policy rr|none|reuseport] [--credit K] [--accept-window-ms W] [--primary-sched batch|normal]
 //! ```
 //!
-//! Defaults: one worker per available core, port 8000, host 127.0.0.1, policy from
+//! Defaults: one worker per available core (at most 256), port 8000, host 127.0.0.1 (any
+//! IPv4 or IPv6 address, e.g. `::1`), policy from
 //! `FORKLOOP_SCHED_POLICY` or `rr`, credit (round-robin hand-offs a worker may hold
 //! unread) 16, no accept windows (`--accept-window-ms W`, fractions allowed: under a
 //! heavy stream of new connections the round-robin primary accepts every W ms instead of
 //! waking for each one; see `forkloop::primary::window`), the primary's loop in the batch
 //! scheduling class on Linux (`--primary-sched normal` keeps it in the normal class; see
 //! `PrimaryOptions::yield_to_workers`). The primary prints one line,
-//! `listening on HOST:PORT workers=N policy=P`, once every worker listens.
+//! `listening on ADDR workers=N policy=P` (ADDR as `127.0.0.1:8000` or `[::1]:8000`),
+//! once every worker listens.
 //!
 //! Supervised: a crashed worker is restarted (with backoff if it keeps crashing), a hung
 //! one is replaced; SIGHUP replaces every worker one at a time without dropping a
 //! connection; SIGTTIN/SIGTTOU add/remove a worker; SIGTERM, SIGINT or SIGQUIT let the
-//! workers finish their connections and exit with status 0 (a second SIGINT forces).
+//! workers finish their connections and exit with status 0 (a second SIGINT forces): while a
+//! worker leaves, its responses say `Connection: close` and its idle keep-alive
+//! connections are closed, with nothing to do here.
 
-use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
+use std::cell::Cell;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use forkloop::Role;
+use forkloop::http::{self, Config};
 use forkloop::ipc::Endpoint;
-use forkloop::net::Stream;
 use forkloop::primary::supervise::{Supervisor, SupervisorEvent, SupervisorOptions};
 use forkloop::primary::{Event, Policy, Primary, PrimaryOptions};
 use forkloop::rt::EventLoop;
-use forkloop::worker::{Server, Worker, WorkerSideState};
+use forkloop::worker::Worker;
 
-const RESPONSE: &[u8] =
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nhello world\n";
-const RESPONSE_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nhello world\n";
-/// Largest request head we buffer before answering 431.
-const MAX_HEAD: usize = 16 << 10;
+/// Most workers `--workers` accepts.
+const MAX_WORKERS: usize = 256;
 
 struct Args {
     workers: usize,
     port: u16,
-    host: String,
+    host: IpAddr,
     policy: Option<Policy>,
     credit: u32,
     accept_window_ms: f64,
@@ -57,9 +59,9 @@ fn usage(why: &str) -> ! {
 
 fn parse_args() -> Args {
     let mut a = Args {
-        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS)),
         port: 8000,
-        host: "127.0.0.1".into(),
+        host: IpAddr::from([127, 0, 0, 1]),
         policy: None,
         credit: forkloop::primary::DEFAULT_CREDIT,
         accept_window_ms: 0.0,
@@ -74,7 +76,15 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--workers" => a.workers = val().parse().unwrap_or_else(|_| usage("bad --workers")),
             "--port" => a.port = val().parse().unwrap_or_else(|_| usage("bad --port")),
-            "--host" => a.host = val(),
+            "--host" => {
+                let v = val();
+                // `[::1]` as well as `::1`.
+                let bare = v.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+                a.host = bare
+                    .unwrap_or(&v)
+                    .parse()
+                    .unwrap_or_else(|_| usage(&format!("bad --host {v:?}: not an IP address")))
+            }
             "--policy" => {
                 a.policy = Some(
                     val()
@@ -100,21 +110,31 @@ fn parse_args() -> Args {
             other => usage(&format!("unknown flag {other}")),
         }
     }
-    if a.workers == 0 {
-        usage("--workers must be at least 1");
+    if !(1..=MAX_WORKERS).contains(&a.workers) {
+        usage(&format!("--workers must be 1 to {MAX_WORKERS}"));
     }
     a
 }
 
-fn main() -> forkloop::Result<()> {
+fn main() {
     env_logger::init();
     let args = parse_args();
-    let mut lp = EventLoop::new()?;
-    let code = match forkloop::role() {
-        Role::Primary => primary(&mut lp, &args)?,
-        Role::Worker(_) => worker(&mut lp, &args)?,
+    let code = match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("http_cluster: {e}");
+            1
+        }
     };
     std::process::exit(code)
+}
+
+fn run(args: &Args) -> forkloop::Result<i32> {
+    let mut lp = EventLoop::new()?;
+    match forkloop::role() {
+        Role::Primary => primary(&mut lp, args),
+        Role::Worker(_) => worker(&mut lp, args),
+    }
 }
 
 fn primary(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
@@ -131,7 +151,7 @@ fn primary(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
     let workers = args.workers;
     let announced = Rc::new(Cell::new(false));
     let listening = Rc::new(Cell::new(0usize));
-    let host = args.host.clone();
+    let host = args.host;
     p.on(move |_, _, ev| {
         if let Event::Listening { address, .. } = ev {
             listening.set(listening.get() + 1);
@@ -141,7 +161,8 @@ fn primary(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
                     _ => 0,
                 };
                 println!(
-                    "listening on {host}:{port} workers={workers} policy={}",
+                    "listening on {} workers={workers} policy={}",
+                    SocketAddr::new(host, port),
                     policy.name()
                 );
             }
@@ -171,17 +192,20 @@ fn primary(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
 
 fn worker(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
     let w = Worker::attach(lp)?.ok_or_else(|| forkloop::Error::Config("no channel".into()))?;
-    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
-        .parse()
-        .map_err(|e| forkloop::Error::Config(format!("bad address: {e}")))?;
-    let w3 = w.clone();
-    let slot: Rc<RefCell<Option<Server>>> = Rc::default();
-    let s2 = slot.clone();
-    let server = w.listen_tcp(lp, addr, move |lp, conn| {
-        serve(lp, conn, w3.clone(), s2.borrow().clone())
-    });
-    *slot.borrow_mut() = Some(server.clone());
-    server.on_error(|lp, _, e| {
+    let addr = SocketAddr::new(args.host, args.port);
+    let server = http::Server::listen(
+        lp,
+        Some(&w),
+        addr,
+        Config::default(),
+        |lp, _req, mut res| {
+            if let Err(e) = res.set_header("Content-Type", "text/plain") {
+                eprintln!("worker: {e}");
+            }
+            res.end(lp, b"hello world\n");
+        },
+    );
+    server.net().on_error(|lp, _, e| {
         eprintln!("worker: cannot listen: {e}");
         lp.exit(1);
     });
@@ -189,115 +213,4 @@ fn worker(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
     let w2 = w.clone();
     lp.on_signal(nix::libc::SIGINT, move |lp, _| w2.disconnect(lp))?;
     Ok(lp.run()?)
-}
-
-/// Serves one connection: parse every complete request in the buffer, answer each.
-/// Once the worker is leaving (reload, recycling, shutdown: its server stops accepting and
-/// waits for its connections to end), every response says `Connection: close` and ends
-/// its connection, so keep-alive clients move to the other workers instead of holding
-/// this one until the drain deadline kills it.
-///
-/// Between requests the connection is marked idle on its server, so a closing server ends
-/// it instead of waiting for the client (Node's `closeIdleConnections`) — once it has been
-/// idle for the server's grace (100 ms by default), so that a request already on the wire
-/// is answered rather than reset.
-fn serve(lp: &mut EventLoop, conn: Stream, w: Worker, server: Option<Server>) {
-    let _ = conn.set_nodelay(lp, true);
-    let pending: Rc<RefCell<Vec<u8>>> = Rc::default();
-    conn.on_data(lp, move |lp, conn, data| {
-        if let Some(s) = &server {
-            s.set_idle(lp, conn, false);
-        }
-        let leaving = !matches!(
-            w.state(),
-            WorkerSideState::Online | WorkerSideState::Listening
-        );
-        let mut buf = pending.borrow_mut();
-        let ended = if buf.is_empty() {
-            let (used, ended) = answer(lp, conn, data, leaving);
-            buf.extend_from_slice(&data[used..]);
-            ended
-        } else {
-            buf.extend_from_slice(data);
-            let (used, ended) = answer(lp, conn, &buf, leaving);
-            buf.drain(..used);
-            ended
-        };
-        if ended {
-            buf.clear();
-            return;
-        }
-        if buf.is_empty()
-            && let Some(s) = &server
-        {
-            s.set_idle(lp, conn, true); // every request answered
-        }
-        if buf.len() > MAX_HEAD {
-            conn.write(lp, b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            conn.end(lp);
-            buf.clear();
-        }
-    });
-    conn.on_end(lp, |lp, c| c.end(lp));
-}
-
-/// Answers every complete request at the start of `data`; returns the bytes used and
-/// whether the connection was ended. `leaving`: close the connection after the first
-/// response.
-fn answer(lp: &mut EventLoop, conn: Stream, data: &[u8], leaving: bool) -> (usize, bool) {
-    let mut used = 0;
-    while used < data.len() {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&data[used..]) {
-            Ok(httparse::Status::Complete(n)) => {
-                let asked = wants_close(&req);
-                used += n + body_len(&req).min(data.len() - used - n);
-                if asked || leaving {
-                    conn.write(lp, RESPONSE_CLOSE);
-                    if asked && used == data.len() && conn.buffered(lp) == 0 {
-                        // The client asked to close and sent nothing more: the response is
-                        // out, so close now rather than wait for its FIN.
-                        conn.destroy(lp);
-                    } else {
-                        conn.end(lp);
-                    }
-                    return (data.len(), true);
-                }
-                conn.write(lp, RESPONSE);
-            }
-            Ok(httparse::Status::Partial) => break,
-            Err(_) => {
-                conn.write(
-                    lp,
-                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-                conn.end(lp);
-                return (data.len(), true);
-            }
-        }
-    }
-    (used, false)
-}
-
-fn header<'a>(req: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a [u8]> {
-    req.headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value)
-}
-
-fn wants_close(req: &httparse::Request<'_, '_>) -> bool {
-    match header(req, "connection") {
-        Some(v) if v.eq_ignore_ascii_case(b"close") => true,
-        Some(v) if v.eq_ignore_ascii_case(b"keep-alive") => false,
-        _ => req.version == Some(0),
-    }
-}
-
-fn body_len(req: &httparse::Request<'_, '_>) -> usize {
-    header(req, "content-length")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
 }

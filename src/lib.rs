@@ -88,6 +88,7 @@
 //! | [`cluster`] | roles (primary or worker) and the shared vocabulary: worker states, exit status |
 //! | [`primary`] | the primary: fork, worker table and events, messaging, listeners and the balancer (rr / shared / reuseport), supervision, systemd |
 //! | [`worker`] | the worker: messaging, disconnect protocol, cluster-aware listen, servers that drain, loop lag |
+//! | `http` | (feature `http`) an HTTP/1.1 server on a worker's listener or a plain one: keep-alive, pipelining, limits, timeouts, graceful leaving |
 
 #![deny(missing_docs, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -96,6 +97,8 @@
 pub mod cluster;
 pub mod error;
 mod hooks;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod ipc;
 pub mod net;
 pub mod primary;

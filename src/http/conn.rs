@@ -1,0 +1,598 @@
+//! The connections of one HTTP server: reading, decoding, dispatching to the handler in
+//! order, writing, timeouts, and closing.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use slab::Slab;
+
+use super::date::DateCache;
+use super::decode::{Decoded, Decoder, ErrorKind};
+use super::request::{Request, Version};
+use super::response::{self, Response};
+use super::{Config, Handler, Stats};
+use crate::net::{DEFAULT_HIGH_WATER_MARK, Stream};
+use crate::rt::{EventLoop, TimerId};
+use crate::worker;
+
+/// Buffer capacity a connection keeps between requests; beyond it a buffer is released
+/// once empty (so that one large request or response does not stay allocated).
+pub(crate) const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// A drain callback left by [`Response::on_drain`].
+pub(crate) type DrainCb = Box<dyn FnOnce(&mut EventLoop, Response)>;
+
+/// Where a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Between requests, nothing of the next one yet (keep-alive timeout).
+    Idle,
+    /// Reading a request (header or body timeout).
+    Reading,
+    /// The handler has the request; no timeout (the response is the handler's).
+    Busy,
+    /// The last response is out (or going out) and the connection is closing; what the
+    /// client still sends is dropped (linger timeout).
+    Closing,
+}
+
+/// The response being written on a connection.
+#[derive(Debug)]
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    /// User header lines, `name: value\r\n` each.
+    pub(crate) headers: Vec<u8>,
+    /// The connection closes after this response.
+    pub(crate) close: bool,
+    /// The request asked to close (so the client sends nothing more).
+    pub(crate) client_closes: bool,
+    /// The request wants a keep-alive connection on HTTP/1.0.
+    pub(crate) keep_alive_10: bool,
+    /// `HEAD`: no body bytes.
+    pub(crate) head_only: bool,
+    pub(crate) version: Version,
+    /// The head went out with a streamed body.
+    pub(crate) streaming: bool,
+}
+
+pub(crate) struct Conn {
+    pub(crate) stream: Stream,
+    /// Number of the current request on this connection (a [`Response`] names it).
+    pub(crate) serial: u64,
+    decoder: Decoder,
+    req: Request,
+    /// Received bytes not consumed yet.
+    inbuf: Vec<u8>,
+    /// Response bytes not handed to the stream yet (a batch of pipelined responses).
+    pub(crate) out: Vec<u8>,
+    pub(crate) phase: Phase,
+    /// Loop time (ms) at which the phase's timeout runs out (0: none).
+    deadline: u64,
+    pub(crate) resp: Resp,
+    /// A response is pending.
+    pub(crate) in_flight: bool,
+    /// The handler is running for this connection (responses ended now join the batch).
+    pub(crate) dispatching: bool,
+    /// The stream's write queue is full: later requests wait for the drain.
+    pub(crate) blocked: bool,
+    /// Reading is paused (read-ahead bound).
+    paused: bool,
+    /// Marked idle on the network server.
+    idle_marked: bool,
+    /// The stream was ended (or destroyed) by us.
+    ended: bool,
+    pub(crate) drain: Option<DrainCb>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) net: Option<worker::Server>,
+    pub(crate) conns: Slab<Conn>,
+    /// `None` while it runs.
+    handler: Option<Handler>,
+    pub(crate) date: DateCache,
+    pub(crate) stats: Stats,
+    /// Connections whose response ended while the handler was running for another one:
+    /// they go on once it returns.
+    ready: Vec<usize>,
+    /// Responses dropped without being ended: (connection key, serial).
+    pub(crate) abandoned: Rc<RefCell<Vec<(usize, u64)>>>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config, handler: Handler) -> Rc<RefCell<Shared>> {
+        Rc::new(RefCell::new(Shared {
+            config,
+            net: None,
+            conns: Slab::new(),
+            handler: Some(handler),
+            date: DateCache::new(),
+            stats: Stats::default(),
+            ready: Vec::new(),
+            abandoned: Rc::default(),
+        }))
+    }
+
+    /// Whether the server is closing (its worker leaving, or closed by the user).
+    pub(crate) fn leaving(&self) -> bool {
+        self.net.as_ref().is_some_and(worker::Server::is_closing)
+    }
+
+    /// The connection `key` if it is still the one on `stream`.
+    pub(crate) fn conn(&mut self, key: usize, stream: Stream) -> Option<&mut Conn> {
+        self.conns.get_mut(key).filter(|c| c.stream == stream)
+    }
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// Takes a new connection.
+pub(crate) fn accept(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, stream: Stream) {
+    let now = lp.now();
+    let (key, nodelay, net) = {
+        let mut s = sh.borrow_mut();
+        let config = s.config;
+        let key = s.conns.insert(Conn {
+            stream,
+            serial: 0,
+            decoder: Decoder::new(config.limits),
+            req: Request::default(),
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            phase: Phase::Reading,
+            deadline: now.saturating_add(ms(config.header_timeout)),
+            resp: Resp {
+                status: 200,
+                headers: Vec::new(),
+                close: false,
+                client_closes: false,
+                keep_alive_10: false,
+                head_only: false,
+                version: Version::Http11,
+                streaming: false,
+            },
+            in_flight: false,
+            dispatching: false,
+            blocked: false,
+            paused: false,
+            idle_marked: true,
+            ended: false,
+            drain: None,
+        });
+        s.stats.accepted += 1;
+        (key, config.nodelay, s.net.clone())
+    };
+    if nodelay && let Err(e) = stream.set_nodelay(lp, true) {
+        log::debug!("http: cannot set TCP_NODELAY: {e}");
+    }
+    // Nothing in flight yet: a server that closes may end it.
+    if let Some(net) = &net {
+        net.set_idle(lp, stream, true);
+    }
+    let s1 = sh.clone();
+    stream.on_data(lp, move |lp, stream, data| {
+        on_data(&s1, lp, key, stream, data)
+    });
+    let s2 = sh.clone();
+    stream.on_drain(lp, move |lp, stream| on_drain(&s2, lp, key, stream));
+    let s3 = sh.clone();
+    stream.on_close(lp, move |_, stream| {
+        let gone = {
+            let mut s = s3.borrow_mut();
+            match s.conns.get(key) {
+                Some(c) if c.stream == stream => Some(s.conns.remove(key)),
+                _ => None,
+            }
+        };
+        drop(gone); // user callbacks inside are dropped without the state borrowed
+    });
+}
+
+fn on_data(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, key: usize, stream: Stream, data: &[u8]) {
+    let (mut input, unmark) = {
+        let mut s = sh.borrow_mut();
+        let now = lp.now();
+        let timeout = ms(s.config.header_timeout);
+        let Some(c) = s.conn(key, stream) else {
+            return;
+        };
+        if c.phase == Phase::Closing {
+            return; // lingering: dropped
+        }
+        if c.phase == Phase::Idle {
+            c.phase = Phase::Reading;
+            c.deadline = now.saturating_add(timeout);
+        }
+        let unmark = std::mem::take(&mut c.idle_marked);
+        (std::mem::take(&mut c.inbuf), unmark)
+    };
+    if unmark {
+        let net = sh.borrow().net.clone();
+        if let Some(net) = net {
+            net.set_idle(lp, stream, false);
+        }
+    }
+    if input.is_empty() {
+        let used = pump(sh, lp, key, stream, data);
+        input.extend_from_slice(&data[used..]);
+    } else {
+        input.extend_from_slice(data);
+        let used = pump(sh, lp, key, stream, &input);
+        input.drain(..used);
+    }
+    settle(sh, lp, key, stream, input);
+}
+
+/// Puts the unconsumed bytes back, then flushes, closes, pauses or marks idle as the
+/// connection's state says.
+fn settle(
+    sh: &Rc<RefCell<Shared>>,
+    lp: &mut EventLoop,
+    key: usize,
+    stream: Stream,
+    input: Vec<u8>,
+) {
+    let mut s = sh.borrow_mut();
+    let max_ahead = s.config.max_read_ahead;
+    let net = s.net.clone();
+    let Some(c) = s.conn(key, stream) else {
+        return;
+    };
+    c.inbuf = if input.is_empty() && input.capacity() > KEEP_CAPACITY {
+        Vec::new()
+    } else {
+        input
+    };
+    flush(c, lp);
+    if c.phase == Phase::Closing {
+        if !c.ended {
+            c.ended = true;
+            c.inbuf = Vec::new();
+            if c.resp.client_closes && stream.buffered(lp) == 0 {
+                // The client asked to close and its response is out: nothing more will
+                // come, so close now rather than wait for its FIN.
+                stream.destroy(lp);
+            } else {
+                stream.end(lp);
+            }
+        }
+        return;
+    }
+    let waiting = c.in_flight || c.blocked;
+    if waiting && !c.paused && c.inbuf.len() > max_ahead {
+        c.paused = true;
+        stream.pause(lp);
+    } else if c.paused && (!waiting || c.inbuf.len() <= max_ahead) {
+        c.paused = false;
+        stream.resume(lp);
+    }
+    if c.phase == Phase::Idle && c.inbuf.is_empty() && !c.idle_marked {
+        c.idle_marked = true;
+        drop(s);
+        if let Some(net) = net {
+            net.set_idle(lp, stream, true);
+        }
+    }
+}
+
+/// Hands the queued response bytes to the stream.
+pub(crate) fn flush(c: &mut Conn, lp: &mut EventLoop) {
+    if c.out.is_empty() {
+        return;
+    }
+    if !c.stream.write(lp, &c.out) {
+        c.blocked = true;
+    }
+    c.out.clear();
+    if c.out.capacity() > KEEP_CAPACITY {
+        c.out = Vec::new(); // a burst of large responses is not kept per connection
+    }
+}
+
+/// Decodes and dispatches requests from `input` while the connection may go on; returns
+/// the bytes consumed.
+fn pump(
+    sh: &Rc<RefCell<Shared>>,
+    lp: &mut EventLoop,
+    key: usize,
+    stream: Stream,
+    input: &[u8],
+) -> usize {
+    let mut pos = 0;
+    loop {
+        let mut guard = sh.borrow_mut();
+        let s = &mut *guard;
+        let now = lp.now();
+        let config = s.config;
+        let handler_busy = s.handler.is_none();
+        let Some(c) = s.conns.get_mut(key).filter(|c| c.stream == stream) else {
+            return input.len();
+        };
+        if c.in_flight || c.blocked || c.phase == Phase::Closing {
+            return pos;
+        }
+        if handler_busy {
+            // The handler is running for another connection: go on once it returns.
+            s.ready.push(key);
+            return pos;
+        }
+        match c.decoder.decode(&input[pos..], &mut c.req) {
+            Decoded::NeedMore => {
+                if pos < input.len() && c.phase == Phase::Idle {
+                    c.phase = Phase::Reading;
+                    c.deadline = now.saturating_add(ms(config.header_timeout));
+                }
+                return pos;
+            }
+            Decoded::Head { used } => {
+                pos += used;
+                if c.req.flags.expect_other {
+                    drop(guard);
+                    fail(sh, lp, key, stream, ErrorKind::UnsupportedExpect);
+                    return input.len();
+                }
+                let body = c.req.flags.chunked || c.req.flags.length.is_some_and(|n| n > 0);
+                if body {
+                    c.phase = Phase::Reading;
+                    c.deadline = now.saturating_add(ms(config.body_timeout));
+                    if c.req.flags.expect_continue && pos == input.len() {
+                        // The client waits for this before sending the body.
+                        c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        flush(c, lp);
+                    }
+                }
+            }
+            Decoded::Body { used, data } => {
+                c.req.body.extend_from_slice(&input[pos..][data]);
+                pos += used;
+            }
+            Decoded::End { used } => {
+                pos += used;
+                s.stats.requests += 1;
+                c.serial += 1;
+                c.in_flight = true;
+                c.dispatching = true;
+                c.phase = Phase::Busy;
+                c.deadline = 0;
+                let keep = c.req.keep_alive();
+                c.resp.status = 200;
+                c.resp.headers.clear();
+                c.resp.close = !keep;
+                c.resp.client_closes = !keep;
+                c.resp.keep_alive_10 = keep && c.req.version() == Version::Http10;
+                c.resp.head_only = c.req.method() == "HEAD";
+                c.resp.version = c.req.version();
+                c.resp.streaming = false;
+                let req = std::mem::take(&mut c.req);
+                let serial = c.serial;
+                let mut handler = s.handler.take();
+                drop(guard);
+                let res = Response::new(sh.clone(), key, stream, serial);
+                if let Some(h) = handler.as_mut() {
+                    h(lp, &req, res);
+                }
+                let mut s = sh.borrow_mut();
+                s.handler = handler;
+                let hwm = DEFAULT_HIGH_WATER_MARK;
+                if let Some(c) = s.conn(key, stream) {
+                    c.req = req;
+                    c.dispatching = false;
+                    if c.out.len() >= hwm {
+                        flush(c, lp);
+                    }
+                }
+                drop(s);
+                after_handler(sh, lp);
+            }
+            Decoded::Error(kind) => {
+                drop(guard);
+                fail(sh, lp, key, stream, kind);
+                return input.len();
+            }
+        }
+    }
+}
+
+/// Runs what waited for the handler: abandoned responses, connections ready to go on.
+fn after_handler(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop) {
+    answer_abandoned(sh, lp);
+    loop {
+        let ready = std::mem::take(&mut sh.borrow_mut().ready);
+        if ready.is_empty() {
+            return;
+        }
+        for key in ready {
+            let stream = sh.borrow().conns.get(key).map(|c| c.stream);
+            if let Some(stream) = stream {
+                resume(sh, lp, key, stream);
+            }
+        }
+    }
+}
+
+/// Goes on with a connection whose response ended outside its handler call, or whose
+/// write queue drained.
+pub(crate) fn resume(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, key: usize, stream: Stream) {
+    let mut input = {
+        let mut s = sh.borrow_mut();
+        let Some(c) = s.conn(key, stream) else {
+            return;
+        };
+        if c.dispatching {
+            return; // the running dispatch goes on by itself
+        }
+        std::mem::take(&mut c.inbuf)
+    };
+    let used = pump(sh, lp, key, stream, &input);
+    input.drain(..used);
+    settle(sh, lp, key, stream, input);
+}
+
+pub(crate) fn on_drain(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, key: usize, stream: Stream) {
+    let cb = {
+        let mut s = sh.borrow_mut();
+        let Some(c) = s.conn(key, stream) else {
+            return;
+        };
+        c.blocked = false;
+        let serial = c.serial;
+        let in_flight = c.in_flight;
+        c.drain.take().filter(|_| in_flight).map(|cb| (cb, serial))
+    };
+    if let Some((cb, serial)) = cb {
+        cb(lp, Response::new(sh.clone(), key, stream, serial));
+        after_handler(sh, lp);
+    }
+    resume(sh, lp, key, stream);
+}
+
+/// Called by [`Response`] once its response is complete (head and body queued).
+pub(crate) fn response_done(
+    sh: &Rc<RefCell<Shared>>,
+    lp: &mut EventLoop,
+    key: usize,
+    stream: Stream,
+) {
+    let dispatching = {
+        let mut s = sh.borrow_mut();
+        let now = lp.now();
+        let keep_alive = ms(s.config.keep_alive_timeout);
+        let linger = ms(s.config.linger);
+        let Some(c) = s.conn(key, stream) else {
+            return;
+        };
+        c.in_flight = false;
+        c.drain = None;
+        if c.resp.close {
+            c.phase = Phase::Closing;
+            c.deadline = now.saturating_add(linger);
+        } else {
+            c.phase = Phase::Idle;
+            c.deadline = now.saturating_add(keep_alive);
+        }
+        c.dispatching
+    };
+    if !dispatching {
+        resume(sh, lp, key, stream);
+    }
+}
+
+/// Refuses the current request: the kind's status, then close.
+fn fail(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, key: usize, stream: Stream, kind: ErrorKind) {
+    {
+        let mut guard = sh.borrow_mut();
+        let s = &mut *guard;
+        let now = lp.now();
+        let linger = ms(s.config.linger);
+        s.stats.errors[kind.index()] += 1;
+        let date = *s.date.get(now);
+        let Some(c) = s.conns.get_mut(key).filter(|c| c.stream == stream) else {
+            return;
+        };
+        log::debug!(
+            "http: refusing a request ({kind}, {}); closing the connection",
+            kind.status()
+        );
+        response::error_response(&mut c.out, kind.status(), &date);
+        c.phase = Phase::Closing;
+        c.deadline = now.saturating_add(linger);
+        c.resp.client_closes = false;
+        c.in_flight = false;
+        flush(c, lp);
+        c.ended = true;
+        c.inbuf = Vec::new();
+    }
+    stream.end(lp);
+}
+
+/// Answers the responses dropped without being ended: 500 if nothing was sent yet, a
+/// cut connection if a streamed body had started.
+pub(crate) fn answer_abandoned(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop) {
+    let list = {
+        let s = sh.borrow();
+        let mut a = s.abandoned.borrow_mut();
+        if a.is_empty() {
+            return;
+        }
+        std::mem::take(&mut *a)
+    };
+    for (key, serial) in list {
+        let stream = {
+            let s = sh.borrow();
+            match s.conns.get(key) {
+                Some(c) if c.serial == serial && c.in_flight => c.stream,
+                _ => continue,
+            }
+        };
+        log::error!("http: a response was dropped without being ended; answering 500");
+        let streaming = sh
+            .borrow_mut()
+            .conn(key, stream)
+            .is_some_and(|c| c.resp.streaming);
+        if streaming {
+            stream.destroy(lp);
+        } else {
+            Response::new(sh.clone(), key, stream, serial).fail_internal(lp);
+        }
+    }
+}
+
+/// Starts the timer that enforces the timeouts of every connection (a sweep over the
+/// connections, a few times per shortest timeout: one timer for the server instead of one
+/// per connection re-armed on every request).
+pub(crate) fn start_sweep(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop) {
+    let c = sh.borrow().config;
+    let shortest = [
+        c.header_timeout,
+        c.body_timeout,
+        c.keep_alive_timeout,
+        c.linger,
+    ]
+    .into_iter()
+    .map(ms)
+    .min()
+    .unwrap_or(1000);
+    let period = (shortest / 4).clamp(5, 1000);
+    let weak = Rc::downgrade(sh);
+    let id: Rc<Cell<Option<TimerId>>> = Rc::default();
+    let own = id.clone();
+    let t = lp.set_interval(period, move |lp| {
+        let live = weak.upgrade().is_some_and(|sh| {
+            sweep(&sh, lp);
+            let s = sh.borrow();
+            !(s.leaving() && s.conns.is_empty())
+        });
+        if !live {
+            // Closed with every connection gone (or dropped): nothing left to time.
+            if let Some(t) = own.take() {
+                lp.clear_interval(t);
+            }
+        }
+    });
+    lp.unref(t); // the connections keep the loop alive, not the timer
+    id.set(Some(t));
+}
+
+fn sweep(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop) {
+    answer_abandoned(sh, lp);
+    let now = lp.now();
+    let due: Vec<(usize, Stream, Phase)> = {
+        let s = sh.borrow();
+        s.conns
+            .iter()
+            .filter(|(_, c)| c.deadline != 0 && now >= c.deadline)
+            .map(|(k, c)| (k, c.stream, c.phase))
+            .collect()
+    };
+    for (key, stream, phase) in due {
+        match phase {
+            // A request (or a new connection's first one) too slow to arrive.
+            Phase::Reading => fail(sh, lp, key, stream, ErrorKind::Timeout),
+            // Idle past the keep-alive timeout, or lingering past the linger time.
+            Phase::Idle | Phase::Closing => stream.destroy(lp),
+            Phase::Busy => {}
+        }
+    }
+}
