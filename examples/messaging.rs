@@ -50,7 +50,7 @@ fn primary(lp: &mut EventLoop) -> forkloop::Result<i32> {
             if greeted.get() == WORKERS {
                 println!("[primary] all workers greeted: disconnecting worker 1, killing worker 2");
                 p.disconnect_worker(lp, 1);
-                let _ = p.kill(2, Signal::SIGTERM);
+                let _ = p.kill(2, Signal::SIGTERM as i32);
             }
         }
         Event::Disconnect { worker } => {

@@ -313,7 +313,7 @@ fn primary(lp: &mut EventLoop) -> forkloop::Result<i32> {
 /// SIGKILLs every worker and leaves the loop with status 1.
 fn abort(lp: &mut EventLoop, p: &Primary) {
     for w in p.workers() {
-        let _ = p.kill(w, Signal::SIGKILL);
+        let _ = p.kill(w, Signal::SIGKILL as i32);
     }
     lp.exit(1);
 }
@@ -408,7 +408,7 @@ fn kill_oldest(lp: &mut EventLoop, p: &Primary, st: &Shared) {
         s.step(Stage::Kill);
         s.t0 = Instant::now();
     }
-    if let Err(e) = p.kill(victim, Signal::SIGKILL) {
+    if let Err(e) = p.kill(victim, Signal::SIGKILL as i32) {
         fail(lp, p, st, &format!("cannot kill worker {victim}: {e}"));
     }
 }
@@ -454,7 +454,7 @@ fn on_event(lp: &mut EventLoop, p: &Primary, ev: &Event, st: &Shared, sup: &SupS
                 )
             };
             println!("{line}");
-            if let Err(e) = p.kill(worker, Signal::SIGKILL) {
+            if let Err(e) = p.kill(worker, Signal::SIGKILL as i32) {
                 fail(lp, p, st, &format!("cannot kill worker {worker}: {e}"));
             }
         }
@@ -610,7 +610,7 @@ fn iteration_done(lp: &mut EventLoop, p: &Primary, st: &Shared, sup: &SupSlot) {
             // restart.js kills the rest at the end; wait for them before the next phase.
             st.borrow_mut().step(Stage::Drain);
             for w in p.workers() {
-                let _ = p.kill(w, Signal::SIGKILL);
+                let _ = p.kill(w, Signal::SIGKILL as i32);
             }
         }
         _ => {

@@ -166,7 +166,7 @@ fn worker_kill_signal() {
     let log = Log::default();
     let l = log.clone();
     p.on(move |_, p, ev| match ev {
-        Event::Online { worker } => p.kill(*worker, Signal::SIGKILL).unwrap(),
+        Event::Online { worker } => p.kill(*worker, Signal::SIGKILL as i32).unwrap(),
         Event::Disconnect { worker } => {
             let i = p.worker(*worker).unwrap();
             l.push(format!(

@@ -419,7 +419,7 @@ fn many_clients_after_ready(
         if let Some(ms) = kill_after {
             let p3 = p.clone();
             lp.set_timeout(ms, move |_| {
-                let _ = p3.kill(1, Signal::SIGKILL);
+                let _ = p3.kill(1, Signal::SIGKILL as i32);
             });
         }
     });
@@ -491,7 +491,7 @@ fn connections_read_along_with_a_message_that_hangs_go_to_another_worker() {
     let tally: Rc<RefCell<BTreeMap<String, usize>>> = Rc::default();
     let t = tally.clone();
     on_all_ready(&p, 2, move |lp, p, addr| {
-        p.kill(1, Signal::SIGSTOP).unwrap();
+        p.kill(1, Signal::SIGSTOP as i32).unwrap();
         p.send(lp, 1, b"hang").unwrap();
         let (t, p2) = (t.clone(), p.clone());
         lp.spawn_blocking(
@@ -503,11 +503,11 @@ fn connections_read_along_with_a_message_that_hangs_go_to_another_worker() {
         );
         let p3 = p.clone();
         lp.set_timeout(300, move |_| {
-            p3.kill(1, Signal::SIGCONT).unwrap();
+            p3.kill(1, Signal::SIGCONT as i32).unwrap();
         });
         let p4 = p.clone();
         lp.set_timeout(800, move |_| {
-            let _ = p4.kill(1, Signal::SIGKILL);
+            let _ = p4.kill(1, Signal::SIGKILL as i32);
         });
     });
     for _ in 0..2 {

@@ -294,7 +294,7 @@ fn scale_stats_and_control_from_another_thread() {
                         }
                         std::thread::sleep(Duration::from_millis(20));
                     }
-                    let reload = c.reload().recv_timeout(IO_TIMEOUT).unwrap();
+                    let reload = c.reload().wait_timeout(IO_TIMEOUT).unwrap();
                     assert!(c.scale(1));
                     (stats, reload)
                 },
@@ -634,7 +634,7 @@ fn restart_of_the_only_worker_refuses_no_client() {
     let (a, s2) = (answer.clone(), sup.clone());
     sup.on(move |lp, _, ev| match ev {
         SupervisorEvent::Ready { worker: 1, .. } => {
-            let _ = s2.primary().kill(1, nix::sys::signal::Signal::SIGKILL);
+            let _ = s2.primary().kill(1, nix::sys::signal::Signal::SIGKILL as i32);
         }
         SupervisorEvent::Restarting { .. } => {
             let addr = SocketAddr::from(([127, 0, 0, 1], port.get()));

@@ -111,7 +111,8 @@ fn a_reload_refills_tripped_slots_and_says_ok_only_when_they_serve() {
         },
     )
     .expect("supervisor");
-    let results: Rc<RefCell<Vec<Result<(), String>>>> = Rc::default();
+    let results: Rc<RefCell<Vec<Result<(), forkloop::primary::supervise::ReloadError>>>> =
+        Rc::default();
     let tripped = Rc::new(Cell::new(0));
     let (r, t, mk) = (results.clone(), tripped.clone(), marker.clone());
     sup.on(move |lp, s, ev| {

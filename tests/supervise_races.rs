@@ -182,7 +182,7 @@ fn reload_then_kill_the_oldest_worker_keeps_one_worker_per_slot() {
             lp.set_timeout(200, move |lp| {
                 let oldest = s.stats()[0].id;
                 s.reload(lp, |_, _| {});
-                s.primary().kill(oldest, Signal::SIGKILL).unwrap();
+                s.primary().kill(oldest, Signal::SIGKILL as i32).unwrap();
                 let s2 = s.clone();
                 let f2 = f.clone();
                 when(
@@ -278,7 +278,7 @@ fn poke(lp: &mut EventLoop, sup: &Supervisor, rng: &Rng) {
     let p = sup.primary();
     match (rng.below(8), pick) {
         (0, Some(w)) => {
-            let _ = p.kill(w, Signal::SIGKILL);
+            let _ = p.kill(w, Signal::SIGKILL as i32);
         }
         (1, Some(w)) => {
             let _ = p.send(lp, w, b"die");

@@ -144,7 +144,7 @@ impl Primary {
             e.listed = false;
             e.info.exited_after_disconnect = Some(true);
         }
-        if let Err(e) = self.kill(worker, Signal::SIGTERM) {
+        if let Err(e) = self.signal(worker, Signal::SIGTERM) {
             log::warn!("worker {worker}: cannot ask it to leave: {e}");
         }
         true

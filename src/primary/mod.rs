@@ -623,13 +623,26 @@ impl Primary {
         }
     }
 
-    /// Sends `signal` to a worker's process (Node's `worker.kill()`, default `SIGTERM`):
-    /// nothing else, so `exited_after_disconnect` stays false.
+    /// Sends signal number `signal` (as in `libc`: `SIGTERM` is what Node's `worker.kill()`
+    /// sends by default) to a worker's process: nothing else, so
+    /// `exited_after_disconnect` stays false.
     ///
     /// # Errors
     ///
-    /// The worker is unknown or already reaped, or `kill(2)` fails.
-    pub fn kill(&self, worker: u32, signal: Signal) -> io::Result<()> {
+    /// `InvalidInput` for a number that is not a signal; the worker is unknown or already
+    /// reaped; `kill(2)` fails.
+    pub fn kill(&self, worker: u32, signal: i32) -> io::Result<()> {
+        let signal = Signal::try_from(signal).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{signal} is not a signal number"),
+            )
+        })?;
+        self.signal(worker, signal)
+    }
+
+    /// [`Primary::kill`] with a signal known to be valid.
+    pub(crate) fn signal(&self, worker: u32, signal: Signal) -> io::Result<()> {
         let pid = {
             let inner = self.inner.borrow();
             match inner.workers.get(&worker) {

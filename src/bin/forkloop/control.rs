@@ -60,10 +60,10 @@ fn answer(conn: UnixStream, control: &Control) -> std::io::Result<()> {
     let reply = match words.as_slice() {
         ["status"] => status(control, false),
         ["status", "--json"] => status(control, true),
-        ["reload"] => match control.reload().recv_timeout(RELOAD_TIMEOUT) {
-            Ok(Ok(())) => "reloaded\n".to_owned(),
-            Ok(Err(e)) => format!("error: reload failed, the old generation is kept: {e}\n"),
-            Err(_) => "error: no answer from the reload\n".to_owned(),
+        ["reload"] => match control.reload().wait_timeout(RELOAD_TIMEOUT) {
+            Some(Ok(())) => "reloaded\n".to_owned(),
+            Some(Err(e)) => format!("error: reload failed, the old generation is kept: {e}\n"),
+            None => "error: no answer from the reload\n".to_owned(),
         },
         ["scale", n] => match n.parse::<usize>() {
             Ok(n) if n > 0 && control.scale(n) => format!("scaling to {n}\n"),

@@ -4,7 +4,7 @@ use std::io;
 use std::rc::Weak;
 use std::time::Duration;
 
-use super::{REGISTRY, Supervisor, WorkerStats};
+use super::{REGISTRY, ReloadError, Supervisor, WorkerStats};
 use crate::rt::{EventLoop, LoopHandle};
 
 /// A `Send + Clone` handle to a [`Supervisor`] for other threads: each call is posted to
@@ -28,8 +28,9 @@ impl Control {
         self.lp.post(move |lp| with_sup(id, lp, f))
     }
 
-    /// Starts a rolling reload; the receiver gets its result.
-    pub fn reload(&self) -> crossbeam_channel::Receiver<Result<(), String>> {
+    /// Starts a rolling reload (or joins the one under way); its result arrives in the
+    /// returned [`PendingReload`].
+    pub fn reload(&self) -> PendingReload {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let fallback = tx.clone();
         if !self.post(move |s, lp| {
@@ -37,9 +38,9 @@ impl Control {
                 let _ = tx.send(r);
             })
         }) {
-            let _ = fallback.send(Err("the supervisor's loop is gone".into()));
+            let _ = fallback.send(Err(ReloadError::Gone));
         }
-        rx
+        PendingReload(rx)
     }
 
     /// Sets the number of workers.
@@ -80,5 +81,31 @@ impl Control {
                 "no answer from the supervisor's loop",
             )
         })
+    }
+}
+
+/// The result of a reload asked for with [`Control::reload`], to wait for from any thread.
+#[derive(Debug)]
+#[must_use = "the result says whether every worker was replaced or the old generation kept"]
+pub struct PendingReload(crossbeam_channel::Receiver<Result<(), ReloadError>>);
+
+impl PendingReload {
+    /// Blocks until the reload ends.
+    ///
+    /// # Errors
+    ///
+    /// Why the reload did not replace every worker; [`ReloadError::Gone`] if the supervisor
+    /// went away before it finished.
+    pub fn wait(&self) -> Result<(), ReloadError> {
+        self.0.recv().unwrap_or(Err(ReloadError::Gone))
+    }
+
+    /// Blocks until the reload ends or `timeout` passes; `None` if it is still running.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<(), ReloadError>> {
+        match self.0.recv_timeout(timeout) {
+            Ok(r) => Some(r),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Some(Err(ReloadError::Gone)),
+        }
     }
 }

@@ -108,9 +108,10 @@ mod options;
 mod reload;
 mod table;
 
-pub use control::Control;
+pub use control::{Control, PendingReload};
 pub use options::{
-    Cause, HealthPolicy, RestartPolicy, SupervisorEvent, SupervisorOptions, WorkerStats,
+    Cause, HealthPolicy, ReloadError, RestartPolicy, SupervisorEvent, SupervisorOptions,
+    WorkerStats,
 };
 
 use super::{Event, Primary};
@@ -119,7 +120,7 @@ use crate::rt::{EventLoop, TimerId};
 use table::{Action, Host, Table};
 
 type SupHandler = Box<dyn FnMut(&mut EventLoop, &Supervisor, &SupervisorEvent)>;
-type ReloadDone = Box<dyn FnOnce(&mut EventLoop, Result<(), String>)>;
+type ReloadDone = Box<dyn FnOnce(&mut EventLoop, Result<(), ReloadError>)>;
 
 struct Inner {
     id: u64,
@@ -379,16 +380,16 @@ impl Supervisor {
             Action::Stop(w) => {
                 // It serves nobody: unroute and stop it now.
                 p.set_routing(lp, w, false);
-                let _ = p.kill(w, Signal::SIGTERM);
+                let _ = p.signal(w, Signal::SIGTERM);
                 let grace = opts.health.map_or(Duration::from_secs(2), |h| h.kill_grace);
                 let t = lp.set_timeout(grace, move |_| {
-                    let _ = p.kill(w, Signal::SIGKILL);
+                    let _ = p.signal(w, Signal::SIGKILL);
                 });
                 lp.unref(t);
             }
             Action::Kill(w) => {
                 p.set_routing(lp, w, false);
-                let _ = p.kill(w, Signal::SIGKILL);
+                let _ = p.signal(w, Signal::SIGKILL);
             }
             Action::Route(w) => p.set_routing(lp, w, true),
             Action::ReadyDeadline(w) => {
@@ -524,7 +525,7 @@ impl Supervisor {
         let t = lp.set_timeout(deadline, move |_| {
             if p.worker(old).is_some() {
                 log::warn!("worker {old} did not drain in time; killing it");
-                let _ = p.kill(old, Signal::SIGKILL);
+                let _ = p.signal(old, Signal::SIGKILL);
             }
         });
         lp.unref(t);
@@ -601,7 +602,7 @@ impl Supervisor {
             (inner.p.clone(), ids)
         };
         for w in ids {
-            let _ = p.kill(w, Signal::SIGKILL);
+            let _ = p.signal(w, Signal::SIGKILL);
         }
         self.maybe_stopped(lp);
     }

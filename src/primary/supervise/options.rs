@@ -230,7 +230,7 @@ pub enum SupervisorEvent {
     /// A rolling reload ended: `Ok` only if every slot serves a ready worker of the new
     /// generation; `Err` names the first failure (the workers that were not replaced keep
     /// serving), or says there was no slot to reload.
-    ReloadFinished(Result<(), String>),
+    ReloadFinished(Result<(), ReloadError>),
     /// Shutdown began.
     ShuttingDown,
     /// Every worker is gone after a shutdown; `clean` unless some had to be killed.
@@ -268,3 +268,39 @@ pub struct WorkerStats {
     /// Whether new connections go to it.
     pub routed: bool,
 }
+
+/// Why a rolling reload did not replace every worker. The workers not replaced keep
+/// serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The replacement in `slot` failed (it missed its ready deadline, died, could not
+    /// start, or the slot's breaker tripped); the reload stopped there.
+    Replacement {
+        /// The slot whose replacement failed.
+        slot: usize,
+        /// What happened.
+        reason: String,
+    },
+    /// There was no worker to reload (the target is 0).
+    NoWorkers,
+    /// The supervisor began shutting down.
+    ShuttingDown,
+    /// The supervisor, or its loop, is gone (only from [`Control::reload`](super::Control::reload)).
+    Gone,
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Replacement { slot, reason } => {
+                write!(f, "the replacement in slot {slot} failed: {reason}")
+            }
+            ReloadError::NoWorkers => f.write_str("no workers to reload (target 0)"),
+            ReloadError::ShuttingDown => f.write_str("the supervisor is shutting down"),
+            ReloadError::Gone => f.write_str("the supervisor is gone"),
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}

@@ -1,6 +1,6 @@
 //! Rolling reload and scaling; the state machine in `table.rs` does the bookkeeping.
 
-use super::Supervisor;
+use super::{ReloadError, Supervisor};
 use crate::rt::EventLoop;
 
 impl Supervisor {
@@ -12,7 +12,7 @@ impl Supervisor {
     /// shuts down, or there is no slot at all. A reload asked for while one runs joins it.
     pub fn reload<F>(&self, lp: &mut EventLoop, done: F)
     where
-        F: FnOnce(&mut EventLoop, Result<(), String>) + 'static,
+        F: FnOnce(&mut EventLoop, Result<(), ReloadError>) + 'static,
     {
         let fresh = {
             let mut inner = self.0.borrow_mut();

@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::time::{Duration, Instant};
 
-use super::{Cause, RestartPolicy, SupervisorEvent};
+use super::{Cause, ReloadError, RestartPolicy, SupervisorEvent};
 
 /// Forks workers for the table.
 pub(super) trait Host {
@@ -72,7 +72,7 @@ pub(super) enum Action {
         delay: Duration,
     },
     /// The reload ended; run its callbacks.
-    ReloadFinished(Result<(), String>),
+    ReloadFinished(Result<(), ReloadError>),
 }
 
 /// Where a worker is (see the module docs).
@@ -148,7 +148,7 @@ struct Reload {
     /// The worker a step replaced, while it drains: the step ends when it is gone, so
     /// no more than `concurrency` workers are on their way out at once.
     outgoing: BTreeMap<usize, u32>,
-    failed: Option<String>,
+    failed: Option<ReloadError>,
 }
 
 /// The state machine (see the module docs).
@@ -756,7 +756,7 @@ impl Table {
             return false;
         }
         if self.down {
-            out.push(Action::ReloadFinished(Err("shutting down".into())));
+            out.push(Action::ReloadFinished(Err(ReloadError::ShuttingDown)));
             return true;
         }
         self.generation += 1;
@@ -817,7 +817,10 @@ impl Table {
         if let Some(r) = self.reload.as_mut()
             && r.active.remove(&slot)
         {
-            r.failed.get_or_insert_with(|| reason.to_string());
+            r.failed.get_or_insert_with(|| ReloadError::Replacement {
+                slot,
+                reason: reason.to_string(),
+            });
             r.queue.clear();
         }
     }
@@ -876,7 +879,7 @@ impl Table {
             };
             let result = match r.failed {
                 Some(e) => Err(e),
-                None if self.slots.is_empty() => Err("no workers to reload (target 0)".into()),
+                None if self.slots.is_empty() => Err(ReloadError::NoWorkers),
                 None => Ok(()),
             };
             self.consistent = result.is_ok();
@@ -902,7 +905,7 @@ impl Table {
             s.timer = None;
         }
         if self.reload.take().is_some() {
-            let result = Err("shutting down".to_string());
+            let result = Err(ReloadError::ShuttingDown);
             out.push(Action::Emit(SupervisorEvent::ReloadFinished(
                 result.clone(),
             )));
@@ -1014,7 +1017,7 @@ mod tests {
         host: Fake,
         now: Instant,
         timers: Vec<(usize, u64, Instant)>,
-        reloads: Vec<Result<(), String>>,
+        reloads: Vec<Result<(), ReloadError>>,
         events: Vec<SupervisorEvent>,
         killed: Vec<u32>,
     }
