@@ -210,8 +210,13 @@ pub(crate) fn drain_channel(
     if let Some(ch) = lp.io_mut::<Channel>(io) {
         while closed.is_none() {
             match ch.recv() {
-                Ok(Recv::Frame(f)) => match f.into_message() {
-                    Ok(m) => msgs.push(m),
+                Ok(Recv::Frame(f)) => match f.into_message_lost() {
+                    Ok((m, fds, lost)) => {
+                        if lost > 0 {
+                            log_lost(peer, &m, fds.len(), lost);
+                        }
+                        msgs.push((m, fds));
+                    }
                     Err(e) => {
                         log::warn!("closing the channel to {peer}: bad message: {e}");
                         ch.close();
@@ -225,6 +230,31 @@ pub(crate) fn drain_channel(
         }
     }
     (msgs, closed)
+}
+
+/// Says which descriptors of message `m` from `peer` were lost to a full descriptor table
+/// (`got` arrived, the `lost` after them did not; see [`InFrame::lost_fds`]).
+///
+/// [`InFrame::lost_fds`]: crate::ipc::InFrame::lost_fds
+fn log_lost(peer: &dyn std::fmt::Display, m: &crate::ipc::Message, got: usize, lost: usize) {
+    use crate::ipc::Message;
+    match m {
+        Message::NewConn { key, seq, .. } => {
+            let first = seq.wrapping_add(got as u64);
+            let last = first.wrapping_add(lost as u64 - 1);
+            log::warn!(
+                "NewConn from {peer} for listener {key}: connections {first}..={last} lost \
+                 (descriptor table full; {got} of its {} arrived and are served)",
+                got + lost
+            );
+        }
+        other => log::warn!(
+            "{:?} message from {peer}: {lost} of its {} descriptor(s) lost (descriptor \
+             table full)",
+            other.kind(),
+            got + lost
+        ),
+    }
 }
 
 /// Queues a frame on the loop-registered channel `io` and writes it at once (see

@@ -293,7 +293,7 @@ impl Worker {
         let mut full = false;
         for (i, fd) in fds.into_iter().enumerate() {
             let refused = match &server {
-                Some(s) => match adopt_handed_off(lp, s, fd) {
+                Some(s) => match self.adopt_handed_off(lp, s, fd) {
                     Ok(()) => continue,
                     Err(fd) => {
                         full |= !s.is_closing();
@@ -306,9 +306,9 @@ impl Worker {
         }
         // A closing or unknown server says nothing more: its refusals went back already.
         if let Some(s) = server.filter(|s| !s.is_closing()) {
-            let credit = s.capacity(lp);
+            let (credit, changed) = self.credit_of(lp, &s);
             full |= credit == 0;
-            if reply || credit == 0 {
+            if reply || credit == 0 || changed {
                 let _ = self.send_msg(lp, &Message::Credit { credit });
             }
         }
@@ -351,7 +351,7 @@ impl Worker {
                 .cloned()
                 .collect()
         };
-        let credit = open.iter().map(|s| s.capacity(lp)).min();
+        let credit = open.iter().map(|s| self.credit_of(lp, s).0).min();
         if let Some(credit) = credit.filter(|&c| c > 0) {
             let _ = self.send_msg(lp, &Message::Credit { credit });
         }
@@ -404,7 +404,7 @@ impl Worker {
         for (key, server) in watched {
             match server {
                 Some(s) if !s.is_closing() => {
-                    let credit = s.capacity(lp);
+                    let credit = self.credit_of(lp, &s).0;
                     if credit > 0 {
                         self.inner.borrow_mut().full.remove(&key);
                         room = room.max(credit);
@@ -425,13 +425,37 @@ impl Worker {
     }
 }
 
-/// Serves one handed-off connection on `server`, or gives its descriptor back if the
-/// server refuses it (closing, or at its limit). If the socket cannot be registered with
-/// the loop, the connection is closed (and logged).
-fn adopt_handed_off(lp: &mut EventLoop, server: &Server, fd: OwnedFd) -> Result<(), OwnedFd> {
-    if server.is_closing() || server.capacity(lp) == 0 {
-        return Err(fd);
+impl Worker {
+    /// The credit hand-off server `s` has: its own room, within the descriptor headroom
+    /// (see [`fds`](super::fds)); and whether the headroom's credit changed so much that
+    /// the primary must hear it.
+    fn credit_of(&self, lp: &EventLoop, s: &Server) -> (u32, bool) {
+        let (fds, changed) = self.inner.borrow_mut().fds.credit(lp);
+        (s.capacity(lp).min(fds), changed)
     }
+
+    /// Serves one handed-off connection on `server`, or gives its descriptor back if the
+    /// server refuses it (closing, or at its limit) or the worker has no descriptor
+    /// headroom left. If the socket cannot be registered with the loop, the connection
+    /// is closed (and logged).
+    fn adopt_handed_off(
+        &self,
+        lp: &mut EventLoop,
+        server: &Server,
+        fd: OwnedFd,
+    ) -> Result<(), OwnedFd> {
+        let no_room = self.inner.borrow_mut().fds.headroom(lp) == 0;
+        if no_room || server.is_closing() || server.capacity(lp) == 0 {
+            return Err(fd);
+        }
+        adopt_stream(lp, server, fd);
+        Ok(())
+    }
+}
+
+/// Serves a handed-off connection on `server`; if the socket cannot be registered with the
+/// loop, the connection is closed (and logged).
+fn adopt_stream(lp: &mut EventLoop, server: &Server, fd: OwnedFd) {
     let stream = match server.endpoint() {
         Some(Endpoint::Unix(_)) => {
             unix::open_handed_off(lp, std::os::unix::net::UnixStream::from(fd))
@@ -444,7 +468,6 @@ fn adopt_handed_off(lp: &mut EventLoop, server: &Server, fd: OwnedFd) -> Result<
         }
         Err(e) => log::warn!("cannot serve a handed-off connection, closing it: {e}"),
     }
-    Ok(())
 }
 
 fn attach_listener(

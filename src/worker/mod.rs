@@ -17,11 +17,13 @@
 //! "Exits" means [`EventLoop::exit`]: `run()` returns the code and the program's `main`
 //! ends the process with it.
 
+mod fds;
 mod lag;
 mod listen;
 mod server;
 mod watchdog;
 
+pub use fds::{RECOUNT_MS, fd_margin};
 pub use listen::{ListenOptions, listen_tcp};
 pub use server::{DEFAULT_IDLE_GRACE_MS, Server};
 
@@ -129,6 +131,8 @@ struct Inner {
     full: BTreeSet<u32>,
     /// The timer of that watch, while it runs.
     credit_watch: Option<crate::rt::TimerId>,
+    /// Descriptor headroom, which bounds the credit (see [`fds`]).
+    fds: fds::FdBudget,
 }
 
 impl Inner {
@@ -210,6 +214,7 @@ impl Worker {
                 corked: false,
                 full: BTreeSet::new(),
                 credit_watch: None,
+                fds: fds::FdBudget::default(),
             })),
             hooks: Rc::new(Hooks::default()),
         };
@@ -472,6 +477,15 @@ impl Worker {
             return;
         }
         self.announce_and_close(lp);
+    }
+
+    /// Connections handed to this worker that it lost because its descriptor table was
+    /// full when they came (the kernel closed them; each is logged with its listener and
+    /// number). Credit keeps this at 0 unless descriptors are used up outside the loop.
+    pub fn lost_hand_offs(&self, lp: &mut EventLoop) -> u64 {
+        let io = self.inner.borrow().channel;
+        io.and_then(|io| lp.io_ref::<Channel>(io))
+            .map_or(0, Channel::lost_fds)
     }
 
     /// This worker's current event-loop lag (how late its sampling timer fires), as

@@ -1,0 +1,143 @@
+//! How many hand-offs this worker can hold: its descriptor headroom, as credit.
+//!
+//! Every connection the primary hands off is a descriptor the worker must install when it
+//! reads the `NewConn`. With its descriptor table full, the kernel cannot, and closes the
+//! connection (the channel survives that and accounts for it, but the client is lost). So
+//! the worker's credit also reflects its headroom, and it never asks for more than it can
+//! hold:
+//!
+//! * **headroom** `h` = soft `RLIMIT_NOFILE` − descriptors open − [`fd_margin`]. The margin
+//!   keeps descriptors for the worker's own work (files, outgoing connections, a shared
+//!   listener's accepts) and for one message's descriptors more than the credit allows.
+//! * **credit** `R`: what the primary was last told. The worker keeps `R ≤ h / 2`: when
+//!   `h` falls below `2R` it reports `R = h / 4`, so even hand-offs the primary sent
+//!   before hearing (at most the old `R`) still fit, and reports come only when the
+//!   headroom halves (a handful per descent, not one per connection). When headroom grows
+//!   back (connections closed) to `h / 4 ≥ 2R` it reports again. At `h = 0` it reports 0:
+//!   the primary stops handing to it and clients wait in the kernel's backlog, and the
+//!   worker's credit watch reports again once connections close.
+//!
+//! **Counting open descriptors cheaply.** Counting the process's descriptors costs a
+//! directory read of the descriptor table (`/proc/self/fd`), far too much per connection.
+//! Nearly every descriptor a worker holds is a handle on its loop, which the loop counts in
+//! O(1) ([`EventLoop::open_handles`]). So the worker counts once (at the first use) how
+//! many descriptors it holds beyond its loop handles — the baseline — and estimates
+//! `open = baseline + loop handles`. The baseline is counted again only near the limit
+//! (estimated headroom under a quarter of the limit), at most every [`RECOUNT_MS`], so a
+//! worker that opens descriptors outside its loop is caught up with where it matters. The
+//! limit itself is read again at each count (a process may change it).
+
+use crate::rt::EventLoop;
+use crate::sys;
+
+/// Least time (ms) between two counts of the descriptor table while near the limit.
+pub const RECOUNT_MS: u64 = 250;
+
+/// Descriptors kept free beyond the hand-offs: a sixteenth of the limit, at least 8 and
+/// at most 64 (8 at a limit of 64, 64 from a limit of 1024 on).
+pub fn fd_margin(limit: usize) -> usize {
+    (limit / 16).clamp(8, 64)
+}
+
+/// A worker's descriptor headroom and the credit it stands for (see the module docs).
+#[derive(Debug)]
+pub(super) struct FdBudget {
+    /// Soft `RLIMIT_NOFILE` at the last count (`None`: unlimited).
+    limit: Option<usize>,
+    /// Descriptors open beyond the loop's handles at the last count.
+    baseline: usize,
+    /// When the table was last counted (loop ms), if ever.
+    counted_at: Option<u64>,
+    /// Credit last reported to the primary on account of descriptors (`u32::MAX`: none).
+    reported: u32,
+}
+
+impl Default for FdBudget {
+    fn default() -> Self {
+        FdBudget {
+            limit: None,
+            baseline: 0,
+            counted_at: None,
+            reported: u32::MAX,
+        }
+    }
+}
+
+impl FdBudget {
+    /// Counts the descriptor table and reads the limit again.
+    fn count(&mut self, lp: &EventLoop) {
+        self.counted_at = Some(lp.now());
+        self.limit = match sys::fd_limit() {
+            Ok(l) => l,
+            Err(e) => {
+                log::warn!("cannot read RLIMIT_NOFILE, descriptor headroom not tracked: {e}");
+                None
+            }
+        };
+        if self.limit.is_none() {
+            return;
+        }
+        match sys::open_fd_count() {
+            Ok(open) => self.baseline = open.saturating_sub(lp.open_handles()),
+            Err(e) => log::warn!("cannot count open descriptors: {e}"),
+        }
+    }
+
+    /// Descriptors the worker can still take in for hand-offs (`u32::MAX`: no limit).
+    pub(super) fn headroom(&mut self, lp: &EventLoop) -> u32 {
+        let Some(at) = self.counted_at else {
+            self.count(lp);
+            return self.estimate(lp);
+        };
+        let h = self.estimate(lp);
+        let near = self
+            .limit
+            .is_some_and(|l| (h as usize).saturating_mul(4) < l);
+        if near && lp.now().saturating_sub(at) >= RECOUNT_MS {
+            self.count(lp);
+            return self.estimate(lp);
+        }
+        h
+    }
+
+    fn estimate(&self, lp: &EventLoop) -> u32 {
+        let Some(limit) = self.limit else {
+            return u32::MAX;
+        };
+        let open = self.baseline + lp.open_handles();
+        let h = limit.saturating_sub(open + fd_margin(limit));
+        u32::try_from(h).unwrap_or(u32::MAX)
+    }
+
+    /// The credit the descriptors allow now, and whether the primary must hear it (it
+    /// fell below what it was told, or grew well beyond it).
+    pub(super) fn credit(&mut self, lp: &EventLoop) -> (u32, bool) {
+        let h = self.headroom(lp);
+        if h == u32::MAX {
+            let changed = self.reported != u32::MAX;
+            self.reported = u32::MAX;
+            return (u32::MAX, changed);
+        }
+        let r = self.reported;
+        let shrank = r > 0 && h / 2 < r;
+        let grew = h / 4 > 0 && h / 4 >= r.saturating_mul(2);
+        if shrank || grew {
+            self.reported = h / 4;
+            return (self.reported, true);
+        }
+        (r, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_margin_is_a_sixteenth_of_the_limit_within_bounds() {
+        assert_eq!(fd_margin(64), 8);
+        assert_eq!(fd_margin(512), 32);
+        assert_eq!(fd_margin(1024), 64);
+        assert_eq!(fd_margin(1 << 20), 64);
+    }
+}
