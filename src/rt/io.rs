@@ -298,10 +298,7 @@ impl EventLoop {
     /// I/O handles whose source is open (registered and not closed): nearly always one
     /// descriptor each, so the descriptors the loop holds, counted in O(1).
     pub fn open_handles(&self) -> usize {
-        self.io
-            .entries
-            .len()
-            .saturating_sub(self.io.closing.len())
+        self.io.entries.len().saturating_sub(self.io.closing.len())
     }
 
     /// Whether the id names a live handle that is not closing.

@@ -41,12 +41,12 @@ mod imp;
 #[path = "bsd.rs"]
 mod imp;
 
+pub(crate) use fdlimit::fd_limit_summary;
+pub use fdlimit::{fd_limit, is_fd_exhaustion, set_fd_limit};
 /// The calling thread's scheduling policy (Linux only; see
 /// [`PrimaryOptions::yield_to_workers`](crate::primary::PrimaryOptions::yield_to_workers)).
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub use imp::sched_policy;
-pub(crate) use fdlimit::fd_limit_summary;
-pub use fdlimit::{fd_limit, is_fd_exhaustion, set_fd_limit};
 pub(crate) use imp::{OneShotTimer, SHORT_READ_DRAINS};
 pub use imp::{PARENT_DEATH_SIGNAL, open_fd_count, pin_to_cpu, socketpair};
 use imp::{enter_batch, leave_batch};
