@@ -35,6 +35,16 @@
 //! full). When no worker has credit the primary stops accepting, and the kernel's backlog
 //! holds the clients: no unbounded queue, no busy loop (Node's RR has both).
 //!
+//! When accepting fails because the primary's descriptor table is full (`EMFILE`, or
+//! `ENFILE` for the system's), the clients stay in the backlog too. If the primary holds
+//! connections it accepted in that round, handing them off frees their descriptors and
+//! it accepts again at once (each round makes progress); otherwise the listener stops
+//! accepting and a timer retries every [`ACCEPT_RETRY_MS`](crate::net::ACCEPT_RETRY_MS).
+//! One log line per episode (which ends once the backlog is empty). No spin: a full table
+//! would fail every accept at once; no stall: connections already waiting are not
+//! reported again by the edge-triggered poller, so without the timer they would wait
+//! for the next client to arrive.
+//!
 //! The listener wakes the primary for every connection that reaches an empty accept
 //! queue. How many connections it then finds waiting depends on how soon it runs: by
 //! default the primary's loop is in the batch scheduling class
@@ -193,6 +203,14 @@ pub(crate) struct Handle {
     pub(crate) listener: Option<IoId>,
     /// RoundRobin: accepting is paused because no worker has credit.
     pub(crate) paused: bool,
+    /// RoundRobin: accepting is paused because the primary's descriptor table is full
+    /// (`EMFILE`/`ENFILE`); the timer that retries (see [`ACCEPT_RETRY_MS`]).
+    ///
+    /// [`ACCEPT_RETRY_MS`]: crate::net::ACCEPT_RETRY_MS
+    pub(crate) out_of_fds: Option<crate::rt::TimerId>,
+    /// An episode of failing accepts for want of descriptors is under way (it was logged;
+    /// it ends once the backlog is empty).
+    pub(crate) fd_episode: bool,
     /// RoundRobin with accept windows: their state, and the timer ending the open one
     /// (made when the first window opens).
     pub(crate) window: Option<AcceptWindow>,
@@ -452,6 +470,8 @@ impl Balancer {
             fd: Some(Arc::new(fd)),
             listener: None,
             paused: false,
+            out_of_fds: None,
+            fd_episode: false,
             window: self
                 .window
                 .filter(|_| mode == Mode::RoundRobin)
@@ -690,11 +710,6 @@ impl Balancer {
             .filter(|(_, h)| h.paused || !h.queue.is_empty())
             .map(|(id, _)| *id)
             .collect()
-    }
-
-    /// The accept socket of a round-robin handle.
-    pub(crate) fn accept_fd(&self, id: u32) -> Option<&Arc<OwnedFd>> {
-        self.handles.get(&id).and_then(|h| h.fd.as_ref())
     }
 
     /// Hand-offs sent to `worker` so far, less the ones it gave back.
