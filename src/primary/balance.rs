@@ -87,6 +87,13 @@ pub const DEFAULT_CREDIT: u32 = 16;
 pub const HAND_OFF_BATCH: u32 = 16;
 /// `listen()` backlog when a worker asks for none (Node's default).
 pub const DEFAULT_BACKLOG: u32 = 511;
+/// Default most listeners one worker may hold in the primary (see
+/// [`PrimaryOptions::max_listeners_per_worker`](super::PrimaryOptions::max_listeners_per_worker)).
+pub const DEFAULT_MAX_LISTENERS_PER_WORKER: u32 = 64;
+/// The error number a worker's listen request is refused with when the worker holds its
+/// cap of listeners: `EDQUOT` ("quota exceeded"), which binding a socket never returns,
+/// so the worker can tell it apart and say what it means.
+pub const LISTENER_CAP_ERRNO: i32 = nix::libc::EDQUOT;
 
 /// How a listening endpoint is shared by the workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +248,10 @@ struct Load {
     handed: u64,
     /// The worker's own limit from its last answer (`u32::MAX`: none).
     reported: u32,
+    /// Listeners the worker holds (handles it joined).
+    listeners: u32,
+    /// A listen request of the worker was refused for the cap (logged once).
+    capped: bool,
 }
 
 /// The primary's listeners and hand-off bookkeeping.
@@ -248,6 +259,8 @@ struct Load {
 pub(crate) struct Balancer {
     pub(crate) policy: Policy,
     credit: u32,
+    /// Most listeners one worker may hold.
+    max_listeners: u32,
     /// The length of round-robin listeners' accept windows (`None`: off).
     window: Option<Duration>,
     /// Accept windows opened so far (each time waking for every connection stopped).
@@ -291,6 +304,7 @@ impl Balancer {
         Balancer {
             policy: policy.effective(),
             credit: credit.max(1),
+            max_listeners: DEFAULT_MAX_LISTENERS_PER_WORKER,
             window,
             windows_opened: 0,
             taken_back: 0,
@@ -344,13 +358,43 @@ impl Balancer {
         Ok(Some((mode, fd, ep.clone(), None)))
     }
 
+    /// Sets the most listeners one worker may hold (at least 1).
+    pub(crate) fn set_max_listeners(&mut self, max: u32) {
+        self.max_listeners = max.max(1);
+    }
+
     /// Joins `worker` to the handle for `req`, creating (binding) it if needed.
+    ///
+    /// # Errors
+    ///
+    /// Binding failed, or the worker holds its cap of listeners already
+    /// ([`LISTENER_CAP_ERRNO`]; logged at the first refusal).
     pub(crate) fn query(&mut self, worker: u32, req: &ListenRequest) -> io::Result<Granted> {
         let key = HandleKey {
             endpoint: req.endpoint.clone(),
             index: req.index,
             flags: req.flags,
         };
+        let member = self
+            .by_key
+            .get(&key)
+            .and_then(|id| self.handles.get(id))
+            .is_some_and(|h| h.workers.contains(&worker));
+        let load = self.load.entry(worker).or_insert(Load {
+            reported: u32::MAX,
+            ..Load::default()
+        });
+        if !member && load.listeners >= self.max_listeners {
+            if !std::mem::replace(&mut load.capped, true) {
+                log::warn!(
+                    "worker {worker}: holds {} listeners, the most a worker may \
+                     (PrimaryOptions::max_listeners_per_worker); refusing its further \
+                     listen requests",
+                    load.listeners
+                );
+            }
+            return Err(io::Error::from_raw_os_error(LISTENER_CAP_ERRNO));
+        }
         let backlog = if req.backlog == 0 {
             DEFAULT_BACKLOG
         } else {
@@ -380,12 +424,11 @@ impl Balancer {
             }
             h.backlog = backlog;
         }
-        h.workers.insert(worker);
-        self.load.entry(worker).or_insert(Load {
-            inflight: 0,
-            handed: 0,
-            reported: u32::MAX,
-        });
+        if h.workers.insert(worker)
+            && let Some(l) = self.load.get_mut(&worker)
+        {
+            l.listeners += 1;
+        }
         let fd = match h.mode {
             Mode::Shared => h.fd.clone(),
             _ => None,
@@ -663,7 +706,11 @@ impl Balancer {
     /// is then forgotten and its listener must be closed).
     pub(crate) fn leave(&mut self, worker: u32, id: u32) -> Option<Handle> {
         let h = self.handles.get_mut(&id)?;
-        h.workers.remove(&worker);
+        if h.workers.remove(&worker)
+            && let Some(l) = self.load.get_mut(&worker)
+        {
+            l.listeners = l.listeners.saturating_sub(1);
+        }
         h.refused.remove(&worker);
         if !h.workers.is_empty() || self.keep_listeners {
             return None;

@@ -45,7 +45,10 @@ impl Primary {
         let g = match granted {
             Ok(g) => g,
             Err(e) => {
-                log::info!("worker {worker}: cannot listen on {:?}: {e}", req.endpoint);
+                // Refusals for the listener cap are logged once, by the balancer.
+                if e.raw_os_error() != Some(balance::LISTENER_CAP_ERRNO) {
+                    log::info!("worker {worker}: cannot listen on {:?}: {e}", req.endpoint);
+                }
                 let errno = e.raw_os_error().unwrap_or(nix::libc::EINVAL);
                 let reply = Message::QueryReply {
                     seq,

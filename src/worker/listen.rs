@@ -236,7 +236,16 @@ impl Worker {
         };
         if errno != 0 {
             self.release_slot(&p);
-            p.server.fail(lp, io::Error::from_raw_os_error(errno));
+            let e = if errno == crate::primary::LISTENER_CAP_ERRNO {
+                io::Error::new(
+                    io::ErrorKind::QuotaExceeded,
+                    "the primary refused another listener: this worker holds the most \
+                     listeners a worker may (PrimaryOptions::max_listeners_per_worker)",
+                )
+            } else {
+                io::Error::from_raw_os_error(errno)
+            };
+            p.server.fail(lp, e);
             return;
         }
         let bound = bound.unwrap_or_else(|| p.slot.0.clone());
