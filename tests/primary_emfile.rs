@@ -1,6 +1,7 @@
-//! A primary whose descriptor table is full (`EMFILE` on accept) leaves the clients in the
+//! A process whose descriptor table is full (`EMFILE` on accept) leaves the clients in the
 //! backlog and accepts them once descriptors free up, without needing another client to
-//! arrive, and says so once per episode.
+//! arrive, and says so once per episode: the primary on its round-robin listeners, and any
+//! loop on its own listeners (a worker accepting on a shared listener).
 
 mod cluster_util;
 
@@ -19,6 +20,32 @@ const TEST: &str = "a_primary_out_of_descriptors_accepts_the_waiting_clients_onc
 const BURST: usize = 60;
 /// How long the primary's descriptor table stays completely full.
 const FULL_MS: u64 = 400;
+
+/// Answers `ok` to a connection's first bytes and ends it.
+fn answer_ok(lp: &mut forkloop::rt::EventLoop, conn: forkloop::net::Stream) {
+    conn.on_data(lp, |lp, c, _| {
+        c.write(lp, b"ok");
+        c.end(lp);
+    });
+}
+
+/// Fills the descriptor table (within a limit of what is open + 16), prints `port PORT`;
+/// after [`FULL_MS`], frees `free` descriptors (all if `None`) and prints `raised`.
+fn fill_then_free(lp: &mut forkloop::rt::EventLoop, port: u16, free: Option<usize>) {
+    let open = forkloop::sys::open_fd_count().expect("count fds");
+    forkloop::sys::set_fd_limit(open + 16).expect("lower the limit");
+    let mut held = fill_fd_table();
+    println!("port {port}");
+    let _ = std::io::stdout().flush();
+    lp.set_timeout(FULL_MS, move |_| {
+        let keep = free.map_or(0, |n| held.len().saturating_sub(n));
+        held.truncate(keep);
+        println!("raised");
+        let _ = std::io::stdout().flush();
+        // The rest stay open as long as the process runs.
+        std::mem::forget(held);
+    });
+}
 
 /// Opens `/dev/null` until the descriptor table is full; returns what it opened.
 fn fill_fd_table() -> Vec<std::fs::File> {
@@ -49,18 +76,7 @@ fn primary_child() {
         },
     );
     on_all_ready(&p, 2, |lp, _, addr| {
-        let open = forkloop::sys::open_fd_count().expect("count fds");
-        forkloop::sys::set_fd_limit(open + 16).expect("lower the limit");
-        let mut held = fill_fd_table();
-        println!("port {}", addr.port());
-        let _ = std::io::stdout().flush();
-        lp.set_timeout(FULL_MS, move |_| {
-            held.truncate(held.len().saturating_sub(4));
-            println!("raised");
-            let _ = std::io::stdout().flush();
-            // The rest stay open as long as the primary runs.
-            std::mem::forget(held);
-        });
+        fill_then_free(lp, addr.port(), Some(4))
     });
     for _ in 0..2 {
         p.fork(&mut lp).expect("fork");
@@ -68,27 +84,14 @@ fn primary_child() {
     cluster_util::run(&mut lp);
 }
 
-#[test]
-fn a_primary_out_of_descriptors_accepts_the_waiting_clients_once_it_can() {
-    worker(|lp, w| {
-        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, conn| {
-            conn.on_data(lp, |lp, c, _| {
-                c.write(lp, b"ok");
-                c.end(lp);
-            });
-        });
-        let w2 = w.clone();
-        server.on_listening(lp, move |lp, _| {
-            let _ = w2.send(lp, b"ready");
-        });
-    });
-    if std::env::var_os(CHILD_ENV).is_some() {
-        primary_child();
-        return;
-    }
+/// Runs `test` of this binary again as a child with [`CHILD_ENV`] set; once it prints
+/// `port N`, opens a burst of [`BURST`] connections with one request each and no client
+/// after them. Returns how many were answered `ok`, in how long, whether the child printed
+/// `raised` meanwhile, and its stderr (the child is killed and reaped).
+fn burst_against_child(test: &str) -> (usize, Duration, bool, String) {
     let exe = std::env::current_exe().expect("test binary");
     let mut child = std::process::Command::new(exe)
-        .args(args_for(TEST))
+        .args(args_for(test))
         .env(CHILD_ENV, "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -116,7 +119,7 @@ fn a_primary_out_of_descriptors_accepts_the_waiting_clients_once_it_can() {
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let start = Instant::now();
-    let mut clients: Vec<TcpStream> = (0..BURST)
+    let clients: Vec<TcpStream> = (0..BURST)
         .map(|_| {
             let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
             s.write_all(b"x").expect("request");
@@ -125,8 +128,9 @@ fn a_primary_out_of_descriptors_accepts_the_waiting_clients_once_it_can() {
         })
         .collect();
     // No further client: every one of these must be answered on its own.
+    // Each client hangs up once answered, which frees the server's descriptor for it.
     let mut answered = 0;
-    for s in &mut clients {
+    for mut s in clients {
         let mut out = String::new();
         if s.read_to_string(&mut out).is_ok() && out == "ok" {
             answered += 1;
@@ -134,22 +138,61 @@ fn a_primary_out_of_descriptors_accepts_the_waiting_clients_once_it_can() {
     }
     let took = start.elapsed();
     let raised = rx.try_iter().find(|(l, _)| l == "raised").map(|(_, at)| at);
-    drop(clients);
     let _ = guard.0.kill();
     let _ = guard.0.wait();
     let mut log = String::new();
     let _ = stderr.read_to_string(&mut log);
+    (answered, took, raised.is_some(), log)
+}
+
+#[test]
+fn a_primary_out_of_descriptors_accepts_the_waiting_clients_once_it_can() {
+    worker(|lp, w| {
+        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), answer_ok);
+        let w2 = w.clone();
+        server.on_listening(lp, move |lp, _| {
+            let _ = w2.send(lp, b"ready");
+        });
+    });
+    if std::env::var_os(CHILD_ENV).is_some() {
+        primary_child();
+        return;
+    }
+    let (answered, took, raised, log) = burst_against_child(TEST);
     let episodes = log.matches("cannot accept").count();
     println!("answered {answered}/{BURST} in {took:?}; {episodes} log line(s)\n{log}");
     assert_eq!(answered, BURST, "every client of the burst answered");
     assert!(took < Duration::from_secs(5), "within a bound: {took:?}");
-    assert!(
-        raised.is_some(),
-        "the limit was raised while clients waited"
-    );
+    assert!(raised, "descriptors were freed while clients waited");
     assert!(episodes >= 1, "the full table was hit and logged");
     assert!(
         episodes <= 3,
         "one log line per episode, not per attempt: {episodes}"
     );
+}
+
+const LOOP_TEST: &str =
+    "a_loop_listener_out_of_descriptors_accepts_the_waiting_clients_once_it_can";
+
+#[test]
+fn a_loop_listener_out_of_descriptors_accepts_the_waiting_clients_once_it_can() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        let _ = env_logger::Builder::new()
+            .filter_level(log::LevelFilter::Warn)
+            .try_init();
+        let mut lp = forkloop::rt::EventLoop::new().expect("loop");
+        let l = forkloop::net::tcp::listen(&mut lp, "127.0.0.1:0".parse().unwrap(), answer_ok)
+            .expect("listen");
+        let port = l.local_addr(&lp).expect("port").port();
+        fill_then_free(&mut lp, port, None);
+        cluster_util::run(&mut lp);
+        return;
+    }
+    let (answered, took, raised, log) = burst_against_child(LOOP_TEST);
+    let episodes = log.matches("accept failed").count();
+    println!("answered {answered}/{BURST} in {took:?}; {episodes} log line(s)\n{log}");
+    assert_eq!(answered, BURST, "every client of the burst answered");
+    assert!(took < Duration::from_secs(5), "within a bound: {took:?}");
+    assert!(raised, "descriptors were freed while clients waited");
+    assert_eq!(episodes, 1, "one log line per episode, not per attempt");
 }
