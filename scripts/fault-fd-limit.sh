@@ -5,6 +5,8 @@
 #   scripts/fault-fd-limit.sh                  # both probes
 #   PROBES=held scripts/fault-fd-limit.sh      # one of them (held | wrk)
 #
+# The cluster runs with RUST_LOG=warn (its descriptor warnings are summed up at the end).
+#
 # Probe "held": every process of `http_cluster --workers WORKERS` at `ulimit -n LOW_LIMIT`
 # (64); CLIENTS (300) clients each open one keep-alive connection with one `GET /` and
 # hold it. The workers answer what they can hold; the rest wait in the kernel backlog.
@@ -48,6 +50,7 @@ done
 [ "$(ulimit -Hn)" -ge $((WRK_CONNS + 64)) ] || die "this shell's hard fd limit is below WRK_CONNS + 64 (wrk)"
 
 prepare_http_cluster
+export RUST_LOG=${RUST_LOG:-warn}
 pre_cleanup() { track_cluster_workers; }
 SHELL_LIMIT=$(ulimit -Sn)
 

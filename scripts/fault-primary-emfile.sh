@@ -3,10 +3,13 @@
 #
 #   scripts/fault-primary-emfile.sh
 #
-# Starts `http_cluster --workers WORKERS` (127.0.0.1), then limits its primary alone to
-# NOFILE descriptors (`prlimit --pid PRIMARY --nofile=NOFILE`, default 20; the workers
-# keep theirs) and opens a burst of BURST (60) keep-alive connections, each with one
-# `GET /`, and no other client after them.
+# Starts `http_cluster --workers WORKERS` (127.0.0.1, RUST_LOG=warn), then limits its
+# primary alone to NOFILE descriptors (`prlimit --pid PRIMARY --nofile=NOFILE`, default 20;
+# the workers keep theirs) and makes a burst of BURST (60) keep-alive connections, each
+# with one `GET /`, and no other client after them. So that the burst really waits in the
+# backlog at once (bash connects one at a time), the primary is stopped (SIGSTOP) while
+# the clients connect and continued (SIGCONT) after; the time counts from then. It then
+# has more connections waiting than descriptors free, and must hit EMFILE.
 #   PASS when: every client of the burst is answered within DEADLINE_MS (2000) ms, none
 #   is reset, the primary logged the episode at most a few times (one line per episode,
 #   not one per attempt), and the primary is still up.
@@ -30,6 +33,7 @@ for v in WORKERS NOFILE BURST DEADLINE_MS; do
 done
 [ "$BURST" -lt 500 ] || die "BURST must stay below the backlog (511)"
 need prlimit util-linux
+export RUST_LOG=${RUST_LOG:-warn}
 
 prepare_http_cluster
 pre_cleanup() { track_cluster_workers; }
@@ -43,8 +47,10 @@ echo "  primary pid $PRIMARY, port $PORT, $fds open descriptors; limiting it to 
 [ "$fds" -lt "$NOFILE" ] || die "the primary already has $fds descriptors open (NOFILE=$NOFILE leaves it none to accept with)"
 prlimit --pid "$PRIMARY" --nofile="$NOFILE":"$NOFILE"
 
-t0=$(now_ms)
+kill -STOP "$PRIMARY"
 open_clients "$BURST" "$PORT"
+kill -CONT "$PRIMARY"
+t0=$(now_ms)
 [ "$CONNECT_FAILS" = 0 ] || fail "$CONNECT_FAILS connects failed"
 while [ ${#WAITING_FDS[@]} -gt 0 ] && [ $(($(now_ms) - t0)) -lt "$DEADLINE_MS" ]; do
   poll_clients
@@ -61,6 +67,8 @@ for fd in ${WAITING_FDS[@]+"${WAITING_FDS[@]}"}; do exec {fd}>&-; done
 lines=$(grep -c 'cannot accept' "$log" || true)
 echo "  'cannot accept' log lines: $lines"
 grep -m1 'cannot accept' "$log" | sed 's/^/  cluster log: /' || true
+[ "$lines" -ge 1 ] && pass "the primary hit EMFILE and said so" ||
+  fail "no 'cannot accept' line: the limit did not bite (or was not logged)"
 [ "$lines" -le 3 ] && pass "logged once per episode ($lines line(s)), not per attempt" ||
   fail "$lines 'cannot accept' lines: one per attempt?"
 alive "$PRIMARY" && pass "the primary is up" || fail "the primary died"
