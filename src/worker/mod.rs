@@ -17,13 +17,12 @@
 //! "Exits" means [`EventLoop::exit`]: `run()` returns the code and the program's `main`
 //! ends the process with it.
 
-mod fds;
+pub mod fds;
 mod lag;
 mod listen;
 mod server;
 mod watchdog;
 
-pub use fds::{RECOUNT_MS, fd_margin};
 pub use listen::{ListenOptions, listen_tcp};
 pub use server::{DEFAULT_IDLE_GRACE_MS, Server};
 
