@@ -252,6 +252,8 @@ struct Load {
     listeners: u32,
     /// A listen request of the worker was refused for the cap (logged once).
     capped: bool,
+    /// The worker gave back a connection it was never handed (logged once).
+    bogus: bool,
 }
 
 /// The primary's listeners and hand-off bookkeeping.
@@ -664,10 +666,26 @@ impl Balancer {
     }
 
     /// `worker` refused `conn` of handle `handle` and gave it back: it waits for another
-    /// worker.
+    /// worker. A worker can give back only as many connections as it was handed: any
+    /// more would be descriptors of its own making, which the primary would hold and hand
+    /// on (a worker could fill the primary's descriptor table so); those are closed, and
+    /// logged once per worker.
     pub(crate) fn rejected(&mut self, worker: u32, handle: u32, conn: Conn) {
-        if let Some(l) = self.load.get_mut(&worker) {
-            l.handed = l.handed.saturating_sub(1);
+        match self.load.get_mut(&worker) {
+            Some(l) if l.handed > 0 => l.handed -= 1,
+            Some(l) => {
+                if !std::mem::replace(&mut l.bogus, true) {
+                    log::warn!(
+                        "worker {worker}: gave back a connection it was never handed; \
+                         closing it (and any more such)"
+                    );
+                }
+                return;
+            }
+            None => {
+                log::debug!("worker {worker}: gave back a connection but listens nowhere");
+                return;
+            }
         }
         if let Some(h) = self.handles.get_mut(&handle) {
             h.refused.insert(worker);
@@ -818,6 +836,49 @@ mod tests {
         assert_eq!(share(&mut b, 10, 2), [(2, 2), (1, 1)]);
         assert!(b.has_room(h));
         assert_eq!(share(&mut b, 0, 16), []);
+    }
+
+    #[test]
+    fn a_worker_gives_back_no_more_connections_than_it_was_handed() {
+        let (mut b, h) = with_workers(1);
+        let conn =
+            |b: &mut Balancer| b.new_conn(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        b.hand_off(1, 1);
+        let c = conn(&mut b);
+        b.rejected(1, h, c);
+        assert!(
+            b.next_queued(h).is_some(),
+            "a connection it was handed waits again"
+        );
+        let c = conn(&mut b);
+        b.rejected(1, h, c);
+        assert!(
+            b.next_queued(h).is_none(),
+            "one it was never handed is closed, not queued"
+        );
+    }
+
+    #[test]
+    fn a_worker_holds_at_most_its_cap_of_listeners() {
+        let mut b = Balancer::new(Policy::RoundRobin, 4, None);
+        b.set_max_listeners(2);
+        let req = |index| ListenRequest {
+            endpoint: Endpoint::Tcp("127.0.0.1:0".parse().unwrap()),
+            index,
+            backlog: 0,
+            flags: 0,
+        };
+        let first = b.query(1, &req(0)).unwrap().handle;
+        b.query(1, &req(1)).unwrap();
+        let refused = b.query(1, &req(2)).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(LISTENER_CAP_ERRNO));
+        assert!(
+            b.query(1, &req(0)).is_ok(),
+            "one it holds again is no new one"
+        );
+        assert!(b.query(2, &req(2)).is_ok(), "the cap is per worker");
+        assert!(b.leave(1, first).is_some(), "its last worker left");
+        assert!(b.query(1, &req(2)).is_ok(), "leaving one frees its place");
     }
 
     #[test]
