@@ -536,3 +536,71 @@ impl SendQueue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::frame::encode;
+
+    fn null() -> OwnedFd {
+        OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"))
+    }
+
+    /// Feeds `frames` (kind User, payload `[i]`, declaring the given descriptor counts) in
+    /// one read bringing `got` descriptors, marked truncated when `cut`.
+    fn feed(rb: &mut RecvBuffer, declared: &[usize], got: usize, cut: bool) {
+        let mut bytes = Vec::new();
+        for (i, &n) in declared.iter().enumerate() {
+            encode(&mut bytes, Kind::User, n, &[i as u8], &Limits::default()).unwrap();
+        }
+        rb.fill_with(bytes.len(), |buf, fds| {
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            fds.extend((0..got).map(|_| null()));
+            Ok(bytes.len())
+        })
+        .unwrap();
+        if cut {
+            rb.truncated(got);
+        }
+    }
+
+    fn take(rb: &mut RecvBuffer) -> (u8, usize, usize) {
+        let f = rb.next_frame().unwrap().expect("a whole frame");
+        (f.payload[0], f.fds.len(), f.lost_fds)
+    }
+
+    #[test]
+    fn a_truncated_frame_takes_what_arrived_and_the_next_ones_their_own() {
+        let mut rb = RecvBuffer::new(Limits::default());
+        feed(&mut rb, &[3], 1, true);
+        assert_eq!(take(&mut rb), (0, 1, 2));
+        feed(&mut rb, &[0, 1], 1, false);
+        assert_eq!(take(&mut rb), (0, 0, 0));
+        assert_eq!(take(&mut rb), (1, 1, 0));
+        assert_eq!((rb.lost_fds(), rb.stray_fds()), (2, 0));
+    }
+
+    #[test]
+    fn descriptors_beyond_a_truncated_frames_count_are_strays() {
+        // A peer that lies (3 sent with a frame declaring 1) and a truncation: the extra
+        // two must not slide to the next frame.
+        let mut rb = RecvBuffer::new(Limits::default());
+        feed(&mut rb, &[1], 3, true);
+        assert_eq!(take(&mut rb), (0, 1, 0));
+        assert_eq!(rb.stray_fds(), 2);
+        feed(&mut rb, &[1], 1, false);
+        assert_eq!(take(&mut rb), (0, 1, 0));
+    }
+
+    #[test]
+    fn a_truncation_with_nothing_arrived_marks_the_next_frame_with_descriptors() {
+        let mut rb = RecvBuffer::new(Limits::default());
+        feed(&mut rb, &[0, 2, 1], 0, true);
+        assert_eq!(take(&mut rb), (0, 0, 0), "no descriptors: not the one cut");
+        assert_eq!(take(&mut rb), (1, 0, 2));
+        // A read brings one `sendmsg`'s descriptors at most, so the third frame's would
+        // come with a later read; claiming some that never came is a mismatch (the channel
+        // fails), not a silent misfit.
+        assert!(rb.next_frame().is_err());
+    }
+}
