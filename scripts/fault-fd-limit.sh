@@ -21,7 +21,7 @@
 # at once, and the workers must be the ones that started (no exit, no restart logged).
 # wrk's socket errors are expected (2500 connections cannot all be held) and reported.
 #
-# Env: WORKERS (2), CLIENTS (300), LOW_LIMIT (64), QUIET_MS (1000), HELD_DEADLINE (30),
+# Env: POLICY (http_cluster --policy; unset: rr), WORKERS (2), CLIENTS (300), LOW_LIMIT (64), QUIET_MS (1000), HELD_DEADLINE (30),
 #      WRK_LIMIT (1024), WRK_CONNS (2500), DURATION (15), PROBES ("held wrk"), SKIP_BUILD=1,
 #      KEEP_DIR (copy the logs there).
 # Exit status: 0 all assertions hold, 1 one failed, 2 the test itself could not run.
@@ -58,7 +58,7 @@ SHELL_LIMIT=$(ulimit -Sn)
 # cluster at `ulimit -n LIMIT` (this shell's soft limit is lowered only around the start).
 start_limited() {
   ulimit -Sn "$2"
-  start_cluster "$1" --workers "$WORKERS"
+  start_cluster "$1" --workers "$WORKERS" ${POLICY:+--policy "$POLICY"}
   ulimit -Sn "$SHELL_LIMIT"
   mapfile -t START_WORKERS < <(worker_pids "$PRIMARY")
   echo "  primary pid $PRIMARY, port $PORT, workers ${START_WORKERS[*]}; primary fds $(fd_count "$PRIMARY"), worker fds $(for w in "${START_WORKERS[@]}"; do fd_count "$w"; done | tr '\n' ' ')"
@@ -107,7 +107,7 @@ probe_held() {
   [ "$held" -lt "$CLIENTS" ] && echo "  (the limit bit: $held held at once)" || echo "  (note: the limit did not bite: all $held answered at once)"
   same_workers held "$log"
   stop_cluster || true
-  grep -E 'descriptor|cannot accept' "$log" | sort | uniq -c | head -5 | sed 's/^/  cluster log: /' || true
+  grep -E 'descriptor|cannot accept|accept failed' "$log" | sort | uniq -c | head -5 | sed 's/^/  cluster log: /' || true
 }
 
 probe_wrk() {
@@ -122,10 +122,10 @@ probe_wrk() {
   [ "$req" -gt 0 ] && pass "wrk: $req requests served" || fail "wrk: no request served"
   same_workers wrk "$log"
   stop_cluster || true
-  grep -E 'descriptor|cannot accept' "$log" | sort | uniq -c | head -5 | sed 's/^/  cluster log: /' || true
+  grep -E 'descriptor|cannot accept|accept failed' "$log" | sort | uniq -c | head -5 | sed 's/^/  cluster log: /' || true
 }
 
-echo "fault-fd-limit: WORKERS=$WORKERS PROBES='$PROBES' ($(nproc) CPUs, kernel $(uname -r))"
+echo "fault-fd-limit: WORKERS=$WORKERS POLICY=${POLICY:-default} PROBES='$PROBES' ($(nproc) CPUs, kernel $(uname -r))"
 for p in $PROBES; do
   case $p in
     held) probe_held ;;
