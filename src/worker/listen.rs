@@ -7,6 +7,8 @@
 //!   refuses (server closing, at its limit, or unknown) goes back with `Rejected` and its
 //!   descriptor, and the primary hands it to another worker. `Credit` tells the primary
 //!   when a server fills up, when it has room again, and answers a `NewConn` that asks;
+//!   it is also bounded by the worker's descriptor headroom, and sent when that changes
+//!   much (see [`fds`](super::fds)), so a worker never takes a hand-off it cannot hold;
 //! * **shared**: the listening socket comes with the reply; the worker accepts on it;
 //! * **reuseport**: the worker binds its own `SO_REUSEPORT` socket to the address the
 //!   primary reserved.
