@@ -463,7 +463,10 @@ impl Channel {
                     if r.fds >= max_fds {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
-                            format!("peer sent more than {max_fds} fds in one message"),
+                            format!(
+                                "control data truncated (MSG_CTRUNC): peer sent more \
+                                 than {max_fds} fds in one message"
+                            ),
                         ));
                     }
                     cut = Some(r.fds);
