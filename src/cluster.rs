@@ -210,7 +210,7 @@ pub(crate) fn drain_channel(
     if let Some(ch) = lp.io_mut::<Channel>(io) {
         while closed.is_none() {
             match ch.recv() {
-                Ok(Recv::Frame(f)) => match f.into_message_lost() {
+                Ok(Recv::Frame(f)) => match f.into_message_with_loss() {
                     Ok((m, fds, lost)) => {
                         if lost > 0 {
                             log_lost(peer, &m, fds.len(), lost);

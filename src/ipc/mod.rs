@@ -45,7 +45,7 @@ impl Channel {
 
 /// A message, the descriptors that came with it, and how many of its descriptors were lost
 /// ([`InFrame::lost_fds`]).
-pub type LostFds = (Message, Vec<std::os::fd::OwnedFd>, usize);
+pub type MessageWithLoss = (Message, Vec<std::os::fd::OwnedFd>, usize);
 
 impl InFrame<'_> {
     /// Decodes this frame as a typed [`Message`], returning it with the descriptors.
@@ -56,7 +56,7 @@ impl InFrame<'_> {
     /// count checked is the one the frame declared: a frame that lost descriptors to a
     /// full descriptor table ([`InFrame::lost_fds`]) decodes as sent, with fewer of them.
     pub fn into_message(self) -> Result<(Message, Vec<std::os::fd::OwnedFd>), ProtoError> {
-        self.into_message_lost().map(|(m, fds, _)| (m, fds))
+        self.into_message_with_loss().map(|(m, fds, _)| (m, fds))
     }
 
     /// [`InFrame::into_message`], also returning [`InFrame::lost_fds`].
@@ -64,7 +64,7 @@ impl InFrame<'_> {
     /// # Errors
     ///
     /// As [`InFrame::into_message`].
-    pub fn into_message_lost(self) -> Result<LostFds, ProtoError> {
+    pub fn into_message_with_loss(self) -> Result<MessageWithLoss, ProtoError> {
         let msg = Message::decode(self.kind, self.payload, self.fds.len() + self.lost_fds)?;
         Ok((msg, self.fds, self.lost_fds))
     }
