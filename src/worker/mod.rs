@@ -481,7 +481,7 @@ impl Worker {
     /// Connections handed to this worker that it lost because its descriptor table was
     /// full when they came (the kernel closed them; each is logged with its listener and
     /// number). Credit keeps this at 0 unless descriptors are used up outside the loop.
-    pub fn lost_hand_offs(&self, lp: &mut EventLoop) -> u64 {
+    pub fn lost_hand_offs(&self, lp: &EventLoop) -> u64 {
         let io = self.inner.borrow().channel;
         io.and_then(|io| lp.io_ref::<Channel>(io))
             .map_or(0, Channel::lost_fds)
