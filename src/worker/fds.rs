@@ -20,12 +20,19 @@
 //! **Counting open descriptors cheaply.** Counting the process's descriptors costs a
 //! directory read of the descriptor table (`/proc/self/fd`), far too much per connection.
 //! Nearly every descriptor a worker holds is a handle on its loop, which the loop counts in
-//! O(1) ([`EventLoop::open_handles`]). So the worker counts once (at the first use) how
-//! many descriptors it holds beyond its loop handles — the baseline — and estimates
-//! `open = baseline + loop handles`. The baseline is counted again only near the limit
-//! (estimated headroom under a quarter of the limit), at most every [`RECOUNT_MS`], so a
-//! worker that opens descriptors outside its loop is caught up with where it matters. The
-//! limit itself is read again at each count (a process may change it).
+//! O(1) ([`EventLoop::open_handles`]). So the worker counts once, when it attaches (no
+//! hand-off pending), how many descriptors it holds beyond its loop handles — the
+//! baseline — and estimates `open = baseline + loop handles`. The baseline is counted
+//! again only near the limit (estimated headroom under a quarter of the limit), at most
+//! every [`RECOUNT_MS`], so a worker that opens descriptors outside its loop is caught up
+//! with where it matters. A count runs in the loop's check phase, never while hand-offs
+//! read from the channel are still being taken (they are open but not handles yet, and
+//! would count as baseline). The limit itself is read again at each count (a process may
+//! change it).
+//!
+//! A hand-off that arrives anyway when the estimate says no room (the primary had not
+//! heard yet) is kept: its descriptor is already in the table, and giving it back would
+//! only move it into the primary's.
 
 use crate::rt::EventLoop;
 use crate::sys;
@@ -48,6 +55,8 @@ pub(super) struct FdBudget {
     baseline: usize,
     /// When the table was last counted (loop ms), if ever.
     counted_at: Option<u64>,
+    /// A count is scheduled for the check phase.
+    recount_scheduled: bool,
     /// Credit last reported to the primary on account of descriptors (`u32::MAX`: none).
     reported: u32,
 }
@@ -58,15 +67,18 @@ impl Default for FdBudget {
             limit: None,
             baseline: 0,
             counted_at: None,
+            recount_scheduled: false,
             reported: u32::MAX,
         }
     }
 }
 
 impl FdBudget {
-    /// Counts the descriptor table and reads the limit again.
-    fn count(&mut self, lp: &EventLoop) {
+    /// Counts the descriptor table and reads the limit again. Only where no descriptor
+    /// received is waiting to become a loop handle (at attach; in the check phase).
+    pub(super) fn count(&mut self, lp: &EventLoop) {
         self.counted_at = Some(lp.now());
+        self.recount_scheduled = false;
         self.limit = match sys::fd_limit() {
             Ok(l) => l,
             Err(e) => {
@@ -83,21 +95,30 @@ impl FdBudget {
         }
     }
 
-    /// Descriptors the worker can still take in for hand-offs (`u32::MAX`: no limit).
-    pub(super) fn headroom(&mut self, lp: &EventLoop) -> u32 {
+    /// Whether a count is due (near the limit, none for [`RECOUNT_MS`]); if so it is
+    /// taken as scheduled, and the caller runs [`FdBudget::count`] in the check phase.
+    /// Far from the limit, the limit alone is read again every [`RECOUNT_MS`] (one
+    /// `getrlimit`), so a lowered limit is noticed.
+    pub(super) fn recount_due(&mut self, lp: &EventLoop) -> bool {
         let Some(at) = self.counted_at else {
-            self.count(lp);
-            return self.estimate(lp);
+            return false;
         };
-        let h = self.estimate(lp);
-        let near = self
-            .limit
-            .is_some_and(|l| (h as usize).saturating_mul(4) < l);
-        if near && lp.now().saturating_sub(at) >= RECOUNT_MS {
-            self.count(lp);
-            return self.estimate(lp);
+        if self.recount_scheduled || lp.now().saturating_sub(at) < RECOUNT_MS {
+            return false;
         }
-        h
+        let near = |b: &FdBudget| {
+            b.limit
+                .is_some_and(|l| (b.estimate(lp) as usize).saturating_mul(4) < l)
+        };
+        if !near(self) {
+            self.counted_at = Some(lp.now());
+            self.limit = sys::fd_limit().unwrap_or(self.limit);
+            if !near(self) {
+                return false;
+            }
+        }
+        self.recount_scheduled = true;
+        true
     }
 
     fn estimate(&self, lp: &EventLoop) -> u32 {
@@ -112,7 +133,7 @@ impl FdBudget {
     /// The credit the descriptors allow now, and whether the primary must hear it (it
     /// fell below what it was told, or grew well beyond it).
     pub(super) fn credit(&mut self, lp: &EventLoop) -> (u32, bool) {
-        let h = self.headroom(lp);
+        let h = self.estimate(lp);
         if h == u32::MAX {
             let changed = self.reported != u32::MAX;
             self.reported = u32::MAX;

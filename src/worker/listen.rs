@@ -304,7 +304,7 @@ impl Worker {
         let mut full = false;
         for (i, fd) in fds.into_iter().enumerate() {
             let refused = match &server {
-                Some(s) => match self.adopt_handed_off(lp, s, fd) {
+                Some(s) => match adopt_handed_off(lp, s, fd) {
                     Ok(()) => continue,
                     Err(fd) => {
                         full |= !s.is_closing();
@@ -440,33 +440,29 @@ impl Worker {
     /// The credit hand-off server `s` has: its own room, within the descriptor headroom
     /// (see [`fds`](super::fds)); and whether the headroom's credit changed so much that
     /// the primary must hear it.
-    fn credit_of(&self, lp: &EventLoop, s: &Server) -> (u32, bool) {
-        let (fds, changed) = self.inner.borrow_mut().fds.credit(lp);
-        (s.capacity(lp).min(fds), changed)
-    }
-
-    /// Serves one handed-off connection on `server`, or gives its descriptor back if the
-    /// server refuses it (closing, or at its limit) or the worker has no descriptor
-    /// headroom left. If the socket cannot be registered with the loop, the connection
-    /// is closed (and logged).
-    fn adopt_handed_off(
-        &self,
-        lp: &mut EventLoop,
-        server: &Server,
-        fd: OwnedFd,
-    ) -> Result<(), OwnedFd> {
-        let no_room = self.inner.borrow_mut().fds.headroom(lp) == 0;
-        if no_room || server.is_closing() || server.capacity(lp) == 0 {
-            return Err(fd);
+    fn credit_of(&self, lp: &mut EventLoop, s: &Server) -> (u32, bool) {
+        let (fds, changed, recount) = {
+            let mut inner = self.inner.borrow_mut();
+            let (fds, changed) = inner.fds.credit(lp);
+            (fds, changed, inner.fds.recount_due(lp))
+        };
+        if recount {
+            // In the check phase: the hand-offs being taken now are loop handles by then.
+            let w = self.clone();
+            lp.set_immediate(move |lp| w.inner.borrow_mut().fds.count(lp));
         }
-        adopt_stream(lp, server, fd);
-        Ok(())
+        (s.capacity(lp).min(fds), changed)
     }
 }
 
-/// Serves a handed-off connection on `server`; if the socket cannot be registered with the
-/// loop, the connection is closed (and logged).
-fn adopt_stream(lp: &mut EventLoop, server: &Server, fd: OwnedFd) {
+/// Serves one handed-off connection on `server`, or gives its descriptor back if the
+/// server refuses it (closing, or at its limit). If the socket cannot be registered with
+/// the loop, the connection is closed (and logged). Descriptor headroom is not checked
+/// here: the descriptor is in the table already (see [`fds`](super::fds)).
+fn adopt_handed_off(lp: &mut EventLoop, server: &Server, fd: OwnedFd) -> Result<(), OwnedFd> {
+    if server.is_closing() || server.capacity(lp) == 0 {
+        return Err(fd);
+    }
     let stream = match server.endpoint() {
         Some(Endpoint::Unix(_)) => {
             unix::open_handed_off(lp, std::os::unix::net::UnixStream::from(fd))
@@ -479,6 +475,7 @@ fn adopt_stream(lp: &mut EventLoop, server: &Server, fd: OwnedFd) {
         }
         Err(e) => log::warn!("cannot serve a handed-off connection, closing it: {e}"),
     }
+    Ok(())
 }
 
 fn attach_listener(

@@ -223,6 +223,8 @@ impl Worker {
         worker.inner.borrow_mut().channel = Some(io);
         let meter = worker.inner.borrow().lag.clone();
         lag::start(lp, meter);
+        // No hand-off is pending yet: the baseline of descriptors outside the loop is exact.
+        worker.inner.borrow_mut().fds.count(lp);
         Ok(Some(worker))
     }
 
