@@ -201,20 +201,40 @@ pub(crate) fn drain_channel(
     io: crate::rt::IoId,
     peer: &dyn std::fmt::Display,
 ) -> (Received, Option<Ended>) {
+    let (msgs, closed, _) = drain_channel_within(lp, io, peer, usize::MAX);
+    (msgs, closed)
+}
+
+/// [`drain_channel`], but it stops reading once the messages read carry `max_fds`
+/// descriptors or more (it reads at least one message): every descriptor read is one
+/// more open in this process until the messages are handled. Also returns whether it
+/// stopped for that; the caller must then drain again itself once it has handled them
+/// (the channel's readiness is edge-triggered: what is left raises no new event).
+pub(crate) fn drain_channel_within(
+    lp: &mut crate::rt::EventLoop,
+    io: crate::rt::IoId,
+    peer: &dyn std::fmt::Display,
+    max_fds: usize,
+) -> (Received, Option<Ended>, bool) {
     use crate::ipc::{Channel, Recv};
     let mut msgs = Vec::new();
     let mut closed = None;
+    let mut fds_read = 0;
     if let Err(e) = flush_channel(lp, io) {
         closed = Some(Ended::Failed(format!("write failed: {e}")));
     }
     if let Some(ch) = lp.io_mut::<Channel>(io) {
         while closed.is_none() {
+            if fds_read >= max_fds {
+                return (msgs, closed, true);
+            }
             match ch.recv() {
                 Ok(Recv::Frame(f)) => match f.into_message_with_loss() {
                     Ok((m, fds, lost)) => {
                         if lost > 0 {
                             log_lost(peer, &m, fds.len(), lost);
                         }
+                        fds_read += fds.len() + lost;
                         msgs.push((m, fds));
                     }
                     Err(e) => {
@@ -229,7 +249,7 @@ pub(crate) fn drain_channel(
             }
         }
     }
-    (msgs, closed)
+    (msgs, closed, false)
 }
 
 /// Says which descriptors of message `m` from `peer` were lost to a full descriptor table

@@ -9,6 +9,12 @@
 //! * **headroom** `h` = soft `RLIMIT_NOFILE` − descriptors open − [`fd_margin`]. The margin
 //!   keeps descriptors for the worker's own work (files, outgoing connections, a shared
 //!   listener's accepts) and for one message's descriptors more than the credit allows.
+//! * **reading**: the credit counts hand-offs the worker has not *read*; the primary sends
+//!   more as soon as it sees them read. So one drain of the channel reads messages
+//!   carrying at most `h` descriptors (at least one message), hands them to their
+//!   servers, reports its credit, and only then reads on (at once, or after the credit
+//!   watch's period when no headroom is left): otherwise a worker reading while the
+//!   primary refills could read far past its headroom before handling any.
 //! * **credit** `R`: what the primary was last told. The worker keeps `R ≤ h / 2`: when
 //!   `h` falls below `2R` it reports `R = h / 4`, so even hand-offs the primary sent
 //!   before hearing (at most the old `R`) still fit, and reports come only when the
@@ -40,10 +46,11 @@ use crate::sys;
 /// Least time (ms) between two counts of the descriptor table while near the limit.
 pub const RECOUNT_MS: u64 = 250;
 
-/// Descriptors kept free beyond the hand-offs: a sixteenth of the limit, at least 8 and
-/// at most 64 (8 at a limit of 64, 64 from a limit of 1024 on).
+/// Descriptors kept free beyond the hand-offs: a sixteenth of the limit, at least 16 (one
+/// `NewConn` message's worth, [`HAND_OFF_BATCH`](crate::primary::HAND_OFF_BATCH)) and at
+/// most 64 (16 up to a limit of 256, 64 from a limit of 1024 on).
 pub fn fd_margin(limit: usize) -> usize {
-    (limit / 16).clamp(8, 64)
+    (limit / 16).clamp(16, 64)
 }
 
 /// A worker's descriptor headroom and the credit it stands for (see the module docs).
@@ -121,6 +128,21 @@ impl FdBudget {
         true
     }
 
+    /// How many descriptors one read of the channel may bring in before the messages
+    /// read are handled: the headroom, at least 1 (so messages keep flowing; the margin
+    /// covers one message beyond the headroom).
+    pub(super) fn read_budget(&self, lp: &EventLoop) -> usize {
+        match self.estimate(lp) {
+            u32::MAX => usize::MAX,
+            h => (h as usize).max(1),
+        }
+    }
+
+    /// Whether the estimate says no descriptor is left for hand-offs.
+    pub(super) fn exhausted(&self, lp: &EventLoop) -> bool {
+        self.estimate(lp) == 0
+    }
+
     fn estimate(&self, lp: &EventLoop) -> u32 {
         let Some(limit) = self.limit else {
             return u32::MAX;
@@ -156,7 +178,7 @@ mod tests {
 
     #[test]
     fn the_margin_is_a_sixteenth_of_the_limit_within_bounds() {
-        assert_eq!(fd_margin(64), 8);
+        assert_eq!(fd_margin(64), 16);
         assert_eq!(fd_margin(512), 32);
         assert_eq!(fd_margin(1024), 64);
         assert_eq!(fd_margin(1 << 20), 64);

@@ -31,7 +31,7 @@ use crate::sys::net::{self as sysnet, BindOptions};
 use super::{Server, Worker};
 
 /// How often (ms) a worker with a full hand-off server checks whether it has room again.
-const CREDIT_POLL_MS: u64 = 10;
+pub(super) const CREDIT_POLL_MS: u64 = 10;
 
 /// How to listen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -132,6 +132,8 @@ struct Inner {
     credit_watch: Option<crate::rt::TimerId>,
     /// Descriptor headroom, which bounds the credit (see [`fds`]).
     fds: fds::FdBudget,
+    /// A drain stopped at the headroom waits to read on ([`Worker::drain_later`]).
+    redrain: bool,
 }
 
 impl Inner {
@@ -214,6 +216,7 @@ impl Worker {
                 full: BTreeSet::new(),
                 credit_watch: None,
                 fds: fds::FdBudget::default(),
+                redrain: false,
             })),
             hooks: Rc::new(Hooks::default()),
         };
@@ -594,7 +597,9 @@ impl Worker {
         let Some(io) = self.inner.borrow().channel else {
             return;
         };
-        let (msgs, closed) = crate::cluster::drain_channel(lp, io, &"the primary");
+        let budget = self.inner.borrow().fds.read_budget(lp);
+        let (msgs, closed, more) =
+            crate::cluster::drain_channel_within(lp, io, &"the primary", budget);
         let mut gone = closed.is_some();
         if !msgs.is_empty() {
             self.inner.borrow_mut().corked = true;
@@ -621,6 +626,32 @@ impl Worker {
         }
         if gone {
             self.channel_gone(lp);
+        } else if more {
+            self.drain_later(lp);
+        }
+    }
+
+    /// A drain stopped at the descriptor headroom (see [`fds`]): read on once the messages
+    /// read have been handled — at once if there is headroom, else after the credit
+    /// watch's period (the primary has heard credit 0 by then). One such drain waits at a
+    /// time.
+    fn drain_later(&self, lp: &mut EventLoop) {
+        let exhausted = {
+            let mut inner = self.inner.borrow_mut();
+            if std::mem::replace(&mut inner.redrain, true) {
+                return;
+            }
+            inner.fds.exhausted(lp)
+        };
+        let w = self.clone();
+        let again = move |lp: &mut EventLoop| {
+            w.inner.borrow_mut().redrain = false;
+            w.on_channel(lp);
+        };
+        if exhausted {
+            lp.set_timeout(listen::CREDIT_POLL_MS, again);
+        } else {
+            lp.set_immediate(again);
         }
     }
 
