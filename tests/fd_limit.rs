@@ -268,6 +268,8 @@ fn serve_and_hold(lp: &mut EventLoop, w: &Worker) {
 #[test]
 fn workers_at_a_low_descriptor_limit_hold_what_they_can_and_lose_nothing() {
     if forkloop::role() != forkloop::Role::Primary {
+        let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+            .try_init();
         // As a worker started under `ulimit -n 64` would be.
         forkloop::sys::set_fd_limit(WORKER_FD_LIMIT).expect("lower the worker's limit");
     }

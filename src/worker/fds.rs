@@ -11,10 +11,13 @@
 //!   listener's accepts) and for one message's descriptors more than the credit allows.
 //! * **reading**: the credit counts hand-offs the worker has not *read*; the primary sends
 //!   more as soon as it sees them read. So one drain of the channel reads messages
-//!   carrying at most `h` descriptors (at least one message), hands them to their
+//!   carrying at most `h / 2` descriptors (at least one message), hands them to their
 //!   servers, reports its credit, and only then reads on (at once, or after the credit
 //!   watch's period when no headroom is left): otherwise a worker reading while the
 //!   primary refills could read far past its headroom before handling any.
+//! * **first**: a hand-off server tells the primary its credit as soon as it listens, so
+//!   the first burst is already within the headroom (the primary's default credit could
+//!   be more).
 //! * **credit** `R`: what the primary was last told. The worker keeps `R ≤ h / 2`: when
 //!   `h` falls below `2R` it reports `R = h / 4`, so even hand-offs the primary sent
 //!   before hearing (at most the old `R`) still fit, and reports come only when the
@@ -128,13 +131,14 @@ impl FdBudget {
         true
     }
 
-    /// How many descriptors one read of the channel may bring in before the messages
-    /// read are handled: the headroom, at least 1 (so messages keep flowing; the margin
-    /// covers one message beyond the headroom).
+    /// How many descriptors one drain of the channel may bring in before the messages
+    /// read are handled: half the headroom (the other half is for what the primary sends
+    /// before it hears the credit that follows), at least 1 (so messages keep flowing;
+    /// the margin covers one message beyond).
     pub(super) fn read_budget(&self, lp: &EventLoop) -> usize {
         match self.estimate(lp) {
             u32::MAX => usize::MAX,
-            h => (h as usize).max(1),
+            h => (h as usize / 2).max(1),
         }
     }
 

@@ -285,6 +285,14 @@ impl Worker {
             p.server.announce(lp, self, key);
         }
         p.server.now_listening(lp, mode == ListenMode::HandOff);
+        if mode == ListenMode::HandOff {
+            // A worker short of descriptors says so before the first hand-off: the
+            // primary would otherwise send its default credit's worth at once.
+            let (credit, _) = self.credit_of(lp, &p.server);
+            if credit != u32::MAX {
+                let _ = self.send_msg(lp, &Message::Credit { credit });
+            }
+        }
     }
 
     /// Connections handed off by the primary: `fds[i]` is connection `seq + i`. Each one
