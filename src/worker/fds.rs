@@ -11,10 +11,13 @@
 //!   listener's accepts) and for one message's descriptors more than the credit allows.
 //! * **reading**: the credit counts hand-offs the worker has not *read*; the primary sends
 //!   more as soon as it sees them read. So one drain of the channel reads messages
-//!   carrying at most `h / 2` descriptors (at least one message), hands them to their
-//!   servers, reports its credit, and only then reads on (at once, or after the credit
-//!   watch's period when no headroom is left): otherwise a worker reading while the
-//!   primary refills could read far past its headroom before handling any.
+//!   carrying at most the headroom less one message's worth, hands them to their
+//!   servers, reports its credit, and only then reads on; otherwise a worker reading
+//!   while the primary refills could read far past its headroom before handling any.
+//!   With no more headroom than one message, the worker does not read its channel at
+//!   all (so the primary, seeing nothing read, sends nothing more): it looks again every
+//!   credit-watch period and reads once connections have closed, or after
+//!   [`READ_STALL_MAX_MS`] at the latest (one message), so control messages still flow.
 //! * **first**: a hand-off server tells the primary its credit as soon as it listens, so
 //!   the first burst is already within the headroom (the primary's default credit could
 //!   be more).
@@ -48,6 +51,12 @@ use crate::sys;
 
 /// Least time (ms) between two counts of the descriptor table while near the limit.
 pub const RECOUNT_MS: u64 = 250;
+
+/// Longest time (ms) a worker out of headroom leaves its channel unread: then it reads one
+/// message anyway, so the primary's control messages (heartbeats, disconnect) wait at
+/// most this long. What the primary sent before it heard credit 0 is all there can be,
+/// and the margin holds it.
+pub const READ_STALL_MAX_MS: u64 = 1000;
 
 /// Descriptors kept free beyond the hand-offs: a sixteenth of the limit, at least 16 (one
 /// `NewConn` message's worth, [`HAND_OFF_BATCH`](crate::primary::HAND_OFF_BATCH)) and at
@@ -132,19 +141,20 @@ impl FdBudget {
     }
 
     /// How many descriptors one drain of the channel may bring in before the messages
-    /// read are handled: half the headroom (the other half is for what the primary sends
-    /// before it hears the credit that follows), at least 1 (so messages keep flowing;
-    /// the margin covers one message beyond).
-    pub(super) fn read_budget(&self, lp: &EventLoop) -> usize {
+    /// read are handled: the headroom less one message's worth (a drain stops after the
+    /// message that reaches the budget, which may bring up to [`HAND_OFF_BATCH`]); `None`
+    /// when there is no more room than that: the channel is not read (the primary, seeing
+    /// nothing read, sends nothing more) until connections close or [`READ_STALL_MAX_MS`]
+    /// passed.
+    ///
+    /// [`HAND_OFF_BATCH`]: crate::primary::HAND_OFF_BATCH
+    pub(super) fn read_budget(&self, lp: &EventLoop) -> Option<usize> {
+        let message = crate::primary::HAND_OFF_BATCH as usize;
         match self.estimate(lp) {
-            u32::MAX => usize::MAX,
-            h => (h as usize / 2).max(1),
+            u32::MAX => Some(usize::MAX),
+            h if h as usize > message => Some(h as usize - message),
+            _ => None,
         }
-    }
-
-    /// Whether the estimate says no descriptor is left for hand-offs.
-    pub(super) fn exhausted(&self, lp: &EventLoop) -> bool {
-        self.estimate(lp) == 0
     }
 
     fn estimate(&self, lp: &EventLoop) -> u32 {

@@ -132,8 +132,9 @@ struct Inner {
     credit_watch: Option<crate::rt::TimerId>,
     /// Descriptor headroom, which bounds the credit (see [`fds`]).
     fds: fds::FdBudget,
-    /// A drain stopped at the headroom waits to read on ([`Worker::drain_later`]).
-    redrain: bool,
+    /// Since when a drain stopped at the headroom waits to read on
+    /// ([`Worker::drain_later`]).
+    redrain_since: Option<u64>,
 }
 
 impl Inner {
@@ -216,7 +217,7 @@ impl Worker {
                 full: BTreeSet::new(),
                 credit_watch: None,
                 fds: fds::FdBudget::default(),
-                redrain: false,
+                redrain_since: None,
             })),
             hooks: Rc::new(Hooks::default()),
         };
@@ -594,10 +595,29 @@ impl Worker {
     }
 
     fn on_channel(&self, lp: &mut EventLoop) {
+        self.drain(lp, false);
+    }
+
+    /// Reads the channel as far as the descriptor headroom allows (see [`fds`]), at least
+    /// one message if `forced`, and handles what it read.
+    fn drain(&self, lp: &mut EventLoop, forced: bool) {
         let Some(io) = self.inner.borrow().channel else {
             return;
         };
         let budget = self.inner.borrow().fds.read_budget(lp);
+        let budget = match budget {
+            Some(b) => b,
+            None if forced => 1,
+            None => {
+                // No room to read descriptors in: only write what is queued.
+                if crate::cluster::flush_channel(lp, io).is_err() {
+                    self.channel_gone(lp);
+                } else {
+                    self.drain_later(lp);
+                }
+                return;
+            }
+        };
         let (msgs, closed, more) =
             crate::cluster::drain_channel_within(lp, io, &"the primary", budget);
         let mut gone = closed.is_some();
@@ -631,28 +651,49 @@ impl Worker {
         }
     }
 
-    /// A drain stopped at the descriptor headroom (see [`fds`]): read on once the messages
-    /// read have been handled — at once if there is headroom, else after the credit
-    /// watch's period (the primary has heard credit 0 by then). One such drain waits at a
-    /// time.
+    /// A drain stopped at the descriptor headroom, or did not start (see [`fds`]): read on
+    /// once the messages read have been handled — at once if there is headroom, else once
+    /// connections have closed (looked at every credit-watch period), or after
+    /// [`fds::READ_STALL_MAX_MS`]. One such wait at a time.
     fn drain_later(&self, lp: &mut EventLoop) {
-        let exhausted = {
+        let now = lp.now();
+        let room = {
             let mut inner = self.inner.borrow_mut();
-            if std::mem::replace(&mut inner.redrain, true) {
+            if inner.redrain_since.is_some() {
                 return;
             }
-            inner.fds.exhausted(lp)
+            inner.redrain_since = Some(now);
+            inner.fds.read_budget(lp).is_some()
         };
-        let w = self.clone();
-        let again = move |lp: &mut EventLoop| {
-            w.inner.borrow_mut().redrain = false;
-            w.on_channel(lp);
-        };
-        if exhausted {
-            lp.set_timeout(listen::CREDIT_POLL_MS, again);
+        if room {
+            let w = self.clone();
+            lp.set_immediate(move |lp| w.redrain(lp));
         } else {
-            lp.set_immediate(again);
+            self.redrain_soon(lp);
         }
+    }
+
+    fn redrain_soon(&self, lp: &mut EventLoop) {
+        let w = self.clone();
+        lp.set_timeout(listen::CREDIT_POLL_MS, move |lp| w.redrain(lp));
+    }
+
+    /// The wait of [`Worker::drain_later`] is over if there is room or it lasted long enough.
+    fn redrain(&self, lp: &mut EventLoop) {
+        let (room, since) = {
+            let inner = self.inner.borrow();
+            (inner.fds.read_budget(lp).is_some(), inner.redrain_since)
+        };
+        let Some(since) = since else {
+            return;
+        };
+        let stalled = lp.now().saturating_sub(since) >= fds::READ_STALL_MAX_MS;
+        if !room && !stalled {
+            self.redrain_soon(lp);
+            return;
+        }
+        self.inner.borrow_mut().redrain_since = None;
+        self.drain(lp, stalled);
     }
 
     fn handle(&self, lp: &mut EventLoop, msg: Message, fds: Vec<OwnedFd>) {
