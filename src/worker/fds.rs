@@ -78,6 +78,8 @@ pub(super) struct FdBudget {
     recount_scheduled: bool,
     /// Credit last reported to the primary on account of descriptors (`u32::MAX`: none).
     reported: u32,
+    /// The report before that: the primary may not have heard the last one yet.
+    previous: u32,
 }
 
 impl Default for FdBudget {
@@ -88,6 +90,7 @@ impl Default for FdBudget {
             counted_at: None,
             recount_scheduled: false,
             reported: u32::MAX,
+            previous: u32::MAX,
         }
     }
 }
@@ -142,14 +145,18 @@ impl FdBudget {
 
     /// How many descriptors one drain of the channel may bring in before the messages
     /// read are handled: the headroom less one message's worth (a drain stops after the
-    /// message that reaches the budget, which may bring up to [`HAND_OFF_BATCH`]); `None`
-    /// when there is no more room than that: the channel is not read (the primary, seeing
-    /// nothing read, sends nothing more) until connections close or [`READ_STALL_MAX_MS`]
-    /// passed.
+    /// message that reaches the budget); `None` when there is no more room than that: the
+    /// channel is not read (the primary, seeing nothing read, sends nothing more) until
+    /// connections close or [`READ_STALL_MAX_MS`] passed. A message brings at most the
+    /// credit the primary knows (the last report, or the one before if it has not heard
+    /// yet), and never more than [`HAND_OFF_BATCH`].
     ///
     /// [`HAND_OFF_BATCH`]: crate::primary::HAND_OFF_BATCH
     pub(super) fn read_budget(&self, lp: &EventLoop) -> Option<usize> {
-        let message = crate::primary::HAND_OFF_BATCH as usize;
+        let message = self
+            .reported
+            .max(self.previous)
+            .min(crate::primary::HAND_OFF_BATCH) as usize;
         match self.estimate(lp) {
             u32::MAX => Some(usize::MAX),
             h if h as usize > message => Some(h as usize - message),
@@ -179,6 +186,7 @@ impl FdBudget {
         let shrank = r > 0 && h / 2 < r;
         let grew = h / 4 > 0 && h / 4 >= r.saturating_mul(2);
         if shrank || grew {
+            self.previous = self.reported;
             self.reported = h / 4;
             return (self.reported, true);
         }
