@@ -327,7 +327,8 @@ impl Worker {
         if let Some(s) = server.filter(|s| !s.is_closing()) {
             let (credit, changed) = self.credit_of(lp, &s);
             full |= credit == 0;
-            if reply || credit == 0 || changed {
+            let announce = self.inner.borrow().announce_credit;
+            if reply || credit == 0 || changed || announce {
                 let _ = self.send_msg(lp, &Message::Credit { credit });
             }
         }

@@ -135,6 +135,9 @@ struct Inner {
     /// Since when a drain stopped at the headroom waits to read on
     /// ([`Worker::drain_later`]).
     redrain_since: Option<u64>,
+    /// A delayed drain runs: hand-offs it reads are answered with the credit, since the
+    /// primary may be waiting to see them read (nothing else would wake it).
+    announce_credit: bool,
 }
 
 impl Inner {
@@ -218,6 +221,7 @@ impl Worker {
                 credit_watch: None,
                 fds: fds::FdBudget::default(),
                 redrain_since: None,
+                announce_credit: false,
             })),
             hooks: Rc::new(Hooks::default()),
         };
@@ -692,8 +696,14 @@ impl Worker {
             self.redrain_soon(lp);
             return;
         }
-        self.inner.borrow_mut().redrain_since = None;
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.redrain_since = None;
+            // The primary may be waiting to see these read: say the credit after them.
+            inner.announce_credit = true;
+        }
         self.drain(lp, stalled);
+        self.inner.borrow_mut().announce_credit = false;
     }
 
     fn handle(&self, lp: &mut EventLoop, msg: Message, fds: Vec<OwnedFd>) {
