@@ -52,6 +52,11 @@ use crate::sys;
 /// Least time (ms) between two counts of the descriptor table while near the limit.
 pub const RECOUNT_MS: u64 = 250;
 
+/// How long (ms) after a credit report the worker allows for the primary to hear it
+/// before it counts on the primary going by it (the margin covers a primary slower than
+/// that).
+pub const HEARD_MS: u64 = 20;
+
 /// Longest time (ms) a worker out of headroom leaves its channel unread: then it reads one
 /// message anyway, so the primary's control messages (heartbeats, disconnect) wait at
 /// most this long. What the primary sent before it heard credit 0 is all there can be,
@@ -80,6 +85,8 @@ pub(super) struct FdBudget {
     reported: u32,
     /// The report before that: the primary may not have heard the last one yet.
     previous: u32,
+    /// When the last report was made (loop ms).
+    reported_at: u64,
 }
 
 impl Default for FdBudget {
@@ -91,6 +98,7 @@ impl Default for FdBudget {
             recount_scheduled: false,
             reported: u32::MAX,
             previous: u32::MAX,
+            reported_at: 0,
         }
     }
 }
@@ -148,15 +156,18 @@ impl FdBudget {
     /// message that reaches the budget); `None` when there is no more room than that: the
     /// channel is not read (the primary, seeing nothing read, sends nothing more) until
     /// connections close or [`READ_STALL_MAX_MS`] passed. A message brings at most the
-    /// credit the primary knows (the last report, or the one before if it has not heard
-    /// yet), and never more than [`HAND_OFF_BATCH`].
+    /// credit the primary knows (the last report, or for [`HEARD_MS`] after it, the one
+    /// before, which the primary may still go by), and never more than [`HAND_OFF_BATCH`].
     ///
     /// [`HAND_OFF_BATCH`]: crate::primary::HAND_OFF_BATCH
     pub(super) fn read_budget(&self, lp: &EventLoop) -> Option<usize> {
-        let message = self
-            .reported
-            .max(self.previous)
-            .min(crate::primary::HAND_OFF_BATCH) as usize;
+        let heard = lp.now().saturating_sub(self.reported_at) >= HEARD_MS;
+        let known = if heard {
+            self.reported
+        } else {
+            self.reported.max(self.previous)
+        };
+        let message = known.min(crate::primary::HAND_OFF_BATCH) as usize;
         match self.estimate(lp) {
             u32::MAX => Some(usize::MAX),
             h if h as usize > message => Some(h as usize - message),
@@ -187,6 +198,7 @@ impl FdBudget {
         let grew = h / 4 > 0 && h / 4 >= r.saturating_mul(2);
         if shrank || grew {
             self.previous = self.reported;
+            self.reported_at = lp.now();
             self.reported = h / 4;
             return (self.reported, true);
         }
