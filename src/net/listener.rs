@@ -6,6 +6,14 @@
 //!
 //! Each accepted stream gets the listener's [`StreamOptions`] (by default `TCP_NODELAY`
 //! and back-pressure on; see [`Listener::set_stream_options`]).
+//!
+//! When accepting fails because the descriptor table is full (`EMFILE`, or `ENFILE` for
+//! the system's), the listener stops accepting and tries again after
+//! [`ACCEPT_RETRY_MS`], until it works: the clients wait in the backlog meanwhile (or are
+//! taken by other processes accepting on the same socket). Retrying at once would spin,
+//! and waiting for the next readiness event could wait forever, since an edge-triggered
+//! poller does not report connections that were already waiting. The error handler (or
+//! the log) hears once per episode.
 
 use std::fmt;
 use std::io;
@@ -18,6 +26,11 @@ use crate::rt::{EventLoop, IoId};
 
 /// Connections accepted per readiness event before yielding to other handles.
 pub const ACCEPTS_PER_EVENT: usize = 128;
+
+/// How long (ms) a listener that could not accept for want of descriptors waits before it
+/// tries again: long enough that retrying costs nothing, short enough that clients barely
+/// notice once descriptors are free again.
+pub const ACCEPT_RETRY_MS: u64 = 250;
 
 /// A listening TCP or Unix socket on a loop. `Copy`: it is an id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,6 +50,11 @@ pub(crate) struct ListenerState {
     on_conn: Option<ConnCb>,
     on_error: Option<ErrCb>,
     opts: StreamOptions,
+    /// Accepting is off for want of descriptors; the timer that retries.
+    retry: Option<crate::rt::TimerId>,
+    /// An episode of failing accepts for want of descriptors is under way (it was
+    /// reported; it ends once the backlog is empty).
+    episode: bool,
 }
 
 impl fmt::Debug for ListenerState {
@@ -87,6 +105,8 @@ impl Listener {
             on_conn: Some(on_conn),
             on_error: None,
             opts: StreamOptions::default(),
+            retry: None,
+            episode: false,
         };
         let id = lp.register(st, Interest::READABLE, |lp, id, _| {
             accept_some(lp, Listener(id))
@@ -110,8 +130,9 @@ impl Listener {
         }
     }
 
-    /// Sets the callback for accept errors other than `WouldBlock` (e.g. `EMFILE`); without
-    /// one they are logged. The listener stays open.
+    /// Sets the callback for accept errors other than `WouldBlock` (e.g. `EMFILE`, once per
+    /// episode: see the module docs); without one they are logged. The listener stays
+    /// open.
     pub fn on_error<F>(self, lp: &mut EventLoop, cb: F)
     where
         F: FnMut(&mut EventLoop, Listener, io::Error) + 'static,
@@ -144,6 +165,12 @@ impl Listener {
 
     /// Stops listening and closes the socket; `on_close` runs in the closing phase.
     pub fn close<F: FnOnce(&mut EventLoop) + 'static>(self, lp: &mut EventLoop, on_close: F) {
+        let retry = lp
+            .io_mut::<ListenerState>(self.0)
+            .and_then(|st| st.retry.take());
+        if let Some(t) = retry {
+            lp.clear_timeout(t);
+        }
         lp.close(self.0, on_close);
     }
 
@@ -163,6 +190,9 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
         let Some(st) = lp.io_mut::<ListenerState>(l.0) else {
             return;
         };
+        if st.retry.is_some() {
+            return; // out of descriptors: the retry timer accepts
+        }
         let opts = st.opts;
         match st.sock.accept() {
             Ok(sock) => match Stream::accepted(lp, sock, &opts) {
@@ -170,8 +200,13 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
                 Err(e) => emit_error(lp, l, e),
             },
             Err(e) => match e.kind() {
-                io::ErrorKind::WouldBlock => return,
+                io::ErrorKind::WouldBlock => {
+                    // The backlog is empty: an episode of want of descriptors is over.
+                    st.episode = false;
+                    return;
+                }
                 io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => {}
+                _ if crate::sys::is_fd_exhaustion(&e) => return out_of_fds(lp, l, e),
                 _ => return emit_error(lp, l, e),
             },
         }
@@ -179,6 +214,25 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
     lp.queue_pending(move |lp| accept_some(lp, l));
 }
 
+/// Accepting on `l` failed for want of descriptors: retry after [`ACCEPT_RETRY_MS`];
+/// report the error if this starts an episode.
+fn out_of_fds(lp: &mut EventLoop, l: Listener, e: io::Error) {
+    let t = lp.set_timeout(ACCEPT_RETRY_MS, move |lp| {
+        if let Some(st) = lp.io_mut::<ListenerState>(l.0) {
+            st.retry = None;
+            accept_some(lp, l);
+        }
+    });
+    lp.unref(t); // the listener keeps the loop alive, not its retry
+    let Some(st) = lp.io_mut::<ListenerState>(l.0) else {
+        lp.clear_timeout(t);
+        return;
+    };
+    st.retry = Some(t);
+    if !std::mem::replace(&mut st.episode, true) {
+        emit_error(lp, l, e);
+    }
+}
 fn emit_conn(lp: &mut EventLoop, l: Listener, s: Stream) {
     let Some(mut cb) = lp
         .io_mut::<ListenerState>(l.0)

@@ -21,11 +21,12 @@
 //! | `enter_batch()` / `leave_batch()` | move the calling thread from the normal scheduling class to the batch class and back (Linux `SCHED_OTHER` ⇄ `SCHED_BATCH`; `enter_batch` says whether it moved; no-ops elsewhere, which have no such class); `leave_batch` may run in a forked child before `exec` |
 //! | `OneShotTimer` | a one-shot timer finer than the loop's milliseconds whose descriptor turns readable when it fires: `new`, `arm(after)`, `take()` (Linux `timerfd`; a private kqueue with an `EVFILT_TIMER` elsewhere) |
 //!
-//! The portable code on top ([`scm`], [`process`], [`watch`]) uses only those items and POSIX
-//! calls.
+//! The portable code on top ([`scm`], [`process`], [`watch`], the descriptor limit:
+//! [`fd_limit`], [`set_fd_limit`]) uses only those items and POSIX calls.
 //! `cfg(target_os)` appears in this file only.
 
 pub mod cputime;
+mod fdlimit;
 pub mod net;
 pub mod process;
 pub mod rss;
@@ -40,6 +41,8 @@ mod imp;
 #[path = "bsd.rs"]
 mod imp;
 
+pub(crate) use fdlimit::fd_limit_summary;
+pub use fdlimit::{fd_limit, is_fd_exhaustion, set_fd_limit};
 /// The calling thread's scheduling policy (Linux only; see
 /// [`PrimaryOptions::yield_to_workers`](crate::primary::PrimaryOptions::yield_to_workers)).
 #[cfg(any(target_os = "linux", target_os = "android"))]
