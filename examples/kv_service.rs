@@ -6,46 +6,42 @@
 //! `X-Worker` (the worker's id) and `X-Cache` (`hit`, `miss` or `-`).
 //!
 //! A worker asks the primary with a numbered question and keeps the response that waits
-//! for the answer in its loop's state under that number; the answer ends it. The same
-//! program as Node's classic cached key-value cluster (promises keyed by a request
-//! number), which listens on every interface and writes object keys in insertion order;
-//! this one listens on 127.0.0.1 only and writes object keys sorted.
+//! for the answer in its loop's state under that number (a slab of responses: the number
+//! is the response's key); the answer ends it. The same program as Node's classic cached
+//! key-value cluster (promises keyed by a request number), with three differences: it
+//! listens on 127.0.0.1 only (Node: every interface), writes object keys sorted (Node: in
+//! insertion order), and a worker caches a value it puts once the primary has stored it
+//! (Node: before asking), so a GET racing a PUT on the same worker says `miss` where Node
+//! says `hit` — with the same value, as the primary answers each worker in order.
 //!
 //! Run: `cargo run --features serde --example kv_service -- [--port P]` (default 8124; 0
 //! picks a free port). The primary prints `listening on ADDR` once the first worker
 //! listens.
 
-use std::collections::HashMap;
-
 use forkloop::http::{Config, Request, Response, Server};
 use forkloop::primary::{Event, Primary};
-use forkloop::worker::{Incoming, Worker};
+use forkloop::worker::Worker;
 use forkloop::{EventLoop, Side};
-use serde_json::{Value, json};
-use slab::Slab;
+use serde_json::{Map, Value, json};
 
 /// The store (in the primary) or a worker's cache: one per process, on its loop.
-type Values = HashMap<String, Value>;
-
-/// A worker's responses waiting for the primary's answer; a response's slab key is the
-/// number of its question.
-type Waiting = Slab<Response>;
+type Values = Map<String, Value>;
 
 fn on_event(lp: &mut EventLoop, p: &Primary, ev: &mut Event) -> Option<()> {
     if let Event::Listening { worker: 1, address } = ev {
         println!("listening on {address}");
     }
-    let (w, m) = (ev.worker()?, ev.json::<Value>()?.ok()?);
-    let (key, store) = (m["key"].as_str()?, lp.state::<Values>());
-    // The answer names the key; no "value" in it means no such key.
-    let mut answer = json!({ "req": m["req"], "key": key });
+    // The answer is the question with its result: `created`, and the key's `value` (none in
+    // the answer: no such key).
+    let (w, mut m) = (ev.worker()?, ev.json::<Value>()?.ok()?);
+    let (key, store) = (m["key"].as_str()?.to_string(), lp.state::<Values>());
     if m["type"] == "put" {
-        answer["created"] = json!(store.insert(key.into(), m["value"].clone()).is_none());
+        m["created"] = json!(store.insert(key.clone(), m["value"].clone()).is_none());
         let _ = p.broadcast_json(lp, Some(w), &json!({ "type": "invalidate", "key": key }));
-    } else if let Some(value) = store.get(key) {
-        answer["value"] = value.clone();
+    } else if let Some(value) = store.get(&key) {
+        m["value"] = value.clone();
     }
-    p.send_json(lp, w, &answer).ok()
+    p.send_json(lp, w, &m).ok()
 }
 
 fn error(text: impl ToString) -> Value {
@@ -69,39 +65,34 @@ fn on_request(lp: &mut EventLoop, w: &Worker, req: &Request, mut res: Response) 
         (_, "GET", Some(value)) => return send(lp, res, 200, &value, "hit"),
         (Some(key), "GET", None) => json!({ "type": "get", "key": key }),
         (Some(key), "PUT", _) => match serde_json::from_slice::<Value>(req.body()) {
-            Ok(value) => {
-                lp.state::<Values>().insert(key.into(), value.clone());
-                json!({ "type": "put", "key": key, "value": value })
-            }
+            Ok(value) => json!({ "type": "put", "key": key, "value": value }),
             Err(e) => return send(lp, res, 400, &error(format!("body is not JSON: {e}")), "-"),
         },
         _ => return send(lp, res, 405, &error("GET or PUT"), "-"),
     };
-    // Ask the primary; `on_answer` ends the response.
-    let req = lp.state::<Waiting>().insert(res);
-    question["req"] = req.into();
-    if let Err(e) = w.send_json(lp, &question) {
-        let res = lp.state::<Waiting>().remove(req);
-        send(lp, res, 503, &error(e), "-");
+    // Ask the primary under the number the response gets in the slab; `on_answer` ends it.
+    question["req"] = lp.state::<slab::Slab<Response>>().vacant_key().into();
+    match w.send_json(lp, &question) {
+        Ok(()) => _ = lp.state::<slab::Slab<Response>>().insert(res),
+        Err(e) => send(lp, res, 503, &error(e), "-"),
     }
 }
 
 /// A message from the primary: the answer to a question, or a key to drop from the cache.
-fn on_answer(lp: &mut EventLoop, m: &Incoming) -> Option<()> {
-    let m: Value = m.json().ok()?;
+fn on_answer(lp: &mut EventLoop, m: Value) -> Option<()> {
     let (key, cache) = (m["key"].as_str()?, lp.state::<Values>());
-    if m["type"] == "invalidate" {
-        return cache.remove(key).map(drop);
-    } else if let Some(value) = m.get("value") {
+    // Whatever value the primary answers with is the key's value now: cache it.
+    if let Some(value) = m.get("value") {
         cache.insert(key.into(), value.clone());
     }
-    let (code, body, cache) = match (&m["created"], m.get("value")) {
-        (Value::Bool(created), _) => (if *created { 201 } else { 200 }, json!({ "ok": true }), "-"),
-        (_, Some(value)) => (200, value.clone(), "miss"),
-        (_, None) => (404, error("no such key"), "miss"),
+    let (code, body, cache) = match (m["type"].as_str()?, &m["created"], m.get("value")) {
+        ("invalidate", ..) => return cache.remove(key).map(drop),
+        (_, Value::Bool(c), _) => (if *c { 201 } else { 200 }, json!({ "ok": true }), "-"),
+        (_, _, Some(value)) => (200, value.clone(), "miss"),
+        _ => (404, error("no such key"), "miss"),
     };
     let req = m["req"].as_u64()? as usize;
-    let res = lp.state::<Waiting>().try_remove(req)?;
+    let res = lp.state::<slab::Slab<Response>>().try_remove(req)?;
     Some(send(lp, res, code, &body, cache))
 }
 
@@ -115,7 +106,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             p.on(|lp, p, ev| _ = on_event(lp, p, ev));
         }
         Side::Worker(w) => {
-            w.on_message(&mut lp, |lp, _, m| _ = on_answer(lp, m));
+            w.on_message(&mut lp, |lp, _, m| _ = m.json().map(|m| on_answer(lp, m)));
             let (id, addr, cfg) = (w.id(), ([127, 0, 0, 1], port).into(), Config::default());
             let srv = Server::listen(&mut lp, Some(&w.clone()), addr, cfg, move |lp, req, res| {
                 on_request(lp, &w, req, res)
