@@ -93,7 +93,8 @@ fn on_answer(lp: &mut EventLoop, m: Value) -> Option<()> {
     };
     let req = m["req"].as_u64()? as usize;
     let res = lp.state::<slab::Slab<Response>>().try_remove(req)?;
-    Some(send(lp, res, code, &body, cache))
+    send(lp, res, code, &body, cache);
+    Some(())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
