@@ -358,6 +358,16 @@ fn get_on(addr: std::net::SocketAddr, path: &str, want: impl Fn(u32) -> bool) ->
     panic!("GET {path}: the wanted worker never answered in 40 tries");
 }
 
+/// GETs `/kv/k` until a worker `want` accepts answers, checks that it answers 200 with
+/// `value` and `X-Cache: cache`, and returns the worker.
+fn get_kv(addr: std::net::SocketAddr, want: impl Fn(u32) -> bool, value: &str, cache: &str) -> u32 {
+    let r = get_on(addr, "/kv/k", want);
+    let got = (r.status, r.body.trim_end(), r.header("X-Cache"));
+    assert_eq!(got, (200, value, Some(cache)), "{r:?}");
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+    r.worker()
+}
+
 /// Node's cached key-value service: values put through one worker are read through the
 /// other, a put through one worker drops the other's cached copy, and errors are answered
 /// with their status.
@@ -377,42 +387,16 @@ fn kv_service_shares_values_and_invalidates_caches() {
     assert_eq!(r.header("X-Cache"), Some("-"));
     let a = r.worker();
     // The other worker asks the primary (and caches), then answers from its cache.
-    let r = get_on(addr, "/kv/k", |w| w != a);
-    assert_eq!(
-        (r.status, r.body.as_str(), r.header("X-Cache")),
-        (200, "{\"v\":1}\n", Some("miss")),
-        "{r:?}"
-    );
-    let b = r.worker();
-    let r = get_on(addr, "/kv/k", |w| w == b);
-    assert_eq!(
-        (r.body.as_str(), r.header("X-Cache")),
-        ("{\"v\":1}\n", Some("hit")),
-        "{r:?}"
-    );
+    let b = get_kv(addr, |w| w != a, "{\"v\":1}", "miss");
+    get_kv(addr, |w| w == b, "{\"v\":1}", "hit");
     // The putting worker cached its own value.
-    let r = get_on(addr, "/kv/k", |w| w == a);
-    assert_eq!(
-        (r.body.as_str(), r.header("X-Cache")),
-        ("{\"v\":1}\n", Some("hit")),
-        "{r:?}"
-    );
+    get_kv(addr, |w| w == a, "{\"v\":1}", "hit");
     // Both cache v1 now. An update through one worker invalidates the other's copy.
     let r = put(r#"{"v": 2}"#);
     assert_eq!(r.status, 200, "an update: {r:?}");
     let (via, other) = if r.worker() == a { (a, b) } else { (b, a) };
-    let r = get_on(addr, "/kv/k", |w| w == other);
-    assert_eq!(
-        (r.body.as_str(), r.header("X-Cache")),
-        ("{\"v\":2}\n", Some("miss")),
-        "{r:?}"
-    );
-    let r = get_on(addr, "/kv/k", |w| w == via);
-    assert_eq!(
-        (r.body.as_str(), r.header("X-Cache")),
-        ("{\"v\":2}\n", Some("hit")),
-        "{r:?}"
-    );
+    get_kv(addr, |w| w == other, "{\"v\":2}", "miss");
+    get_kv(addr, |w| w == via, "{\"v\":2}", "hit");
     // Errors.
     let r = put("{not json");
     assert_eq!(r.status, 400, "{r:?}");
@@ -420,24 +404,26 @@ fn kv_service_shares_values_and_invalidates_caches() {
         r.body.starts_with("{\"error\":\"body is not JSON: "),
         "{r:?}"
     );
-    let r = request(addr, "DELETE", "/kv/k", "").expect("DELETE");
-    assert_eq!(
-        (r.status, r.body.as_str()),
-        (405, "{\"error\":\"GET or PUT\"}\n"),
-        "{r:?}"
-    );
-    let r = request(addr, "GET", "/elsewhere", "").expect("GET");
-    assert_eq!(
-        (r.status, r.body.as_str()),
-        (404, "{\"error\":\"try /kv/<key>\"}\n"),
-        "{r:?}"
-    );
-    let r = request(addr, "GET", "/kv/nothing", "").expect("GET");
-    assert_eq!(
-        (r.status, r.body.as_str()),
-        (404, "{\"error\":\"no such key\"}\n"),
-        "{r:?}"
-    );
-    assert_eq!(r.header("X-Cache"), Some("miss"));
-    assert_eq!(r.header("Content-Type"), Some("application/json"));
+    for (method, path, status, answer, cache) in [
+        ("DELETE", "/kv/k", 405, r#"{"error":"GET or PUT"}"#, "-"),
+        (
+            "GET",
+            "/elsewhere",
+            404,
+            r#"{"error":"try /kv/<key>"}"#,
+            "-",
+        ),
+        (
+            "GET",
+            "/kv/nothing",
+            404,
+            r#"{"error":"no such key"}"#,
+            "miss",
+        ),
+    ] {
+        let r = request(addr, method, path, "").expect(method);
+        let got = (r.status, r.body.trim_end(), r.header("X-Cache"));
+        assert_eq!(got, (status, answer, Some(cache)), "{method} {path}: {r:?}");
+        assert_eq!(r.header("Content-Type"), Some("application/json"));
+    }
 }
