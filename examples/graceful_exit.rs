@@ -20,11 +20,9 @@ use forkloop::primary::Event;
 use forkloop::primary::supervise::{Supervisor, SupervisorOptions};
 use forkloop::{EventLoop, Side};
 
-fn main() -> forkloop::Result<()> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port = std::env::args().skip_while(|a| a != "--port").nth(1);
-    let port: u16 = port
-        .map_or(Ok(8123), |p| p.parse())
-        .map_err(|e| forkloop::Error::Config(format!("--port: {e}")))?;
+    let port: u16 = port.as_deref().unwrap_or("8123").parse()?;
     let mut lp = EventLoop::new()?;
     match forkloop::start(&mut lp)? {
         Side::Primary(p) => {
