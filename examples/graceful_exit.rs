@@ -1,16 +1,18 @@
 //! A cluster whose workers can leave on purpose without losing a request: two workers
 //! under a supervisor serve HTTP; `/crash` answers `worker N going down` with
 //! `Connection: close`, and the worker says it is going down, stops accepting and exits
-//! once its requests in flight are done, while the supervisor starts its replacement (no
-//! more than five unstable ones per slot in 10 s: then the slot waits for the breaker's
-//! cool-down). `/slow` answers after 1 s, any other path after 0–20 ms with
+//! once its requests in flight are done, while the supervisor starts its replacement
+//! within its restart budget (a worker that leaves within 1 s of starting is replaced after
+//! a growing delay, and more than five such ends of a slot in 10 s trip its breaker: the
+//! slot waits for the cool-down; Node's program counts five restarts in 10 s for the whole
+//! cluster). `/slow` answers after 1 s, any other path after 0–20 ms with
 //! `<url> served by worker N`. SIGTERM lets the workers finish and exits with 0. The same
 //! program as Node's classic graceful-exit cluster (`process.send({cmd: 'going-down'})`,
 //! `server.close()`, a hand-rolled restart window), which listens on every interface;
 //! this one listens on 127.0.0.1 only.
 //!
 //! Run: `cargo run --example graceful_exit -- [--port P]` (default 8123; 0 picks a free
-//! port). The primary prints `listening on ADDR` once the first worker listens.
+//! port). The primary prints `listening on ADDR` once worker 1 listens.
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;

@@ -6,8 +6,9 @@
 //! `X-Worker` (the worker's id) and `X-Cache` (`hit`, `miss` or `-`).
 //!
 //! A worker asks the primary with a numbered question and keeps the response that waits
-//! for the answer in its loop's state under that number (a slab of responses: the number
-//! is the response's key); the answer ends it. The same program as Node's classic cached
+//! for the answer in its loop's state under that number (a slab of responses from the
+//! `slab` crate, which forkloop uses too: the number is the response's key); the answer
+//! ends it. The same program as Node's classic cached
 //! key-value cluster (promises keyed by a request number), with three differences: it
 //! listens on 127.0.0.1 only (Node: every interface), writes object keys sorted (Node: in
 //! insertion order), and a worker caches a value it puts once the primary has stored it
@@ -15,8 +16,7 @@
 //! says `hit` — with the same value, as the primary answers each worker in order.
 //!
 //! Run: `cargo run --features serde --example kv_service -- [--port P]` (default 8124; 0
-//! picks a free port). The primary prints `listening on ADDR` once the first worker
-//! listens.
+//! picks a free port). The primary prints `listening on ADDR` once worker 1 listens.
 
 use forkloop::http::{Config, Request, Response, Server};
 use forkloop::primary::{Event, Primary};
