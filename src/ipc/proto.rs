@@ -42,6 +42,26 @@ pub enum Endpoint {
     Unix(PathBuf),
 }
 
+/// An address as a person reads it: `127.0.0.1:8000` or `[::1]:8000` for TCP, `udp
+/// 127.0.0.1:53` for UDP, the path for a Unix-domain socket.
+///
+/// ```
+/// use forkloop::ipc::Endpoint;
+///
+/// assert_eq!(Endpoint::Tcp("[::1]:8000".parse().unwrap()).to_string(), "[::1]:8000");
+/// assert_eq!(Endpoint::Udp("127.0.0.1:53".parse().unwrap()).to_string(), "udp 127.0.0.1:53");
+/// assert_eq!(Endpoint::Unix("/run/app.sock".into()).to_string(), "/run/app.sock");
+/// ```
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Udp(a) => write!(f, "udp {a}"),
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// A worker's request for a listening socket (Node's `queryServer`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ListenRequest {

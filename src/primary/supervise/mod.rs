@@ -192,15 +192,6 @@ impl Host for LoopHost<'_> {
     }
 }
 
-/// An address as a person reads it.
-fn endpoint_text(e: &Endpoint) -> String {
-    match e {
-        Endpoint::Tcp(a) => a.to_string(),
-        Endpoint::Udp(a) => format!("udp {a}"),
-        Endpoint::Unix(p) => p.display().to_string(),
-    }
-}
-
 impl Supervisor {
     /// Supervises `p` on `lp`; call [`Supervisor::start`] to fork the workers.
     ///
@@ -472,7 +463,7 @@ impl Supervisor {
                         | io::ErrorKind::AddrNotAvailable
                 )
         };
-        let text = endpoint_text(address);
+        let text = address.to_string();
         self.emit(
             lp,
             SupervisorEvent::ListenFailed {
