@@ -162,7 +162,11 @@ impl Running {
     /// Starts example `name` with `args`, its standard output read line by line.
     fn start(name: &str, args: &[&str]) -> Running {
         let path = example(name);
-        assert!(path.exists(), "{} not built", path.display());
+        assert!(
+            path.exists(),
+            "{} not built (cargo test builds the examples; alone: cargo build --examples --all-features)",
+            path.display()
+        );
         let mut child = Command::new(&path)
             .args(args)
             .stdout(std::process::Stdio::piped())
