@@ -34,13 +34,7 @@ impl Primary {
     }
 
     fn read_channel(&self, lp: &mut EventLoop, worker: u32, limit: ReadLimit) {
-        let Some(io) = self
-            .inner
-            .borrow()
-            .workers
-            .get(&worker)
-            .and_then(|e| e.channel)
-        else {
+        let Some(io) = self.registered_channel(worker) else {
             return;
         };
         let peer = format!("worker {worker}");

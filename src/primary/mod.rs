@@ -599,6 +599,15 @@ impl Primary {
             .and_then(|e| e.channel)
     }
 
+    /// The channel registered for `worker`, connected or not (to read what it left).
+    fn registered_channel(&self, worker: u32) -> Option<IoId> {
+        self.inner
+            .borrow()
+            .workers
+            .get(&worker)
+            .and_then(|e| e.channel)
+    }
+
     /// Asks a worker to leave gracefully (Node's `worker.disconnect()`): it is delisted at
     /// once and marked as leaving on purpose; it closes its servers, lets their connections
     /// finish, closes its channel and exits. Returns false if it is not connected.

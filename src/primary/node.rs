@@ -507,13 +507,7 @@ impl Primary {
     /// If `worker` speaks Node's protocol, reads and acts on its channel and returns
     /// true.
     pub(super) fn on_node_channel(&self, lp: &mut EventLoop, worker: u32) -> bool {
-        let Some(io) = self
-            .inner
-            .borrow()
-            .workers
-            .get(&worker)
-            .and_then(|e| e.channel)
-        else {
+        let Some(io) = self.registered_channel(worker) else {
             return false;
         };
         if lp.io_ref::<NodeLink>(io).is_none() {
