@@ -634,7 +634,9 @@ fn restart_of_the_only_worker_refuses_no_client() {
     let (a, s2) = (answer.clone(), sup.clone());
     sup.on(move |lp, _, ev| match ev {
         SupervisorEvent::Ready { worker: 1, .. } => {
-            let _ = s2.primary().kill(1, nix::sys::signal::Signal::SIGKILL as i32);
+            let _ = s2
+                .primary()
+                .kill(1, nix::sys::signal::Signal::SIGKILL as i32);
         }
         SupervisorEvent::Restarting { .. } => {
             let addr = SocketAddr::from(([127, 0, 0, 1], port.get()));
