@@ -184,7 +184,8 @@ impl Listener {
     /// waiting ([`Listener::set_waiting`], at its connection limit), every connection that
     /// arrived after its wake-up was also reported to another process, and the one that
     /// woke it it accepted first. A process that starts waiting again is told at once of
-    /// connections already queued.
+    /// connections already queued. A process whose loop is busy or stuck is not blocked
+    /// in its poll, so it never takes a wake-up from the others.
     pub(crate) fn wait_exclusive(self, lp: &mut EventLoop) -> io::Result<bool> {
         if !sys::EXCLUSIVE_WAIT {
             return Ok(false);
