@@ -138,3 +138,74 @@ fn the_classic_programs_are_short_and_need_no_refcell() {
         }
     }
 }
+
+/// Kills and reaps the child when dropped, even if the test fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn handoff_ceiling_counts_the_connections_its_workers_were_handed() {
+    use std::io::BufRead;
+    use std::sync::mpsc;
+    const CONNS: u64 = 20;
+    let path = example("handoff_ceiling");
+    assert!(path.exists(), "{} not built", path.display());
+    let mut child = Reaped(
+        Command::new(&path)
+            .args(["--workers", "2"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn handoff_ceiling"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let limit = Duration::from_secs(20);
+    let first = lines.recv_timeout(limit).expect("a listening line");
+    let port: u16 = first
+        .strip_prefix("listening port=")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("not a listening line: {first}"));
+    for _ in 0..CONNS {
+        drop(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    // Hand-offs lag the connects a little: ask until all are counted.
+    let end = Instant::now() + limit;
+    let mut last = String::new();
+    while Instant::now() < end {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).expect("SIGUSR1");
+        last = lines.recv_timeout(limit).expect("a handed= line");
+        if last == format!("handed={CONNS}") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(last, format!("handed={CONNS}"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.0.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(Instant::now() < end, "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
+}
