@@ -383,13 +383,19 @@ impl Server {
     /// Hands a connection to the server, applying the server's [`StreamOptions`]. Returns
     /// `false` (and destroys the stream) if the server is closing or at its connection cap.
     pub fn adopt(&self, lp: &mut EventLoop, conn: Stream) -> bool {
-        let full = self.capacity(lp) == 0;
+        let room = self.capacity(lp);
+        let full = room == 0;
         let opts;
         let cb = {
             let mut inner = self.0.borrow_mut();
             if inner.closing || full {
+                let closing = inner.closing;
                 drop(inner);
                 conn.destroy(lp);
+                if !closing {
+                    // The cap was lowered under it: stop taking what others could serve.
+                    self.pause_if_full(lp);
+                }
                 return false;
             }
             if inner.conns.len() >= inner.prune_at {
@@ -410,7 +416,10 @@ impl Server {
                 inner.on_connection = Some(cb);
             }
         }
-        self.pause_if_full(lp);
+        if room == 1 {
+            // That was the last one it had room for.
+            self.pause_if_full(lp);
+        }
         true
     }
 
