@@ -338,3 +338,57 @@ ratio_of() {
   if [ "$1" = NA ] || [ "$2" = NA ]; then echo NA; return; fi
   awk -v a="$1" -v b="$2" 'BEGIN {if (b == 0) print "NA"; else printf "%.2f\n", a / b}'
 }
+
+# --- held HTTP clients (bash's /dev/tcp: no extra program) ---------------------------
+# A client holds one keep-alive connection with one `GET /` on it. The connections are
+# made to 127.0.0.1 only; a connect waits for the server's kernel backlog (default 511),
+# so keep N below it.
+
+# open_clients N PORT: opens N clients; their descriptors go to WAITING_FDS (connects
+# that failed count in CONNECT_FAILS). ANSWERED_FDS and RESET_COUNT start empty.
+open_clients() {
+  local n=$1 port=$2 i fd
+  WAITING_FDS=() ANSWERED_FDS=() RESET_COUNT=0 CONNECT_FAILS=0
+  for ((i = 0; i < n; i++)); do
+    if exec {fd}<>"/dev/tcp/127.0.0.1/$port"; then
+      # shellcheck disable=SC2261  # $fd is a socket, not stderr
+      printf 'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n' >&"$fd" 2>/dev/null || true
+      WAITING_FDS+=("$fd")
+    else
+      CONNECT_FAILS=$((CONNECT_FAILS + 1))
+    fi
+  done 2>/dev/null
+}
+
+# poll_clients: one pass over WAITING_FDS. A client whose answer has begun (a status line
+# `HTTP/1.x `) moves to ANSWERED_FDS; one whose connection ended or failed first (reset,
+# or closed unanswered) counts in RESET_COUNT and is closed.
+poll_clients() {
+  local fd line still=()
+  for fd in ${WAITING_FDS[@]+"${WAITING_FDS[@]}"}; do
+    # -t 0: succeeds at once if data (or EOF, or an error) is waiting, reads nothing.
+    if read -r -t 0 -u "$fd" 2>/dev/null; then
+      if IFS= read -r -t 1 -u "$fd" line 2>/dev/null && [[ $line == HTTP/1.?\ * ]]; then
+        ANSWERED_FDS+=("$fd")
+      else
+        RESET_COUNT=$((RESET_COUNT + 1))
+        exec {fd}>&-
+      fi
+    else
+      still+=("$fd")
+    fi
+  done
+  WAITING_FDS=(${still[@]+"${still[@]}"})
+}
+
+# close_answered K: closes (hangs up) the first K answered clients.
+close_answered() {
+  local k=$1 fd
+  while [ "$k" -gt 0 ] && [ ${#ANSWERED_FDS[@]} -gt 0 ]; do
+    fd=${ANSWERED_FDS[0]}
+    exec {fd}>&-
+    ANSWERED_FDS=("${ANSWERED_FDS[@]:1}")
+    CLOSED_COUNT=$((${CLOSED_COUNT:-0} + 1))
+    k=$((k - 1))
+  done
+}

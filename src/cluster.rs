@@ -312,10 +312,28 @@ pub(crate) fn drain_channel(
     peer: &dyn std::fmt::Display,
     limit: ReadLimit,
 ) -> (Received, Option<Ended>) {
+    let (msgs, closed, _) = drain_channel_within(lp, io, peer, limit, usize::MAX);
+    (msgs, closed)
+}
+
+/// [`drain_channel`], but it also stops reading once the messages read carry `max_fds`
+/// descriptors or more (it reads at least one message): every descriptor read is one
+/// more open in this process until the messages are handled. Also returns whether it
+/// stopped for that; the caller must then drain again itself once it has handled them
+/// (the channel's readiness is edge-triggered: what is left raises no new event).
+pub(crate) fn drain_channel_within(
+    lp: &mut crate::rt::EventLoop,
+    io: crate::rt::IoId,
+    peer: &dyn std::fmt::Display,
+    limit: ReadLimit,
+    max_fds: usize,
+) -> (Received, Option<Ended>, bool) {
     use crate::ipc::{Channel, READ_BUDGET, Recv};
     let mut msgs = Vec::new();
     let mut closed = None;
     let mut yielded = false;
+    let mut at_fd_limit = false;
+    let mut fds_read = 0;
     if let Err(e) = flush_channel(lp, io) {
         closed = Some(Ended::Failed(format!("write failed: {e}")));
     }
@@ -327,6 +345,10 @@ pub(crate) fn drain_channel(
         let start = ch.received_bytes();
         let read_size = ch.config().read_size as u64;
         while closed.is_none() {
+            if fds_read >= max_fds {
+                at_fd_limit = true;
+                break;
+            }
             // Stop where another read could take the wake-up past its budget.
             let spent = ch.received_bytes() - start;
             if budgeted && spent > 0 && spent + read_size > READ_BUDGET as u64 && ch.needs_read() {
@@ -335,8 +357,14 @@ pub(crate) fn drain_channel(
                 break;
             }
             match ch.recv() {
-                Ok(Recv::Frame(f)) => match f.into_message() {
-                    Ok(m) => msgs.push(m),
+                Ok(Recv::Frame(f)) => match f.into_message_with_loss() {
+                    Ok((m, fds, lost)) => {
+                        if lost > 0 {
+                            log_lost(peer, &m, fds.len(), lost);
+                        }
+                        fds_read += fds.len() + lost;
+                        msgs.push((m, fds));
+                    }
                     Err(e) => {
                         log::warn!("closing the channel to {peer}: bad message: {e}");
                         ch.close();
@@ -357,7 +385,32 @@ pub(crate) fn drain_channel(
             }
         });
     }
-    (msgs, closed)
+    (msgs, closed, at_fd_limit)
+}
+
+/// Says which descriptors of message `m` from `peer` were lost to a full descriptor table
+/// (`got` arrived, the `lost` after them did not; see [`InFrame::lost_fds`]).
+///
+/// [`InFrame::lost_fds`]: crate::ipc::InFrame::lost_fds
+fn log_lost(peer: &dyn std::fmt::Display, m: &crate::ipc::Message, got: usize, lost: usize) {
+    use crate::ipc::Message;
+    match m {
+        Message::NewConn { key, seq, .. } => {
+            let first = seq.wrapping_add(got as u64);
+            let last = first.wrapping_add(lost as u64 - 1);
+            log::warn!(
+                "NewConn from {peer} for listener {key}: connections {first}..={last} lost \
+                 (descriptor table full; {got} of its {} arrived and are served)",
+                got + lost
+            );
+        }
+        other => log::warn!(
+            "{:?} message from {peer}: {lost} of its {} descriptor(s) lost (descriptor \
+             table full)",
+            other.kind(),
+            got + lost
+        ),
+    }
 }
 
 /// Queues a frame on the loop-registered channel `io` and writes it at once (see

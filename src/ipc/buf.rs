@@ -32,8 +32,13 @@ pub struct InFrame<'a> {
     pub kind: Kind,
     /// The payload bytes.
     pub payload: &'a [u8],
-    /// Descriptors that travelled with this frame (as many as its header declared).
+    /// Descriptors that travelled with this frame: as many as its header declared, less
+    /// [`InFrame::lost_fds`].
     pub fds: Vec<OwnedFd>,
+    /// Descriptors this frame declared that never arrived: the receive that brought them
+    /// was truncated because this process's descriptor table was full (the kernel closed
+    /// them). The ones in `fds` are the first of the frame's, in order. Usually 0.
+    pub lost_fds: usize,
 }
 
 /// Reassembles frames and pairs them with descriptors.
@@ -43,8 +48,15 @@ pub struct RecvBuffer {
     start: usize,
     end: usize,
     fds: VecDeque<OwnedFd>,
+    /// Descriptors taken from the FIFO so far (by frames, or closed as strays): the
+    /// position in the descriptor stream of `fds[0]`.
+    fds_out: u64,
+    /// Truncated receives not yet claimed by a frame: where their descriptors start in
+    /// the descriptor stream, and how many arrived.
+    cuts: VecDeque<(u64, usize)>,
     limits: Limits,
     stray_fds: u64,
+    lost_fds: u64,
 }
 
 impl RecvBuffer {
@@ -55,8 +67,40 @@ impl RecvBuffer {
             start: 0,
             end: 0,
             fds: VecDeque::new(),
+            fds_out: 0,
+            cuts: VecDeque::new(),
             limits,
             stray_fds: 0,
+            lost_fds: 0,
+        }
+    }
+
+    /// Records that the last read was truncated (`MSG_CTRUNC`) because this process could
+    /// not install every descriptor: the last `got` descriptors queued are all that
+    /// arrived of the next frame with descriptors, which is then delivered with those
+    /// and [`InFrame::lost_fds`] set, instead of failing the channel. (A frame with
+    /// descriptors starts its sender's `sendmsg`, and the kernel hands a `sendmsg`'s
+    /// descriptors to the read that takes its first byte, so the truncated read's
+    /// descriptors are exactly the first ones of that frame.)
+    pub fn truncated(&mut self, got: usize) {
+        let at = self.fds_out + (self.fds.len() - got.min(self.fds.len())) as u64;
+        self.cuts.push_back((at, got));
+    }
+
+    /// Descriptors frames declared that never arrived (see [`InFrame::lost_fds`]).
+    pub fn lost_fds(&self) -> u64 {
+        self.lost_fds
+    }
+
+    /// For a frame declaring `declared` descriptors at the front: how many it takes from
+    /// the FIFO, and the truncated receive that brought them, if it was one (with how
+    /// many arrived).
+    fn claim(&self, declared: usize) -> (usize, Option<usize>) {
+        match self.cuts.front() {
+            Some(&(at, got)) if declared > 0 && at == self.fds_out => {
+                (got.min(declared), Some(got))
+            }
+            _ => (declared, None),
         }
     }
 
@@ -92,7 +136,7 @@ impl RecvBuffer {
         if avail.len() < h.frame_len() {
             return Ok(false);
         }
-        if self.fds.len() < h.fds as usize {
+        if self.fds.len() < self.claim(h.fds as usize).0 {
             return Err(ChannelError::FdMismatch {
                 declared: h.fds,
                 available: self.fds.len(),
@@ -114,7 +158,7 @@ impl RecvBuffer {
         if avail.len() < h.frame_len() {
             return Ok(None);
         }
-        let n = h.fds as usize;
+        let (n, cut) = self.claim(h.fds as usize);
         if self.fds.len() < n {
             return Err(ChannelError::FdMismatch {
                 declared: h.fds,
@@ -122,23 +166,42 @@ impl RecvBuffer {
             });
         }
         let fds = self.fds.drain(..n).collect();
+        self.fds_out += n as u64;
+        let lost = h.fds as usize - n;
+        if let Some(got) = cut {
+            self.cuts.pop_front();
+            // More arrived than the frame declared (a peer lying about its count): they
+            // belong to no frame.
+            let extra = (got - n).min(self.fds.len());
+            self.fds.drain(..extra);
+            self.fds_out += extra as u64;
+            self.stray_fds += extra as u64;
+        }
+        self.lost_fds += lost as u64;
         let payload = self.start + HEADER_LEN..self.start + h.frame_len();
         self.start = payload.end;
         Ok(Some(InFrame {
             kind: h.kind,
             payload: &self.buf[payload],
             fds,
+            lost_fds: lost,
         }))
     }
 
     /// Closes descriptors no frame can claim: when no partial frame is buffered, any queued
     /// descriptor arrived with bytes that are already consumed. Returns how many were closed.
     pub fn close_strays(&mut self) -> usize {
-        if self.start != self.end || self.fds.is_empty() {
+        if self.start != self.end {
+            return 0;
+        }
+        // Truncated receives whose bytes are all consumed have nothing left to claim.
+        self.cuts.clear();
+        if self.fds.is_empty() {
             return 0;
         }
         let n = self.fds.len();
         self.fds.clear();
+        self.fds_out += n as u64;
         self.stray_fds += n as u64;
         log::debug!("closed {n} stray fd(s) that no frame claimed");
         n
@@ -187,7 +250,9 @@ impl RecvBuffer {
         self.start = 0;
         self.end = 0;
         self.stray_fds += self.fds.len() as u64;
+        self.fds_out += self.fds.len() as u64;
         self.fds.clear();
+        self.cuts.clear();
     }
 
     /// Appends bytes directly, as one read would have delivered them; returns how many fit
@@ -469,5 +534,73 @@ impl SendQueue {
                 self.spare.push(seg.buf);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::frame::encode;
+
+    fn null() -> OwnedFd {
+        OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"))
+    }
+
+    /// Feeds `frames` (kind User, payload `[i]`, declaring the given descriptor counts) in
+    /// one read bringing `got` descriptors, marked truncated when `cut`.
+    fn feed(rb: &mut RecvBuffer, declared: &[usize], got: usize, cut: bool) {
+        let mut bytes = Vec::new();
+        for (i, &n) in declared.iter().enumerate() {
+            encode(&mut bytes, Kind::User, n, &[i as u8], &Limits::default()).unwrap();
+        }
+        rb.fill_with(bytes.len(), |buf, fds| {
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            fds.extend((0..got).map(|_| null()));
+            Ok(bytes.len())
+        })
+        .unwrap();
+        if cut {
+            rb.truncated(got);
+        }
+    }
+
+    fn take(rb: &mut RecvBuffer) -> (u8, usize, usize) {
+        let f = rb.next_frame().unwrap().expect("a whole frame");
+        (f.payload[0], f.fds.len(), f.lost_fds)
+    }
+
+    #[test]
+    fn a_truncated_frame_takes_what_arrived_and_the_next_ones_their_own() {
+        let mut rb = RecvBuffer::new(Limits::default());
+        feed(&mut rb, &[3], 1, true);
+        assert_eq!(take(&mut rb), (0, 1, 2));
+        feed(&mut rb, &[0, 1], 1, false);
+        assert_eq!(take(&mut rb), (0, 0, 0));
+        assert_eq!(take(&mut rb), (1, 1, 0));
+        assert_eq!((rb.lost_fds(), rb.stray_fds()), (2, 0));
+    }
+
+    #[test]
+    fn descriptors_beyond_a_truncated_frames_count_are_strays() {
+        // A peer that lies (3 sent with a frame declaring 1) and a truncation: the extra
+        // two must not slide to the next frame.
+        let mut rb = RecvBuffer::new(Limits::default());
+        feed(&mut rb, &[1], 3, true);
+        assert_eq!(take(&mut rb), (0, 1, 0));
+        assert_eq!(rb.stray_fds(), 2);
+        feed(&mut rb, &[1], 1, false);
+        assert_eq!(take(&mut rb), (0, 1, 0));
+    }
+
+    #[test]
+    fn a_truncation_with_nothing_arrived_marks_the_next_frame_with_descriptors() {
+        let mut rb = RecvBuffer::new(Limits::default());
+        feed(&mut rb, &[0, 2, 1], 0, true);
+        assert_eq!(take(&mut rb), (0, 0, 0), "no descriptors: not the one cut");
+        assert_eq!(take(&mut rb), (1, 0, 2));
+        // A read brings one `sendmsg`'s descriptors at most, so the third frame's would
+        // come with a later read; claiming some that never came is a mismatch (the channel
+        // fails), not a silent misfit.
+        assert!(rb.next_frame().is_err());
     }
 }

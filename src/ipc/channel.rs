@@ -6,9 +6,16 @@
 //!   byte). The queue is bounded in bytes: when full, [`Channel::send`] fails with
 //!   [`SendErrorKind::QueueFull`] and hands the descriptors back.
 //! * **Receiving** reads with `MSG_CMSG_CLOEXEC` and a control buffer sized for the maximum
-//!   descriptor count, treats `MSG_CTRUNC` as an error, and pairs descriptors with frames
-//!   by the header's count through a FIFO ([`RecvBuffer`]). Descriptors no frame claims are
-//!   closed and counted.
+//!   descriptor count, and pairs descriptors with frames by the header's count through a
+//!   FIFO ([`RecvBuffer`]). Descriptors no frame claims are closed and counted.
+//! * **A truncated receive** (`MSG_CTRUNC`) is one of two things. With the control buffer
+//!   full, the peer sent more descriptors in one message than any frame may carry: a
+//!   protocol violation, which fails the channel. With fewer, this process's descriptor
+//!   table was full (`RLIMIT_NOFILE`, or the system's file limit) and the kernel closed
+//!   the descriptors it could not install: the channel logs it, and delivers the frame
+//!   they belonged to with the ones that did arrive and [`InFrame::lost_fds`] set, so the
+//!   receiver can account for what was lost; the channel stays open
+//!   ([`Channel::lost_fds`] counts them).
 //! * **Failure** of any kind (malformed frame, descriptor mismatch, EOF in the middle of a
 //!   frame, an I/O error) closes the channel: the reason is logged once, both directions
 //!   are shut down, queued descriptors are closed, and the error is returned. Nothing
@@ -471,14 +478,36 @@ impl Channel {
             let sock = self.sock.as_fd();
             let max_fds = self.config.limits.max_fds as usize;
             let mut drained = false;
+            let mut cut = None;
             let read = self.rx.fill_with(self.config.read_size, |buf, fds| {
                 let asked = buf.len();
                 let r = sys::scm::recv_with_fds(sock, buf, max_fds, fds)?;
+                if r.truncated {
+                    if r.fds >= max_fds {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "control data truncated (MSG_CTRUNC): peer sent more \
+                                 than {max_fds} fds in one message"
+                            ),
+                        ));
+                    }
+                    cut = Some(r.fds);
+                }
                 // A read stops early at a message with descriptors, so only a short read
                 // without any shows that nothing was left.
-                drained = sys::SHORT_READ_DRAINS && r.bytes < asked && r.fds == 0;
+                drained = sys::SHORT_READ_DRAINS && r.bytes < asked && r.fds == 0 && !r.truncated;
                 Ok(r.bytes)
             });
+            if let (Ok(_), Some(got)) = (&read, cut) {
+                self.rx.truncated(got);
+                log::warn!(
+                    "ipc channel fd {}: descriptor table full ({}): only {got} descriptor(s) \
+                     of a message could be received, the kernel closed the rest",
+                    self.sock.as_raw_fd(),
+                    sys::fd_limit_summary(),
+                );
+            }
             match read {
                 Ok(0) => return self.on_eof(),
                 Ok(n) => {
@@ -525,6 +554,12 @@ impl Channel {
     /// Descriptors received that no frame claimed (each was closed).
     pub fn stray_fds(&self) -> u64 {
         self.rx.stray_fds()
+    }
+
+    /// Descriptors frames declared that never arrived because this process's descriptor
+    /// table was full when they came (see [`InFrame::lost_fds`]).
+    pub fn lost_fds(&self) -> u64 {
+        self.rx.lost_fds()
     }
 
     /// Whether the channel has been closed (by an error or by [`Channel::close`]).

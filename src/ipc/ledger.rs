@@ -134,6 +134,17 @@ fn read_all(peer: BorrowedFd<'_>, max_fds: usize) -> (Vec<u8>, VecDeque<OwnedFd>
     loop {
         match sys::scm::recv_with_fds(peer, &mut buf, max_fds, &mut fds) {
             Ok(r) if r.bytes == 0 => break,
+            Ok(r) if r.truncated => {
+                // Descriptors the kernel could not install are closed: the frames from
+                // this one on cannot be paired with theirs, so reading stops here.
+                bytes.extend_from_slice(&buf[..r.bytes]);
+                log::warn!(
+                    "reading back what the peer left unread: descriptor table full ({}); \
+                     the descriptors of the frames from here on are lost",
+                    sys::fd_limit_summary()
+                );
+                break;
+            }
             Ok(r) => bytes.extend_from_slice(&buf[..r.bytes]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -51,14 +51,29 @@ impl Channel {
     }
 }
 
+/// A message, the descriptors that came with it, and how many of its descriptors were lost
+/// ([`InFrame::lost_fds`]).
+pub type MessageWithLoss = (Message, Vec<std::os::fd::OwnedFd>, usize);
+
 impl InFrame<'_> {
     /// Decodes this frame as a typed [`Message`], returning it with the descriptors.
     ///
     /// # Errors
     ///
-    /// The payload does not decode, or the descriptor count does not fit the kind.
+    /// The payload does not decode, or the descriptor count does not fit the kind. The
+    /// count checked is the one the frame declared: a frame that lost descriptors to a
+    /// full descriptor table ([`InFrame::lost_fds`]) decodes as sent, with fewer of them.
     pub fn into_message(self) -> Result<(Message, Vec<std::os::fd::OwnedFd>), ProtoError> {
-        let msg = Message::decode(self.kind, self.payload, self.fds.len())?;
-        Ok((msg, self.fds))
+        self.into_message_with_loss().map(|(m, fds, _)| (m, fds))
+    }
+
+    /// [`InFrame::into_message`], also returning [`InFrame::lost_fds`].
+    ///
+    /// # Errors
+    ///
+    /// As [`InFrame::into_message`].
+    pub fn into_message_with_loss(self) -> Result<MessageWithLoss, ProtoError> {
+        let msg = Message::decode(self.kind, self.payload, self.fds.len() + self.lost_fds)?;
+        Ok((msg, self.fds, self.lost_fds))
     }
 }

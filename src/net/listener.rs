@@ -9,6 +9,14 @@
 //!
 //! Each accepted stream gets the listener's [`StreamOptions`] (by default `TCP_NODELAY`
 //! and back-pressure on; see [`Listener::set_stream_options`]).
+//!
+//! When accepting fails because the descriptor table is full (`EMFILE`, or `ENFILE` for
+//! the system's), the listener stops accepting and tries again after
+//! [`ACCEPT_RETRY_MS`], until it works: the clients wait in the backlog meanwhile (or are
+//! taken by other processes accepting on the same socket). Retrying at once would spin,
+//! and waiting for the next readiness event could wait forever, since an edge-triggered
+//! poller does not report connections that were already waiting. The error handler (or
+//! the log) hears once per episode.
 
 use std::fmt;
 use std::io;
@@ -23,6 +31,11 @@ use crate::sys;
 
 /// Connections accepted per readiness event before yielding to other handles.
 pub const ACCEPTS_PER_EVENT: usize = 128;
+
+/// How long (ms) a listener that could not accept for want of descriptors waits before it
+/// tries again: long enough that retrying costs nothing, short enough that clients barely
+/// notice once descriptors are free again.
+pub const ACCEPT_RETRY_MS: u64 = 250;
 
 /// A listening TCP or Unix socket on a loop. `Copy`: it is an id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,6 +60,11 @@ pub(crate) struct ListenerState {
     counts: AcceptCounts,
     /// A readiness event came and nothing was accepted since.
     woken: bool,
+    /// Accepting is off for want of descriptors; the timer that retries.
+    retry: Option<crate::rt::TimerId>,
+    /// An episode of failing accepts for want of descriptors is under way (it was
+    /// reported; it ends once the backlog is empty).
+    episode: bool,
 }
 
 /// What a listener's readiness events brought: how many there were and how many found no
@@ -129,6 +147,8 @@ impl Listener {
             exclusive: false,
             counts: AcceptCounts::default(),
             woken: false,
+            retry: None,
+            episode: false,
         };
         let id = lp.register(st, Interest::READABLE, |lp, id, _| {
             count_wakeup(lp, Listener(id));
@@ -153,8 +173,9 @@ impl Listener {
         }
     }
 
-    /// Sets the callback for accept errors other than `WouldBlock` (e.g. `EMFILE`); without
-    /// one they are logged. The listener stays open.
+    /// Sets the callback for accept errors other than `WouldBlock` (e.g. `EMFILE`, once per
+    /// episode: see the module docs); without one they are logged. The listener stays
+    /// open.
     pub fn on_error<F>(self, lp: &mut EventLoop, cb: F)
     where
         F: FnMut(&mut EventLoop, Listener, io::Error) + 'static,
@@ -256,6 +277,12 @@ impl Listener {
 
     /// Stops listening and closes the socket; `on_close` runs in the closing phase.
     pub fn close<F: FnOnce(&mut EventLoop) + 'static>(self, lp: &mut EventLoop, on_close: F) {
+        let retry = lp
+            .io_mut::<ListenerState>(self.0)
+            .and_then(|st| st.retry.take());
+        if let Some(t) = retry {
+            lp.clear_timeout(t);
+        }
         lp.close(self.0, on_close);
     }
 
@@ -286,6 +313,9 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
         let Some(st) = lp.io_mut::<ListenerState>(l.0) else {
             return;
         };
+        if st.retry.is_some() {
+            return; // out of descriptors: the retry timer accepts
+        }
         let opts = st.opts;
         let first_since_wakeup = std::mem::take(&mut st.woken);
         match st.sock.accept() {
@@ -296,9 +326,12 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
             Err(e) => match e.kind() {
                 io::ErrorKind::WouldBlock => {
                     st.counts.empty += u64::from(first_since_wakeup);
+                    // The backlog is empty: an episode of want of descriptors is over.
+                    st.episode = false;
                     return;
                 }
                 io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => {}
+                _ if crate::sys::is_fd_exhaustion(&e) => return out_of_fds(lp, l, e),
                 _ => return emit_error(lp, l, e),
             },
         }
@@ -306,6 +339,37 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
     lp.queue_pending(move |lp| accept_some(lp, l));
 }
 
+/// Accepting on `l` failed for want of descriptors: retry after [`ACCEPT_RETRY_MS`];
+/// report the error if this starts an episode. A listener waiting exclusively stops
+/// waiting meanwhile: it would take every wake-up, each for a connection it cannot accept,
+/// from the other processes that could.
+fn out_of_fds(lp: &mut EventLoop, l: Listener, e: io::Error) {
+    let exclusive = lp
+        .io_ref::<ListenerState>(l.0)
+        .is_some_and(|st| st.exclusive);
+    let paused = exclusive && l.set_waiting(lp, false).is_ok();
+    let t = lp.set_timeout(ACCEPT_RETRY_MS, move |lp| {
+        if let Some(st) = lp.io_mut::<ListenerState>(l.0) {
+            st.retry = None;
+            // Waiting again, the listener is reported at once if connections are queued.
+            if paused && let Err(e) = l.set_waiting(lp, true) {
+                log::warn!("forkloop: cannot wait on a listener again: {e}");
+            }
+            accept_some(lp, l);
+        }
+    });
+    if !paused || !lp.io_has_ref(l.0) {
+        lp.unref(t); // the listener keeps the loop alive, not its retry (unless paused)
+    }
+    let Some(st) = lp.io_mut::<ListenerState>(l.0) else {
+        lp.clear_timeout(t);
+        return;
+    };
+    st.retry = Some(t);
+    if !std::mem::replace(&mut st.episode, true) {
+        emit_error(lp, l, e);
+    }
+}
 fn emit_conn(lp: &mut EventLoop, l: Listener, s: Stream) {
     let Some(mut cb) = lp
         .io_mut::<ListenerState>(l.0)

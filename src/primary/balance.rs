@@ -35,6 +35,16 @@
 //! full). When no worker has credit the primary stops accepting, and the kernel's backlog
 //! holds the clients: no unbounded queue, no busy loop (Node's RR has both).
 //!
+//! When accepting fails because the primary's descriptor table is full (`EMFILE`, or
+//! `ENFILE` for the system's), the clients stay in the backlog too. If the primary holds
+//! connections it accepted in that round, handing them off frees their descriptors and
+//! it accepts again at once (each round makes progress); otherwise the listener stops
+//! accepting and a timer retries every [`ACCEPT_RETRY_MS`](crate::net::ACCEPT_RETRY_MS).
+//! One log line per episode (which ends once the backlog is empty). No spin: a full table
+//! would fail every accept at once; no stall: connections already waiting are not
+//! reported again by the edge-triggered poller, so without the timer they would wait
+//! for the next client to arrive.
+//!
 //! The listener wakes the primary for every connection that reaches an empty accept
 //! queue. How many connections it then finds waiting depends on how soon it runs: by
 //! default the primary's loop is in the batch scheduling class
@@ -79,6 +89,13 @@ pub const DEFAULT_CREDIT: u32 = 16;
 pub const HAND_OFF_BATCH: u32 = 16;
 /// `listen()` backlog when a worker asks for none (Node's default).
 pub const DEFAULT_BACKLOG: u32 = 511;
+/// Default most listeners one worker may hold in the primary (see
+/// [`PrimaryOptions::max_listeners_per_worker`](super::PrimaryOptions::max_listeners_per_worker)).
+pub const DEFAULT_MAX_LISTENERS_PER_WORKER: u32 = 64;
+/// The error number a worker's listen request is refused with when the worker holds its
+/// cap of listeners: `EDQUOT` ("quota exceeded"), which binding a socket never returns,
+/// so the worker can tell it apart and say what it means.
+pub const LISTENER_CAP_ERRNO: i32 = nix::libc::EDQUOT;
 
 /// How a listening endpoint is shared by the workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +242,14 @@ pub(crate) struct Handle {
     pub(crate) listener: Option<IoId>,
     /// RoundRobin: accepting is paused because no worker has credit.
     pub(crate) paused: bool,
+    /// RoundRobin: accepting is paused because the primary's descriptor table is full
+    /// (`EMFILE`/`ENFILE`); the timer that retries (see [`ACCEPT_RETRY_MS`]).
+    ///
+    /// [`ACCEPT_RETRY_MS`]: crate::net::ACCEPT_RETRY_MS
+    pub(crate) out_of_fds: Option<crate::rt::TimerId>,
+    /// An episode of failing accepts for want of descriptors is under way (it was logged;
+    /// it ends once the backlog is empty).
+    pub(crate) fd_episode: bool,
     /// RoundRobin with accept windows: their state, and the timer ending the open one
     /// (made when the first window opens).
     pub(crate) window: Option<AcceptWindow>,
@@ -255,6 +280,12 @@ struct Load {
     handed: u64,
     /// The worker's own limit from its last answer (`u32::MAX`: none).
     reported: u32,
+    /// Listeners the worker holds (handles it joined).
+    listeners: u32,
+    /// A listen request of the worker was refused for the cap (logged once).
+    capped: bool,
+    /// The worker gave back a connection it was never handed (logged once).
+    bogus: bool,
 }
 
 /// The primary's listeners and hand-off bookkeeping.
@@ -262,6 +293,8 @@ struct Load {
 pub(crate) struct Balancer {
     pub(crate) policy: Policy,
     credit: u32,
+    /// Most listeners one worker may hold.
+    max_listeners: u32,
     /// The length of round-robin listeners' accept windows (`None`: off).
     window: Option<Duration>,
     /// Accept windows opened so far (each time waking for every connection stopped).
@@ -305,6 +338,7 @@ impl Balancer {
         Balancer {
             policy: policy.effective(),
             credit: credit.max(1),
+            max_listeners: DEFAULT_MAX_LISTENERS_PER_WORKER,
             window,
             windows_opened: 0,
             taken_back: 0,
@@ -358,13 +392,43 @@ impl Balancer {
         Ok(Some((mode, fd, ep.clone(), None)))
     }
 
+    /// Sets the most listeners one worker may hold (at least 1).
+    pub(crate) fn set_max_listeners(&mut self, max: u32) {
+        self.max_listeners = max.max(1);
+    }
+
     /// Joins `worker` to the handle for `req`, creating (binding) it if needed.
+    ///
+    /// # Errors
+    ///
+    /// Binding failed, or the worker holds its cap of listeners already
+    /// ([`LISTENER_CAP_ERRNO`]; logged at the first refusal).
     pub(crate) fn query(&mut self, worker: u32, req: &ListenRequest) -> io::Result<Granted> {
         let key = HandleKey {
             endpoint: req.endpoint.clone(),
             index: req.index,
             flags: req.flags,
         };
+        let member = self
+            .by_key
+            .get(&key)
+            .and_then(|id| self.handles.get(id))
+            .is_some_and(|h| h.workers.contains(&worker));
+        let load = self.load.entry(worker).or_insert(Load {
+            reported: u32::MAX,
+            ..Load::default()
+        });
+        if !member && load.listeners >= self.max_listeners {
+            if !std::mem::replace(&mut load.capped, true) {
+                log::warn!(
+                    "worker {worker}: holds {} listeners, the most a worker may \
+                     (PrimaryOptions::max_listeners_per_worker); refusing its further \
+                     listen requests",
+                    load.listeners
+                );
+            }
+            return Err(io::Error::from_raw_os_error(LISTENER_CAP_ERRNO));
+        }
         let backlog = if req.backlog == 0 {
             DEFAULT_BACKLOG
         } else {
@@ -394,12 +458,11 @@ impl Balancer {
             }
             h.backlog = backlog;
         }
-        h.workers.insert(worker);
-        self.load.entry(worker).or_insert(Load {
-            inflight: 0,
-            handed: 0,
-            reported: u32::MAX,
-        });
+        if h.workers.insert(worker)
+            && let Some(l) = self.load.get_mut(&worker)
+        {
+            l.listeners += 1;
+        }
         let fd = match h.mode {
             Mode::Shared => h.fd.clone(),
             _ => None,
@@ -484,6 +547,8 @@ impl Balancer {
             fd: Some(Arc::new(fd)),
             listener: None,
             paused: false,
+            out_of_fds: None,
+            fd_episode: false,
             window: self
                 .window
                 .filter(|_| mode == Mode::RoundRobin)
@@ -633,10 +698,26 @@ impl Balancer {
     }
 
     /// `worker` refused `conn` of handle `handle` and gave it back: it waits for another
-    /// worker.
+    /// worker. A worker can give back only as many connections as it was handed: any
+    /// more would be descriptors of its own making, which the primary would hold and hand
+    /// on (a worker could fill the primary's descriptor table so); those are closed, and
+    /// logged once per worker.
     pub(crate) fn rejected(&mut self, worker: u32, handle: u32, conn: Conn) {
-        if let Some(l) = self.load.get_mut(&worker) {
-            l.handed = l.handed.saturating_sub(1);
+        match self.load.get_mut(&worker) {
+            Some(l) if l.handed > 0 => l.handed -= 1,
+            Some(l) => {
+                if !std::mem::replace(&mut l.bogus, true) {
+                    log::warn!(
+                        "worker {worker}: gave back a connection it was never handed; \
+                         closing it (and any more such)"
+                    );
+                }
+                return;
+            }
+            None => {
+                log::debug!("worker {worker}: gave back a connection but listens nowhere");
+                return;
+            }
         }
         if let Some(h) = self.handles.get_mut(&handle) {
             h.refused.insert(worker);
@@ -675,7 +756,11 @@ impl Balancer {
     /// is then forgotten and its listener must be closed).
     pub(crate) fn leave(&mut self, worker: u32, id: u32) -> Option<Handle> {
         let h = self.handles.get_mut(&id)?;
-        h.workers.remove(&worker);
+        if h.workers.remove(&worker)
+            && let Some(l) = self.load.get_mut(&worker)
+        {
+            l.listeners = l.listeners.saturating_sub(1);
+        }
         h.refused.remove(&worker);
         if !h.workers.is_empty() || self.keep_listeners {
             return None;
@@ -722,11 +807,6 @@ impl Balancer {
             .filter(|(_, h)| h.paused || !h.queue.is_empty())
             .map(|(id, _)| *id)
             .collect()
-    }
-
-    /// The accept socket of a round-robin handle.
-    pub(crate) fn accept_fd(&self, id: u32) -> Option<&Arc<OwnedFd>> {
-        self.handles.get(&id).and_then(|h| h.fd.as_ref())
     }
 
     /// Hand-offs sent to `worker` so far, less the ones it gave back.
@@ -788,6 +868,49 @@ mod tests {
         assert_eq!(share(&mut b, 10, 2), [(2, 2), (1, 1)]);
         assert!(b.has_room(h));
         assert_eq!(share(&mut b, 0, 16), []);
+    }
+
+    #[test]
+    fn a_worker_gives_back_no_more_connections_than_it_was_handed() {
+        let (mut b, h) = with_workers(1);
+        let conn =
+            |b: &mut Balancer| b.new_conn(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        b.hand_off(1, 1);
+        let c = conn(&mut b);
+        b.rejected(1, h, c);
+        assert!(
+            b.next_queued(h).is_some(),
+            "a connection it was handed waits again"
+        );
+        let c = conn(&mut b);
+        b.rejected(1, h, c);
+        assert!(
+            b.next_queued(h).is_none(),
+            "one it was never handed is closed, not queued"
+        );
+    }
+
+    #[test]
+    fn a_worker_holds_at_most_its_cap_of_listeners() {
+        let mut b = Balancer::new(Policy::RoundRobin, 4, None);
+        b.set_max_listeners(2);
+        let req = |index| ListenRequest {
+            endpoint: Endpoint::Tcp("127.0.0.1:0".parse().unwrap()),
+            index,
+            backlog: 0,
+            flags: 0,
+        };
+        let first = b.query(1, &req(0)).unwrap().handle;
+        b.query(1, &req(1)).unwrap();
+        let refused = b.query(1, &req(2)).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(LISTENER_CAP_ERRNO));
+        assert!(
+            b.query(1, &req(0)).is_ok(),
+            "one it holds again is no new one"
+        );
+        assert!(b.query(2, &req(2)).is_ok(), "the cap is per worker");
+        assert!(b.leave(1, first).is_some(), "its last worker left");
+        assert!(b.query(1, &req(2)).is_ok(), "leaving one frees its place");
     }
 
     #[test]

@@ -45,7 +45,10 @@ impl Primary {
         let g = match granted {
             Ok(g) => g,
             Err(e) => {
-                log::info!("worker {worker}: cannot listen on {:?}: {e}", req.endpoint);
+                // Refusals for the listener cap are logged once, by the balancer.
+                if e.raw_os_error() != Some(balance::LISTENER_CAP_ERRNO) {
+                    log::info!("worker {worker}: cannot listen on {:?}: {e}", req.endpoint);
+                }
                 let errno = e.raw_os_error().unwrap_or(nix::libc::EINVAL);
                 let reply = Message::QueryReply {
                     seq,
@@ -127,14 +130,28 @@ impl Primary {
             }
             let mut conns = Vec::new();
             let mut drained = false;
+            let mut out_of_fds = None;
             while conns.len() < room as usize {
                 match self.next_conn(hid) {
-                    Some(conn) => conns.push(conn),
-                    None => {
+                    Next::Conn(conn) => conns.push(conn),
+                    Next::None => {
                         drained = true;
                         break;
                     }
+                    Next::OutOfFds(e) => {
+                        out_of_fds = Some(e);
+                        break;
+                    }
                 }
+            }
+            if let Some(e) = &out_of_fds {
+                self.fd_episode(hid, e);
+                if conns.is_empty() {
+                    // Nothing of ours to free: wait for descriptors on a timer.
+                    self.retry_later(lp, hid);
+                    return took;
+                }
+                // Handing these off frees their descriptors: accept again right after.
             }
             // Accepting changed no credit, so `rooms` still hold and take every connection.
             let shares = self
@@ -309,22 +326,75 @@ impl Primary {
         }
     }
 
-    /// The next connection for handle `hid`: one that came back, else a new one; `None`
-    /// once the backlog is empty (or accepting failed; the next connection retries).
-    fn next_conn(&self, hid: u32) -> Option<Conn> {
+    /// The next connection for handle `hid`: one that came back, else a new one.
+    /// Accepting failures other than for want of descriptors (`ECONNABORTED`…) are
+    /// skipped, as Node does; the next connection retries.
+    fn next_conn(&self, hid: u32) -> Next {
         let mut inner = self.inner.borrow_mut();
         if let Some(conn) = inner.bal.next_queued(hid) {
-            return Some(conn);
+            return Next::Conn(conn);
         }
-        match balance::accept_one(inner.bal.accept_fd(hid)?.as_ref()) {
-            Ok(fd) => Some(inner.bal.new_conn(fd)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        let Some(h) = inner.bal.handles.get_mut(&hid) else {
+            return Next::None;
+        };
+        let Some(fd) = h.fd.as_ref().filter(|_| h.out_of_fds.is_none()) else {
+            return Next::None;
+        };
+        match balance::accept_one(fd.as_ref()) {
+            Ok(fd) => Next::Conn(inner.bal.new_conn(fd)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The backlog is empty: an episode of want of descriptors is over.
+                if std::mem::take(&mut h.fd_episode) {
+                    log::debug!("listener {hid}: accepting again");
+                }
+                Next::None
+            }
+            Err(e) if crate::sys::is_fd_exhaustion(&e) => Next::OutOfFds(e),
             Err(e) => {
-                // EMFILE, ECONNABORTED…: skip, as Node does; the next connection retries.
                 log::warn!("accept on listener {hid}: {e}");
-                None
+                Next::None
             }
         }
+    }
+
+    /// Accepting on handle `hid` failed for want of descriptors: logged once per episode
+    /// (which ends once the backlog is empty).
+    fn fd_episode(&self, hid: u32, e: &io::Error) {
+        let first = self
+            .with_handle(hid, |h| !std::mem::replace(&mut h.fd_episode, true))
+            .unwrap_or(false);
+        if first {
+            log::warn!(
+                "listener {hid}: cannot accept: {e} ({}); clients wait in the backlog, \
+                 accepting again as descriptors free up (retrying every {} ms)",
+                crate::sys::fd_limit_summary(),
+                crate::net::ACCEPT_RETRY_MS
+            );
+        }
+    }
+
+    /// Stops accepting on handle `hid` (the clients wait in the backlog) and tries again
+    /// after [`ACCEPT_RETRY_MS`](crate::net::ACCEPT_RETRY_MS).
+    fn retry_later(&self, lp: &mut EventLoop, hid: u32) {
+        let p = self.clone();
+        let t = lp.set_timeout(crate::net::ACCEPT_RETRY_MS, move |lp| {
+            p.with_handle(hid, |h| h.out_of_fds = None);
+            p.retry_accept(lp, hid);
+        });
+        lp.unref(t); // the workers' channels keep the loop alive, not a retry
+        self.with_handle(hid, |h| h.out_of_fds = Some(t));
+    }
+
+    /// The retry timer of handle `hid` fired: accept what waits (if a worker has credit;
+    /// otherwise `pump` does once one has).
+    fn retry_accept(&self, lp: &mut EventLoop, hid: u32) {
+        let room = self.inner.borrow().bal.has_room(hid);
+        if !room {
+            self.pause(hid);
+            return;
+        }
+        self.accept(lp, hid);
+        self.resume_window(lp, hid);
     }
 
     /// Hands `conns` to `worker`: one message per run of consecutive [`Conn::born`]
@@ -475,8 +545,20 @@ impl Primary {
     }
 }
 
+/// What [`Primary::next_conn`] found.
+enum Next {
+    Conn(Conn),
+    /// Nothing now (the backlog is empty, or accepting waits for descriptors).
+    None,
+    /// Accepting failed for want of descriptors (`EMFILE`, `ENFILE`).
+    OutOfFds(io::Error),
+}
+
 /// A listener no worker uses any more: stop accepting; queued connections close with it.
 pub(super) fn close_handle(lp: &mut EventLoop, h: balance::Handle) {
+    if let Some(t) = h.out_of_fds {
+        lp.clear_timeout(t);
+    }
     if let Some(io) = h.window_timer {
         lp.close(io, |_| {});
     }

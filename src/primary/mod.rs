@@ -69,7 +69,8 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 pub use balance::{
-    DEFAULT_BACKLOG, DEFAULT_CREDIT, HAND_OFF_BATCH, POLICY_ENV, ParsePolicyError, Policy,
+    DEFAULT_BACKLOG, DEFAULT_CREDIT, DEFAULT_MAX_LISTENERS_PER_WORKER, HAND_OFF_BATCH,
+    LISTENER_CAP_ERRNO, POLICY_ENV, ParsePolicyError, Policy,
 };
 pub use events::{Event, WorkerInfo};
 pub use settings::{Output, Protocol, Settings};
@@ -112,6 +113,15 @@ pub struct PrimaryOptions {
     pub yield_to_workers: bool,
     /// Limits of every worker channel.
     pub channel: ChannelConfig,
+    /// Most listeners one worker may hold in the primary (default
+    /// [`DEFAULT_MAX_LISTENERS_PER_WORKER`], at least 1): each is a socket the primary
+    /// binds (and, round-robin, a second descriptor it accepts on), so a worker listening
+    /// in a loop could otherwise use up the primary's descriptors and starve everyone.
+    /// Listening again on an endpoint the worker already holds does not count; one it
+    /// closes frees its place. A request beyond the cap fails in the worker with
+    /// [`io::ErrorKind::QuotaExceeded`] (error number [`LISTENER_CAP_ERRNO`]), and the
+    /// primary logs the first refusal per worker.
+    pub max_listeners_per_worker: u32,
 }
 
 impl Default for PrimaryOptions {
@@ -122,6 +132,7 @@ impl Default for PrimaryOptions {
             accept_window: None,
             yield_to_workers: true,
             channel: ChannelConfig::default(),
+            max_listeners_per_worker: DEFAULT_MAX_LISTENERS_PER_WORKER,
         }
     }
 }
@@ -246,6 +257,11 @@ impl Primary {
             })),
             hooks: Rc::new(Hooks::default()),
         };
+        primary
+            .inner
+            .borrow_mut()
+            .bal
+            .set_max_listeners(opts.max_listeners_per_worker);
         let p = primary.clone();
         let id = lp.on_signal(nix::libc::SIGCHLD, move |lp, _| p.reap(lp))?;
         primary.inner.borrow_mut().sigchld = Some(id);

@@ -308,6 +308,12 @@ impl EventLoop {
         }
     }
 
+    /// I/O handles whose source is open (registered and not closed): nearly always one
+    /// descriptor each, so the descriptors the loop holds, counted in O(1).
+    pub fn open_handles(&self) -> usize {
+        self.io.entries.len().saturating_sub(self.io.closing.len())
+    }
+
     /// Whether the id names a live handle that is not closing.
     pub fn is_open(&self, id: IoId) -> bool {
         self.io.entries.get(id.0).is_some_and(|e| !e.closing)

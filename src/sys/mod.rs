@@ -22,11 +22,12 @@
 //! | `EXCLUSIVE_WAIT`, `wait_exclusive()` / `stop_waiting_exclusive()` | whether a shared listener can be waited on so that one waiting process is woken per connection, not all; add it to / remove it from the loop's poller that way (Linux `EPOLLEXCLUSIVE`, edge-triggered, added with the token mio reads back; `Unsupported` elsewhere, where listeners are registered through mio as usual) |
 //! | `OneShotTimer` | a one-shot timer finer than the loop's milliseconds whose descriptor turns readable when it fires: `new`, `arm(after)`, `take()` (Linux `timerfd`; a private kqueue with an `EVFILT_TIMER` elsewhere) |
 //!
-//! The portable code on top ([`scm`], [`process`], [`watch`]) uses only those items and POSIX
-//! calls.
+//! The portable code on top ([`scm`], [`process`], [`watch`], the descriptor limit:
+//! [`fd_limit`], [`set_fd_limit`]) uses only those items and POSIX calls.
 //! `cfg(target_os)` appears in this file only.
 
 pub mod cputime;
+mod fdlimit;
 pub mod net;
 pub mod process;
 pub mod rss;
@@ -41,6 +42,8 @@ mod imp;
 #[path = "bsd.rs"]
 mod imp;
 
+pub(crate) use fdlimit::fd_limit_summary;
+pub use fdlimit::{fd_limit, is_fd_exhaustion, set_fd_limit};
 /// The calling thread's scheduling policy (Linux only; see
 /// [`PrimaryOptions::yield_to_workers`](crate::primary::PrimaryOptions::yield_to_workers)).
 #[cfg(any(target_os = "linux", target_os = "android"))]

@@ -1,7 +1,8 @@
 //! `sendmsg` / `recvmsg` with `SCM_RIGHTS`.
 //!
 //! Received descriptors are wrapped in [`OwnedFd`] before anything else can happen, so none
-//! can leak, even when the call then fails (`MSG_CTRUNC`).
+//! can leak. A truncated receive (`MSG_CTRUNC`) is reported, not hidden: see
+//! [`Received::truncated`].
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -87,19 +88,25 @@ pub struct Received {
     pub bytes: usize,
     /// Descriptors that came with them (already appended to the caller's queue).
     pub fds: usize,
+    /// The kernel could not deliver every descriptor that came with these bytes
+    /// (`MSG_CTRUNC`): either the control buffer was full (then `fds` is the `max_fds`
+    /// asked for, and the peer sent more than that in one message), or this process could
+    /// not install them (its descriptor table is full: `RLIMIT_NOFILE`, or the system's
+    /// file limit), in which case `fds` is fewer than that. The kernel closed the rest;
+    /// the ones in `fds` are the first of the message's, in order.
+    pub truncated: bool,
 }
 
 /// Reads into `buf`, appending any descriptors that came with the bytes to `fds`.
 ///
 /// The control buffer has room for `max_fds` descriptors (at most [`MAX_FDS_PER_MSG`]).
-/// Received descriptors are close-on-exec. Retries on `EINTR`.
+/// Received descriptors are close-on-exec. Retries on `EINTR`. A truncated receive keeps
+/// the descriptors that did arrive and says so ([`Received::truncated`]); what it means is
+/// the caller's to judge.
 ///
 /// # Errors
 ///
-/// Any `recvmsg` error (`WouldBlock` when nothing is ready). If the control data was
-/// truncated (`MSG_CTRUNC`, the peer sent more descriptors than fit), the descriptors that
-/// did arrive are closed and an `InvalidData` error says so: the stream can no longer be
-/// trusted to pair descriptors with frames.
+/// Any `recvmsg` error (`WouldBlock` when nothing is ready).
 pub fn recv_with_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
@@ -151,15 +158,9 @@ pub fn recv_with_fds(
             super::set_cloexec(std::os::fd::AsFd::as_fd(fd), true)?;
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        fds.truncate(before);
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("control data truncated (MSG_CTRUNC): peer sent more than {max_fds} fds"),
-        ));
-    }
     Ok(Received {
         bytes: n,
         fds: fds.len() - before,
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     })
 }

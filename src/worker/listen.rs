@@ -7,6 +7,8 @@
 //!   refuses (server closing, at its limit, or unknown) goes back with `Rejected` and its
 //!   descriptor, and the primary hands it to another worker. `Credit` tells the primary
 //!   when a server fills up, when it has room again, and answers a `NewConn` that asks;
+//!   it is also bounded by the worker's descriptor headroom, and sent when that changes
+//!   much (see [`fds`](super::fds)), so a worker never takes a hand-off it cannot hold;
 //! * **shared**: the listening socket comes with the reply; the worker accepts on it;
 //! * **reuseport**: the worker binds its own `SO_REUSEPORT` socket to the address the
 //!   primary reserved.
@@ -237,7 +239,16 @@ impl Worker {
         };
         if errno != 0 {
             self.release_slot(&p);
-            p.server.fail(lp, io::Error::from_raw_os_error(errno));
+            let e = if errno == crate::primary::LISTENER_CAP_ERRNO {
+                io::Error::new(
+                    io::ErrorKind::QuotaExceeded,
+                    "the primary refused another listener: this worker holds the most \
+                     listeners a worker may (PrimaryOptions::max_listeners_per_worker)",
+                )
+            } else {
+                io::Error::from_raw_os_error(errno)
+            };
+            p.server.fail(lp, e);
             return;
         }
         let bound = bound.unwrap_or_else(|| p.slot.0.clone());
@@ -278,6 +289,14 @@ impl Worker {
             p.server.announce(lp, self, key);
         }
         p.server.now_listening(lp, mode == ListenMode::HandOff);
+        if mode == ListenMode::HandOff {
+            // A worker short of descriptors says so before the first hand-off: the
+            // primary would otherwise send its default credit's worth at once.
+            let (credit, _) = self.credit_of(lp, &p.server);
+            if credit != u32::MAX {
+                let _ = self.send_msg(lp, &Message::Credit { credit });
+            }
+        }
     }
 
     /// Connections handed off by the primary: `fds[i]` is connection `seq + i`. Each one
@@ -310,9 +329,10 @@ impl Worker {
         }
         // A closing or unknown server says nothing more: its refusals went back already.
         if let Some(s) = server.filter(|s| !s.is_closing()) {
-            let credit = s.capacity(lp);
+            let (credit, changed) = self.credit_of(lp, &s);
             full |= credit == 0;
-            if reply || credit == 0 {
+            let announce = self.inner.borrow().announce_credit;
+            if reply || credit == 0 || changed || announce {
                 let _ = self.send_msg(lp, &Message::Credit { credit });
             }
         }
@@ -355,7 +375,7 @@ impl Worker {
                 .cloned()
                 .collect()
         };
-        let credit = open.iter().map(|s| s.capacity(lp)).min();
+        let credit = open.iter().map(|s| self.credit_of(lp, s).0).min();
         if let Some(credit) = credit.filter(|&c| c > 0) {
             let _ = self.send_msg(lp, &Message::Credit { credit });
         }
@@ -408,7 +428,7 @@ impl Worker {
         for (key, server) in watched {
             match server {
                 Some(s) if !s.is_closing() => {
-                    let credit = s.capacity(lp);
+                    let credit = self.credit_of(lp, &s).0;
                     if credit > 0 {
                         self.inner.borrow_mut().full.remove(&key);
                         room = room.max(credit);
@@ -429,9 +449,29 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// The credit hand-off server `s` has: its own room, within the descriptor headroom
+    /// (see [`fds`](super::fds)); and whether the headroom's credit changed so much that
+    /// the primary must hear it.
+    fn credit_of(&self, lp: &mut EventLoop, s: &Server) -> (u32, bool) {
+        let (fds, changed, recount) = {
+            let mut inner = self.inner.borrow_mut();
+            let (fds, changed) = inner.fds.credit(lp);
+            (fds, changed, inner.fds.recount_due(lp))
+        };
+        if recount {
+            // In the check phase: the hand-offs being taken now are loop handles by then.
+            let w = self.clone();
+            lp.set_immediate(move |lp| w.inner.borrow_mut().fds.count(lp));
+        }
+        (s.capacity(lp).min(fds), changed)
+    }
+}
+
 /// Serves one handed-off connection on `server`, or gives its descriptor back if the
 /// server refuses it (closing, or at its limit). If the socket cannot be registered with
-/// the loop, the connection is closed (and logged).
+/// the loop, the connection is closed (and logged). Descriptor headroom is not checked
+/// here: the descriptor is in the table already (see [`fds`](super::fds)).
 fn adopt_handed_off(lp: &mut EventLoop, server: &Server, fd: OwnedFd) -> Result<(), OwnedFd> {
     if server.is_closing() || server.capacity(lp) == 0 {
         return Err(fd);

@@ -17,6 +17,7 @@
 //! "Exits" means [`EventLoop::exit`]: `run()` returns the code and the program's `main`
 //! ends the process with it.
 
+pub mod fds;
 mod lag;
 mod listen;
 mod server;
@@ -131,6 +132,14 @@ struct Inner {
     full: BTreeSet<u32>,
     /// The timer of that watch, while it runs.
     credit_watch: Option<crate::rt::TimerId>,
+    /// Descriptor headroom, which bounds the credit (see [`fds`]).
+    fds: fds::FdBudget,
+    /// Since when a drain stopped at the headroom waits to read on
+    /// ([`Worker::drain_later`]).
+    redrain_since: Option<u64>,
+    /// A delayed drain runs: hand-offs it reads are answered with the credit, since the
+    /// primary may be waiting to see them read (nothing else would wake it).
+    announce_credit: bool,
 }
 
 impl Inner {
@@ -213,6 +222,9 @@ impl Worker {
                 corked: false,
                 full: BTreeSet::new(),
                 credit_watch: None,
+                fds: fds::FdBudget::default(),
+                redrain_since: None,
+                announce_credit: false,
             })),
             hooks: Rc::new(Hooks::default()),
         };
@@ -227,6 +239,8 @@ impl Worker {
         worker.inner.borrow_mut().channel = Some(io);
         let meter = worker.inner.borrow().lag.clone();
         lag::start(lp, meter);
+        // No hand-off is pending yet: the baseline of descriptors outside the loop is exact.
+        worker.inner.borrow_mut().fds.count(lp);
         Ok(Some(worker))
     }
 
@@ -512,6 +526,15 @@ impl Worker {
         self.announce_and_close(lp);
     }
 
+    /// Connections handed to this worker that it lost because its descriptor table was
+    /// full when they came (the kernel closed them; each is logged with its listener and
+    /// number). Credit keeps this at 0 unless descriptors are used up outside the loop.
+    pub fn lost_hand_offs(&self, lp: &EventLoop) -> u64 {
+        let io = self.inner.borrow().channel;
+        io.and_then(|io| lp.io_ref::<Channel>(io))
+            .map_or(0, Channel::lost_fds)
+    }
+
     /// This worker's current event-loop lag (how late its sampling timer fires), as
     /// reported in heartbeats.
     pub fn loop_lag(&self) -> std::time::Duration {
@@ -614,15 +637,36 @@ impl Worker {
     }
 
     fn on_channel(&self, lp: &mut EventLoop) {
+        self.drain(lp, false);
+    }
+
+    /// Reads the channel as far as the descriptor headroom allows (see [`fds`]), at least
+    /// one message if `forced`, and handles what it read.
+    fn drain(&self, lp: &mut EventLoop, forced: bool) {
         let Some(io) = self.inner.borrow().channel else {
             return;
         };
-        // Budgeted as in the primary: a primary that sends much (relays, broadcasts) cannot
-        // starve the worker's own connections.
+        let budget = self.inner.borrow().fds.read_budget(lp);
+        let budget = match budget {
+            Some(b) => b,
+            None if forced => 1,
+            None => {
+                // No room to read descriptors in: only write what is queued.
+                if crate::cluster::flush_channel(lp, io).is_err() {
+                    self.channel_gone(lp);
+                } else {
+                    self.drain_later(lp);
+                }
+                return;
+            }
+        };
+        // Budgeted in bytes as in the primary too: a primary that sends much (relays,
+        // broadcasts) cannot starve the worker's own connections.
         let w = self.clone();
         let resume = Box::new(move |lp: &mut EventLoop| w.on_channel(lp));
         let limit = crate::cluster::ReadLimit::Budget(resume);
-        let (msgs, closed) = crate::cluster::drain_channel(lp, io, &"the primary", limit);
+        let (msgs, closed, more) =
+            crate::cluster::drain_channel_within(lp, io, &"the primary", limit, budget);
         let mut gone = closed.is_some();
         if !msgs.is_empty() {
             self.inner.borrow_mut().corked = true;
@@ -649,7 +693,60 @@ impl Worker {
         }
         if gone {
             self.channel_gone(lp);
+        } else if more {
+            self.drain_later(lp);
         }
+    }
+
+    /// A drain stopped at the descriptor headroom, or did not start (see [`fds`]): read on
+    /// once the messages read have been handled — at once if there is headroom, else once
+    /// connections have closed (looked at every credit-watch period), or after
+    /// [`fds::READ_STALL_MAX_MS`]. One such wait at a time.
+    fn drain_later(&self, lp: &mut EventLoop) {
+        let now = lp.now();
+        let room = {
+            let mut inner = self.inner.borrow_mut();
+            if inner.redrain_since.is_some() {
+                return;
+            }
+            inner.redrain_since = Some(now);
+            inner.fds.read_budget(lp).is_some()
+        };
+        if room {
+            let w = self.clone();
+            lp.set_immediate(move |lp| w.redrain(lp));
+        } else {
+            self.redrain_soon(lp);
+        }
+    }
+
+    fn redrain_soon(&self, lp: &mut EventLoop) {
+        let w = self.clone();
+        lp.set_timeout(listen::CREDIT_POLL_MS, move |lp| w.redrain(lp));
+    }
+
+    /// The wait of [`Worker::drain_later`] is over if there is room or it lasted long enough.
+    fn redrain(&self, lp: &mut EventLoop) {
+        let (room, since) = {
+            let inner = self.inner.borrow();
+            (inner.fds.read_budget(lp).is_some(), inner.redrain_since)
+        };
+        let Some(since) = since else {
+            return;
+        };
+        let stalled = lp.now().saturating_sub(since) >= fds::READ_STALL_MAX_MS;
+        if !room && !stalled {
+            self.redrain_soon(lp);
+            return;
+        }
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.redrain_since = None;
+            // The primary may be waiting to see these read: say the credit after them.
+            inner.announce_credit = true;
+        }
+        self.drain(lp, stalled);
+        self.inner.borrow_mut().announce_credit = false;
     }
 
     fn handle(&self, lp: &mut EventLoop, msg: Message, fds: Vec<OwnedFd>) {
