@@ -279,3 +279,86 @@ fn a_full_worker_stops_waiting_and_another_serves() {
         "worker 1 waits again once it has room: {rounds:?}"
     );
 }
+
+/// The highest descriptor this process has open.
+fn highest_open_fd() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<usize>().ok())
+        .max()
+        .expect("some descriptor")
+}
+
+#[test]
+fn a_worker_out_of_descriptors_leaves_the_connections_to_the_others() {
+    // Worker 1 (first to wait) cannot accept anything (no descriptor left): it must stop
+    // waiting instead of taking every wake-up for connections it cannot accept. Ten
+    // clients, one every 20 ms, all held open: worker 2 answers every one (the first may
+    // wait for the second to arrive: the wake-up worker 1 took for it is not passed on).
+    const CONNS: usize = 10;
+    worker(|lp, w| {
+        let starve = w.id() == 1;
+        let w2 = w.clone();
+        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), move |lp, c| {
+            let reply = format!("w{}", w2.id());
+            c.on_data(lp, move |lp, c, _| {
+                c.write(lp, reply.as_bytes());
+            });
+            c.on_end(lp, |lp, c| c.destroy(lp));
+        });
+        server.on_error(|_, _, e| panic!("listen failed: {e}"));
+        let w3 = w.clone();
+        server.on_listening(lp, move |lp, _| {
+            if starve {
+                // No descriptor left: accept fails (EMFILE). Fill the free numbers below
+                // the limit too, and keep them.
+                forkloop::sys::set_fd_limit(highest_open_fd() + 1).expect("lower the limit");
+                let held: Vec<std::fs::File> =
+                    std::iter::from_fn(|| std::fs::File::open("/dev/null").ok())
+                        .take(10_000)
+                        .collect();
+                std::mem::forget(held);
+            }
+            let _ = w3.send(lp, b"ready");
+        });
+        let s = server.clone();
+        w.on_message(lp, move |lp, w, m| {
+            if m.data == b"report" {
+                let c = s.accept_counts(lp).unwrap_or_default();
+                let waiting = s.is_accepting(lp);
+                let _ = w.send(
+                    lp,
+                    format!("report {} {} {waiting}", c.wakeups, c.empty).as_bytes(),
+                );
+            }
+        });
+    });
+    let (mut lp, p) = shared("a_worker_out_of_descriptors_leaves_the_connections_to_the_others");
+    let (tally, _) = drive(
+        &mut lp,
+        &p,
+        2,
+        vec![Box::new(|addr| {
+            let conns: Vec<std::io::Result<TcpStream>> = (0..CONNS)
+                .map(|_| {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+                    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                    s.write_all(b"x")?;
+                    Ok(s)
+                })
+                .collect();
+            conns
+                .into_iter()
+                .map(|s| {
+                    let mut b = [0u8; 2];
+                    s?.read_exact(&mut b)?;
+                    Ok(String::from_utf8_lossy(&b).into_owned())
+                })
+                .collect()
+        })],
+    );
+    run(&mut lp);
+    let tally = tally.borrow();
+    assert_eq!(tally.get("w2"), Some(&CONNS), "{tally:?}");
+}

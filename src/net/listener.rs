@@ -205,7 +205,10 @@ impl Listener {
     /// waiting ([`Listener::set_waiting`], at its connection limit), every connection that
     /// arrived after its wake-up was also reported to another process, and the one that
     /// woke it it accepted first. A process that starts waiting again is told at once of
-    /// connections already queued. A process whose loop is busy or stuck is not blocked
+    /// connections already queued. The exception: a process that cannot accept at all
+    /// (out of descriptors) stops waiting, so it takes no further wake-ups, but the
+    /// connection whose wake-up it took waits for the next arrival, which wakes another
+    /// process that accepts both (or for this one to accept again). A process whose loop is busy or stuck is not blocked
     /// in its poll, so it never takes a wake-up from the others.
     pub(crate) fn wait_exclusive(self, lp: &mut EventLoop) -> io::Result<bool> {
         if !sys::EXCLUSIVE_WAIT {
