@@ -169,10 +169,7 @@ pub(crate) fn wait_exclusive(
     _fd: std::os::fd::RawFd,
     _token: usize,
 ) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "exclusive wake-ups need Linux's EPOLLEXCLUSIVE",
-    ))
+    Err(no_exclusive_wait())
 }
 
 /// Unsupported here (see [`EXCLUSIVE_WAIT`]).
@@ -180,5 +177,12 @@ pub(crate) fn stop_waiting_exclusive(
     _poller: std::os::fd::RawFd,
     _fd: std::os::fd::RawFd,
 ) -> io::Result<()> {
-    wait_exclusive(_poller, _fd, 0)
+    Err(no_exclusive_wait())
+}
+
+fn no_exclusive_wait() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "exclusive wake-ups need Linux's EPOLLEXCLUSIVE",
+    )
 }
