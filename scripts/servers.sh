@@ -93,6 +93,17 @@ cpu_ticks() {
   echo "$sum"
 }
 
+# vol_ctx_switches PID...: voluntary context switches (sleeps: waits for I/O or for a
+# wake-up) of every thread of the given processes so far, from /proc/PID/task/*/status.
+vol_ctx_switches() {
+  local p sum=0 t
+  for p in "$@"; do
+    t=$(cat "/proc/$p"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches:/ {n += $2} END {print n + 0}') || t=0
+    sum=$((sum + ${t:-0}))
+  done
+  echo "$sum"
+}
+
 # keep_server_logs: with OUT_DIR set, copies the server logs there (a post_cleanup hook).
 keep_server_logs() {
   if [ -n "${OUT_DIR:-}" ]; then cp "$TMP_DIR"/*.log "$OUT_DIR"/ 2>/dev/null || true; fi

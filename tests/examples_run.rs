@@ -431,3 +431,35 @@ fn kv_service_shares_values_and_invalidates_caches() {
         assert_eq!(r.header("Content-Type"), Some("application/json"));
     }
 }
+
+#[test]
+fn handoff_ceiling_counts_the_connections_its_workers_were_handed() {
+    use nix::sys::signal::{Signal, kill};
+    const CONNS: u64 = 20;
+    let limit = Duration::from_secs(20);
+    let mut run = Running::start("handoff_ceiling", &["--workers", "2"]);
+    let first = run.lines.recv_timeout(limit).expect("a listening line");
+    let port: u16 = first
+        .strip_prefix("listening port=")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("not a listening line: {first}"));
+    for _ in 0..CONNS {
+        drop(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+    }
+    let pid = nix::unistd::Pid::from_raw(run.child.id() as i32);
+    // Hand-offs lag the connects a little: ask until all are counted.
+    let end = Instant::now() + limit;
+    let mut last = String::new();
+    while Instant::now() < end {
+        kill(pid, Signal::SIGUSR1).expect("SIGUSR1");
+        last = run.lines.recv_timeout(limit).expect("a handed= line");
+        if last == format!("handed={CONNS}") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(last, format!("handed={CONNS}"));
+    let status = run.stop(Signal::SIGTERM, limit);
+    assert!(status.success(), "{status:?}");
+}

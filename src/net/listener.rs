@@ -4,6 +4,9 @@
 //! but at most [`ACCEPTS_PER_EVENT`] connections per event; the rest are accepted from the
 //! pending phase so one busy listener cannot starve the other handles.
 //!
+//! A listener shared by several processes (the `none` policy) can wait exclusively
+//! ([`Listener::wait_exclusive`], Linux): see the `sys` contract for what changes.
+//!
 //! Each accepted stream gets the listener's [`StreamOptions`] (by default `TCP_NODELAY`
 //! and back-pressure on; see [`Listener::set_stream_options`]).
 //!
@@ -20,9 +23,11 @@ use std::io;
 
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
+use std::os::fd::{AsRawFd, RawFd};
 
 use super::stream::{Sock, Stream, StreamOptions};
 use crate::rt::{EventLoop, IoId};
+use crate::sys;
 
 /// Connections accepted per readiness event before yielding to other handles.
 pub const ACCEPTS_PER_EVENT: usize = 128;
@@ -50,11 +55,26 @@ pub(crate) struct ListenerState {
     on_conn: Option<ConnCb>,
     on_error: Option<ErrCb>,
     opts: StreamOptions,
+    /// Registered with the loop's poller through `sys::wait_exclusive`, not mio.
+    exclusive: bool,
+    counts: AcceptCounts,
+    /// A readiness event came and nothing was accepted since.
+    woken: bool,
     /// Accepting is off for want of descriptors; the timer that retries.
     retry: Option<crate::rt::TimerId>,
     /// An episode of failing accepts for want of descriptors is under way (it was
     /// reported; it ends once the backlog is empty).
     episode: bool,
+}
+
+/// What a listener's readiness events brought: how many there were and how many found no
+/// connection to accept (another process took it first: the thundering herd).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcceptCounts {
+    /// Readiness events handled.
+    pub wakeups: u64,
+    /// Readiness events whose first `accept` found nothing.
+    pub empty: u64,
 }
 
 impl fmt::Debug for ListenerState {
@@ -73,6 +93,13 @@ impl ListenSock {
         }
     }
 
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            ListenSock::Tcp(s) => s.as_raw_fd(),
+            ListenSock::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
     fn accept(&self) -> io::Result<Sock> {
         match self {
             ListenSock::Tcp(l) => l.accept().map(|(s, _)| Sock::Tcp(s)),
@@ -83,12 +110,24 @@ impl ListenSock {
 
 impl Source for ListenerState {
     fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        if self.exclusive {
+            // Readable is all a listener waits for.
+            return sys::wait_exclusive(r.as_raw_fd(), self.sock.raw_fd(), t.0);
+        }
         self.sock.source().register(r, t, i)
     }
     fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        if self.exclusive {
+            // EPOLLEXCLUSIVE cannot be modified, only removed and added again.
+            self.deregister(r)?;
+            return self.register(r, t, i);
+        }
         self.sock.source().reregister(r, t, i)
     }
     fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        if self.exclusive {
+            return sys::stop_waiting_exclusive(r.as_raw_fd(), self.sock.raw_fd());
+        }
         self.sock.source().deregister(r)
     }
 }
@@ -105,10 +144,14 @@ impl Listener {
             on_conn: Some(on_conn),
             on_error: None,
             opts: StreamOptions::default(),
+            exclusive: false,
+            counts: AcceptCounts::default(),
+            woken: false,
             retry: None,
             episode: false,
         };
         let id = lp.register(st, Interest::READABLE, |lp, id, _| {
+            count_wakeup(lp, Listener(id));
             accept_some(lp, Listener(id))
         })?;
         lp.set_io_kind(id, kind);
@@ -150,6 +193,78 @@ impl Listener {
         }
     }
 
+    /// From now on, waits so that of the processes waiting on this socket (a listener shared
+    /// by several workers) one is woken per connection, not all (Linux `EPOLLEXCLUSIVE`).
+    /// Returns whether it does: `false` where the OS cannot (then nothing changed).
+    ///
+    /// Why no connection is left behind: a readiness event of a listener is produced per
+    /// arriving connection and, edge-triggered, reaches every process not blocked in its
+    /// poll at that moment (queued for its next poll) and wakes one that is blocked. The
+    /// woken process accepts until `WouldBlock`; when it stops early, either after
+    /// [`ACCEPTS_PER_EVENT`] (it goes on from its pending phase) or because it stops
+    /// waiting ([`Listener::set_waiting`], at its connection limit), every connection that
+    /// arrived after its wake-up was also reported to another process, and the one that
+    /// woke it it accepted first. A process that starts waiting again is told at once of
+    /// connections already queued. The exception: a process that cannot accept at all
+    /// (out of descriptors) stops waiting, so it takes no further wake-ups, but the
+    /// connection whose wake-up it took waits for the next arrival, which wakes another
+    /// process that accepts both (or for this one to accept again). A process whose loop is busy or stuck is not blocked
+    /// in its poll, so it never takes a wake-up from the others.
+    pub(crate) fn wait_exclusive(self, lp: &mut EventLoop) -> io::Result<bool> {
+        if !sys::EXCLUSIVE_WAIT {
+            return Ok(false);
+        }
+        let Some(interest) = lp.interest(self.0) else {
+            return Err(super::stream::closed());
+        };
+        lp.set_interest(self.0, None)?;
+        self.set_exclusive(lp, true);
+        match lp.set_interest(self.0, Some(interest)) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                // E.g. a kernel older than 4.5: wait the ordinary way.
+                log::debug!("forkloop: no exclusive wait on a shared listener: {e}");
+                self.set_exclusive(lp, false);
+                lp.set_interest(self.0, Some(interest))?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn set_exclusive(self, lp: &mut EventLoop, on: bool) {
+        if let Some(st) = lp.io_mut::<ListenerState>(self.0) {
+            st.exclusive = on;
+        }
+    }
+
+    /// Stops (`false`) or resumes (`true`) waiting for connections: a paused listener
+    /// accepts nothing and leaves the connections to the other processes sharing the
+    /// socket; it does not keep the loop alive while paused.
+    ///
+    /// # Errors
+    ///
+    /// The listener is closed, or the OS poller failed.
+    pub fn set_waiting(self, lp: &mut EventLoop, on: bool) -> io::Result<()> {
+        if !lp.is_open(self.0) {
+            return Err(super::stream::closed());
+        }
+        lp.set_interest(self.0, on.then_some(Interest::READABLE))
+    }
+
+    /// Whether the listener waits for connections (see [`Listener::set_waiting`]).
+    pub fn is_waiting(self, lp: &EventLoop) -> bool {
+        lp.interest(self.0).is_some()
+    }
+
+    /// How many readiness events this listener had, and how many of them found nothing to
+    /// accept.
+    #[doc(hidden)]
+    pub fn accept_counts(self, lp: &EventLoop) -> AcceptCounts {
+        lp.io_ref::<ListenerState>(self.0)
+            .map(|st| st.counts)
+            .unwrap_or_default()
+    }
+
     /// The bound address of a TCP listener.
     ///
     /// # Errors
@@ -185,8 +300,19 @@ impl Listener {
     }
 }
 
+/// Counts a readiness event; the first accept after it tells whether it was empty.
+fn count_wakeup(lp: &mut EventLoop, l: Listener) {
+    if let Some(st) = lp.io_mut::<ListenerState>(l.0) {
+        st.counts.wakeups += 1;
+        st.woken = true;
+    }
+}
+
 fn accept_some(lp: &mut EventLoop, l: Listener) {
     for _ in 0..ACCEPTS_PER_EVENT {
+        if !l.is_waiting(lp) {
+            return; // paused (set_waiting): the connections are left to others
+        }
         let Some(st) = lp.io_mut::<ListenerState>(l.0) else {
             return;
         };
@@ -194,6 +320,7 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
             return; // out of descriptors: the retry timer accepts
         }
         let opts = st.opts;
+        let first_since_wakeup = std::mem::take(&mut st.woken);
         match st.sock.accept() {
             Ok(sock) => match Stream::accepted(lp, sock, &opts) {
                 Ok(s) => emit_conn(lp, l, s),
@@ -201,6 +328,7 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
             },
             Err(e) => match e.kind() {
                 io::ErrorKind::WouldBlock => {
+                    st.counts.empty += u64::from(first_since_wakeup);
                     // The backlog is empty: an episode of want of descriptors is over.
                     st.episode = false;
                     return;
@@ -215,15 +343,27 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
 }
 
 /// Accepting on `l` failed for want of descriptors: retry after [`ACCEPT_RETRY_MS`];
-/// report the error if this starts an episode.
+/// report the error if this starts an episode. A listener waiting exclusively stops
+/// waiting meanwhile: it would take every wake-up, each for a connection it cannot accept,
+/// from the other processes that could.
 fn out_of_fds(lp: &mut EventLoop, l: Listener, e: io::Error) {
+    let exclusive = lp
+        .io_ref::<ListenerState>(l.0)
+        .is_some_and(|st| st.exclusive);
+    let paused = exclusive && l.set_waiting(lp, false).is_ok();
     let t = lp.set_timeout(ACCEPT_RETRY_MS, move |lp| {
         if let Some(st) = lp.io_mut::<ListenerState>(l.0) {
             st.retry = None;
+            // Waiting again, the listener is reported at once if connections are queued.
+            if paused && let Err(e) = l.set_waiting(lp, true) {
+                log::warn!("forkloop: cannot wait on a listener again: {e}");
+            }
             accept_some(lp, l);
         }
     });
-    lp.unref(t); // the listener keeps the loop alive, not its retry
+    if !paused || !lp.io_has_ref(l.0) {
+        lp.unref(t); // the listener keeps the loop alive, not its retry (unless paused)
+    }
     let Some(st) = lp.io_mut::<ListenerState>(l.0) else {
         lp.clear_timeout(t);
         return;

@@ -22,7 +22,7 @@ pub mod tcp;
 pub mod udp;
 pub mod unix;
 
-pub use listener::{ACCEPT_RETRY_MS, ACCEPTS_PER_EVENT, Listener};
+pub use listener::{ACCEPT_RETRY_MS, ACCEPTS_PER_EVENT, AcceptCounts, Listener};
 
 /// Node's default `listen()` backlog (mio and std use 128).
 pub const DEFAULT_BACKLOG: i32 = 511;

@@ -159,3 +159,30 @@ impl std::os::fd::AsRawFd for OneShotTimer {
         self.0.as_raw_fd()
     }
 }
+
+/// No `EPOLLEXCLUSIVE` here: every process waiting on a shared listener is woken.
+pub(crate) const EXCLUSIVE_WAIT: bool = false;
+
+/// Unsupported here (see [`EXCLUSIVE_WAIT`]).
+pub(crate) fn wait_exclusive(
+    _poller: std::os::fd::RawFd,
+    _fd: std::os::fd::RawFd,
+    _token: usize,
+) -> io::Result<()> {
+    Err(no_exclusive_wait())
+}
+
+/// Unsupported here (see [`EXCLUSIVE_WAIT`]).
+pub(crate) fn stop_waiting_exclusive(
+    _poller: std::os::fd::RawFd,
+    _fd: std::os::fd::RawFd,
+) -> io::Result<()> {
+    Err(no_exclusive_wait())
+}
+
+fn no_exclusive_wait() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "exclusive wake-ups need Linux's EPOLLEXCLUSIVE",
+    )
+}

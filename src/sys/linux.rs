@@ -180,3 +180,40 @@ impl std::os::fd::AsRawFd for OneShotTimer {
         self.0.as_raw_fd()
     }
 }
+
+/// Shared listeners are waited on with `EPOLLEXCLUSIVE` (see [`wait_exclusive`]).
+pub(crate) const EXCLUSIVE_WAIT: bool = true;
+
+/// Adds `fd` to the epoll instance `poller` for readability with `EPOLLEXCLUSIVE`, edge
+/// triggered, reporting `token` (the event data mio reads back as its token): of the
+/// processes waiting on `fd` this way, the kernel wakes one that is blocked in
+/// `epoll_wait` per event instead of all of them. Events still reach, without waking
+/// them, instances nobody is waiting on at that moment.
+///
+/// `EPOLLEXCLUSIVE` is refused by `EPOLL_CTL_MOD`: to change anything, remove the
+/// descriptor ([`stop_waiting_exclusive`]) and add it again.
+pub(crate) fn wait_exclusive(
+    poller: std::os::fd::RawFd,
+    fd: std::os::fd::RawFd,
+    token: usize,
+) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET | libc::EPOLLEXCLUSIVE) as u32,
+        u64: token as u64,
+    };
+    // SAFETY: epoll_ctl reads one epoll_event from a live local; both descriptors are
+    // borrowed by the caller for the duration of the call.
+    cvt(unsafe { libc::epoll_ctl(poller, libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
+    Ok(())
+}
+
+/// Removes `fd`, added by [`wait_exclusive`], from the epoll instance `poller`.
+pub(crate) fn stop_waiting_exclusive(
+    poller: std::os::fd::RawFd,
+    fd: std::os::fd::RawFd,
+) -> io::Result<()> {
+    // SAFETY: EPOLL_CTL_DEL ignores the event argument (null is allowed since Linux
+    // 2.6.9); both descriptors are borrowed by the caller for the duration of the call.
+    cvt(unsafe { libc::epoll_ctl(poller, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) })?;
+    Ok(())
+}

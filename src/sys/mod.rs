@@ -19,6 +19,7 @@
 //! | `pin_to_cpu()` | pin the calling process to one CPU (Linux `sched_setaffinity`; `Unsupported` elsewhere) |
 //! | `sched_policy()` | the calling thread's scheduling policy (Linux only: `sched_getscheduler`) |
 //! | `enter_batch()` / `leave_batch()` | move the calling thread from the normal scheduling class to the batch class and back (Linux `SCHED_OTHER` ⇄ `SCHED_BATCH`; `enter_batch` says whether it moved; no-ops elsewhere, which have no such class); `leave_batch` may run in a forked child before `exec` |
+//! | `EXCLUSIVE_WAIT`, `wait_exclusive()` / `stop_waiting_exclusive()` | whether a shared listener can be waited on so that one waiting process is woken per connection, not all; add it to / remove it from the loop's poller that way (Linux `EPOLLEXCLUSIVE`, edge-triggered, added with the token mio reads back; `Unsupported` elsewhere, where listeners are registered through mio as usual) |
 //! | `OneShotTimer` | a one-shot timer finer than the loop's milliseconds whose descriptor turns readable when it fires: `new`, `arm(after)`, `take()` (Linux `timerfd`; a private kqueue with an `EVFILT_TIMER` elsewhere) |
 //!
 //! The portable code on top ([`scm`], [`process`], [`watch`], the descriptor limit:
@@ -47,7 +48,9 @@ pub use fdlimit::{fd_limit, is_fd_exhaustion, set_fd_limit};
 /// [`PrimaryOptions::yield_to_workers`](crate::primary::PrimaryOptions::yield_to_workers)).
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub use imp::sched_policy;
-pub(crate) use imp::{OneShotTimer, SHORT_READ_DRAINS};
+pub(crate) use imp::{
+    EXCLUSIVE_WAIT, OneShotTimer, SHORT_READ_DRAINS, stop_waiting_exclusive, wait_exclusive,
+};
 pub use imp::{PARENT_DEATH_SIGNAL, open_fd_count, pin_to_cpu, socketpair};
 use imp::{enter_batch, leave_batch};
 

@@ -30,7 +30,8 @@ use crate::sys::net::{self as sysnet, BindOptions};
 
 use super::{Server, Worker};
 
-/// How often (ms) a worker with a full hand-off server checks whether it has room again.
+/// How often (ms) a worker with a full server checks whether it has room again (hand-off:
+/// to tell the primary; shared listener: to wait on it again).
 pub(super) const CREDIT_POLL_MS: u64 = 10;
 
 /// How to listen.
@@ -258,7 +259,7 @@ impl Worker {
                 Some(fd) if matches!(bound, Endpoint::Udp(_)) => {
                     p.server.attach_datagram(lp, fd, key)
                 }
-                Some(fd) => attach_listener(lp, &p.server, &bound, fd),
+                Some(fd) => attach_listener(lp, &p.server, &bound, fd, true),
                 None => Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "shared listener missing",
@@ -490,11 +491,16 @@ fn adopt_handed_off(lp: &mut EventLoop, server: &Server, fd: OwnedFd) -> Result<
     Ok(())
 }
 
+/// Serves connections accepted from listening socket `fd`. A `shared` one (the same
+/// socket in every worker) is waited on exclusively where the OS allows (one worker woken
+/// per connection), and the server stops waiting on it while it is at its connection
+/// limit, leaving the connections to the other workers.
 fn attach_listener(
     lp: &mut EventLoop,
     server: &Server,
     bound: &Endpoint,
     fd: OwnedFd,
+    shared: bool,
 ) -> io::Result<()> {
     let s = server.clone();
     let adopt = move |lp: &mut EventLoop, c: Stream| {
@@ -506,6 +512,13 @@ fn attach_listener(
         }
         _ => tcp::listen_std(lp, std::net::TcpListener::from(fd), adopt)?,
     };
+    if shared {
+        if let Err(e) = l.wait_exclusive(lp) {
+            l.close(lp, |_| {});
+            return Err(e);
+        }
+        server.pause_when_full();
+    }
     server.set_listener(lp, l)
 }
 
@@ -528,5 +541,5 @@ fn bind_reuseport(
         listen: Some(backlog as i32),
     };
     let fd = sysnet::bind_tcp(*addr, opts)?;
-    attach_listener(lp, server, bound, fd)
+    attach_listener(lp, server, bound, fd, false)
 }

@@ -62,6 +62,10 @@ pub(super) struct Inner {
     on_close: Vec<CloseCb>,
     watcher: Option<WatcherId>,
     tracked: Option<(Worker, u64)>,
+    /// The listener is shared with other workers: stop waiting on it while full.
+    pause_when_full: bool,
+    /// While the listener is paused: the timer that checks for room again.
+    room_watch: Option<TimerId>,
 }
 
 impl Inner {
@@ -116,6 +120,8 @@ impl Server {
             on_close: Vec::new(),
             watcher: None,
             tracked: None,
+            pause_when_full: false,
+            room_watch: None,
         })))
     }
 
@@ -173,6 +179,72 @@ impl Server {
             inner.endpoint = addr.map(Endpoint::Tcp);
         }
         Ok(())
+    }
+
+    /// The listener is shared with other workers, who can take the connections this server
+    /// has no room for: at its connection limit the server stops waiting on it instead of
+    /// accepting and closing them, and waits again once it has room.
+    pub(super) fn pause_when_full(&self) {
+        self.0.borrow_mut().pause_when_full = true;
+    }
+
+    /// Stops waiting on a shared listener while the server is full; checks every
+    /// [`CREDIT_POLL_MS`](super::listen::CREDIT_POLL_MS) for room, then waits again.
+    fn pause_if_full(&self, lp: &mut EventLoop) {
+        let (l, refed) = {
+            let inner = self.0.borrow();
+            match inner.listener {
+                Some(l) if inner.pause_when_full && inner.room_watch.is_none() => (l, inner.refed),
+                _ => return,
+            }
+        };
+        if self.capacity(lp) > 0 || !l.is_waiting(lp) {
+            return;
+        }
+        if let Err(e) = l.set_waiting(lp, false) {
+            log::warn!("forkloop: cannot stop waiting on a full server's listener: {e}");
+            return;
+        }
+        let s = self.clone();
+        let t = lp.set_interval(super::listen::CREDIT_POLL_MS, move |lp| s.check_room(lp));
+        // The paused listener no longer keeps the loop alive: its watch does, as it did.
+        lp.set_ref(t, refed);
+        self.0.borrow_mut().room_watch = Some(t);
+    }
+
+    fn check_room(&self, lp: &mut EventLoop) {
+        if self.capacity(lp) == 0 {
+            return;
+        }
+        let (l, t) = {
+            let mut inner = self.0.borrow_mut();
+            (inner.listener, inner.room_watch.take())
+        };
+        if let Some(t) = t {
+            lp.clear_interval(t);
+        }
+        // Added again, the listener is reported at once if connections are queued.
+        if let Some(l) = l
+            && let Err(e) = l.set_waiting(lp, true)
+        {
+            log::warn!("forkloop: cannot wait on a server's listener again: {e}");
+        }
+    }
+
+    /// How many readiness events the server's listener had and how many found nothing to
+    /// accept (another worker took the connection first); `None` without a listener here.
+    #[doc(hidden)]
+    pub fn accept_counts(&self, lp: &EventLoop) -> Option<crate::net::AcceptCounts> {
+        let l = self.0.borrow().listener?;
+        Some(l.accept_counts(lp))
+    }
+
+    /// Whether the server waits for connections on a listener of its own (not paused at
+    /// its limit; `false` without a listener here).
+    #[doc(hidden)]
+    pub fn is_accepting(&self, lp: &EventLoop) -> bool {
+        let l = self.0.borrow().listener;
+        l.is_some_and(|l| l.is_waiting(lp))
     }
 
     /// UDP: hands the shared socket to the binding's handler.
@@ -281,15 +353,15 @@ impl Server {
     }
 
     fn set_ref(&self, lp: &mut EventLoop, on: bool) {
-        let (l, t) = {
+        let (l, timers) = {
             let mut inner = self.0.borrow_mut();
             inner.refed = on;
-            (inner.listener, inner.keepalive)
+            (inner.listener, [inner.keepalive, inner.room_watch])
         };
         if let Some(l) = l {
             lp.set_ref(l.id(), on);
         }
-        if let Some(t) = t {
+        for t in timers.into_iter().flatten() {
             lp.set_ref(t, on);
         }
     }
@@ -311,13 +383,19 @@ impl Server {
     /// Hands a connection to the server, applying the server's [`StreamOptions`]. Returns
     /// `false` (and destroys the stream) if the server is closing or at its connection cap.
     pub fn adopt(&self, lp: &mut EventLoop, conn: Stream) -> bool {
-        let full = self.capacity(lp) == 0;
+        let room = self.capacity(lp);
+        let full = room == 0;
         let opts;
         let cb = {
             let mut inner = self.0.borrow_mut();
             if inner.closing || full {
+                let closing = inner.closing;
                 drop(inner);
                 conn.destroy(lp);
+                if !closing {
+                    // The cap was lowered under it: stop taking what others could serve.
+                    self.pause_if_full(lp);
+                }
                 return false;
             }
             if inner.conns.len() >= inner.prune_at {
@@ -337,6 +415,10 @@ impl Server {
             if inner.on_connection.is_none() {
                 inner.on_connection = Some(cb);
             }
+        }
+        if room == 1 {
+            // That was the last one it had room for.
+            self.pause_if_full(lp);
         }
         true
     }
@@ -454,7 +536,7 @@ impl Server {
 
     /// Stops accepting at once; `cb` runs once every connection has ended.
     pub fn close<F: FnOnce(&mut EventLoop) + 'static>(&self, lp: &mut EventLoop, cb: F) {
-        let (listener, first, keepalive, tracked) = {
+        let (listener, first, keepalive, room_watch, tracked) = {
             let mut inner = self.0.borrow_mut();
             inner.on_close.push(Box::new(cb));
             let first = !inner.closing;
@@ -464,13 +546,14 @@ impl Server {
                 inner.listener.take(),
                 first,
                 inner.keepalive.take(),
+                inner.room_watch.take(),
                 tracked,
             )
         };
         if let Some(l) = listener {
             l.close(lp, |_| {});
         }
-        if let Some(t) = keepalive {
+        for t in [keepalive, room_watch].into_iter().flatten() {
             lp.clear_interval(t);
         }
         // Nothing is in flight on a connection idle past its grace: close it outright (a

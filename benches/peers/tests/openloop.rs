@@ -2,6 +2,9 @@
 //! due during the stall from their due time (no coordinated omission), and every request
 //! must be answered and counted.
 
+mod common;
+
+use common::kv;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
@@ -53,13 +56,6 @@ fn answer(conn: TcpStream, count: &AtomicU64, gate: &Mutex<()>, stall_at: u64, s
             Ok(_) => close |= line.eq_ignore_ascii_case("connection: close\r\n"),
         }
     }
-}
-
-fn kv(line: &str, key: &str) -> f64 {
-    line.split_whitespace()
-        .find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {line}"))
 }
 
 #[test]
