@@ -36,9 +36,14 @@ fn with_policy(test: &str, policy: Policy) -> (EventLoop, Primary) {
     )
 }
 
-/// Serves each connection one answer, `w<ID>`, after its first bytes, then ends it.
+/// Serves each connection one answer, `w<ID>`, after its first bytes, then ends it. A
+/// connection that reached the worker without `TCP_NODELAY` (the default for handed-off and
+/// accepted streams) says so in its answer, which fails every test that checks answers.
 fn serve_id(lp: &mut EventLoop, w: &Worker, conn: Stream) {
-    let reply = format!("w{}", w.id());
+    let reply = match conn.nodelay(lp) {
+        Ok(true) => format!("w{}", w.id()),
+        other => format!("w{} without TCP_NODELAY ({other:?})", w.id()),
+    };
     conn.on_data(lp, move |lp, c, _| {
         c.write(lp, reply.as_bytes());
         c.end(lp);

@@ -554,6 +554,20 @@ impl Stream {
         Ok(())
     }
 
+    /// Whether `TCP_NODELAY` is set on the socket (as the kernel reports it); `false` for
+    /// Unix streams.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the stream is closed or the option cannot be read.
+    pub fn nodelay(self, lp: &EventLoop) -> io::Result<bool> {
+        match lp.io_ref::<StreamState>(self.0).map(|st| &st.sock) {
+            Some(Sock::Tcp(s)) => s.nodelay(),
+            Some(Sock::Unix(_)) => Ok(false),
+            None => Err(closed()),
+        }
+    }
+
     /// The peer's address of a TCP stream.
     ///
     /// # Errors
