@@ -12,7 +12,8 @@
 #
 # Servers (WORKERS processes each, default 2; the list and the suffixes are in
 # scripts/servers.sh): fl-rr fl-reuseport fl-none (forkloop; NAME@K, NAME~W, NAME:normal),
-# node-rr node-none node-single, nginx, mio-1 mio-2 (the raw mio server, benches/peers).
+# node-rr node-none node-single, flnode-rr flnode-none (the same Node workers under the
+# `forkloop run` command), nginx, mio-1 mio-2 (the raw mio server, benches/peers).
 # Needs wrk (apt-get install -y wrk), and for the peers node (nodejs) and nginx.
 # Default SERVERS: fl-rr fl-reuseport node-rr node-none nginx mio-1 mio-2.
 #
@@ -255,7 +256,7 @@ print_checks() {
   echo '```'
   echo "keep-alive c64, rr:"
   check "req/s fl-rr / mio-2" "$(ratio ka-c64 fl-rr mio-2 req_s)" ">=" 0.95 "$(pair ka-c64 fl-rr mio-2 req_s)"
-  check "server CPU/req fl-rr / mio-2" "$(ratio ka-c64 fl-rr mio-2 cpu_us_req)" "<=" 1.2 "$(pair ka-c64 fl-rr mio-2 cpu_us_req)"
+  check "server CPU/req fl-rr / mio-2" "$(ratio ka-c64 fl-rr mio-2 cpu_us_req)" "<=" 1.1 "$(pair ka-c64 fl-rr mio-2 cpu_us_req)"
   info "req/s fl-rr / mio-1" "$(ratio ka-c64 fl-rr mio-1 req_s)" "$(pair ka-c64 fl-rr mio-1 req_s)"
   info "server CPU/req fl-rr / mio-1" "$(ratio ka-c64 fl-rr mio-1 cpu_us_req)" "$(pair ka-c64 fl-rr mio-1 cpu_us_req)"
   echo "Connection: close c64, rr:"
@@ -265,6 +266,14 @@ print_checks() {
   info "server CPU/conn fl-rr / mio-1" "$(ratio close-c64 fl-rr mio-1 cpu_us_req)" "$(pair close-c64 fl-rr mio-1 cpu_us_req)"
   check "primary CPU µs per handed-off conn, fl-rr" "$(agg close-c64 fl-rr primary_us_req)" "<=" 10 \
     "(Node rr primary: $(agg close-c64 node-rr primary_us_req) µs)"
+  echo "Connection: close c64, the default hand-off's targets:"
+  check "server CPU/conn fl-rr / mio-2 (target)" "$(ratio close-c64 fl-rr mio-2 cpu_us_req)" "<=" 1.0 "$(pair close-c64 fl-rr mio-2 cpu_us_req)"
+  check "primary CPU µs per handed-off conn, fl-rr (target)" "$(agg close-c64 fl-rr primary_us_req)" "<=" 5 ""
+  echo "Node workers under forkloop run (flnode-rr) against Node's own primary (node-rr):"
+  check "Connection: close c64 conn/s flnode-rr / node-rr" "$(ratio close-c64 flnode-rr node-rr req_s)" ">=" 1.5 "$(pair close-c64 flnode-rr node-rr req_s)"
+  check "primary CPU/conn flnode-rr / node-rr" "$(ratio close-c64 flnode-rr node-rr primary_us_req)" "<=" 0.25 "$(pair close-c64 flnode-rr node-rr primary_us_req)"
+  check "keep-alive c64 req/s flnode-rr / node-rr" "$(ratio ka-c64 flnode-rr node-rr req_s)" ">=" 1.0 "$(pair ka-c64 flnode-rr node-rr req_s)"
+  info "Connection: close c64 conn/s flnode-none / node-none" "$(ratio close-c64 flnode-none node-none req_s)" "$(pair close-c64 flnode-none node-none req_s)"
   local w
   for w in "${SERVER_LIST[@]}"; do
     [[ $(server_base "$w") == fl-rr && $w != fl-rr ]] || continue

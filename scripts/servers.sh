@@ -11,6 +11,8 @@
 #                                --primary-sched normal; combined: fl-rr@4~1:normal)
 #   node-rr node-none            Node cluster (benches/peers/js/http-cluster.js)
 #   node-single                  Node, one process
+#   flnode-rr flnode-none        the same Node workers (http-cluster.js, unmodified) under the
+#                                `forkloop run` command's primary instead of Node's
 #   nginx                        nginx, worker_processes WORKERS (benches/peers/nginx/nginx.conf)
 #   mio-1 mio-N                  the raw mio server (benches/peers/src/bin/mio-http.rs): one
 #                                process, or N processes sharing the port with SO_REUSEPORT
@@ -24,6 +26,7 @@
 PEERS=benches/peers
 PEERS_BIN=target/peers/release
 FL_BIN=target/release/examples/http_cluster
+FLCLI_BIN=target/release/forkloop
 MIO_BIN=$PEERS_BIN/mio-http
 OPENLOOP_BIN=$PEERS_BIN/openloop
 WORKERS=${WORKERS:-2}
@@ -41,10 +44,11 @@ build_peers() {
 # and a run must not switch binaries half-way (http_cluster starts its workers from its
 # own executable, so they run the copy too). Sets BUILD_NOTE.
 prepare_servers() {
-  local name use_fl=0 use_peers=${NEED_OPENLOOP:-0} rev
+  local name use_fl=0 use_cli=0 use_peers=${NEED_OPENLOOP:-0} rev
   for name in "$@"; do
     case $(server_base "$name") in
       fl-rr | fl-reuseport | fl-none) use_fl=1 ;;
+      flnode-rr | flnode-none) use_cli=1; need node nodejs ;;
       mio-[0-9]*) use_peers=1 ;;
       node-*) need node nodejs ;;
       nginx) need nginx nginx ;;
@@ -53,6 +57,7 @@ prepare_servers() {
   done
   if [ "${SKIP_BUILD:-0}" != 1 ]; then
     if [ "$use_fl" = 1 ]; then build_retry cargo build --release --quiet --example http_cluster; fi
+    if [ "$use_cli" = 1 ]; then build_retry cargo build --release --quiet --bin forkloop; fi
     if [ "$use_peers" = 1 ]; then build_peers; fi
   fi
   mkdir -p "$TMP_DIR/bin"
@@ -67,6 +72,11 @@ prepare_servers() {
     BUILD_NOTE="http_cluster $rev built $(date -r "$FL_BIN" +%H:%M:%S) sha256 $(sha256sum "$FL_BIN" | cut -c1-12)"
     FL_BIN=$TMP_DIR/bin/http_cluster
   fi
+  if [ "$use_cli" = 1 ]; then
+    [ -x "$FLCLI_BIN" ] || die "missing $FLCLI_BIN"
+    cp "$FLCLI_BIN" "$TMP_DIR/bin/forkloop"
+    FLCLI_BIN=$TMP_DIR/bin/forkloop
+  fi
   if [ "$use_peers" = 1 ]; then
     local b
     for b in mio-http openloop; do
@@ -79,6 +89,8 @@ prepare_servers() {
 }
 
 # ---------------------------------------------------------------- helpers
+# listening_lines LOG N: the forkloop command logged N workers listening.
+listening_lines() { [ "$(grep -c 'listening' "$1" 2>/dev/null)" -ge "$2" ]; }
 listeners_on() { [ "$(ss -Hltn "sport = :$1" | wc -l)" -ge "$2" ]; }
 children_of() { ps -o pid= --ppid "$1" | tr -d ' ' | grep . || true; }
 has_children() { [ "$(children_of "$1" | wc -l)" -ge "$2" ]; }
@@ -137,6 +149,8 @@ label() {
     node-rr) echo "Node cluster SCHED_RR, $WORKERS workers" ;;
     node-none) echo "Node cluster SCHED_NONE, $WORKERS workers" ;;
     node-single) echo "Node, 1 process" ;;
+    flnode-rr) echo "Node workers under forkloop run --policy rr, $WORKERS workers" ;;
+    flnode-none) echo "Node workers under forkloop run --policy none, $WORKERS workers" ;;
     nginx) echo "nginx, $WORKERS workers" ;;
     mio-1) echo "raw mio, 1 process" ;;
     mio-[0-9]*) echo "raw mio, ${base#mio-} processes SO_REUSEPORT" ;;
@@ -194,6 +208,17 @@ start_server_once() {
         [ ${#OTHERS[@]} = "$WORKERS" ] || { echo "  expected $WORKERS Node workers" >&2; return 1; }
       fi
       ;;
+    flnode-rr | flnode-none)
+      PORT=$(free_port)
+      PORT=$PORT STATS="$NODE_STATS" "$FLCLI_BIN" run --workers "$WORKERS" --policy "${base#flnode-}" \
+        -- node "$PEERS/js/http-cluster.js" >"$log" 2>&1 &
+      MAIN=($!); track $!; PRIMARY=($!)
+      wait_for "$name workers" 20 "$!" has_children "${PRIMARY[0]}" "$WORKERS" || return 1
+      for p in $(children_of "${PRIMARY[0]}"); do OTHERS+=("$p"); track "$p"; done
+      wait_for "$name port" 20 "$!" listeners_on "$PORT" 1 || return 1
+      # Every worker has sent `listening` once the primary says so for each of them.
+      wait_for "$name listening workers" 20 "$!" listening_lines "$log" "$WORKERS" || return 1
+      ;;
     nginx)
       PORT=$(free_port)
       mkdir -p "$TMP_DIR/nginx"
@@ -237,7 +262,7 @@ start_server_once() {
 stop_server() {
   local name=$1 p st=0
   for p in "${MAIN[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  if [[ $name == fl-* ]]; then
+  if [[ $name == fl-* || $name == flnode-* ]]; then
     # Reap the primary ourselves to see its exit status (bounded by the 5 s below).
     for p in $(seq 1 50); do alive "${MAIN[0]}" || break; sleep 0.1; done
     if ! alive "${MAIN[0]}"; then

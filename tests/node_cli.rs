@@ -51,7 +51,7 @@ fn start_with(flags: &[&str], port: u16) -> ChildGuard {
     start_env(flags, port, &[])
 }
 
-fn start_env(flags: &[&str], port: u16, env: &[(&str, &std::path::Path)]) -> ChildGuard {
+fn start_env(flags: &[&str], port: u16, env: &[(&str, &std::ffi::OsStr)]) -> ChildGuard {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_forkloop"));
     for (k, v) in env {
         cmd.env(k, v);
@@ -77,10 +77,14 @@ fn stop(mut g: ChildGuard, sig: Signal) -> (Option<i32>, String) {
     (status.code(), out)
 }
 
-fn serves_unchanged(policy: &str) {
+/// Serves under `policy`; with `host`, the app listens on `listen(port, host)` (Node then
+/// sends no backlog as `false`).
+fn serves_unchanged(policy: &str, host: Option<&str>) {
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let g = start(policy, port);
+    let env: Vec<(&str, &std::ffi::OsStr)> =
+        host.map(|h| ("HOST", h.as_ref())).into_iter().collect();
+    let g = start_env(&["--policy", policy], port, &env);
     if policy == "rr" {
         // Both served, taking turns.
         wait_both(addr);
@@ -109,14 +113,21 @@ fn serves_unchanged(policy: &str) {
 #[test]
 fn node_app_runs_unchanged_rr() {
     if have_node("node_app_runs_unchanged_rr") {
-        serves_unchanged("rr");
+        serves_unchanged("rr", None);
+    }
+}
+
+#[test]
+fn node_app_listening_on_a_host_runs_unchanged() {
+    if have_node("node_app_listening_on_a_host_runs_unchanged") {
+        serves_unchanged("rr", Some("127.0.0.1"));
     }
 }
 
 #[test]
 fn node_app_runs_unchanged_none() {
     if have_node("node_app_runs_unchanged_none") {
-        serves_unchanged("none");
+        serves_unchanged("none", None);
     }
 }
 
@@ -285,7 +296,11 @@ fn ctl_reload_fails_and_keeps_the_old_generation() {
     let marker = dir.join(format!("forkloop-broken-release-{pid}"));
     let _ = std::fs::remove_file(&marker);
     let sock_arg = sock.to_string_lossy().into_owned();
-    let mut g = start_env(&["--control", &sock_arg], port, &[("FAIL_IF", &marker)]);
+    let mut g = start_env(
+        &["--control", &sock_arg],
+        port,
+        &[("FAIL_IF", marker.as_os_str())],
+    );
     wait_both(addr);
     std::fs::write(&marker, b"").expect("marker");
     let (code, _) = ctl(&sock, &["reload"]);

@@ -352,7 +352,7 @@ pub struct ClusterMsg {
     pub fd: Option<i64>,
     /// Query: flags (1: IPv6 only; 4: reuse address, UDP).
     pub flags: Option<u64>,
-    /// Query: the backlog asked for.
+    /// Query: the backlog asked for (`None` when not given: absent, `null` or `false`).
     pub backlog: Option<i64>,
     /// Query: how many servers the worker has on the same address already.
     pub index: Option<u64>,
@@ -453,7 +453,12 @@ impl ClusterMsg {
             address_type,
             fd: int("fd")?,
             flags: uint("flags")?,
-            backlog: int("backlog")?,
+            // Node sends `false` for a backlog not given (`listen(port, host)`: its number
+            // conversion gives `false` for anything that is not a number ≥ 0).
+            backlog: match o.get("backlog") {
+                Some(Value::Bool(false)) => None,
+                _ => int("backlog")?,
+            },
             index: uint("index")?,
             data,
             sockname,
@@ -1204,6 +1209,16 @@ mod tests {
         assert_eq!(c.address, None);
         assert_eq!(c.address_type, Some(AddressType::Tcp4));
         assert_eq!((c.index, c.backlog, c.fd), (Some(0), Some(511), None));
+
+        // `listen(port, host)` without a backlog: Node sends `false` for it.
+        let l = line(
+            r#"{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"data":null,"address":"127.0.0.1","port":8000,"addressType":4,"flags":0,"backlog":false,"seq":1}"#,
+        );
+        let NodeMessage::Cluster(c) = l.msg else {
+            panic!("not cluster")
+        };
+        assert_eq!(c.address.as_deref(), Some("127.0.0.1"));
+        assert_eq!(c.backlog, None);
 
         let l = line(
             r#"{"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_CLUSTER","act":"newconn","key":"k","seq":1}}"#,

@@ -13,7 +13,9 @@ if (cluster.isPrimary) {
     res.end(`worker ${cluster.worker.id} pid ${process.pid}\n`);
   });
   if (process.env.MAX_CONNECTIONS) server.maxConnections = Number(process.env.MAX_CONNECTIONS);
-  server.listen(Number(process.env.PORT || 0), () => {
+  // HOST set: `listen(port, host, cb)`, as most apps that bind one address write it.
+  const listenArgs = process.env.HOST ? [Number(process.env.PORT || 0), process.env.HOST] : [Number(process.env.PORT || 0)];
+  server.listen(...listenArgs, () => {
     process.send({ listening: cluster.worker.id, port: server.address().port });
   });
   process.on('message', (m) => {
