@@ -89,8 +89,8 @@ prepare_servers() {
 }
 
 # ---------------------------------------------------------------- helpers
-# listening_lines LOG N: the forkloop command logged N workers listening.
-listening_lines() { [ "$(grep -c 'listening' "$1" 2>/dev/null)" -ge "$2" ]; }
+# listening_lines LOG N: the forkloop command logged N workers ready (listening).
+listening_lines() { [ "$(grep -c '^\[forkloop\] Ready ' "$1" 2>/dev/null)" -ge "$2" ]; }
 listeners_on() { [ "$(ss -Hltn "sport = :$1" | wc -l)" -ge "$2" ]; }
 children_of() { ps -o pid= --ppid "$1" | tr -d ' ' | grep . || true; }
 has_children() { [ "$(children_of "$1" | wc -l)" -ge "$2" ]; }
