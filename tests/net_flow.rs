@@ -366,3 +366,40 @@ fn a_server_gives_its_connections_its_stream_options() {
         [(Some(DEFAULT_BACKPRESSURE), true), (None, false)]
     );
 }
+
+#[test]
+fn close_when_written_sends_the_queue_then_closes_without_waiting_for_the_peer() {
+    let mut lp = EventLoop::new().unwrap();
+    guard(&mut lp, 5000);
+    let closed = Rc::new(Cell::new(false));
+    let c = closed.clone();
+    let l = tcp::listen(&mut lp, any_port(), move |lp, conn| {
+        let c = c.clone();
+        conn.on_close(lp, move |_, _| c.set(true));
+        conn.on_data(lp, move |lp, conn, _| {
+            // Corked inside the callback: the close waits for these bytes to go out.
+            conn.write(lp, &[b'x'; 100_000]);
+            conn.close_when_written(lp);
+            assert!(!conn.write(lp, b"late"), "writing after it fails");
+        });
+    })
+    .unwrap();
+    let addr = l.local_addr(&lp).unwrap();
+    let client = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"bye").unwrap();
+        // The client never ends its side: the server must not wait for it.
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got.len()
+    });
+    lp.set_timeout(300, move |lp| l.close(lp, |_| {}));
+    assert_eq!(lp.run().unwrap(), 0);
+    assert_eq!(
+        client.join().unwrap(),
+        100_000,
+        "every queued byte, then EOF"
+    );
+    assert!(closed.get());
+}

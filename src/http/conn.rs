@@ -250,10 +250,10 @@ fn settle(
         if !c.ended {
             c.ended = true;
             c.inbuf = Vec::new();
-            if c.resp.client_closes && stream.buffered(lp) == 0 {
-                // The client asked to close and its response is out: nothing more will
-                // come, so close now rather than wait for its FIN.
-                stream.destroy(lp);
+            if c.resp.client_closes {
+                // The client asked to close: nothing more will come, so close once its
+                // response is out rather than half-close and wait for its FIN.
+                stream.close_when_written(lp);
             } else {
                 stream.end(lp);
             }

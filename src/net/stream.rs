@@ -186,6 +186,8 @@ pub(crate) struct StreamState {
     need_drain: bool,
     connecting: bool,
     ending: bool,
+    /// Set by [`Stream::close_when_written`]: close (not half-close) once the queue is out.
+    close_when_written: bool,
     write_shut: bool,
     read_eof: bool,
     paused: bool,
@@ -198,8 +200,8 @@ pub(crate) struct StreamState {
     held: Vec<u8>,
     /// The peer's FIN came after the held bytes; reported once they are delivered.
     held_eof: bool,
-    /// Whether `TCP_NODELAY` is known to be on.
-    no_delay: bool,
+    /// `TCP_NODELAY` as last set through this stream (`None`: not set here, unknown).
+    no_delay: Option<bool>,
     cbs: Callbacks,
 }
 
@@ -261,6 +263,7 @@ impl Stream {
             need_drain: false,
             connecting,
             ending: false,
+            close_when_written: false,
             write_shut: false,
             read_eof: false,
             paused: false,
@@ -269,7 +272,7 @@ impl Stream {
             corked: 0,
             held: Vec::new(),
             held_eof: false,
-            no_delay: false,
+            no_delay: None,
             cbs: Callbacks::default(),
         };
         let interest = if connecting {
@@ -432,11 +435,8 @@ impl Stream {
     /// applied all the same).
     pub fn configure(self, lp: &mut EventLoop, opts: &StreamOptions) -> io::Result<()> {
         self.set_backpressure(lp, opts.backpressure);
-        let Some(st) = state(lp, self) else {
+        if state(lp, self).is_none() {
             return Err(closed());
-        };
-        if st.no_delay == opts.no_delay {
-            return Ok(());
         }
         self.set_nodelay(lp, opts.no_delay)
     }
@@ -499,6 +499,23 @@ impl Stream {
         }
     }
 
+    /// Closes once every queued write is out (Node's `socket.destroySoon()`): the peer gets
+    /// the data, then the FIN of the close. Unlike [`Stream::end`] it does not wait for the
+    /// peer to end too, and reads nothing more; anything the peer still sends makes the
+    /// kernel answer with a reset. For when the protocol says no more input comes, e.g. an
+    /// HTTP response to a request that asked for `Connection: close`. Writing afterwards
+    /// fails as after [`Stream::end`].
+    pub fn close_when_written(self, lp: &mut EventLoop) {
+        let Some(st) = state(lp, self) else {
+            return;
+        };
+        st.ending = true;
+        st.close_when_written = true;
+        if st.queued() == 0 && !st.connecting {
+            self.destroy(lp);
+        }
+    }
+
     /// Stops reading (the stream no longer keeps the loop alive unless writes are queued).
     pub fn pause(self, lp: &mut EventLoop) {
         if let Some(st) = state(lp, self) {
@@ -547,10 +564,14 @@ impl Stream {
         let Some(st) = state(lp, self) else {
             return Err(closed());
         };
+        if st.no_delay == Some(on) {
+            // Already so (a server's streams get it when taken): no system call.
+            return Ok(());
+        }
         if let Sock::Tcp(s) = &st.sock {
             s.set_nodelay(on)?;
         }
-        st.no_delay = on;
+        st.no_delay = Some(on);
         Ok(())
     }
 
@@ -721,12 +742,14 @@ fn flush(lp: &mut EventLoop, s: Stream) {
         st.out = Vec::new();
     }
     let drain = std::mem::take(&mut st.need_drain);
-    let ending = st.ending;
+    let (ending, close) = (st.ending, st.close_when_written);
     update_interest(lp, s);
     if drain {
         emit(lp, s, |c| &mut c.drain);
     }
-    if ending {
+    if close {
+        s.destroy(lp);
+    } else if ending {
         shut_write(lp, s);
     }
 }
