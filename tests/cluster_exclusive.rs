@@ -1,6 +1,7 @@
 //! The shared (`none`) policy without the thundering herd: on Linux, workers wait on the
-//! shared listener exclusively, so one worker is woken per connection; a worker at its
-//! connection limit stops waiting and leaves the connections to the others.
+//! shared listener exclusively, so one worker is woken per connection, idle workers taking
+//! turns; a worker at its connection limit stops waiting and leaves the connections to the
+//! others.
 #![cfg(target_os = "linux")]
 
 mod cluster_util;
@@ -174,6 +175,15 @@ fn one_worker_is_woken_per_connection() {
     run(&mut lp);
     let tally = tally.borrow();
     assert_eq!(served(&tally), CONNS, "{tally:?}");
+    // Idle workers take turns: one that accepted waits again behind the others (the
+    // kernel wakes the first idle waiter; without that the first worker took them all).
+    for id in 1..=WORKERS {
+        let n = tally.get(&format!("w{id}")).copied().unwrap_or(0);
+        assert!(
+            n >= CONNS / WORKERS / 2,
+            "worker {id} served {n}: {tally:?}"
+        );
+    }
     let rounds = rounds.borrow();
     let round = &rounds[0];
     eprintln!("per worker (wake-ups, empty, waiting): {round:?}");

@@ -309,6 +309,7 @@ fn count_wakeup(lp: &mut EventLoop, l: Listener) {
 }
 
 fn accept_some(lp: &mut EventLoop, l: Listener) {
+    let mut accepted = false;
     for _ in 0..ACCEPTS_PER_EVENT {
         if !l.is_waiting(lp) {
             return; // paused (set_waiting): the connections are left to others
@@ -323,7 +324,10 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
         let first_since_wakeup = std::mem::take(&mut st.woken);
         match st.sock.accept() {
             Ok(sock) => match Stream::accepted(lp, sock, &opts) {
-                Ok(s) => emit_conn(lp, l, s),
+                Ok(s) => {
+                    accepted = true;
+                    emit_conn(lp, l, s);
+                }
                 Err(e) => emit_error(lp, l, e),
             },
             Err(e) => match e.kind() {
@@ -331,6 +335,10 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
                     st.counts.empty += u64::from(first_since_wakeup);
                     // The backlog is empty: an episode of want of descriptors is over.
                     st.episode = false;
+                    let exclusive = st.exclusive;
+                    if accepted && exclusive {
+                        go_to_the_back(lp, l);
+                    }
                     return;
                 }
                 io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => {}
@@ -340,6 +348,21 @@ fn accept_some(lp: &mut EventLoop, l: Listener) {
         }
     }
     lp.queue_pending(move |lp| accept_some(lp, l));
+}
+
+/// An exclusively waiting listener that took connections waits again behind the other
+/// processes: the kernel wakes the first idle waiter in the socket's wait queue, so a
+/// process that stayed first would take nearly every connection while it keeps up (a
+/// burst of new keep-alive connections all to one worker). Removing and adding the wait
+/// (two `epoll_ctl` calls per wake-up that accepted, not per connection) moves it to the
+/// back of the queue, so idle workers take turns.
+fn go_to_the_back(lp: &mut EventLoop, l: Listener) {
+    let again = lp
+        .set_interest(l.0, None)
+        .and_then(|()| lp.set_interest(l.0, Some(Interest::READABLE)));
+    if let Err(e) = again {
+        emit_error(lp, l, e);
+    }
 }
 
 /// Accepting on `l` failed for want of descriptors: retry after [`ACCEPT_RETRY_MS`];
