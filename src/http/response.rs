@@ -118,6 +118,17 @@ impl Response {
         Some(f(c, leaving, &date))
     }
 
+    /// The server this response belongs to (Node's `res.socket.server`): its stats, its
+    /// address or `close`, from inside the handler, with no handle captured beforehand.
+    pub fn server(&self) -> super::Server {
+        let net = self.sh.borrow().net.clone();
+        super::Server {
+            shared: self.sh.clone(),
+            // Set by `Server::listen` before it returns, so before any request is read.
+            net: net.expect("an HTTP server's listener is set when it is created"),
+        }
+    }
+
     /// The connection (a stream on the loop): peer address, and so on.
     pub fn stream(&self) -> Stream {
         self.stream

@@ -596,23 +596,20 @@ impl Balancer {
     }
 
     /// Shares `n` connections of handle `id` out among `rooms` (from
-    /// [`Balancer::rooms`], unchanged since; `n` at most their sum), one at a time, each
-    /// to the worker with the most room left, round-robin among equals. Returns how many
-    /// each worker gets, in round-robin order, and moves the handle's round-robin position
-    /// past the worker that got the last one.
+    /// [`Balancer::rooms`], unchanged since; `n` at most their sum), one at a time, in
+    /// round-robin order over the workers that still have room: every worker with room
+    /// gets its turn, however much room it has, so a worker that reads its hand-offs
+    /// faster than the others gets no more of them (a burst of new keep-alive connections
+    /// is spread evenly, and stays so). Returns how many each worker gets, in round-robin
+    /// order, and moves the handle's round-robin position past the worker that got the
+    /// last one.
     pub(crate) fn share(&mut self, id: u32, mut rooms: Vec<(u32, u32)>, n: u32) -> Vec<(u32, u32)> {
         let mut shares = vec![0u32; rooms.len()];
+        let len = rooms.len();
         let mut from = 0;
         let mut last = None;
         for _ in 0..n {
-            let Some(most) = rooms.iter().map(|&(_, room)| room).max().filter(|&m| m > 0) else {
-                break;
-            };
-            let len = rooms.len();
-            let Some(i) = (0..len)
-                .map(|k| (from + k) % len)
-                .find(|&i| rooms[i].1 == most)
-            else {
+            let Some(i) = (0..len).map(|k| (from + k) % len).find(|&i| rooms[i].1 > 0) else {
                 break;
             };
             rooms[i].1 -= 1;
@@ -846,7 +843,7 @@ mod tests {
     }
 
     #[test]
-    fn connections_are_shared_one_at_a_time_to_the_most_free_credit() {
+    fn connections_are_shared_in_turn_among_the_workers_with_room() {
         let (mut b, h) = with_workers(2);
         let share = |b: &mut Balancer, n, batch| {
             let rooms = b.rooms(h, batch);
@@ -857,15 +854,22 @@ mod tests {
         // The first worker took the last one, so the next turn is the second's.
         assert_eq!(share(&mut b, 1, 16), [(2, 1)]);
 
-        // Three hand-offs to worker 1 leave it 1 free against worker 2's 4: worker 2 gets
-        // connections until they are level, then turns alternate again.
+        // Three hand-offs to worker 1 leave it 1 free against worker 2's 4: turns still
+        // alternate while worker 1 has room (having more room earns no more), then the
+        // rest go to worker 2.
         assert!(!b.hand_off(1, 3), "one credit left");
         assert_eq!(share(&mut b, 4, 16), [(1, 1), (2, 3)]);
+        assert!(!b.hand_off(2, 1));
+        assert_eq!(
+            share(&mut b, 2, 16),
+            [(1, 1), (2, 1)],
+            "in turn, not to the freer"
+        );
 
         // No more than the room there is: free credit, at most `batch` per worker.
         let total: u32 = b.rooms(h, 2).iter().map(|r| r.1).sum();
         assert_eq!(total, 3);
-        assert_eq!(share(&mut b, 10, 2), [(2, 2), (1, 1)]);
+        assert_eq!(share(&mut b, 10, 2), [(1, 1), (2, 2)]);
         assert!(b.has_room(h));
         assert_eq!(share(&mut b, 0, 16), []);
     }

@@ -2,10 +2,8 @@
 //! exchanges, and an external-program runner that skips when the program is missing.
 #![allow(dead_code)]
 
-use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -46,16 +44,7 @@ pub fn serve(config: Config) -> TestServer {
     let stop2 = stop.clone();
     let thread = std::thread::spawn(move || {
         let mut lp = EventLoop::new().expect("loop");
-        let slot: Rc<RefCell<Option<Server>>> = Rc::default();
-        let s2 = slot.clone();
-        let server = Server::listen(
-            &mut lp,
-            None,
-            "127.0.0.1:0".parse().unwrap(),
-            config,
-            move |lp, req, res| route(lp, req, res, &s2),
-        );
-        *slot.borrow_mut() = Some(server.clone());
+        let server = Server::listen(&mut lp, None, "127.0.0.1:0".parse().unwrap(), config, route);
         server.net().on_listening(&mut lp, move |_, s| {
             let _ = tx.send(s.address().expect("address"));
         });
@@ -67,7 +56,6 @@ pub fn serve(config: Config) -> TestServer {
         });
         let _ = t;
         lp.run().expect("server loop");
-        slot.borrow_mut().take();
     });
     let addr = rx.recv_timeout(IO_TIMEOUT).expect("server listening");
     TestServer {
@@ -87,12 +75,7 @@ pub fn serve(config: Config) -> TestServer {
 /// * `/misuse`: the refusals of invalid statuses and header fields, in the body;
 /// * `/stats`: the server's counters as text;
 /// * anything else: `hello`.
-pub fn route(
-    lp: &mut EventLoop,
-    req: &Request,
-    mut res: Response,
-    server: &Rc<RefCell<Option<Server>>>,
-) {
+pub fn route(lp: &mut EventLoop, req: &Request, mut res: Response) {
     match req.path() {
         "/echo" => {
             res.set_header("X-Method", req.method()).unwrap();
@@ -128,11 +111,8 @@ pub fn route(
             res.end(lp, text.join("|").as_bytes());
         }
         "/stats" => {
-            let s = server
-                .borrow()
-                .as_ref()
-                .map(Server::stats)
-                .unwrap_or_default();
+            // The handler reaches its own server through the response.
+            let s = res.server().stats();
             let mut text = format!(
                 "requests={} accepted={} open={}",
                 s.requests, s.accepted, s.open
