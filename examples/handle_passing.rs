@@ -102,7 +102,7 @@ fn worker(lp: &mut EventLoop, w: &Worker) {
         }
         let Some(fd) = msg.fds.pop() else { return };
         let id = w.id();
-        let server = Server::from_std(lp, std::net::TcpListener::from(fd), move |lp, conn| {
+        let server = Server::from_std(lp, std::net::TcpListener::from(fd), move |lp, _, conn| {
             conn.write(
                 lp,
                 format!("handled by worker {id} (pid {})\n", std::process::id()).as_bytes(),

@@ -164,7 +164,7 @@ fn worker(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
     let handed = Rc::new(Cell::new(0u64));
     let h = handed.clone();
     let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
-    let server = w.listen_tcp(lp, addr, move |lp, conn| {
+    let server = w.listen_tcp(lp, addr, move |lp, _, conn| {
         h.set(h.get() + 1);
         conn.destroy(lp);
     });

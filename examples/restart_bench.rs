@@ -88,7 +88,7 @@ fn worker(lp: &mut EventLoop) -> forkloop::Result<i32> {
 }
 
 /// A minimal hello-world responder: one response per request head seen.
-fn serve(lp: &mut EventLoop, conn: Stream) {
+fn serve(lp: &mut EventLoop, _: &forkloop::worker::Server, conn: Stream) {
     let tail: Rc<RefCell<Vec<u8>>> = Rc::default();
     conn.on_data(lp, move |lp, conn, data| {
         let mut buf = tail.borrow_mut();

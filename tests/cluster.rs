@@ -48,7 +48,7 @@ fn basic() {
             },
         )
         .unwrap();
-        let server = Server::bind(lp, local(), |lp, c| c.destroy(lp)).unwrap();
+        let server = Server::bind(lp, local(), |lp, _, c| c.destroy(lp)).unwrap();
         server.announce(lp, w, 0);
         lp.set_timeout(20, |lp| lp.exit(3));
     });
@@ -89,7 +89,7 @@ fn basic() {
 #[test]
 fn worker_exit() {
     worker(|lp, w| {
-        let server = Server::bind(lp, local(), |lp, c| c.destroy(lp)).unwrap();
+        let server = Server::bind(lp, local(), |lp, _, c| c.destroy(lp)).unwrap();
         server.announce(lp, w, 0);
         lp.set_timeout(10, |_| std::process::exit(42));
     });
@@ -196,7 +196,7 @@ fn worker_kill_signal() {
 #[test]
 fn worker_disconnect() {
     worker(|lp, w| {
-        let server = Server::bind(lp, local(), |lp, c| c.destroy(lp)).unwrap();
+        let server = Server::bind(lp, local(), |lp, _, c| c.destroy(lp)).unwrap();
         server.announce(lp, w, 0);
         w.on_disconnect(|lp, _| lp.exit(42));
     });
@@ -832,7 +832,7 @@ fn send_handle_large_payload() {
 /// connected. It must stay up until the connection ends (and say when its server closes).
 fn serving_worker(lp: &mut EventLoop, w: &Worker) {
     let w2 = w.clone();
-    let server = Server::bind(lp, local(), move |lp, conn| {
+    let server = Server::bind(lp, local(), move |lp, _, conn| {
         let _ = w2.send(lp, b"accepted");
         conn.on_data(lp, |_, _, _| {}); // read, so the peer's hang-up is seen
         conn.on_end(lp, |lp, c| c.destroy(lp));
@@ -1130,19 +1130,15 @@ fn idle_connections_close_when_the_server_closes() {
     // A keep-alive client that made one request and went quiet must not hold a leaving
     // worker until a deadline: connections marked idle close with the server.
     worker(|lp, w| {
-        let slot: Rc<RefCell<Option<Server>>> = Rc::default();
-        let s2 = slot.clone();
-        let server = Server::bind(lp, local(), move |lp, conn| {
-            let s3 = s2.clone();
+        // The connection callback gets its server: no slot to fill in afterwards.
+        let server = Server::bind(lp, local(), move |lp, server, conn| {
+            let s = server.clone();
             conn.on_data(lp, move |lp, c, _| {
                 c.write(lp, b"answer");
-                if let Some(s) = s3.borrow().as_ref() {
-                    s.set_idle(lp, c, true);
-                }
+                s.set_idle(lp, c, true);
             });
         })
         .unwrap();
-        *slot.borrow_mut() = Some(server.clone());
         server.announce(lp, w, 0);
     });
     let (mut lp, p) = primary("idle_connections_close_when_the_server_closes");
@@ -1189,15 +1185,14 @@ fn a_closing_server_gives_idle_connections_a_grace_before_ending_them() {
     // is answered (with a goodbye), not reset. The other stays silent: it is ended, cleanly,
     // once it has been idle for the grace.
     thread_local! {
-        // The loop thread's server, for the close posted from the client thread.
+        // The loop thread's server, for the close posted from the client thread (a
+        // posted closure must be `Send`, so it cannot carry the handle).
         static SERVER: RefCell<Option<Server>> = const { RefCell::new(None) };
     }
     let mut lp = EventLoop::new().unwrap();
-    let server = Server::bind(&mut lp, local(), move |lp, conn| {
+    let server = Server::bind(&mut lp, local(), move |lp, server, conn| {
+        let s = server.clone();
         conn.on_data(lp, move |lp, c, _| {
-            let Some(s) = SERVER.with(|s| s.borrow().clone()) else {
-                return;
-            };
             s.set_idle(lp, c, false);
             if s.is_closing() {
                 c.write(lp, b"bye");

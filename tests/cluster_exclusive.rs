@@ -34,7 +34,7 @@ fn shared(test: &str) -> (EventLoop, Primary) {
 /// `report <wakeups> <empty> <waiting>` from its listener.
 fn serve_and_report(lp: &mut EventLoop, w: &Worker, max: Option<usize>, end: bool) {
     let w2 = w.clone();
-    let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), move |lp, c| {
+    let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), move |lp, _, c| {
         let reply = format!("w{}", w2.id());
         c.on_data(lp, move |lp, c, _| {
             c.write(lp, reply.as_bytes());
@@ -309,7 +309,7 @@ fn a_worker_out_of_descriptors_leaves_the_connections_to_the_others() {
     worker(|lp, w| {
         let starve = w.id() == 1;
         let w2 = w.clone();
-        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), move |lp, c| {
+        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), move |lp, _, c| {
             let reply = format!("w{}", w2.id());
             c.on_data(lp, move |lp, c, _| {
                 c.write(lp, reply.as_bytes());

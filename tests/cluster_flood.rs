@@ -67,7 +67,7 @@ fn rss() -> u64 {
 fn a_flooding_worker_does_not_starve_clients_or_grow_the_primary() {
     worker(|lp, w| {
         let w2 = w.clone();
-        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), move |lp, c| {
+        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), move |lp, _, c| {
             serve(lp, &w2, c)
         });
         let w3 = w.clone();

@@ -52,7 +52,7 @@ fn serve_id(lp: &mut EventLoop, w: &Worker, conn: Stream) {
 
 fn listen_id(lp: &mut EventLoop, w: &Worker, addr: SocketAddr) -> forkloop::worker::Server {
     let w2 = w.clone();
-    w.listen_tcp(lp, addr, move |lp, c| serve_id(lp, &w2, c))
+    w.listen_tcp(lp, addr, move |lp, _, c| serve_id(lp, &w2, c))
 }
 
 /// A worker body: [`listen_id`] on any port, then tell the primary "ready".
@@ -606,7 +606,7 @@ fn an_accept_window_that_ran_out_of_credit_resumes_with_it() {
     // client is still accepted (the window resumed, then closed for want of connections).
     worker(|lp, w| {
         let reply = format!("w{}", w.id());
-        let server = w.listen_tcp(lp, any_port(), move |lp, conn| {
+        let server = w.listen_tcp(lp, any_port(), move |lp, _, conn| {
             let reply = reply.clone();
             conn.on_data(lp, move |lp, c, _| {
                 let reply = reply.clone();
@@ -749,7 +749,7 @@ fn net_server_drop_connection() {
     // many; the rest are refused and go elsewhere.
     worker(|lp, w| {
         let w2 = w.clone();
-        let server = w.listen_tcp(lp, any_port(), move |lp, conn| {
+        let server = w.listen_tcp(lp, any_port(), move |lp, _, conn| {
             let reply = format!("w{}", w2.id());
             conn.on_data(lp, move |lp, c, _| {
                 c.write(lp, reply.as_bytes());
@@ -865,7 +865,7 @@ fn shared_leak() {
     // 0 once it ends, and nothing stays behind.
     worker(|lp, w| {
         let w2 = w.clone();
-        let server = w.listen_tcp(lp, any_port(), move |lp, conn| {
+        let server = w.listen_tcp(lp, any_port(), move |lp, _, conn| {
             let reply = format!("w{}", w2.id());
             conn.on_data(lp, move |lp, c, _| {
                 c.write(lp, reply.as_bytes());

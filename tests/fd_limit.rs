@@ -243,7 +243,7 @@ fn clients(addr: SocketAddr) -> Outcome {
 
 /// Answers each connection's first bytes with `ok` and holds it until the client hangs up.
 fn serve_and_hold(lp: &mut EventLoop, w: &Worker) {
-    let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, conn| {
+    let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, _, conn| {
         let answered = Cell::new(false);
         conn.on_data(lp, move |lp, c, _| {
             if !answered.replace(true) {

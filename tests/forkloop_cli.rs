@@ -30,7 +30,7 @@ fn serve(lp: &mut forkloop::EventLoop, w: &forkloop::worker::Worker) {
     let server = w.listen_tcp(
         lp,
         SocketAddr::from(([127, 0, 0, 1], port)),
-        move |lp, c: Stream| {
+        move |lp, _, c: Stream| {
             let reply = reply.clone();
             c.on_data(lp, move |lp, c, _| {
                 c.write(lp, reply.as_bytes());

@@ -27,7 +27,7 @@ fn flood(lp: &mut EventLoop, w: &Worker) {
     let servers: Rc<RefCell<Vec<Server>>> = Rc::default();
     let reported = Rc::new(Cell::new(false));
     for _ in 0..LISTENS {
-        let s = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, c| c.destroy(lp));
+        let s = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, _, c| c.destroy(lp));
         servers.borrow_mut().push(s.clone());
         let after = {
             let (w, counts, servers, reported) =
@@ -43,8 +43,9 @@ fn flood(lp: &mut EventLoop, w: &Worker) {
                 let w = w.clone();
                 if let Some(s) = first {
                     s.close(lp, move |lp| {
-                        let again =
-                            w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, c| c.destroy(lp));
+                        let again = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, _, c| {
+                            c.destroy(lp)
+                        });
                         let w2 = w.clone();
                         again.on_listening(lp, move |lp, _| {
                             let _ = w2.send(lp, b"relisten ok");

@@ -335,7 +335,7 @@ fn a_server_gives_its_connections_its_stream_options() {
     guard(&mut lp, 5000);
     let seen = Rc::new(RefCell::new(Vec::new()));
     let s = seen.clone();
-    let server = Server::bind(&mut lp, any_port(), move |lp, conn| {
+    let server = Server::bind(&mut lp, any_port(), move |lp, _, conn| {
         s.borrow_mut()
             .push((conn.backpressure(lp), conn.nodelay(lp).unwrap()));
         conn.destroy(lp);

@@ -148,7 +148,9 @@ fn burst_against_child(test: &str) -> (usize, Duration, bool, String) {
 #[test]
 fn a_primary_out_of_descriptors_accepts_the_waiting_clients_once_it_can() {
     worker(|lp, w| {
-        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), answer_ok);
+        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, _, c| {
+            answer_ok(lp, c)
+        });
         let w2 = w.clone();
         server.on_listening(lp, move |lp, _| {
             let _ = w2.send(lp, b"ready");

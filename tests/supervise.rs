@@ -562,7 +562,7 @@ fn slow_cluster() {
 fn sigterm_lets_slow_requests_finish() {
     // Fault (e): SIGTERM with slow in-flight requests: all complete; exit 0.
     worker(|lp, w| {
-        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, c: Stream| {
+        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, _, c: Stream| {
             c.on_data(lp, |lp, c, _| {
                 lp.set_timeout(400, move |lp| {
                     c.write(lp, b"done");

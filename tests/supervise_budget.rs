@@ -14,7 +14,7 @@ use forkloop::primary::supervise::{RestartPolicy, Supervisor, SupervisorEvent, S
 #[test]
 fn going_down_trips_the_breaker_which_tries_again_after_its_cool_down() {
     worker(|lp, w| {
-        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, c| c.destroy(lp));
+        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, _, c| c.destroy(lp));
         server.on_error(|_, _, e| panic!("listen failed: {e}"));
         w.on_message(lp, |lp, w, _| w.going_down(lp, "fatal error"));
     });
@@ -86,7 +86,7 @@ fn a_reload_refills_tripped_slots_and_says_ok_only_when_they_serve() {
         if std::path::Path::new(&marker).exists() {
             std::process::exit(3);
         }
-        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, c| c.destroy(lp));
+        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, _, c| c.destroy(lp));
         server.on_error(|_, _, e| panic!("listen failed: {e}"));
     });
     let marker = std::env::temp_dir().join(format!("forkloop-tripped-{}", std::process::id()));

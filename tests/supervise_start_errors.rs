@@ -23,7 +23,7 @@ fn given_port() -> std::net::SocketAddr {
 
 /// Listens on the given port; a failed listen ends the worker.
 fn listen_on_the_given_port(lp: &mut forkloop::rt::EventLoop, w: &forkloop::worker::Worker) {
-    let server = w.listen_tcp(lp, given_port(), |lp, c| c.destroy(lp));
+    let server = w.listen_tcp(lp, given_port(), |lp, _, c| c.destroy(lp));
     server.on_error(|_, _, e| {
         eprintln!("worker: cannot listen: {e}");
         std::process::exit(3);
@@ -109,7 +109,7 @@ fn port_in_use_stops_the_start_reuseport() {
 fn a_listen_error_after_the_start_is_the_workers_own() {
     // Workers serve on port 0 first; asked to, they also try the taken port.
     worker(|lp, w| {
-        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, c| c.destroy(lp));
+        let server = w.listen_tcp(lp, "127.0.0.1:0".parse().unwrap(), |lp, _, c| c.destroy(lp));
         server.on_error(|_, _, e| panic!("listen failed: {e}"));
         w.on_message(lp, |lp, w, _| listen_on_the_given_port_quietly(lp, w));
     });
@@ -159,6 +159,6 @@ fn listen_on_the_given_port_quietly(
     lp: &mut forkloop::rt::EventLoop,
     w: &forkloop::worker::Worker,
 ) {
-    let server = w.listen_tcp(lp, given_port(), |lp, c| c.destroy(lp));
+    let server = w.listen_tcp(lp, given_port(), |lp, _, c| c.destroy(lp));
     server.on_error(|_, _, e| eprintln!("worker: cannot listen: {e}"));
 }

@@ -215,7 +215,7 @@ fn activated_worker(lp: &mut EventLoop, w: &Worker) {
     );
     let answer = |w: &Worker, what: &'static str| {
         let w = w.clone();
-        move |lp: &mut EventLoop, conn: Stream| {
+        move |lp: &mut EventLoop, _: &forkloop::worker::Server, conn: Stream| {
             let w = w.clone();
             conn.on_data(lp, move |lp, c, _| {
                 c.write(lp, format!("hello {what}").as_bytes());

@@ -98,7 +98,7 @@ fn listen_v6_only(lp: &mut forkloop::EventLoop, w: &forkloop::worker::Worker) {
         ..ListenOptions::default()
     };
     let addr: SocketAddr = "[::]:0".parse().unwrap();
-    let server = w.listen_with(lp, Endpoint::Tcp(addr), opts, |lp, c| c.destroy(lp));
+    let server = w.listen_with(lp, Endpoint::Tcp(addr), opts, |lp, _, c| c.destroy(lp));
     let w2 = w.clone();
     server.on_listening(lp, move |lp, s| {
         let port = s.address().map_or(0, |a| a.port());

@@ -199,7 +199,7 @@ impl Server {
         // The listener keeps the server alive (as Node's does): dropping this handle does
         // not stop it; closing does.
         let sh = shared.clone();
-        let net = worker::listen_tcp(lp, worker, addr, move |lp, stream| {
+        let net = worker::listen_tcp(lp, worker, addr, move |lp, _, stream| {
             conn::accept(&sh, lp, stream);
         });
         shared.borrow_mut().net = Some(net.clone());

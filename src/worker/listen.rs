@@ -70,7 +70,7 @@ pub fn listen_tcp<F>(
     on_connection: F,
 ) -> Server
 where
-    F: FnMut(&mut EventLoop, Stream) + 'static,
+    F: FnMut(&mut EventLoop, &Server, Stream) + 'static,
 {
     if let Some(w) = worker {
         return w.listen_tcp(lp, addr, on_connection);
@@ -82,7 +82,7 @@ where
             server
         }
         Err(e) => {
-            let server = Server::new(|lp, c: Stream| c.destroy(lp));
+            let server = Server::new(|lp, _, c: Stream| c.destroy(lp));
             let s = server.clone();
             lp.next_tick(move |lp| s.fail(lp, e));
             server
@@ -95,7 +95,7 @@ impl Worker {
     /// worker shares one port). See [`listen_tcp`].
     pub fn listen_tcp<F>(&self, lp: &mut EventLoop, addr: SocketAddr, on_connection: F) -> Server
     where
-        F: FnMut(&mut EventLoop, Stream) + 'static,
+        F: FnMut(&mut EventLoop, &Server, Stream) + 'static,
     {
         self.listen_with(
             lp,
@@ -113,7 +113,7 @@ impl Worker {
         on_connection: F,
     ) -> Server
     where
-        F: FnMut(&mut EventLoop, Stream) + 'static,
+        F: FnMut(&mut EventLoop, &Server, Stream) + 'static,
     {
         let path: PathBuf = path.into();
         let path = std::path::absolute(&path).unwrap_or(path);
@@ -134,7 +134,7 @@ impl Worker {
         on_connection: F,
     ) -> Server
     where
-        F: FnMut(&mut EventLoop, Stream) + 'static,
+        F: FnMut(&mut EventLoop, &Server, Stream) + 'static,
     {
         let server = Server::new(on_connection);
         self.query(lp, server.clone(), endpoint, opts);
@@ -197,7 +197,7 @@ impl Worker {
         B: FnOnce(&mut EventLoop, io::Result<UdpSocket>) + 'static,
     {
         let on_bound = Rc::new(RefCell::new(Some(on_bound)));
-        let binding = Server::new(|lp, c: Stream| c.destroy(lp));
+        let binding = Server::new(|lp, _, c: Stream| c.destroy(lp));
         let (w, done) = (self.clone(), on_bound.clone());
         binding.0.borrow_mut().datagram = Some(Box::new(move |lp, fd: OwnedFd, key: u32| {
             let sock = udp::open_std(lp, std::net::UdpSocket::from(fd), on_message)?;

@@ -22,7 +22,7 @@ use super::Worker;
 /// Default of [`Server::set_idle_grace`], in milliseconds.
 pub const DEFAULT_IDLE_GRACE_MS: u64 = 100;
 
-type ConnCb = Box<dyn FnMut(&mut EventLoop, Stream)>;
+type ConnCb = Box<dyn FnMut(&mut EventLoop, &Server, Stream)>;
 type CloseCb = Box<dyn FnOnce(&mut EventLoop)>;
 type ListeningCb = Box<dyn FnOnce(&mut EventLoop, &Server)>;
 type ErrorCb = Box<dyn FnMut(&mut EventLoop, &Server, &io::Error)>;
@@ -78,6 +78,10 @@ impl Inner {
 }
 
 /// A server whose connections are tracked; clone the handle freely.
+///
+/// Its connection callback gets the loop, the server itself and the new connection
+/// (`|lp, server, conn|`), so a callback that needs its server (to mark a connection idle,
+/// to close it, to read its count) has it without a handle captured beforehand.
 #[derive(Clone)]
 pub struct Server(pub(super) Rc<RefCell<Inner>>);
 
@@ -95,7 +99,7 @@ impl Server {
     /// A server with no listener yet: connections arrive through [`Server::adopt`].
     pub fn new<F>(on_connection: F) -> Server
     where
-        F: FnMut(&mut EventLoop, Stream) + 'static,
+        F: FnMut(&mut EventLoop, &Server, Stream) + 'static,
     {
         Server(Rc::new(RefCell::new(Inner {
             listener: None,
@@ -132,7 +136,7 @@ impl Server {
     /// The address cannot be bound.
     pub fn bind<F>(lp: &mut EventLoop, addr: SocketAddr, on_connection: F) -> io::Result<Server>
     where
-        F: FnMut(&mut EventLoop, Stream) + 'static,
+        F: FnMut(&mut EventLoop, &Server, Stream) + 'static,
     {
         let server = Server::new(on_connection);
         let s = server.clone();
@@ -155,7 +159,7 @@ impl Server {
         on_connection: F,
     ) -> io::Result<Server>
     where
-        F: FnMut(&mut EventLoop, Stream) + 'static,
+        F: FnMut(&mut EventLoop, &Server, Stream) + 'static,
     {
         let server = Server::new(on_connection);
         let s = server.clone();
@@ -410,7 +414,7 @@ impl Server {
             log::debug!("forkloop: server connection: cannot set TCP_NODELAY: {e}");
         }
         if let Some(mut cb) = cb {
-            cb(lp, conn);
+            cb(lp, self, conn);
             let mut inner = self.0.borrow_mut();
             if inner.on_connection.is_none() {
                 inner.on_connection = Some(cb);

@@ -191,7 +191,7 @@ pub fn serve_id(lp: &mut EventLoop, w: &Worker) {
     let server = w.listen_tcp(
         lp,
         "127.0.0.1:0".parse().unwrap(),
-        move |lp, c: forkloop::net::Stream| {
+        move |lp, _, c: forkloop::net::Stream| {
             let reply = format!("w{}", w2.id());
             c.on_data(lp, move |lp, c, _| {
                 c.write(lp, reply.as_bytes());
