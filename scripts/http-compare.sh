@@ -21,6 +21,8 @@
 #   ka-c64      -c64 keep-alive
 #   close-c64   -c64 -H 'Connection: close' (every request a new TCP connection)
 #   ka-c1       -c1 keep-alive (latency)
+#   pipe16-c64  -c64 keep-alive with 16 requests pipelined per connection
+#               (benches/peers/wrk/pipeline.lua; not in the default MODES)
 #   close-c16   -c16 -H 'Connection: close' (not in the default MODES; no check uses it: it
 #               shows the cost of accept windows to a client with few connections in flight)
 #
@@ -100,6 +102,7 @@ mode_title() {
     close-c64) echo "new connection per request, 64 concurrent: wrk -t1 -c64 -d${SECS}s --latency -H 'Connection: close' (req/s = connections/s)" ;;
     ka-c1) echo "keep-alive, 1 connection (latency): wrk -t1 -c1 -d${SECS}s --latency" ;;
     close-c16) echo "new connection per request, 16 concurrent: wrk -t1 -c16 -d${SECS}s --latency -H 'Connection: close' (req/s = connections/s)" ;;
+    pipe16-c64) echo "keep-alive, 64 connections, 16 requests pipelined on each: wrk -t1 -c64 -d${SECS}s --latency -s benches/peers/wrk/pipeline.lua (latency per batch)" ;;
     *) return 1 ;;
   esac
 }
@@ -112,6 +115,7 @@ run_wrk() {
     close-c64) extra=(-c64 -H 'Connection: close') ;;
     close-c16) extra=(-c16 -H 'Connection: close') ;;
     ka-c1) extra=(-c1) ;;
+    pipe16-c64) extra=(-c64 -s benches/peers/wrk/pipeline.lua) ;;
     *) die "unknown mode $mode" ;;
   esac
   timeout -k 5 $((secs + 20)) wrk -t1 "${extra[@]}" -d"${secs}s" --latency "http://127.0.0.1:$PORT/"
@@ -292,6 +296,9 @@ print_checks() {
   check "voluntary ctx switches/conn fl-none / fl-rr" "$(ratio close-c64 fl-none fl-rr vcsw_req)" "<=" 1.0 "$(pair close-c64 fl-none fl-rr vcsw_req)"
   check "server CPU/conn fl-none / fl-reuseport" "$(ratio close-c64 fl-none fl-reuseport cpu_us_req)" "<=" 1.0 "$(pair close-c64 fl-none fl-reuseport cpu_us_req)"
   info "voluntary ctx switches/conn fl-none / mio-2" "$(ratio close-c64 fl-none mio-2 vcsw_req)" "$(pair close-c64 fl-none mio-2 vcsw_req)"
+  echo "pipelined keep-alive, depth 16, c64:"
+  check "req/s fl-rr / nginx" "$(ratio pipe16-c64 fl-rr nginx req_s)" ">=" 1.0 "$(pair pipe16-c64 fl-rr nginx req_s)"
+  info "req/s fl-rr / mio-2" "$(ratio pipe16-c64 fl-rr mio-2 req_s)" "$(pair pipe16-c64 fl-rr mio-2 req_s)"
   echo "reuseport:"
   check "keep-alive c64 req/s fl-reuseport / mio-2" "$(ratio ka-c64 fl-reuseport mio-2 req_s)" ">=" 0.95 "$(pair ka-c64 fl-reuseport mio-2 req_s)"
   check "c1 p50 fl-reuseport / mio-2" "$(ratio ka-c1 fl-reuseport mio-2 p50_us)" "<=" 1.1 "$(pair ka-c1 fl-reuseport mio-2 p50_us)"
