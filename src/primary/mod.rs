@@ -29,6 +29,28 @@
 //! * Dropping the last [`Primary`] handle kills (`SIGKILL`) and reaps every worker still
 //!   alive, so a primary that unwinds leaves no orphans or zombies behind.
 //!
+//! # The life of a connection (round-robin)
+//!
+//! 1. A worker's `listen` arrives as a listen request; `Primary::query_server`
+//!    (`listen.rs`) asks the balancer (`Balancer::query`, `balance.rs`) for the shared
+//!    listener of that address, binding it on first use.
+//! 2. The listener becomes readable: `Primary::on_listener` → `Primary::accept`, which
+//!    takes the room every worker has (`Balancer::rooms`: its credit less what it holds
+//!    unread, as its channel reports and `Primary::look_at_unread` checks), accepts that
+//!    many (`Primary::next_conn`), and shares them out in turn (`Balancer::share`).
+//! 3. `Primary::dispatch` sends each worker's share as `NewConn` messages, consecutive
+//!    connections in one message with their descriptors (`Balancer::hand_off` counts
+//!    them in flight).
+//! 4. In the worker, `Worker::on_new_conn` (`worker/listen.rs`) gives each descriptor to
+//!    its `Server` (`Server::adopt`), whose connection callback gets it; one it cannot
+//!    take goes back in `Rejected` (`Balancer::rejected` queues it for another worker).
+//! 5. The worker reports its credit (`Credit`, bounded by its descriptor headroom:
+//!    `worker::fds`); `Balancer::credit` records it and `Primary::pump` accepts again
+//!    for listeners that had paused for want of room.
+//!
+//! Under `none` the listener's descriptor goes to the workers in step 1 and they accept
+//! themselves; under `reuseport` each worker binds its own socket.
+//!
 //! # Implementation notes
 //!
 //! | | Linux | macOS / BSD |
