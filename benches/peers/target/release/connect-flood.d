@@ -1,1 +1,0 @@
-/work/main/benches/peers/target/release/connect-flood: /work/main/benches/peers/src/bin/connect-flood.rs

@@ -1,1 +1,0 @@
-/work/main/benches/peers/target/release/ipc-bench: /work/main/benches/peers/src/bin/ipc-bench.rs
