@@ -51,8 +51,9 @@ impl Primary {
         }
     }
 
-    /// Acts on one message from `worker`.
-    fn handle(&self, lp: &mut EventLoop, worker: u32, msg: Message, fds: Vec<OwnedFd>) {
+    /// Acts on one message from `worker` (from a forkloop worker's channel, or mapped
+    /// from a Node worker's).
+    pub(super) fn handle(&self, lp: &mut EventLoop, worker: u32, msg: Message, fds: Vec<OwnedFd>) {
         match msg {
             Message::Online => {
                 self.set_state(worker, WorkerState::Online);

@@ -58,7 +58,6 @@ use super::Event;
 use super::Primary;
 use super::balance::Conn;
 use super::listen::close_handle;
-use crate::cluster::WorkerState;
 use crate::ipc::node::{
     Act, AddressType, ClusterMsg, HandleType, Incoming, NODE_SERIALIZATION_ENV, NODE_UNIQUE_ID_ENV,
     NodeChannel, NodeError, NodeLimits, NodeMessage, NodeRecv, SockName,
@@ -581,30 +580,10 @@ impl Primary {
 
     fn node_action(&self, lp: &mut EventLoop, worker: u32, io: IoId, a: Action) {
         match a {
-            Action::Msg(Message::Online, _) => {
-                self.set_state(worker, WorkerState::Online);
-                self.emit(lp, Event::Online { worker });
-            }
-            Action::Msg(Message::Listening { bound, .. }, _) => {
-                self.set_state(worker, WorkerState::Listening);
-                self.emit(
-                    lp,
-                    Event::Listening {
-                        worker,
-                        address: bound,
-                    },
-                );
-            }
-            Action::Msg(Message::User(data), fds) => {
-                self.emit(lp, Event::Message { worker, data, fds });
-            }
-            Action::Msg(Message::ExitedAfterDisconnect { seq }, _) => {
-                if let Some(e) = self.inner.borrow_mut().workers.get_mut(&worker) {
-                    e.info.exited_after_disconnect = Some(true);
-                }
-                let _ = self.send_msg(lp, worker, &Message::Ack { seq });
-            }
-            Action::Msg(..) | Action::Ignore => {}
+            // The messages a Node worker's cluster traffic maps to mean what they mean from
+            // a forkloop worker.
+            Action::Msg(msg, fds) => self.handle(lp, worker, msg, fds),
+            Action::Ignore => {}
             Action::Relay(to, data) => {
                 let targets = match to {
                     Some(t) => vec![t],
