@@ -72,14 +72,12 @@ fn record_exits(p: &Primary) -> Exits {
     exits
 }
 
-/// Two Node workers listen on port 0; once both do, 20 requests, then the primary
-/// disconnects them. Returns the answers and the exits.
-fn serve(policy: Policy) -> (Vec<std::io::Result<String>>, Exits) {
-    let (mut lp, p) = primary(policy, &[]);
-    let exits = record_exits(&p);
-    let answers = Rc::new(RefCell::new(Vec::new()));
+/// Runs `f` with the shared port's loopback address once both Node workers listen on it.
+fn when_both_listen(
+    p: &Primary,
+    mut f: impl FnMut(&mut EventLoop, &Primary, SocketAddr) + 'static,
+) {
     let listening = Cell::new(0);
-    let a = answers.clone();
     p.on(move |lp, p, ev| {
         let Event::Listening {
             address: Endpoint::Tcp(addr),
@@ -89,10 +87,20 @@ fn serve(policy: Policy) -> (Vec<std::io::Result<String>>, Exits) {
             return;
         };
         listening.set(listening.get() + 1);
-        if listening.get() != 2 {
-            return;
+        if listening.get() == 2 {
+            f(lp, p, SocketAddr::from(([127, 0, 0, 1], addr.port())));
         }
-        let addr = SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    });
+}
+
+/// Two Node workers listen on port 0; once both do, 20 requests, then the primary
+/// disconnects them. Returns the answers and the exits.
+fn serve(policy: Policy) -> (Vec<std::io::Result<String>>, Exits) {
+    let (mut lp, p) = primary(policy, &[]);
+    let exits = record_exits(&p);
+    let answers = Rc::new(RefCell::new(Vec::new()));
+    let a = answers.clone();
+    when_both_listen(&p, move |lp, p, addr| {
         let (a, p) = (a.clone(), p.clone());
         lp.spawn_blocking(
             move || (0..20).map(|_| get(addr)).collect::<Vec<_>>(),
@@ -297,21 +305,8 @@ fn refused_connection_goes_to_another_node_worker() {
     // Each worker takes one connection at a time (Node's `server.maxConnections`).
     let (mut lp, p) = primary(Policy::RoundRobin, &[("MAX_CONNECTIONS", "1")]);
     let result = Rc::new(RefCell::new(None));
-    let listening = Cell::new(0);
     let r = result.clone();
-    p.on(move |lp, p, ev| {
-        let Event::Listening {
-            address: Endpoint::Tcp(addr),
-            ..
-        } = ev
-        else {
-            return;
-        };
-        listening.set(listening.get() + 1);
-        if listening.get() != 2 {
-            return;
-        }
-        let addr = SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    when_both_listen(&p, move |lp, p, addr| {
         let (r, p) = (r.clone(), p.clone());
         lp.spawn_blocking(
             move || -> std::io::Result<(u32, u32, u32)> {
