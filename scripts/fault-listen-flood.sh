@@ -62,8 +62,7 @@ echo "fault-listen-flood: FLOOD=$FLOOD FD_MAX=$FD_MAX ($(nproc) CPUs, kernel $(u
 PORT=$PORT FLOOD=$FLOOD "$CLI" run --workers 2 --policy rr -- node "$app" >"$log" 2>&1 &
 PRIMARY=$!
 track "$PRIMARY"
-ready() { [ "$(grep -c '^\[forkloop\] Ready ' "$log")" -ge "$1" ]; }
-wait_for "2 workers ready" 30 "$PRIMARY" ready 2 || die "the cluster did not start; log: $(tail -5 "$log")"
+wait_for "2 workers ready" 30 "$PRIMARY" ready_lines "$log" 2 || die "the cluster did not start; log: $(tail -5 "$log")"
 flooded() { grep -q 'flood done' "$log"; }
 wait_for "the flood's end" 120 "$PRIMARY" flooded || true
 line=$(grep -m1 'flood done' "$log" || true)
@@ -82,7 +81,7 @@ grep -q 'exited' "$log" && fail "a worker exited: $(grep -m1 exited "$log")" ||
 [ "$(curl -s --max-time 3 "http://127.0.0.1:$PORT/")" = "hello world" ] &&
   pass "HTTP on port $PORT is answered" || fail "HTTP on port $PORT is not answered"
 kill -TTIN "$PRIMARY"
-wait_for "a third worker" 20 "$PRIMARY" ready 3 && pass "a new worker starts and is ready" ||
+wait_for "a third worker" 20 "$PRIMARY" ready_lines "$log" 3 && pass "a new worker starts and is ready" ||
   fail "no third worker became ready after SIGTTIN"
 n=$(live_children "$PRIMARY" | wc -l)
 echo "  workers now: $n"

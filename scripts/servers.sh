@@ -89,8 +89,6 @@ prepare_servers() {
 }
 
 # ---------------------------------------------------------------- helpers
-# listening_lines LOG N: the forkloop command logged N workers ready (listening).
-listening_lines() { [ "$(grep -c '^\[forkloop\] Ready ' "$1" 2>/dev/null)" -ge "$2" ]; }
 listeners_on() { [ "$(ss -Hltn "sport = :$1" | wc -l)" -ge "$2" ]; }
 children_of() { ps -o pid= --ppid "$1" | tr -d ' ' | grep . || true; }
 has_children() { [ "$(children_of "$1" | wc -l)" -ge "$2" ]; }
@@ -217,7 +215,7 @@ start_server_once() {
       for p in $(children_of "${PRIMARY[0]}"); do OTHERS+=("$p"); track "$p"; done
       wait_for "$name port" 20 "$!" listeners_on "$PORT" 1 || return 1
       # Every worker has sent `listening` once the primary says so for each of them.
-      wait_for "$name listening workers" 20 "$!" listening_lines "$log" "$WORKERS" || return 1
+      wait_for "$name listening workers" 20 "$!" ready_lines "$log" "$WORKERS" || return 1
       ;;
     nginx)
       PORT=$(free_port)
