@@ -484,7 +484,7 @@ pub(crate) fn queue_message(
 
 /// Runs `queue` on the loop-registered channel `io`, or gives `fds` back in a `Closed`
 /// error if there is none.
-fn with_channel<F>(
+pub(crate) fn with_channel<F>(
     lp: &mut crate::rt::EventLoop,
     io: Option<crate::rt::IoId>,
     fds: Vec<crate::ipc::SendFd>,
@@ -503,7 +503,13 @@ where
     }
 }
 
-fn flushed(
+/// Writes what is queued on the loop-registered channel `io`, as [`send_frame`] does after
+/// queueing.
+///
+/// # Errors
+///
+/// The channel is closed or failed, as a `Closed` [`SendError`](crate::ipc::SendError).
+pub(crate) fn flushed(
     lp: &mut crate::rt::EventLoop,
     io: Option<crate::rt::IoId>,
 ) -> Result<(), crate::ipc::SendError> {

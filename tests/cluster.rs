@@ -649,6 +649,68 @@ fn message() {
     assert_eq!(log.get(), ["1: hi from 1", "1: got hello 1"]);
 }
 
+/// Messages a worker sends in one loop iteration after the first are held back and
+/// written together before the loop polls: none waits while the loop sleeps.
+#[test]
+fn messages_sent_together_arrive_while_the_worker_sleeps() {
+    worker(|lp, w| {
+        let w = w.clone();
+        // From a timer, then nothing else happens until the primary acts: the second and
+        // third messages must not wait for another event in this worker.
+        lp.set_timeout(1, move |lp| {
+            for m in ["one", "two", "three"] {
+                w.send(lp, m.as_bytes()).unwrap();
+            }
+        });
+    });
+    let (mut lp, p) = primary("messages_sent_together_arrive_while_the_worker_sleeps");
+    let log = Log::default();
+    let l = log.clone();
+    p.on(move |lp, p, ev| {
+        if let Event::Message { worker, data, .. } = ev {
+            l.push(String::from_utf8_lossy(data));
+            if data == b"three" {
+                p.disconnect_worker(lp, *worker);
+            }
+        }
+    });
+    p.fork(&mut lp).unwrap();
+    run(&mut lp);
+    assert_eq!(log.get(), ["one", "two", "three"]);
+}
+
+/// Held-back messages are written when the worker's loop exits: a callback that sends
+/// many and then calls `exit` loses none.
+#[test]
+fn messages_sent_before_exit_are_not_lost() {
+    const N: usize = 2000;
+    worker(|lp, w| {
+        let w = w.clone();
+        lp.set_timeout(1, move |lp| {
+            for i in 0..N {
+                w.send(lp, i.to_string().as_bytes()).unwrap();
+            }
+            lp.exit(7);
+        });
+    });
+    let (mut lp, p) = primary("messages_sent_before_exit_are_not_lost");
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let code = Rc::new(Cell::new(None));
+    let (g, c) = (got.clone(), code.clone());
+    p.on(move |_, _, ev| match ev {
+        Event::Message { data, .. } => g
+            .borrow_mut()
+            .push(String::from_utf8_lossy(data).into_owned()),
+        Event::Exit { status, .. } => c.set(Some(status.code)),
+        _ => {}
+    });
+    p.fork(&mut lp).unwrap();
+    run(&mut lp);
+    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(*got.borrow(), want, "every message, in order");
+    assert_eq!(code.get(), Some(Some(7)));
+}
+
 #[test]
 fn invalid_message() {
     // Bytes that look like a control frame, sent as a user message, stay user bytes.

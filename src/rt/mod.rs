@@ -245,6 +245,7 @@ impl ActiveHandle {
 }
 
 type ExitCb = Box<dyn FnMut(&mut EventLoop, i32)>;
+type FlushCb = Box<dyn FnMut(&mut EventLoop)>;
 
 /// A single-threaded event loop that orders callbacks exactly as Node does.
 pub struct EventLoop {
@@ -260,6 +261,9 @@ pub struct EventLoop {
     requests: Slots<pool::Done>,
     before_exit: Vec<ExitCb>,
     exit_listeners: Vec<ExitCb>,
+    /// Crate-internal writers of output coalesced within an iteration (a worker's
+    /// messages): run right before each poll and when the loop exits.
+    flushers: Vec<FlushCb>,
     exit_code: i32,
     /// Natural exit or `exit()` started: nextTick is a no-op.
     exiting: bool,
@@ -319,6 +323,7 @@ impl EventLoop {
             requests: Slots::default(),
             before_exit: Vec::new(),
             exit_listeners: Vec::new(),
+            flushers: Vec::new(),
             exit_code: 0,
             exiting: false,
             forced: None,
@@ -423,6 +428,7 @@ impl EventLoop {
         self.run_pending();
         self.run_watchers(Phase::Idle);
         self.run_watchers(Phase::Prepare);
+        self.run_flushers();
         let timeout = match mode {
             RunMode::Default => self.poll_timeout(),
             RunMode::Once if can_sleep => self.poll_timeout(),
@@ -563,6 +569,29 @@ impl EventLoop {
             l(self, code);
         }
         self.forced = Some(self.exit_code);
+        self.run_flushers();
+    }
+
+    /// Adds a crate-internal flusher: output a component holds back within an iteration
+    /// (to write it in one system call) is written by `f` right before the loop polls and
+    /// when it exits, so nothing waits while the loop sleeps and nothing is lost at exit.
+    pub(crate) fn add_flusher<F>(&mut self, f: F)
+    where
+        F: FnMut(&mut EventLoop) + 'static,
+    {
+        self.flushers.push(Box::new(f));
+    }
+
+    fn run_flushers(&mut self) {
+        if self.flushers.is_empty() {
+            return;
+        }
+        let mut flushers = std::mem::take(&mut self.flushers);
+        for f in &mut flushers {
+            f(self);
+        }
+        flushers.append(&mut self.flushers);
+        self.flushers = flushers;
     }
 
     /// Whether [`EventLoop::exit`] was called.
@@ -596,6 +625,7 @@ impl EventLoop {
         }
         listeners.append(&mut self.exit_listeners);
         self.exit_listeners = listeners;
+        self.run_flushers();
     }
 
     /// Sets whether a timer, immediate, handle, watcher or signal listener keeps the loop

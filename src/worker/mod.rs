@@ -127,6 +127,10 @@ struct Inner {
     /// While a batch of the primary's messages is handled, control replies are queued
     /// and leave together afterwards (one `sendmsg`, one wake-up of the primary).
     corked: bool,
+    /// A user message (send or relay) was written at once in this loop iteration: later
+    /// ones are queued and leave together right before the loop polls (one `sendmsg` and
+    /// one wake-up of the primary per iteration, however many a callback sends).
+    wrote_this_turn: bool,
     /// Hand-off servers (by listener id) that answered with no credit left; watched until
     /// one has room again, which the primary is then told ([`Message::Credit`]).
     full: BTreeSet<u32>,
@@ -220,6 +224,7 @@ impl Worker {
                 lag: Rc::new(lag::LagMeter::default()),
                 watchdog,
                 corked: false,
+                wrote_this_turn: false,
                 full: BTreeSet::new(),
                 credit_watch: None,
                 fds: fds::FdBudget::default(),
@@ -237,6 +242,8 @@ impl Worker {
         let w = worker.clone();
         let io = lp.register(ch, Interest::READABLE, move |lp, _, _| w.on_channel(lp))?;
         worker.inner.borrow_mut().channel = Some(io);
+        let w = worker.clone();
+        lp.add_flusher(move |lp| w.flush_held_back(lp));
         let meter = worker.inner.borrow().lag.clone();
         lag::start(lp, meter);
         // No hand-off is pending yet: the baseline of descriptors outside the loop is exact.
@@ -302,6 +309,13 @@ impl Worker {
 
     /// Sends user bytes to the primary.
     ///
+    /// The first message (or relay) of a loop iteration is written at once; later ones in
+    /// the same iteration are queued and leave together right before the loop next waits
+    /// for events, or when it exits ([`EventLoop::exit`] or running out of work): a
+    /// callback that sends a thousand messages costs one system call, not a thousand. Only
+    /// ending the process behind the loop's back (`std::process::exit`) can lose what is
+    /// still queued; return from the callback or call [`EventLoop::exit`] instead.
+    ///
     /// # Errors
     ///
     /// Disconnected, or the queue is full (back-pressure).
@@ -320,8 +334,51 @@ impl Worker {
         data: &[u8],
         fds: Vec<SendFd>,
     ) -> Result<(), SendError> {
-        let io = self.inner.borrow().channel;
-        crate::cluster::send_frame(lp, io, Kind::User, data, fds)
+        self.send_user(lp, |lp, io| {
+            crate::cluster::with_channel(lp, io, fds, |ch, fds| {
+                ch.send_with_fds(Kind::User, data, fds)
+            })
+        })
+    }
+
+    /// Queues user traffic with `queue` and writes it at once if it is the first of this
+    /// loop iteration (see [`Worker::send`]).
+    fn send_user<Q>(&self, lp: &mut EventLoop, queue: Q) -> Result<(), SendError>
+    where
+        Q: FnOnce(&mut EventLoop, Option<IoId>) -> Result<(), SendError>,
+    {
+        let (io, at_once) = {
+            let mut inner = self.inner.borrow_mut();
+            // Even while corked: the callback may never return (a hang), and what it sent
+            // first must not wait for that.
+            (
+                inner.channel,
+                !std::mem::replace(&mut inner.wrote_this_turn, true),
+            )
+        };
+        queue(lp, io)?;
+        if at_once {
+            crate::cluster::flushed(lp, io)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes the user traffic held back in this iteration (a flusher: see
+    /// [`Worker::send`]).
+    fn flush_held_back(&self, lp: &mut EventLoop) {
+        let io = {
+            let mut inner = self.inner.borrow_mut();
+            if !std::mem::take(&mut inner.wrote_this_turn) {
+                return;
+            }
+            inner.channel
+        };
+        if let Some(io) = io
+            && crate::cluster::flush_channel(lp, io).is_err()
+        {
+            self.channel_gone(lp);
+        }
     }
 
     /// Sends `value` to the primary as a JSON user message.
@@ -349,13 +406,13 @@ impl Worker {
     ///
     /// As [`Worker::send`].
     pub fn relay(&self, lp: &mut EventLoop, to: u32, data: &[u8]) -> Result<(), SendError> {
-        self.send_msg(
-            lp,
-            &Message::Relay {
-                peer: to,
-                payload: data.to_vec(),
-            },
-        )
+        let msg = Message::Relay {
+            peer: to,
+            payload: data.to_vec(),
+        };
+        self.send_user(lp, |lp, io| {
+            crate::cluster::queue_message(lp, io, &msg, Vec::new())
+        })
     }
 
     /// Sends `value` to worker `to` through the primary as a JSON message (see
