@@ -177,3 +177,75 @@ fn wait_then_disconnect(
         p.disconnect(lp, |_, _| {});
     });
 }
+
+/// A worker's HTTP counters reach the primary with its heartbeat answers.
+#[test]
+fn http_counters_reach_the_primary_with_heartbeats() {
+    worker(|lp, w| {
+        let server = Server::listen(
+            lp,
+            Some(w),
+            "127.0.0.1:0".parse().unwrap(),
+            Config::default(),
+            |lp, _, res| res.end(lp, b"hello"),
+        );
+        let w2 = w.clone();
+        server.net().on_listening(lp, move |lp, _| {
+            let _ = w2.send(lp, b"ready");
+        });
+    });
+    let (mut lp, p) = primary("http_counters_reach_the_primary_with_heartbeats");
+    let seen: std::rc::Rc<std::cell::RefCell<Vec<Option<forkloop::ipc::HttpReport>>>> =
+        std::rc::Rc::default();
+    let s = seen.clone();
+    p.on(move |lp, p, ev| {
+        if let forkloop::primary::Event::Pong { worker, seq, .. } = *ev {
+            // The report follows the Pong in the same read: look once it is handled.
+            let (p, s) = (p.clone(), s.clone());
+            lp.set_immediate(move |lp| {
+                s.borrow_mut().push(p.http_stats(worker));
+                if seq == 1 {
+                    p.disconnect(lp, |_, _| {});
+                }
+            });
+        }
+    });
+    on_all_ready(&p, 1, move |lp, p, addr| {
+        // Before any request: a report of nothing yet.
+        p.ping(lp, 1, 0).unwrap();
+        let p2 = p.clone();
+        lp.spawn_blocking(
+            move || {
+                for _ in 0..3 {
+                    let mut s = connect(addr);
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .unwrap();
+                    let (_, body) = read_response(&mut s);
+                    assert_eq!(body, b"hello");
+                }
+                let mut s = connect(addr);
+                s.write_all(
+                    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                )
+                .unwrap();
+                let (head, _) = read_response(&mut s);
+                assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+            },
+            move |lp, r| {
+                r.unwrap();
+                p2.ping(lp, 1, 1).unwrap();
+            },
+        );
+    });
+    p.fork(&mut lp).unwrap();
+    run(&mut lp);
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let first = seen[0].as_ref().expect("a report with the first heartbeat");
+    assert_eq!((first.requests, first.accepted, first.open), (0, 0, 0));
+    let last = seen[1]
+        .as_ref()
+        .expect("a report with the second heartbeat");
+    assert_eq!((last.requests, last.accepted), (3, 4), "{last:?}");
+    assert_eq!(last.errors, [("ambiguous_length".to_string(), 1)]);
+}

@@ -432,3 +432,134 @@ fn response_misuse_is_refused_loudly() {
          header field managed by the server|invalid header field|invalid header field"
     );
 }
+
+fn streaming() -> Config {
+    Config {
+        stream_bodies: true,
+        ..Config::default()
+    }
+}
+
+/// Reads from `s` until `pattern` has been seen; everything read.
+fn read_until(s: &mut std::net::TcpStream, pattern: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(pattern.len()).any(|w| w == pattern) {
+        let n = s.read(&mut buf).expect("read");
+        assert!(
+            n > 0,
+            "closed before {pattern:?}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+#[test]
+fn a_streamed_body_reaches_the_handler_as_it_arrives() {
+    let srv = serve(streaming());
+    let mut s = connect(srv.addr);
+    s.write_all(b"POST /started HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123")
+        .unwrap();
+    // The handler runs (and answers its first part) before the body is complete.
+    let first = read_until(&mut s, b"started\n");
+    assert!(first.starts_with(b"HTTP/1.1 200 OK\r\n"), "{first:?}");
+    s.write_all(b"456789").unwrap();
+    let rest = read_until(&mut s, b"0\r\n\r\n");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("total 10"), "{rest}");
+    // The connection goes on with the next request.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut s).1, b"hello");
+}
+
+#[test]
+fn curl_chunked_upload_streams_through_read_body() {
+    let body = vec![b'z'; 300_000];
+    for (config, whole) in [(Config::default(), true), (streaming(), false)] {
+        let srv = serve(config);
+        let Some((stdout, stderr)) = curl(
+            &[
+                "-sS",
+                "-H",
+                "Transfer-Encoding: chunked",
+                "--data-binary",
+                "@-",
+                &url(srv.addr, "/count"),
+            ],
+            Some(&body),
+        ) else {
+            return;
+        };
+        let (total, parts) = stdout
+            .strip_prefix("total 300000 parts ")
+            .map(|p| ("300000", p.parse::<usize>().expect(&stderr)))
+            .unwrap_or_else(|| panic!("{stdout} {stderr}"));
+        assert_eq!(total, "300000");
+        if whole {
+            assert_eq!(parts, 1, "a whole body comes in one part");
+        }
+    }
+}
+
+#[test]
+fn a_body_the_handler_does_not_read_is_dropped_and_the_next_request_served() {
+    let srv = serve(streaming());
+    let mut s = connect(srv.addr);
+    s.write_all(
+        b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+          POST /early HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nGET\r\n0\r\n\r\n\
+          GET /count HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut s).1, b"early");
+    assert_eq!(read_response(&mut s).1, b"early");
+    // No body: `read_body` ends at once.
+    assert_eq!(read_response(&mut s).1, b"total 0 parts 0");
+}
+
+#[test]
+fn a_streamed_body_over_the_limit_gets_413_and_a_closed_connection() {
+    let mut config = streaming();
+    config.limits.max_body = 8;
+    let srv = serve(config);
+    let (answer, closed) = exchange(
+        srv.addr,
+        b"POST /count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(closed, "the connection is closed");
+    // Once the response began, a failing body can only cut the connection.
+    let mut s = connect(srv.addr);
+    s.write_all(
+        b"POST /started HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let end = loop {
+        let mut buf = [0u8; 4096];
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) => break None,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    assert!(
+        !matches!(
+            end,
+            Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        ),
+        "the server cut the connection (not a read timeout)"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.contains("started"), "{answer}");
+    assert!(
+        !answer.contains("413") && !answer.contains("total") && !answer.ends_with("0\r\n\r\n"),
+        "{answer}"
+    );
+}

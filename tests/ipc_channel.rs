@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use forkloop::ipc::frame::{self, Kind, Limits};
 use forkloop::ipc::{
-    Channel, ChannelConfig, ChannelError, Endpoint, FrameError, ListenMode, ListenRequest, Message,
-    ProtoError, Recv, SendErrorKind, SendFd,
+    Channel, ChannelConfig, ChannelError, Endpoint, FrameError, HttpReport, ListenMode,
+    ListenRequest, Message, ProtoError, Recv, SendErrorKind, SendFd,
 };
 use util::{pipe, pump, read_tag, recv, write_tag};
 
@@ -96,6 +96,13 @@ fn all_messages() -> Vec<Message> {
             reason: "out of memory".into(),
         },
         Message::Credit { credit: 5 },
+        Message::HttpStats(HttpReport {
+            requests: 10,
+            accepted: 4,
+            open: 2,
+            errors: vec![("malformed".into(), 1), ("timeout".into(), u64::MAX)],
+        }),
+        Message::HttpStats(HttpReport::default()),
         Message::User(vec![]),
         Message::User(vec![0xff; 300]),
     ]
@@ -483,6 +490,10 @@ fn malformed_payloads_are_typed_errors() {
     a.send(Kind::Ping, &[1, 2, 3]).unwrap(); // u64 field cut short
     a.send(Kind::Ack, &[1, 0, 0, 0, 9]).unwrap(); // one byte too many
     a.send(Kind::NewConn, &[0; 13]).unwrap(); // a connection without its fd
+    // An HTTP report claiming more error kinds than a report may carry.
+    let mut report = vec![0u8; 24];
+    report.extend_from_slice(&65u32.to_le_bytes());
+    a.send(Kind::HttpStats, &report).unwrap();
     let got = pump(&mut a, &mut b).unwrap();
     let errs: Vec<ProtoError> = got
         .into_iter()
@@ -502,6 +513,10 @@ fn malformed_payloads_are_typed_errors() {
             ProtoError::WrongFdCount {
                 kind: Kind::NewConn,
                 got: 0
+            },
+            ProtoError::BadValue {
+                kind: Kind::HttpStats,
+                field: "errors"
             },
         ]
     );

@@ -22,6 +22,25 @@ pub(crate) const KEEP_CAPACITY: usize = 64 * 1024;
 /// A drain callback left by [`Response::on_drain`].
 pub(crate) type DrainCb = Box<dyn FnOnce(&mut EventLoop, Response)>;
 
+/// A body-part callback left by [`Response::read_body`].
+pub(crate) type BodyDataCb = Box<dyn FnMut(&mut EventLoop, &[u8])>;
+
+/// Where a streamed request body ([`Config::stream_bodies`]) goes.
+pub(crate) enum BodyRead {
+    /// No body is being streamed (whole bodies, or between requests).
+    No,
+    /// The handler has the request; its body waits in the connection until
+    /// [`Response::read_body`] (or is dropped once the response ends).
+    Held,
+    /// Parts go to `data`; the response goes back to `end` with the last one.
+    Sink {
+        data: Option<BodyDataCb>,
+        end: Option<DrainCb>,
+    },
+    /// The response ended before the body was read: its parts are dropped.
+    Dropped,
+}
+
 /// Where a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -60,7 +79,7 @@ pub(crate) struct Conn {
     /// Number of the current request on this connection (a [`Response`] names it).
     pub(crate) serial: u64,
     decoder: Decoder,
-    req: Request,
+    pub(crate) req: Request,
     /// Received bytes not consumed yet.
     inbuf: Vec<u8>,
     /// Response bytes not handed to the stream yet (a batch of pipelined responses).
@@ -82,6 +101,8 @@ pub(crate) struct Conn {
     /// The stream was ended (or destroyed) by us.
     ended: bool,
     pub(crate) drain: Option<DrainCb>,
+    /// The streamed body of the current request.
+    pub(crate) body: BodyRead,
 }
 
 pub(crate) struct Shared {
@@ -91,7 +112,9 @@ pub(crate) struct Shared {
     /// `None` while it runs.
     handler: Option<Handler>,
     pub(crate) date: DateCache,
-    pub(crate) stats: Stats,
+    /// Shared with the worker's heartbeat reports ([`super::Server::listen`]); `open`
+    /// is kept current here.
+    pub(crate) stats: Rc<RefCell<Stats>>,
     /// Connections whose response ended while the handler was running for another one:
     /// they go on once it returns.
     ready: Vec<usize>,
@@ -107,7 +130,7 @@ impl Shared {
             conns: Slab::new(),
             handler: Some(handler),
             date: DateCache::new(),
-            stats: Stats::default(),
+            stats: Rc::default(),
             ready: Vec::new(),
             abandoned: Rc::default(),
         }))
@@ -160,8 +183,13 @@ pub(crate) fn accept(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, stream: Strea
             idle_marked: true,
             ended: false,
             drain: None,
+            body: BodyRead::No,
         });
-        s.stats.accepted += 1;
+        {
+            let mut st = s.stats.borrow_mut();
+            st.accepted += 1;
+            st.open += 1;
+        }
         (key, config.nodelay, s.net.clone())
     };
     if nodelay && let Err(e) = stream.set_nodelay(lp, true) {
@@ -182,7 +210,10 @@ pub(crate) fn accept(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, stream: Strea
         let gone = {
             let mut s = s3.borrow_mut();
             match s.conns.get(key) {
-                Some(c) if c.stream == stream => Some(s.conns.remove(key)),
+                Some(c) if c.stream == stream => {
+                    s.stats.borrow_mut().open -= 1;
+                    Some(s.conns.remove(key))
+                }
                 _ => None,
             }
         };
@@ -310,7 +341,9 @@ fn pump(
         let Some(c) = s.conns.get_mut(key).filter(|c| c.stream == stream) else {
             return input.len();
         };
-        if c.in_flight || c.blocked || c.phase == Phase::Closing {
+        // While a response is pending only a streamed body being read goes on.
+        let reading_body = matches!(c.body, BodyRead::Sink { .. });
+        if (c.in_flight && !reading_body) || c.blocked || c.phase == Phase::Closing {
             return pos;
         }
         if handler_busy {
@@ -342,49 +375,62 @@ fn pump(
                         c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                         flush(c, lp);
                     }
+                    if config.stream_bodies {
+                        // The handler runs now; the body follows through `read_body`.
+                        c.body = BodyRead::Held;
+                        drop(guard);
+                        dispatch(sh, lp, key, stream, true);
+                    }
                 }
             }
             Decoded::Body { used, data } => {
-                c.req.body.extend_from_slice(&input[pos..][data]);
+                let part = &input[pos..][data];
                 pos += used;
+                match &mut c.body {
+                    BodyRead::No => c.req.body.extend_from_slice(part),
+                    BodyRead::Sink { data, .. } => {
+                        let mut cb = data.take();
+                        drop(guard);
+                        if let Some(cb) = cb.as_mut() {
+                            cb(lp, part);
+                        }
+                        let mut s = sh.borrow_mut();
+                        if let Some(BodyRead::Sink { data, .. }) =
+                            s.conn(key, stream).map(|c| &mut c.body)
+                        {
+                            *data = cb;
+                        }
+                    }
+                    BodyRead::Held | BodyRead::Dropped => {}
+                }
             }
             Decoded::End { used } => {
                 pos += used;
-                s.stats.requests += 1;
-                c.serial += 1;
-                c.in_flight = true;
-                c.dispatching = true;
-                c.phase = Phase::Busy;
-                c.deadline = 0;
-                let keep = c.req.keep_alive();
-                c.resp.status = 200;
-                c.resp.headers.clear();
-                c.resp.close = !keep;
-                c.resp.client_closes = !keep;
-                c.resp.keep_alive_10 = keep && c.req.version() == Version::Http10;
-                c.resp.head_only = c.req.method() == "HEAD";
-                c.resp.version = c.req.version();
-                c.resp.streaming = false;
-                let req = std::mem::take(&mut c.req);
-                let serial = c.serial;
-                let mut handler = s.handler.take();
-                drop(guard);
-                let res = Response::new(sh.clone(), key, stream, serial);
-                if let Some(h) = handler.as_mut() {
-                    h(lp, &req, res);
-                }
-                let mut s = sh.borrow_mut();
-                s.handler = handler;
-                let hwm = DEFAULT_HIGH_WATER_MARK;
-                if let Some(c) = s.conn(key, stream) {
-                    c.req = req;
-                    c.dispatching = false;
-                    if c.out.len() >= hwm {
-                        flush(c, lp);
+                match std::mem::replace(&mut c.body, BodyRead::No) {
+                    BodyRead::No => {
+                        drop(guard);
+                        dispatch(sh, lp, key, stream, false);
+                    }
+                    BodyRead::Sink { end, .. } => {
+                        c.phase = Phase::Busy;
+                        c.deadline = 0;
+                        c.dispatching = true;
+                        let serial = c.serial;
+                        drop(guard);
+                        if let Some(end) = end {
+                            end(lp, Response::new(sh.clone(), key, stream, serial));
+                        }
+                        dispatched(sh, lp, key, stream, None);
+                    }
+                    BodyRead::Held | BodyRead::Dropped => {
+                        // The response ended before its body did (`Held` cannot be seen
+                        // here: decoding waits while it is): the connection is idle now.
+                        if c.phase == Phase::Reading {
+                            c.phase = Phase::Idle;
+                            c.deadline = now.saturating_add(ms(config.keep_alive_timeout));
+                        }
                     }
                 }
-                drop(s);
-                after_handler(sh, lp);
             }
             Decoded::Error(kind) => {
                 drop(guard);
@@ -393,6 +439,72 @@ fn pump(
             }
         }
     }
+}
+
+/// Hands the decoded request to the handler with a new response: once its body is in, or
+/// (`streamed`) once its head is, the body following through [`Response::read_body`].
+fn dispatch(
+    sh: &Rc<RefCell<Shared>>,
+    lp: &mut EventLoop,
+    key: usize,
+    stream: Stream,
+    streamed: bool,
+) {
+    let (req, serial, mut handler) = {
+        let mut guard = sh.borrow_mut();
+        let s = &mut *guard;
+        let Some(c) = s.conns.get_mut(key).filter(|c| c.stream == stream) else {
+            return;
+        };
+        s.stats.borrow_mut().requests += 1;
+        c.serial += 1;
+        c.in_flight = true;
+        c.dispatching = true;
+        if !streamed {
+            // No timeout while the handler has the request (a streamed body keeps its own).
+            c.phase = Phase::Busy;
+            c.deadline = 0;
+        }
+        let keep = c.req.keep_alive();
+        c.resp.status = 200;
+        c.resp.headers.clear();
+        c.resp.close = !keep;
+        c.resp.client_closes = !keep;
+        c.resp.keep_alive_10 = keep && c.req.version() == Version::Http10;
+        c.resp.head_only = c.req.method() == "HEAD";
+        c.resp.version = c.req.version();
+        c.resp.streaming = false;
+        (std::mem::take(&mut c.req), c.serial, s.handler.take())
+    };
+    let res = Response::new(sh.clone(), key, stream, serial);
+    if let Some(h) = handler.as_mut() {
+        h(lp, &req, res);
+    }
+    sh.borrow_mut().handler = handler;
+    dispatched(sh, lp, key, stream, Some(req));
+}
+
+/// After user code had a response (the handler, or a streamed body's end): puts the
+/// request back (its buffers are reused), flushes a large batch, runs what waited.
+fn dispatched(
+    sh: &Rc<RefCell<Shared>>,
+    lp: &mut EventLoop,
+    key: usize,
+    stream: Stream,
+    req: Option<Request>,
+) {
+    let mut s = sh.borrow_mut();
+    if let Some(c) = s.conn(key, stream) {
+        if let Some(req) = req {
+            c.req = req;
+        }
+        c.dispatching = false;
+        if c.out.len() >= DEFAULT_HIGH_WATER_MARK {
+            flush(c, lp);
+        }
+    }
+    drop(s);
+    after_handler(sh, lp);
 }
 
 /// Runs what waited for the handler: abandoned responses, connections ready to go on.
@@ -465,10 +577,15 @@ pub(crate) fn response_done(
         };
         c.in_flight = false;
         c.drain = None;
+        let body_left = matches!(c.body, BodyRead::Held);
+        if body_left {
+            // Answered before its body was read: the rest of the body is dropped.
+            c.body = BodyRead::Dropped;
+        }
         if c.resp.close {
             c.phase = Phase::Closing;
             c.deadline = now.saturating_add(linger);
-        } else {
+        } else if !body_left {
             c.phase = Phase::Idle;
             c.deadline = now.saturating_add(keep_alive);
         }
@@ -486,11 +603,23 @@ fn fail(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, key: usize, stream: Stream
         let s = &mut *guard;
         let now = lp.now();
         let linger = ms(s.config.linger);
-        s.stats.errors[kind.index()] += 1;
+        s.stats.borrow_mut().errors[kind.index()] += 1;
         let date = *s.date.get(now);
         let Some(c) = s.conns.get_mut(key).filter(|c| c.stream == stream) else {
             return;
         };
+        c.body = BodyRead::No;
+        if c.resp.streaming && c.in_flight {
+            // A streamed request body failed after the response head went out: no status
+            // can be sent any more.
+            log::debug!("http: a request body failed ({kind}) mid-response; closing");
+            c.in_flight = false;
+            c.phase = Phase::Closing;
+            c.ended = true;
+            drop(guard);
+            stream.destroy(lp);
+            return;
+        }
         log::debug!(
             "http: refusing a request ({kind}, {}); closing the connection",
             kind.status()

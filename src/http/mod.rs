@@ -27,8 +27,11 @@
 //! # What the server does for the handler
 //!
 //! * **Framing.** The handler gets each request whole: head and body (`Content-Length` or
-//!   chunked, trailers dropped) up to [`Limits::max_body`]. Heads are parsed by `httparse`;
-//!   framing, limits and the request-smuggling rules are in [`Decoder`], which does no I/O.
+//!   chunked, trailers dropped) up to [`Limits::max_body`]. Or, with
+//!   [`Config::stream_bodies`], as soon as the head is in, reading the body part by part
+//!   with [`Response::read_body`] (a body never read is dropped once the response ends).
+//!   Heads are parsed by `httparse`; framing, limits and the request-smuggling rules are
+//!   in [`Decoder`], which does no I/O.
 //! * **Responses.** [`Response::end`] sends the head and the whole body in one write; or
 //!   [`Response::write`] streams the body (chunked on HTTP/1.1, until close on HTTP/1.0),
 //!   returning `false` when the connection's write queue is full — [`Response::on_drain`]
@@ -58,7 +61,10 @@
 //!   closed (once idle for the network server's grace, see
 //!   [`crate::worker::Server::set_idle_grace`]), and requests in flight finish. The handler
 //!   does nothing for it.
-//! * **Stats.** [`Server::stats`]: requests, connections, errors by kind.
+//! * **Stats.** [`Server::stats`]: requests, connections, errors by kind. In a cluster
+//!   worker they also reach the primary with each heartbeat answer, summed over the
+//!   worker's servers: [`crate::primary::Primary::http_stats`], the supervisor's
+//!   [`WorkerStats::http`](crate::primary::supervise::WorkerStats::http) and `forkloop ctl status`.
 //!
 //! Each connection keeps its buffers from one request to the next: serving a keep-alive
 //! stream allocates nothing per request once they have grown (buffers over 64 KiB are
@@ -76,7 +82,10 @@
 //!
 //! # Limits of this version
 //!
-//! * Request bodies are delivered whole (up to [`Limits::max_body`]), not streamed.
+//! * A streamed request body's parts are handed over as they arrive: the handler cannot
+//!   pause the client (it can hold the body back by calling [`Response::read_body`]
+//!   later: then at most [`Config::max_read_ahead`] bytes wait before the connection
+//!   stops being read).
 //! * A client that half-closes its side (`shutdown(SHUT_WR)`) right after a request gets
 //!   the responses written before its end-of-stream is read; a response still pending then
 //!   is lost, as the stream ends its own side when the peer ends.
@@ -124,6 +133,12 @@ pub struct Config {
     /// Set `TCP_NODELAY` on every connection (responses are written whole, so Nagle's
     /// algorithm only adds latency). Default `true`.
     pub nodelay: bool,
+    /// Stream request bodies: the handler runs as soon as a request's head is in (its
+    /// [`Request::body`] empty), and reads the body as it arrives with
+    /// [`Response::read_body`]. [`Limits::max_body`] still bounds a body's total size
+    /// (raise it for uploads); [`Config::body_timeout`] still bounds its arrival. Default
+    /// `false`: bodies are delivered whole.
+    pub stream_bodies: bool,
 }
 
 impl Default for Config {
@@ -136,6 +151,7 @@ impl Default for Config {
             linger: Duration::from_secs(2),
             max_read_ahead: 64 * 1024,
             nodelay: true,
+            stream_bodies: false,
         }
     }
 }
@@ -157,6 +173,20 @@ impl Stats {
     /// Errors of `kind` so far.
     pub fn errors_of(&self, kind: ErrorKind) -> u64 {
         self.errors[kind.index()]
+    }
+
+    /// These counters as the worker reports them to the primary.
+    pub fn report(&self) -> crate::ipc::HttpReport {
+        crate::ipc::HttpReport {
+            requests: self.requests,
+            accepted: self.accepted,
+            open: self.open,
+            errors: ErrorKind::ALL
+                .iter()
+                .filter(|k| self.errors_of(**k) > 0)
+                .map(|k| (k.name().to_owned(), self.errors_of(*k)))
+                .collect(),
+        }
     }
 }
 
@@ -203,6 +233,10 @@ impl Server {
             conn::accept(&sh, lp, stream);
         });
         shared.borrow_mut().net = Some(net.clone());
+        if let Some(w) = worker {
+            let stats = shared.borrow().stats.clone();
+            w.add_http_reporter(Box::new(move || stats.borrow().report()));
+        }
         conn::start_sweep(&shared, lp);
         Server { shared, net }
     }
@@ -215,11 +249,7 @@ impl Server {
 
     /// The counters so far.
     pub fn stats(&self) -> Stats {
-        let sh = self.shared.borrow();
-        Stats {
-            open: sh.conns.len() as u64,
-            ..sh.stats
-        }
+        *self.shared.borrow().stats.borrow()
     }
 
     /// The configuration in force.

@@ -263,6 +263,64 @@ impl Response {
         }
     }
 
+    /// Reads the request's body: `on_data` gets each part as it arrives, then `on_end`
+    /// gets this response back once the body is complete. With [`Config::stream_bodies`]
+    /// the parts come as the client sends them; until this is called the body waits in
+    /// the connection, and a response ended without calling it drops the body. Without
+    /// it the body is already whole ([`Request::body`]): `on_data` gets it in one part,
+    /// on the next tick, then `on_end`.
+    ///
+    /// If the body fails (too large, malformed chunks, too slow: the client gets its
+    /// error status, or a closed connection if a streamed response body had started) or
+    /// the connection closes first, neither runs again and the response is dropped
+    /// without a 500.
+    ///
+    /// [`Config::stream_bodies`]: super::Config::stream_bodies
+    /// [`Request::body`]: super::Request::body
+    pub fn read_body<D, E>(mut self, lp: &mut EventLoop, on_data: D, on_end: E)
+    where
+        D: FnMut(&mut EventLoop, &[u8]) + 'static,
+        E: FnOnce(&mut EventLoop, Response) + 'static,
+    {
+        self.done = true;
+        let on_data: conn::BodyDataCb = Box::new(on_data);
+        let on_end: conn::DrainCb = Box::new(on_end);
+        let streamed = self.with(lp.now(), |c, _, _| {
+            if matches!(c.body, conn::BodyRead::Held) {
+                c.body = conn::BodyRead::Sink {
+                    data: Some(on_data),
+                    end: Some(on_end),
+                };
+                return None;
+            }
+            Some((on_data, on_end))
+        });
+        let (sh, key, stream, serial) = (self.sh.clone(), self.key, self.stream, self.serial);
+        match streamed {
+            // The connection is gone (or the response no longer pending): nothing to read.
+            None => {}
+            // Streamed: decoding goes on (by itself if the handler is still running).
+            Some(None) => lp.next_tick(move |lp| conn::resume(&sh, lp, key, stream)),
+            Some(Some((mut data, end))) => {
+                lp.next_tick(move |lp| {
+                    let body = sh.borrow_mut().conn(key, stream).and_then(|c| {
+                        (c.serial == serial && c.in_flight).then(|| std::mem::take(&mut c.req.body))
+                    });
+                    let Some(body) = body else {
+                        return;
+                    };
+                    if !body.is_empty() {
+                        data(lp, &body);
+                    }
+                    if let Some(c) = sh.borrow_mut().conn(key, stream) {
+                        c.req.body = body; // its buffer is kept for the next request
+                    }
+                    end(lp, Response::new(sh.clone(), key, stream, serial));
+                });
+            }
+        }
+    }
+
     /// Ends a streamed body (or, if nothing was written, sends an empty one).
     pub fn finish(self, lp: &mut EventLoop) {
         self.end(lp, b"");

@@ -81,13 +81,16 @@ pub enum Kind {
     /// P→W: a relay this worker sent could not be delivered (no such worker, or it is
     /// not connected).
     RelayFailed = 18,
+    /// W→P: the counters of the worker's HTTP servers, summed (after a heartbeat answer,
+    /// when they changed).
+    HttpStats = 19,
     /// Application bytes (and optional descriptors).
     User = 32,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Online,
         Kind::QueryServer,
         Kind::QueryReply,
@@ -105,6 +108,7 @@ impl Kind {
         Kind::GoingDown,
         Kind::Credit,
         Kind::RelayFailed,
+        Kind::HttpStats,
         Kind::User,
     ];
 
@@ -128,6 +132,7 @@ impl Kind {
             16 => Kind::GoingDown,
             17 => Kind::Credit,
             18 => Kind::RelayFailed,
+            19 => Kind::HttpStats,
             32 => Kind::User,
             _ => return None,
         })

@@ -26,7 +26,7 @@ pub use channel::{
 pub use frame::{Decoded, Frame, FrameError, Header, Kind, Limits, LimitsError};
 pub use ledger::{FdLedger, UnreadFrame};
 pub use proto::{
-    Endpoint, FdRule, LISTEN_IPV6_ONLY, ListenMode, ListenRequest, Message, ProtoError,
+    Endpoint, FdRule, HttpReport, LISTEN_IPV6_ONLY, ListenMode, ListenRequest, Message, ProtoError,
 };
 
 impl Channel {

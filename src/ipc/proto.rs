@@ -23,6 +23,7 @@
 //! | `GoingDown` | W→P | reason | 0 |
 //! | `Credit` | W→P | free credit (when full, when room again, when a `NewConn` asked) | 0 |
 //! | `RelayFailed` | P→W | the peer worker id a `Relay` could not reach | 0 |
+//! | `HttpStats` | W→P | [`HttpReport`]: requests, accepted, open, then (name, count) per error kind | 0 |
 //! | `User` | both | bytes | 0 to the frame limit |
 
 use std::fmt;
@@ -218,8 +219,50 @@ pub enum Message {
         /// The destination the relay named.
         peer: u32,
     },
+    /// W→P: the counters of the worker's HTTP servers, summed; sent after a `Pong` when
+    /// they changed since the last report.
+    HttpStats(HttpReport),
     /// Application bytes.
     User(Vec<u8>),
+}
+
+/// What a worker's HTTP servers (`forkloop::http::Server`) have counted, summed over its
+/// servers: the worker reports it to the primary with its heartbeat answers when it
+/// changed, and the primary keeps the latest ([`crate::primary::Primary::http_stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpReport {
+    /// Requests handed to the handlers.
+    pub requests: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections open when the report was made.
+    pub open: u64,
+    /// Requests refused or connections ended early, by kind name (`malformed`,
+    /// `timeout`, …), kinds with a count of 0 left out.
+    pub errors: Vec<(String, u64)>,
+}
+
+impl HttpReport {
+    /// Most error kinds a report may carry (more is a malformed message).
+    pub const MAX_ERROR_KINDS: usize = 64;
+
+    /// Every error, of any kind.
+    pub fn errors_total(&self) -> u64 {
+        self.errors.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Adds `other`'s counts to this report's.
+    pub fn add(&mut self, other: &HttpReport) {
+        self.requests += other.requests;
+        self.accepted += other.accepted;
+        self.open += other.open;
+        for (name, n) in &other.errors {
+            match self.errors.iter_mut().find(|(k, _)| k == name) {
+                Some((_, m)) => *m += n,
+                None => self.errors.push((name.clone(), *n)),
+            }
+        }
+    }
 }
 
 /// How many descriptors a message kind may carry.
@@ -326,6 +369,7 @@ impl Message {
             Message::GoingDown { .. } => Kind::GoingDown,
             Message::Credit { .. } => Kind::Credit,
             Message::RelayFailed { .. } => Kind::RelayFailed,
+            Message::HttpStats(_) => Kind::HttpStats,
             Message::User(_) => Kind::User,
         }
     }
@@ -399,6 +443,16 @@ impl Message {
             Message::GoingDown { reason } => w.0.extend_from_slice(reason.as_bytes()),
             Message::Credit { credit } => w.u32(*credit),
             Message::RelayFailed { peer } => w.u32(*peer),
+            Message::HttpStats(r) => {
+                w.u64(r.requests);
+                w.u64(r.accepted);
+                w.u64(r.open);
+                w.u32(r.errors.len() as u32);
+                for (name, n) in &r.errors {
+                    w.bytes(name.as_bytes());
+                    w.u64(*n);
+                }
+            }
             Message::User(bytes) => w.0.extend_from_slice(bytes),
         }
     }
@@ -475,6 +529,7 @@ impl Message {
             Kind::RelayFailed => Message::RelayFailed {
                 peer: r.u32("peer")?,
             },
+            Kind::HttpStats => Message::HttpStats(r.http_report()?),
             Kind::User => Message::User(r.rest().to_vec()),
         };
         r.finish()?;
@@ -601,6 +656,25 @@ impl<'a> Reader<'a> {
             )),
             _ => return Err(self.bad("endpoint")),
         })
+    }
+    fn http_report(&mut self) -> Result<HttpReport, ProtoError> {
+        let mut report = HttpReport {
+            requests: self.u64("requests")?,
+            accepted: self.u64("accepted")?,
+            open: self.u64("open")?,
+            errors: Vec::new(),
+        };
+        let kinds = self.u32("errors")? as usize;
+        if kinds > HttpReport::MAX_ERROR_KINDS {
+            return Err(self.bad("errors"));
+        }
+        for _ in 0..kinds {
+            let name = std::str::from_utf8(self.bytes("error kind")?)
+                .map_err(|_| self.bad("error kind"))?
+                .to_owned();
+            report.errors.push((name, self.u64("error count")?));
+        }
+        Ok(report)
     }
     fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)

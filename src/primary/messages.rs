@@ -115,6 +115,11 @@ impl Primary {
                     lag_us,
                 },
             ),
+            Message::HttpStats(report) => {
+                if let Some(e) = self.inner.borrow_mut().workers.get_mut(&worker) {
+                    e.http = Some(report);
+                }
+            }
             Message::GoingDown { reason } => {
                 // Stop routing to it at once; whoever supervises starts the replacement.
                 self.set_routing(lp, worker, false);

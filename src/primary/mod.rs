@@ -178,6 +178,8 @@ struct Entry {
     listed: bool,
     /// What it speaks.
     protocol: Protocol,
+    /// The latest counters of its HTTP servers, if it reported any.
+    http: Option<crate::ipc::HttpReport>,
 }
 
 struct Inner {
@@ -413,6 +415,7 @@ impl Primary {
                     ledger: None,
                     listed: true,
                     protocol,
+                    http: None,
                 },
             );
             inner.sigchld
@@ -523,6 +526,14 @@ impl Primary {
     /// has been handled).
     pub fn worker(&self, id: u32) -> Option<WorkerInfo> {
         self.inner.borrow().workers.get(&id).map(|e| e.info.clone())
+    }
+
+    /// The latest counters of `worker`'s HTTP servers (`forkloop::http::Server`), summed:
+    /// a worker reports them with its heartbeat answers when they changed, so they are
+    /// as fresh as the last heartbeat. `None` for an unknown worker or one that has not
+    /// reported (no HTTP server, or no heartbeat yet).
+    pub fn http_stats(&self, worker: u32) -> Option<crate::ipc::HttpReport> {
+        self.inner.borrow().workers.get(&worker)?.http.clone()
     }
 
     /// Sends user bytes to a worker.

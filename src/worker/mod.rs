@@ -131,6 +131,10 @@ struct Inner {
     /// ones are queued and leave together right before the loop polls (one `sendmsg` and
     /// one wake-up of the primary per iteration, however many a callback sends).
     wrote_this_turn: bool,
+    /// The counters of this worker's HTTP servers, reported with heartbeat answers.
+    http_reporters: Vec<Box<dyn Fn() -> crate::ipc::HttpReport>>,
+    /// The last report sent (none is sent while nothing changed).
+    http_reported: Option<crate::ipc::HttpReport>,
     /// Hand-off servers (by listener id) that answered with no credit left; watched until
     /// one has room again, which the primary is then told ([`Message::Credit`]).
     full: BTreeSet<u32>,
@@ -225,6 +229,8 @@ impl Worker {
                 watchdog,
                 corked: false,
                 wrote_this_turn: false,
+                http_reporters: Vec::new(),
+                http_reported: None,
                 full: BTreeSet::new(),
                 credit_watch: None,
                 fds: fds::FdBudget::default(),
@@ -490,6 +496,31 @@ impl Worker {
         } else {
             crate::cluster::send_message(lp, io, msg, fds)
         }
+    }
+
+    /// Adds a source of HTTP counters, summed into the reports this worker sends the
+    /// primary with its heartbeat answers ([`crate::primary::Primary::http_stats`]).
+    #[cfg(feature = "http")]
+    pub(crate) fn add_http_reporter(&self, report: Box<dyn Fn() -> crate::ipc::HttpReport>) {
+        self.inner.borrow_mut().http_reporters.push(report);
+    }
+
+    /// The sum of the HTTP counters, if there are any and they changed since the last
+    /// report (which this then becomes).
+    fn http_report_if_changed(&self) -> Option<crate::ipc::HttpReport> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.http_reporters.is_empty() {
+            return None;
+        }
+        let mut sum = crate::ipc::HttpReport::default();
+        for r in &inner.http_reporters {
+            sum.add(&r());
+        }
+        if inner.http_reported.as_ref() == Some(&sum) {
+            return None;
+        }
+        inner.http_reported = Some(sum.clone());
+        Some(sum)
     }
 
     /// Tracks a server that must close before the worker disconnects. `close` is called
@@ -846,6 +877,9 @@ impl Worker {
             Message::Ping { seq } => {
                 let lag_us = self.inner.borrow().lag.get().as_micros() as u64;
                 let _ = self.send_msg(lp, &Message::Pong { seq, lag_us });
+                if let Some(report) = self.http_report_if_changed() {
+                    let _ = self.send_msg(lp, &Message::HttpStats(report));
+                }
             }
             Message::RelayFailed { peer } => {
                 if self.hooks.relay_failed.is_empty() {

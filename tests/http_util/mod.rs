@@ -74,6 +74,9 @@ pub fn serve(config: Config) -> TestServer {
 /// * `/drop`: the response is dropped without being ended;
 /// * `/misuse`: the refusals of invalid statuses and header fields, in the body;
 /// * `/stats`: the server's counters as text;
+/// * `/count`: reads the body with `read_body`, answers `total N parts P`;
+/// * `/started`: streams `started` first, then reads the body, then `total N`;
+/// * `/early`: `early`, without reading the body;
 /// * anything else: `hello`.
 pub fn route(lp: &mut EventLoop, req: &Request, mut res: Response) {
     match req.path() {
@@ -122,6 +125,29 @@ pub fn route(lp: &mut EventLoop, req: &Request, mut res: Response) {
             }
             res.end(lp, text.as_bytes());
         }
+        "/count" => {
+            let seen = std::rc::Rc::new(std::cell::Cell::new((0usize, 0usize)));
+            let s = seen.clone();
+            res.read_body(
+                lp,
+                move |_, part| s.set((s.get().0 + part.len(), s.get().1 + 1)),
+                move |lp, res| {
+                    let (n, parts) = seen.get();
+                    res.end(lp, format!("total {n} parts {parts}").as_bytes());
+                },
+            );
+        }
+        "/started" => {
+            res.write(lp, b"started\n");
+            let seen = std::rc::Rc::new(std::cell::Cell::new(0usize));
+            let s = seen.clone();
+            res.read_body(
+                lp,
+                move |_, part| s.set(s.get() + part.len()),
+                move |lp, res| res.end(lp, format!("total {}", seen.get()).as_bytes()),
+            );
+        }
+        "/early" => res.end(lp, b"early"),
         _ => res.end(lp, b"hello"),
     }
 }

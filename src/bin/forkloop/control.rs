@@ -87,11 +87,16 @@ fn status(control: &Control, json: bool) -> String {
         return format!("{}\n", serde_json::Value::from(list));
     }
     let mut out = String::from(
-        "id\tpid\tstate\tgeneration\tuptime_s\trestarts\tconnections\tlag_ms\trss_kib\n",
+        "id\tpid\tstate\tgeneration\tuptime_s\trestarts\tconnections\tlag_ms\trss_kib\t\
+         requests\topen\terrors\n",
     );
     for s in &stats {
+        // HTTP counters: only from workers serving with `forkloop::http`.
+        let http = s.http.as_ref().map_or("-\t-\t-".to_owned(), |h| {
+            format!("{}\t{}\t{}", h.requests, h.open, h.errors_total())
+        });
         out.push_str(&format!(
-            "{}\t{}\t{:?}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            "{}\t{}\t{:?}\t{}\t{}\t{}\t{}\t{}\t{}\t{http}\n",
             s.id,
             s.pid,
             s.state,
@@ -119,6 +124,12 @@ fn stat_json(s: &WorkerStats) -> serde_json::Value {
         "loop_lag_us": s.loop_lag.as_micros() as u64,
         "rss_bytes": s.rss_bytes,
         "routed": s.routed,
+        "http": s.http.as_ref().map(|h| serde_json::json!({
+            "requests": h.requests,
+            "accepted": h.accepted,
+            "open": h.open,
+            "errors": h.errors.iter().map(|(k, n)| (k.clone(), (*n).into())).collect::<serde_json::Map<_, _>>(),
+        })),
     })
 }
 

@@ -676,6 +676,7 @@ impl Supervisor {
                     loop_lag: m.lag,
                     rss_bytes: crate::sys::rss::rss_bytes(info.pid),
                     routed: inner.p.is_routed(w),
+                    http: inner.p.http_stats(w),
                 })
             })
             .collect();

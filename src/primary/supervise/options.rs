@@ -267,6 +267,9 @@ pub struct WorkerStats {
     pub rss_bytes: Option<u64>,
     /// Whether new connections go to it.
     pub routed: bool,
+    /// The counters of its HTTP servers as of its last heartbeat answer
+    /// ([`Primary::http_stats`](crate::primary::Primary::http_stats)).
+    pub http: Option<crate::ipc::HttpReport>,
 }
 
 /// Why a rolling reload did not replace every worker. The workers not replaced keep
