@@ -124,7 +124,7 @@ use std::sync::Arc;
 use crossbeam_channel::unbounded;
 
 mod clock;
-mod id;
+pub(crate) mod id;
 mod io;
 mod local;
 mod pool;

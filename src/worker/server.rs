@@ -7,7 +7,7 @@
 //! stopped while the client does not read its answers ([`Server::set_stream_options`]).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -46,13 +46,13 @@ pub(super) struct Inner {
     pub(super) datagram: Option<DatagramCb>,
     /// Connections the application marked idle (between requests), with the loop time
     /// (ms) they became idle.
-    idle: HashMap<Stream, u64>,
+    idle: crate::rt::id::IdMap<Stream, u64>,
     /// How long a connection must have been idle before a closing server ends it.
     idle_grace_ms: u64,
     /// While closing: the timer that ends idle connections as their grace runs out.
     idle_sweep: Option<TimerId>,
     /// Connections handed to the server (closed ones are pruned now and then).
-    conns: HashSet<Stream>,
+    conns: crate::rt::id::IdSet<Stream>,
     /// Prune closed connections when `conns` grows past this.
     prune_at: usize,
     on_connection: Option<ConnCb>,
@@ -113,10 +113,10 @@ impl Server {
             key: None,
             max_connections: None,
             datagram: None,
-            idle: HashMap::new(),
+            idle: Default::default(),
             idle_grace_ms: DEFAULT_IDLE_GRACE_MS,
             idle_sweep: None,
-            conns: HashSet::new(),
+            conns: Default::default(),
             prune_at: 64,
             on_connection: Some(Box::new(on_connection)),
             stream_options: StreamOptions::default(),
