@@ -465,46 +465,129 @@ impl ClusterMsg {
         })
     }
 
-    fn to_json(&self) -> Map<String, Value> {
-        let mut o = Map::new();
-        o.insert("cmd".into(), Value::from(CMD_CLUSTER));
-        if let Some(a) = &self.act {
-            o.insert("act".into(), Value::from(a.name()));
-        }
-        let mut put = |k: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                o.insert(k.into(), v);
-            }
-        };
-        put("ack", self.ack.map(Value::from));
-        put("key", self.key.clone().map(Value::from));
-        put("accepted", self.accepted.map(Value::from));
-        put("errno", self.errno.map(Value::from));
-        put("address", self.address.clone().map(Value::from));
-        put("port", self.port.map(Value::from));
-        put("addressType", self.address_type.map(AddressType::to_json));
-        put("fd", self.fd.map(Value::from));
-        put("flags", self.flags.map(Value::from));
-        put("backlog", self.backlog.map(Value::from));
-        put("index", self.index.map(Value::from));
-        put(
-            "data",
-            self.data
+    /// The message as Node reads it, for serializing (absent fields left out).
+    fn view(&self) -> ClusterOut<'_> {
+        ClusterOut {
+            cmd: CMD_CLUSTER,
+            act: self.act.as_ref().map(Act::name),
+            ack: self.ack,
+            key: self.key.as_deref(),
+            accepted: self.accepted,
+            errno: self.errno,
+            address: self.address.as_deref(),
+            port: self.port,
+            address_type: self.address_type.map(AddressType::to_json),
+            fd: self.fd,
+            flags: self.flags,
+            backlog: self.backlog,
+            index: self.index,
+            data: self
+                .data
                 .as_deref()
                 .and_then(|d| serde_json::from_str::<Value>(d).ok()),
-        );
-        put(
-            "sockname",
-            self.sockname.as_ref().map(|s| {
-                let mut m = Map::new();
-                m.insert("address".into(), Value::from(s.address.clone()));
-                m.insert("family".into(), Value::from(s.family.clone()));
-                m.insert("port".into(), Value::from(s.port));
-                Value::Object(m)
+            sockname: self.sockname.as_ref().map(|s| SockNameOut {
+                address: &s.address,
+                family: &s.family,
+                port: s.port,
             }),
-        );
-        put("seq", self.seq.map(Value::from));
-        o
+            seq: self.seq,
+        }
+    }
+}
+
+/// A [`ClusterMsg`] as written on the wire: serialized straight from the message, with no
+/// intermediate JSON tree.
+#[derive(serde::Serialize)]
+struct ClusterOut<'a> {
+    cmd: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ack: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accepted: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errno: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<i64>,
+    #[serde(rename = "addressType", skip_serializing_if = "Option::is_none")]
+    address_type: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fd: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flags: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backlog: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sockname: Option<SockNameOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+}
+
+/// A [`SockName`] as written on the wire.
+#[derive(serde::Serialize)]
+struct SockNameOut<'a> {
+    address: &'a str,
+    family: &'a str,
+    port: u16,
+}
+
+/// A message that is only its `cmd` (`NODE_HANDLE_ACK`, `NODE_HANDLE_NACK`).
+#[derive(serde::Serialize)]
+struct CmdOnly {
+    cmd: &'static str,
+}
+
+/// The `NODE_HANDLE` envelope around a message sent with a descriptor.
+#[derive(serde::Serialize)]
+struct HandleOut<'a, T> {
+    cmd: &'static str,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    msg: T,
+}
+
+/// The two replies a Node worker sends for every connection handed to it — the
+/// `NODE_HANDLE_ACK` of the descriptor and the `NODE_CLUSTER` answer to `newconn` (`ack`,
+/// `accepted`, `seq`) — read into a typed struct, without building a JSON tree. Anything
+/// else (another field, a duplicate, a number that is not a plain integer) fails here and
+/// takes the general path, which decides it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reply<'a> {
+    #[serde(borrow)]
+    cmd: &'a str,
+    ack: Option<u64>,
+    accepted: Option<bool>,
+    seq: Option<u64>,
+}
+
+/// The message of `line` if it is one of the replies of [`Reply`]; exactly what the general
+/// path would decode it to.
+fn decode_reply(line: &[u8]) -> Option<NodeMessage> {
+    let r: Reply<'_> = serde_json::from_slice(line).ok()?;
+    // The general path takes integers up to i64::MAX.
+    let fits = |n: Option<u64>| n.is_none_or(|n| i64::try_from(n).is_ok());
+    if !fits(r.ack) || !fits(r.seq) {
+        return None;
+    }
+    match r.cmd {
+        CMD_ACK => Some(NodeMessage::HandleAck),
+        CMD_CLUSTER => Some(NodeMessage::Cluster(Box::new(ClusterMsg {
+            ack: r.ack,
+            accepted: r.accepted,
+            seq: r.seq,
+            ..ClusterMsg::default()
+        }))),
+        _ => None,
     }
 }
 
@@ -550,17 +633,6 @@ impl NodeMessage {
         }
     }
 
-    fn to_json(&self) -> Result<Value, NodeError> {
-        Ok(match self {
-            NodeMessage::Cluster(c) => Value::Object(c.to_json()),
-            NodeMessage::HandleAck => cmd_only(CMD_ACK),
-            NodeMessage::HandleNack => cmd_only(CMD_NACK),
-            NodeMessage::Internal { json, .. } | NodeMessage::User(json) => {
-                serde_json::from_str(json).map_err(|e| NodeError::Json(e.to_string()))?
-            }
-        })
-    }
-
     /// A user message from JSON text (checked, made compact: one line).
     ///
     /// # Errors
@@ -570,12 +642,6 @@ impl NodeMessage {
         let v: Value = serde_json::from_slice(json).map_err(|e| NodeError::Json(e.to_string()))?;
         NodeMessage::from_json(v)
     }
-}
-
-fn cmd_only(cmd: &str) -> Value {
-    let mut o = Map::new();
-    o.insert("cmd".into(), Value::from(cmd));
-    Value::Object(o)
 }
 
 /// Node's test for an internal message: an object whose `cmd` is a string starting with
@@ -602,6 +668,25 @@ pub struct Line {
 /// Not JSON, an empty line, a `NODE_HANDLE` without an object `msg` or a string `type`,
 /// or a `NODE_CLUSTER` field of the wrong type.
 pub fn decode_line(line: &[u8]) -> Result<Line, NodeError> {
+    if let Some(msg) = decode_reply(line) {
+        // Checked against the general path wherever debug assertions are on (tests and
+        // the fuzz targets).
+        debug_assert_eq!(
+            decode_general(line).ok(),
+            Some(Line {
+                msg: msg.clone(),
+                handle: None
+            }),
+            "the reply fast path and the general path disagree on {:?}",
+            String::from_utf8_lossy(line)
+        );
+        return Ok(Line { msg, handle: None });
+    }
+    decode_general(line)
+}
+
+/// [`decode_line`] through a JSON tree: every message.
+fn decode_general(line: &[u8]) -> Result<Line, NodeError> {
     let v: Value = serde_json::from_slice(line).map_err(|e| NodeError::Json(e.to_string()))?;
     if internal_cmd(&v) == Some(CMD_HANDLE) {
         let Value::Object(mut o) = v else {
@@ -638,18 +723,38 @@ pub fn decode_line(line: &[u8]) -> Result<Line, NodeError> {
 ///
 /// A user or internal message whose text is not JSON.
 pub fn encode_line(line: &Line, out: &mut Vec<u8>) -> Result<(), NodeError> {
-    let inner = line.msg.to_json()?;
-    let v = match &line.handle {
-        None => inner,
-        Some(ty) => {
-            let mut o = Map::new();
-            o.insert("cmd".into(), Value::from(CMD_HANDLE));
-            o.insert("type".into(), Value::from(ty.name()));
-            o.insert("msg".into(), inner);
-            Value::Object(o)
+    match &line.msg {
+        NodeMessage::Cluster(c) => write_line(out, line.handle.as_ref(), &c.view()),
+        NodeMessage::HandleAck => write_line(out, line.handle.as_ref(), &CmdOnly { cmd: CMD_ACK }),
+        NodeMessage::HandleNack => {
+            write_line(out, line.handle.as_ref(), &CmdOnly { cmd: CMD_NACK })
         }
+        NodeMessage::Internal { json, .. } | NodeMessage::User(json) => {
+            let v: Value =
+                serde_json::from_str(json).map_err(|e| NodeError::Json(e.to_string()))?;
+            write_line(out, line.handle.as_ref(), &v)
+        }
+    }
+}
+
+/// Appends `msg` (in a `NODE_HANDLE` envelope of type `handle` if given) and a `\n`.
+fn write_line<T: serde::Serialize>(
+    out: &mut Vec<u8>,
+    handle: Option<&HandleType>,
+    msg: &T,
+) -> Result<(), NodeError> {
+    let written = match handle {
+        None => serde_json::to_writer(&mut *out, msg),
+        Some(ty) => serde_json::to_writer(
+            &mut *out,
+            &HandleOut {
+                cmd: CMD_HANDLE,
+                ty: ty.name(),
+                msg,
+            },
+        ),
     };
-    serde_json::to_writer(&mut *out, &v).map_err(|e| NodeError::Json(e.to_string()))?;
+    written.map_err(|e| NodeError::Json(e.to_string()))?;
     out.push(b'\n');
     Ok(())
 }
@@ -1187,6 +1292,44 @@ mod tests {
             Ok(l) => l,
             Err(e) => panic!("{s}: {e}"),
         }
+    }
+
+    #[test]
+    fn the_reply_fast_path_takes_only_what_it_decodes_as_the_general_path_does() {
+        let taken = [
+            r#"{"cmd":"NODE_HANDLE_ACK"}"#,
+            r#"{"cmd":"NODE_CLUSTER","ack":5,"accepted":true,"seq":7}"#,
+            r#"{"cmd":"NODE_CLUSTER","ack":5,"accepted":false,"seq":7}"#,
+            r#" { "seq" : 1 , "cmd" : "NODE_CLUSTER" , "ack" : null } "#,
+            r#"{"cmd":"NODE_CLUSTER","ack":9223372036854775807}"#,
+        ];
+        for t in taken {
+            let fast = decode_reply(t.as_bytes()).unwrap_or_else(|| panic!("not taken: {t}"));
+            assert_eq!(decode_general(t.as_bytes()).unwrap().msg, fast, "{t}");
+        }
+        // Left to the general path (which may accept or refuse them).
+        let left = [
+            r#"{"cmd":"NODE_CLUSTER","ack":1.0,"accepted":true,"seq":7}"#,
+            r#"{"cmd":"NODE_CLUSTER","ack":9223372036854775808}"#,
+            r#"{"cmd":"NODE_CLUSTER","ack":-1}"#,
+            r#"{"cmd":"NODE_CLUSTER","ack":1,"ack":2}"#,
+            r#"{"cmd":"NODE_CLUSTER","act":"newconn","seq":3}"#,
+            r#"{"cmd":"NODE_CLUSTER","accepted":"yes"}"#,
+            r#"{"cmd":"NODE_\u0043LUSTER","ack":1}"#,
+            r#"{"cmd":"NODE_HANDLE_NACK"}"#,
+            r#"{"cmd":"hello","ack":1}"#,
+            r#"{"ack":1}"#,
+            r#"[1]"#,
+            "",
+        ];
+        for t in left {
+            assert_eq!(decode_reply(t.as_bytes()), None, "{t}");
+        }
+        // The general path still decodes those it can, the same way.
+        assert_eq!(
+            line(r#"{"cmd":"NODE_CLUSTER","ack":1,"ack":2}"#).msg,
+            NodeMessage::Cluster(Box::new(ClusterMsg::reply(2)))
+        );
     }
 
     #[test]
