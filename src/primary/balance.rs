@@ -62,7 +62,8 @@
 //! these). Connections that come back wait in the handle's queue (bounded by the total
 //! credit) and are handed off again oldest first.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use crate::rt::id::{IdMap, IdSet};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -258,7 +259,7 @@ pub(crate) struct Handle {
     /// first.
     queue: VecDeque<Conn>,
     /// Workers that refused a connection of this handle; skipped until they accept one.
-    refused: HashSet<u32>,
+    refused: IdSet<u32>,
     cursor: u32,
     unix_path: Option<PathBuf>,
 }
@@ -302,13 +303,13 @@ pub(crate) struct Balancer {
     /// Connections read back from workers that died without reading them.
     pub(crate) taken_back: u64,
     by_key: HashMap<HandleKey, u32>,
-    pub(crate) handles: HashMap<u32, Handle>,
+    pub(crate) handles: IdMap<u32, Handle>,
     next_handle: u32,
     /// Connections accepted so far (each [`Conn::born`]).
     accepted_conns: u64,
-    load: HashMap<u32, Load>,
+    load: IdMap<u32, Load>,
     /// Workers taking no new connections (quarantined, retiring).
-    pub(crate) excluded: HashSet<u32>,
+    pub(crate) excluded: IdSet<u32>,
     /// Keep a listener open (accepting paused) when its last worker leaves, so clients wait
     /// in the backlog for a replacement instead of being refused (set while supervised).
     pub(crate) keep_listeners: bool,
@@ -343,11 +344,11 @@ impl Balancer {
             windows_opened: 0,
             taken_back: 0,
             by_key: HashMap::new(),
-            handles: HashMap::new(),
+            handles: IdMap::default(),
             next_handle: 1,
             accepted_conns: 0,
-            load: HashMap::new(),
-            excluded: HashSet::new(),
+            load: IdMap::default(),
+            excluded: IdSet::default(),
             keep_listeners: false,
             adopted: Vec::new(),
         }
@@ -555,7 +556,7 @@ impl Balancer {
                 .map(AcceptWindow::new),
             window_timer: None,
             queue: VecDeque::new(),
-            refused: HashSet::new(),
+            refused: IdSet::default(),
             cursor: 0,
             unix_path,
         };

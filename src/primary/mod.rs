@@ -78,7 +78,7 @@ pub mod systemd;
 pub mod window;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
@@ -203,7 +203,7 @@ struct Inner {
 #[derive(Default)]
 struct Hooks {
     cluster: crate::hooks::Hooks<Handler>,
-    workers: RefCell<HashMap<u32, Rc<crate::hooks::Hooks<Handler>>>>,
+    workers: RefCell<crate::rt::id::IdMap<u32, Rc<crate::hooks::Hooks<Handler>>>>,
 }
 
 /// The primary's cluster state; clone the handle freely (it is an `Rc`).

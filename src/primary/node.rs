@@ -42,7 +42,7 @@
 //! * No heartbeats: Node's protocol has none ([`Primary::ping`] fails for Node workers).
 //! * `data` (TLS ticket keys) is echoed to each worker, not shared across workers.
 
-use std::collections::HashMap;
+use crate::rt::id::IdMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -80,12 +80,12 @@ pub(crate) struct NodeLink {
     /// The primary's message numbers on this channel.
     next_seq: u64,
     /// Node's key text of each listener the worker has, by the primary's handle id.
-    keys: HashMap<u32, String>,
+    keys: IdMap<u32, String>,
     /// Listen requests waiting for their reply: by request number, the key text.
-    queries: HashMap<u64, String>,
+    queries: IdMap<u64, String>,
     /// `newconn`s sent and not answered: by message number, the handle, the
     /// connection's age and the primary's copy of it.
-    conns: HashMap<u64, (u32, u64, Arc<OwnedFd>)>,
+    conns: IdMap<u64, (u32, u64, Arc<OwnedFd>)>,
 }
 
 /// What a worker's line means to the primary.
@@ -128,9 +128,9 @@ impl NodeLink {
         Ok(NodeLink {
             ch: NodeChannel::new(fd, NodeLimits::default())?,
             next_seq: 0,
-            keys: HashMap::new(),
-            queries: HashMap::new(),
-            conns: HashMap::new(),
+            keys: IdMap::default(),
+            queries: IdMap::default(),
+            conns: IdMap::default(),
         })
     }
 

@@ -36,9 +36,10 @@ impl fmt::Debug for Key {
     }
 }
 
-/// A hasher for maps keyed by loop ids: the key is already a small unique number, so one
+/// A hasher for maps keyed by ids this process issues itself (loop handles, worker ids,
+/// listener ids, hand-off numbers): the key is already a small unique number, so one
 /// multiplication spreads it (SipHash's protection against chosen keys is not needed for
-/// ids the loop issues itself, and costs far more on a per-request path).
+/// ids nobody else picks, and costs far more on a per-connection path).
 #[derive(Default, Clone, Copy)]
 pub(crate) struct IdHasher(u64);
 
