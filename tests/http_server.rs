@@ -563,3 +563,42 @@ fn a_streamed_body_over_the_limit_gets_413_and_a_closed_connection() {
         "{answer}"
     );
 }
+
+#[test]
+fn a_streamed_body_waits_for_100_continue_and_pipelines_after() {
+    let srv = serve(streaming());
+    let mut s = connect(srv.addr);
+    s.write_all(
+        b"POST /count HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    let interim = read_until(&mut s, b"\r\n\r\n");
+    assert_eq!(interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    // The body, and two more requests behind it in the same write: answered in order.
+    s.write_all(
+        b"hello\
+          POST /count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut s).1, b"total 5 parts 1");
+    let (_, second) = read_response(&mut s);
+    assert!(second.starts_with(b"total 5 parts "), "{second:?}");
+    assert_eq!(read_response(&mut s).1, b"hello");
+}
+
+#[test]
+fn a_body_held_back_past_the_read_ahead_is_read_once_the_handler_asks() {
+    // 300 kB wait while the handler has not asked (reading stops at the read-ahead bound),
+    // then all of it arrives.
+    let srv = serve(streaming());
+    let body = vec![b'q'; 300_000];
+    let Some((stdout, stderr)) = curl(
+        &["-sS", "--data-binary", "@-", &url(srv.addr, "/late")],
+        Some(&body),
+    ) else {
+        return;
+    };
+    assert_eq!(stdout, "total 300000", "{stderr}");
+}

@@ -77,6 +77,7 @@ pub fn serve(config: Config) -> TestServer {
 /// * `/count`: reads the body with `read_body`, answers `total N parts P`;
 /// * `/started`: streams `started` first, then reads the body, then `total N`;
 /// * `/early`: `early`, without reading the body;
+/// * `/late`: as `/count`, but starts reading the body 50 ms after the head came;
 /// * anything else: `hello`.
 pub fn route(lp: &mut EventLoop, req: &Request, mut res: Response) {
     match req.path() {
@@ -148,6 +149,17 @@ pub fn route(lp: &mut EventLoop, req: &Request, mut res: Response) {
             );
         }
         "/early" => res.end(lp, b"early"),
+        "/late" => {
+            lp.set_timeout(50u64, move |lp| {
+                let n = std::rc::Rc::new(std::cell::Cell::new(0usize));
+                let n2 = n.clone();
+                res.read_body(
+                    lp,
+                    move |_, part| n2.set(n2.get() + part.len()),
+                    move |lp, res| res.end(lp, format!("total {}", n.get()).as_bytes()),
+                );
+            });
+        }
         _ => res.end(lp, b"hello"),
     }
 }
