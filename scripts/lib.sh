@@ -93,7 +93,7 @@ wait_for() {
 }
 has_line() { grep -Eq "$2" "$1" 2>/dev/null; }
 # ready_lines LOG N: the `forkloop run` command logged N workers ready (listening) in LOG.
-ready_lines() { [ "$(grep -c '^\[forkloop\] Ready ' "$1" 2>/dev/null)" -ge "$2" ]; }
+ready_lines() { [ "$(grep -Ec '^\[forkloop\] worker [0-9]+ ready in slot ' "$1" 2>/dev/null)" -ge "$2" ]; }
 
 # free_port: a TCP port below the ephemeral range (so wrk's own connections never take
 # it) that no socket on this machine uses.

@@ -88,7 +88,16 @@
 //! | [`cluster`] | roles (primary or worker) and the shared vocabulary: worker states, exit status |
 //! | [`primary`] | the primary: fork, worker table and events, messaging, listeners and the balancer (rr / shared / reuseport), supervision, systemd |
 //! | [`worker`] | the worker: messaging, disconnect protocol, cluster-aware listen, servers that drain, loop lag |
-//! | `http` | (feature `http`) an HTTP/1.1 server on a worker's listener or a plain one: keep-alive, pipelining, limits, timeouts, graceful leaving |
+//! | `http` | (feature `http`) an HTTP/1.1 server on a worker's listener or a plain one: keep-alive, pipelining, streamed bodies, limits, timeouts, graceful leaving |
+//!
+//! ## Features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `http` | yes | `forkloop::http` (with `httparse`) |
+//! | `cli` | yes | the `forkloop` command (`run`, `ctl`; with `clap`); turns on `node` |
+//! | `node` | with `cli` | Node.js's own cluster protocol (`ipc::node`): a primary that runs unmodified Node.js workers (with `serde_json`) |
+//! | `serde` | no | typed user messages as JSON (`Worker::send_json`, `Message::json`, …) |
 
 #![deny(missing_docs, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

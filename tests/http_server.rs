@@ -602,3 +602,35 @@ fn a_body_held_back_past_the_read_ahead_is_read_once_the_handler_asks() {
     };
     assert_eq!(stdout, "total 300000", "{stderr}");
 }
+
+#[test]
+fn a_handler_that_answers_before_asking_for_the_body_spares_the_upload() {
+    let srv = serve(streaming());
+    // Answered at once: no `100 Continue`, and the connection closes after the answer
+    // (whether the client sends the body now is up to it).
+    let mut s = connect(srv.addr);
+    s.write_all(
+        b"POST /early HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    let (answer, closed) = read_to_close(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert!(answer.contains("Connection: close"), "{answer}");
+    assert!(answer.ends_with("early"), "{answer}");
+    assert!(closed, "closed after the answer");
+    // A handler that streams its answer before reading lets the client send the body.
+    let mut s = connect(srv.addr);
+    s.write_all(
+        b"POST /started HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    let first = read_until(&mut s, b"started\n");
+    assert!(
+        first.starts_with(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{first:?}"
+    );
+    s.write_all(b"hello").unwrap();
+    let rest = String::from_utf8_lossy(&read_until(&mut s, b"0\r\n\r\n")).into_owned();
+    assert!(rest.contains("total 5"), "{rest}");
+}

@@ -326,3 +326,21 @@ fn a_short_read_still_sees_a_later_or_simultaneous_end() {
         assert_eq!(got, b"req/end", "FIN {delay_ms} ms after the request");
     }
 }
+
+#[test]
+fn a_server_error_with_no_handler_is_not_lost() {
+    // The port is taken: with no error handler the failure ends the loop with code 1.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let mut lp = EventLoop::new().unwrap();
+    let _server = forkloop::worker::listen_tcp(&mut lp, None, addr, |_, _, _| {});
+    assert_eq!(lp.run().unwrap(), 1);
+    // With a handler, the handler decides.
+    let mut lp = EventLoop::new().unwrap();
+    let server = forkloop::worker::listen_tcp(&mut lp, None, addr, |_, _, _| {});
+    let seen = std::rc::Rc::new(std::cell::Cell::new(false));
+    let s = seen.clone();
+    server.on_error(move |_, _, e| s.set(e.kind() == std::io::ErrorKind::AddrInUse));
+    assert_eq!(lp.run().unwrap(), 0);
+    assert!(seen.get());
+}

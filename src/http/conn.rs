@@ -22,6 +22,9 @@ pub(crate) const KEEP_CAPACITY: usize = 64 * 1024;
 /// A drain callback left by [`Response::on_drain`].
 pub(crate) type DrainCb = Box<dyn FnOnce(&mut EventLoop, Response)>;
 
+/// The interim response a client that sent `Expect: 100-continue` waits for.
+pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// A body-part callback left by [`Response::read_body`].
 pub(crate) type BodyDataCb = Box<dyn FnMut(&mut EventLoop, &[u8])>;
 
@@ -103,6 +106,17 @@ pub(crate) struct Conn {
     pub(crate) drain: Option<DrainCb>,
     /// The streamed body of the current request.
     pub(crate) body: BodyRead,
+    /// The client of a streamed body waits for `100 Continue`, not sent yet.
+    pub(crate) continue_pending: bool,
+}
+
+impl Conn {
+    /// Whether the response must close the connection because a body the client was
+    /// told to wait with (`Expect: 100-continue`) was never asked for: the client may
+    /// send it or not, so what follows on the connection cannot be framed.
+    pub(crate) fn body_never_asked(&self) -> bool {
+        self.continue_pending && matches!(self.body, BodyRead::Held)
+    }
 }
 
 pub(crate) struct Shared {
@@ -184,6 +198,7 @@ pub(crate) fn accept(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, stream: Strea
             ended: false,
             drain: None,
             body: BodyRead::No,
+            continue_pending: false,
         });
         {
             let mut st = s.stats.borrow_mut();
@@ -370,16 +385,19 @@ fn pump(
                 if body {
                     c.phase = Phase::Reading;
                     c.deadline = now.saturating_add(ms(config.body_timeout));
-                    if c.req.flags.expect_continue && pos == input.len() {
-                        // The client waits for this before sending the body.
-                        c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                        flush(c, lp);
-                    }
+                    // The client waits for `100 Continue` before sending the body.
+                    let waits = c.req.flags.expect_continue && pos == input.len();
                     if config.stream_bodies {
-                        // The handler runs now; the body follows through `read_body`.
+                        // The handler runs now; the body follows through `read_body`,
+                        // which sends the `100 Continue` (so a handler that answers at
+                        // once, a 403 say, spares the client the upload).
                         c.body = BodyRead::Held;
+                        c.continue_pending = waits;
                         drop(guard);
                         dispatch(sh, lp, key, stream, true);
+                    } else if waits {
+                        c.out.extend_from_slice(CONTINUE);
+                        flush(c, lp);
                     }
                 }
             }
@@ -609,6 +627,7 @@ fn fail(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, key: usize, stream: Stream
             return;
         };
         c.body = BodyRead::No;
+        c.continue_pending = false;
         if c.resp.streaming && c.in_flight {
             // A streamed request body failed after the response head went out: no status
             // can be sent any more.

@@ -32,6 +32,33 @@
 //!   with [`Response::read_body`] (a body never read is dropped once the response ends).
 //!   Heads are parsed by `httparse`; framing, limits and the request-smuggling rules are
 //!   in [`Decoder`], which does no I/O.
+//!
+//!   ```no_run
+//!   use std::cell::Cell;
+//!   use std::rc::Rc;
+//!
+//!   use forkloop::http::{Config, Server};
+//!   use forkloop::rt::EventLoop;
+//!
+//!   let mut lp = EventLoop::new().unwrap();
+//!   let config = Config { stream_bodies: true, ..Config::default() };
+//!   let addr = "127.0.0.1:8000".parse().unwrap();
+//!   // Counts an upload's bytes as they come, without holding the body.
+//!   Server::listen(&mut lp, None, addr, config, |lp, req, mut res| {
+//!       if req.method() != "POST" {
+//!           res.set_status(405).unwrap();
+//!           return res.end(lp, b""); // a waiting client is spared the upload
+//!       }
+//!       let n = Rc::new(Cell::new(0usize));
+//!       let seen = n.clone();
+//!       res.read_body(
+//!           lp,
+//!           move |_, part| seen.set(seen.get() + part.len()),
+//!           move |lp, res| res.end(lp, format!("{} bytes\n", n.get()).as_bytes()),
+//!       );
+//!   });
+//!   lp.run().unwrap();
+//!   ```
 //! * **Responses.** [`Response::end`] sends the head and the whole body in one write; or
 //!   [`Response::write`] streams the body (chunked on HTTP/1.1, until close on HTTP/1.0),
 //!   returning `false` when the connection's write queue is full — [`Response::on_drain`]
@@ -136,8 +163,14 @@ pub struct Config {
     /// Stream request bodies: the handler runs as soon as a request's head is in (its
     /// [`Request::body`] empty), and reads the body as it arrives with
     /// [`Response::read_body`]. [`Limits::max_body`] still bounds a body's total size
-    /// (raise it for uploads); [`Config::body_timeout`] still bounds its arrival. Default
-    /// `false`: bodies are delivered whole.
+    /// (raise it for uploads); [`Config::body_timeout`] still bounds its arrival. A body
+    /// the handler does not read is read and dropped once the response ends (up to
+    /// `max_body`), so the connection goes on. A client that sent `Expect:
+    /// 100-continue` gets its `100 Continue` when the handler calls `read_body` (or
+    /// starts streaming its answer); a handler that answers first (a 401, a 413 of its
+    /// own) spares it the upload, and that response closes the connection. Default
+    /// `false`: bodies are delivered whole, and `100 Continue` is sent as soon as the
+    /// head is read.
     pub stream_bodies: bool,
 }
 

@@ -205,7 +205,7 @@ impl Response {
                 body_part(c, body);
                 last_part(c);
             } else {
-                c.resp.close |= leaving;
+                c.resp.close |= leaving || c.body_never_asked();
                 write_head(&mut c.out, &c.resp, date, Some(body.len() as u64));
                 if c.resp.head_only || bodiless(c.resp.status) {
                     // No body bytes.
@@ -235,6 +235,12 @@ impl Response {
             if !c.resp.streaming {
                 c.resp.streaming = true;
                 c.resp.close |= leaving || c.resp.version == Version::Http10;
+                if std::mem::take(&mut c.continue_pending) {
+                    // A handler streaming its answer has not refused the body: let the
+                    // client send it (read or dropped, it keeps the connection framed).
+                    c.out.extend_from_slice(conn::CONTINUE);
+                }
+
                 write_head(&mut c.out, &c.resp, date, None);
             }
             body_part(c, chunk);
@@ -291,6 +297,10 @@ impl Response {
                     data: Some(on_data),
                     end: Some(on_end),
                 };
+                if std::mem::take(&mut c.continue_pending) {
+                    c.out.extend_from_slice(conn::CONTINUE);
+                    conn::flush(c, lp);
+                }
                 return None;
             }
             Some((on_data, on_end))

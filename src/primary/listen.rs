@@ -1,6 +1,6 @@
 //! The primary's side of listening: answering workers' listen requests, accepting on
 //! round-robin listeners and handing connections off in bursts (the bookkeeping lives in
-//! [`balance`](super::balance)).
+//! [`super::balance`]).
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -109,8 +109,9 @@ impl Primary {
     /// Accepts on round-robin handle `hid` while some worker has credit.
     ///
     /// Every connection waiting at that moment (up to the workers' free credit, at most
-    /// [`HAND_OFF_BATCH`] each) is accepted, then shared out one at a time to the worker
-    /// with the most free credit left (round-robin among equals), and each worker's share
+    /// [`HAND_OFF_BATCH`](super::HAND_OFF_BATCH) each) is accepted, then shared out one at
+    /// a time, in round-robin order over the workers that still have room
+    /// ([`Balancer::share`](super::balance::Balancer::share)), and each worker's share
     /// goes in one message: one `sendmsg` and one wake-up per worker, however many
     /// connections came together, and workers take turns connection by connection as
     /// in Node (a burst of keep-alive connections is split evenly).

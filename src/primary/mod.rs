@@ -528,10 +528,13 @@ impl Primary {
         self.inner.borrow().workers.get(&id).map(|e| e.info.clone())
     }
 
-    /// The latest counters of `worker`'s HTTP servers (`forkloop::http::Server`), summed:
-    /// a worker reports them with its heartbeat answers when they changed, so they are
-    /// as fresh as the last heartbeat. `None` for an unknown worker or one that has not
-    /// reported (no HTTP server, or no heartbeat yet).
+    /// The latest counters of `worker`'s HTTP servers (`forkloop::http::Server`), summed.
+    /// They travel only with heartbeat answers (when they changed), so they are as fresh
+    /// as the last heartbeat: a supervisor pings every worker each
+    /// [`HealthPolicy::interval`](supervise::HealthPolicy::interval) (1 s by default); a
+    /// bare `Primary` gets them when it calls [`Primary::ping`]. `None` for an unknown
+    /// worker or one that has not reported: no HTTP server, no heartbeat yet, heartbeats
+    /// off (`forkloop run --heartbeat-ms 0`), or a Node.js or fds-protocol worker.
     pub fn http_stats(&self, worker: u32) -> Option<crate::ipc::HttpReport> {
         self.inner.borrow().workers.get(&worker)?.http.clone()
     }

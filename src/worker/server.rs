@@ -309,6 +309,9 @@ impl Server {
     }
 
     /// Adds a handler for errors: a failed bind (`EADDRINUSE`, `EACCES`…) ends the server.
+    /// With no handler an error is not lost (as an unhandled `'error'` ends a Node
+    /// process): it is logged at error level (printed to stderr when no logger is
+    /// installed) and the loop's exit code becomes 1 if it was 0.
     pub fn on_error<F: FnMut(&mut EventLoop, &Server, &io::Error) + 'static>(&self, cb: F) {
         self.0.borrow_mut().on_error.push(Box::new(cb));
     }
@@ -336,7 +339,18 @@ impl Server {
     pub(super) fn fail(&self, lp: &mut EventLoop, err: io::Error) {
         let mut cbs = std::mem::take(&mut self.0.borrow_mut().on_error);
         if cbs.is_empty() {
-            log::warn!("server {:?}: {err}", self.endpoint());
+            let at = self
+                .endpoint()
+                .map_or_else(|| "(not bound)".to_owned(), |e| e.to_string());
+            let line = format!("server {at}: {err} (no error handler)");
+            if log::log_enabled!(log::Level::Error) {
+                log::error!("{line}");
+            } else {
+                eprintln!("forkloop: {line}");
+            }
+            if lp.exit_code() == 0 {
+                lp.set_exit_code(1);
+            }
         }
         for cb in cbs.iter_mut() {
             cb(lp, self, &err);

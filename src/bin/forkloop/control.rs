@@ -104,7 +104,8 @@ fn status(control: &Control, json: bool) -> String {
             s.uptime.as_secs(),
             s.restarts,
             s.connections_handed,
-            s.loop_lag.as_millis(),
+            s.loop_lag
+                .map_or("-".to_owned(), |l| l.as_millis().to_string()),
             s.rss_bytes
                 .map_or("-".to_owned(), |b| (b / 1024).to_string()),
         ));
@@ -121,7 +122,7 @@ fn stat_json(s: &WorkerStats) -> serde_json::Value {
         "uptime_ms": s.uptime.as_millis() as u64,
         "restarts": s.restarts,
         "connections_handed": s.connections_handed,
-        "loop_lag_us": s.loop_lag.as_micros() as u64,
+        "loop_lag_us": s.loop_lag.map(|l| l.as_micros() as u64),
         "rss_bytes": s.rss_bytes,
         "routed": s.routed,
         "http": s.http.as_ref().map(|h| serde_json::json!({

@@ -59,7 +59,9 @@ struct CtlArgs {
 #[derive(Subcommand, Debug)]
 enum CtlRequest {
     /// List every worker: id, pid, state, generation, uptime, restarts, connections
-    /// handed, loop lag, resident memory.
+    /// handed, loop lag, resident memory, and the requests, open connections and errors of
+    /// its `forkloop::http` servers (`-` where unknown: no heartbeat, or not served with
+    /// `forkloop::http`).
     Status {
         /// One JSON array instead of a table.
         #[arg(long)]
@@ -388,10 +390,11 @@ fn run(a: RunArgs) -> Result<i32, String> {
             &name,
             json,
             log::Level::Info,
-            &format!(
-                "worker {worker} exited (code {:?}, signal {:?})",
-                status.code, status.signal
-            ),
+            &match (status.code, status.signal) {
+                (Some(code), _) => format!("worker {worker} exited with code {code}"),
+                (None, Some(sig)) => format!("worker {worker} was killed by signal {sig}"),
+                (None, None) => format!("worker {worker} exited"),
+            },
         ),
         _ => {}
     });
@@ -401,7 +404,7 @@ fn run(a: RunArgs) -> Result<i32, String> {
         if let SupervisorEvent::Stopped { clean } = ev {
             c.set(*clean);
         }
-        say(&name2, json, log::Level::Info, &format!("{ev:?}"));
+        say(&name2, json, log::Level::Info, &ev.to_string());
     });
     if let Some(f) = &a.pidfile {
         std::fs::write(f, format!("{}\n", std::process::id()))

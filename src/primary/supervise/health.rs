@@ -18,7 +18,7 @@ impl Supervisor {
                 return;
             };
             m.last_pong = Instant::now();
-            m.lag = lag;
+            m.lag = Some(lag);
             if !m.quarantined && lag > q && m.retiring.is_none() {
                 m.quarantined = true;
                 Some(true)

@@ -261,8 +261,9 @@ pub struct WorkerStats {
     pub connections_handed: u64,
     /// Hand-offs it had not read when the primary last looked.
     pub in_flight: u32,
-    /// Last reported event-loop lag.
-    pub loop_lag: Duration,
+    /// Last reported event-loop lag (`None` until it answers a heartbeat: heartbeats
+    /// off, or a protocol without them).
+    pub loop_lag: Option<Duration>,
     /// Resident memory in bytes, where known.
     pub rss_bytes: Option<u64>,
     /// Whether new connections go to it.
@@ -270,6 +271,94 @@ pub struct WorkerStats {
     /// The counters of its HTTP servers as of its last heartbeat answer
     /// ([`Primary::http_stats`](crate::primary::Primary::http_stats)).
     pub http: Option<crate::ipc::HttpReport>,
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cause::Reload => "rolling reload",
+            Cause::Memory => "resident memory over the limit",
+            Cause::Connections => "handed-off connections over the limit",
+            Cause::Unresponsive => "missed heartbeats",
+            Cause::GoingDown => "it is going down",
+        })
+    }
+}
+
+/// One line a person reads in a log, e.g. `worker 3 ready in slot 1`.
+impl std::fmt::Display for SupervisorEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SupervisorEvent::Ready { slot, worker } => {
+                write!(f, "worker {worker} ready in slot {slot}")
+            }
+            SupervisorEvent::Restarting {
+                slot,
+                worker,
+                delay,
+                boot_failure,
+            } => write!(
+                f,
+                "worker {worker} {}; slot {slot} restarts in {} ms",
+                if *boot_failure {
+                    "ended before it was ready"
+                } else {
+                    "ended unexpectedly"
+                },
+                delay.as_millis()
+            ),
+            SupervisorEvent::BreakerTripped { slot, restarts } => write!(
+                f,
+                "slot {slot}: {restarts} unstable restarts, breaker tripped (retried after its cool-down)"
+            ),
+            SupervisorEvent::BreakerHalfOpen { slot } => {
+                write!(
+                    f,
+                    "slot {slot}: trying one worker again (breaker half-open)"
+                )
+            }
+            SupervisorEvent::BreakerClosed { slot } => {
+                write!(f, "slot {slot}: serving again (breaker closed)")
+            }
+            SupervisorEvent::SpawnFailed { slot, reason } => {
+                write!(f, "slot {slot}: cannot start a worker: {reason}")
+            }
+            SupervisorEvent::ListenFailed {
+                worker,
+                address,
+                error,
+                fatal,
+            } => write!(
+                f,
+                "worker {worker} cannot listen on {address}: {error}{}",
+                if *fatal { "; stopping" } else { "" }
+            ),
+            SupervisorEvent::Quarantined { worker, lag } => write!(
+                f,
+                "worker {worker} lags {} ms: no new connections until it recovers",
+                lag.as_millis()
+            ),
+            SupervisorEvent::Released { worker } => {
+                write!(f, "worker {worker} recovered: gets connections again")
+            }
+            SupervisorEvent::Retiring { worker, cause } => {
+                write!(f, "replacing worker {worker}: {cause}")
+            }
+            SupervisorEvent::ReplacementFailed { worker, reason } => write!(
+                f,
+                "the replacement of worker {worker} failed ({reason}); it keeps serving"
+            ),
+            SupervisorEvent::ReloadFinished(Ok(())) => f.write_str("reload finished"),
+            SupervisorEvent::ReloadFinished(Err(e)) => write!(f, "reload failed: {e}"),
+            SupervisorEvent::ShuttingDown => f.write_str("shutting down"),
+            SupervisorEvent::Stopped { clean: true } => {
+                f.write_str("stopped: every worker drained")
+            }
+            SupervisorEvent::Stopped { clean: false } => {
+                f.write_str("stopped: some workers had to be killed")
+            }
+        }
+    }
 }
 
 /// Why a rolling reload did not replace every worker. The workers not replaced keep

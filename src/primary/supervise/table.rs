@@ -96,7 +96,7 @@ pub(super) struct Member {
     pub(super) retiring: Option<Cause>,
     /// Health bookkeeping (kept here so one map holds each worker).
     pub(super) last_pong: Instant,
-    pub(super) lag: Duration,
+    pub(super) lag: Option<Duration>,
     pub(super) quarantined: bool,
 }
 
@@ -253,7 +253,7 @@ impl Table {
                 place,
                 retiring: None,
                 last_pong: now,
-                lag: Duration::ZERO,
+                lag: None,
                 quarantined: false,
             },
         );
