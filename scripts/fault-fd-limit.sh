@@ -42,9 +42,7 @@ WRK_LIMIT=${WRK_LIMIT:-1024}
 WRK_CONNS=${WRK_CONNS:-2500}
 DURATION=${DURATION:-15}
 PROBES=${PROBES:-"held wrk"}
-for v in WORKERS CLIENTS LOW_LIMIT QUIET_MS HELD_DEADLINE WRK_LIMIT WRK_CONNS DURATION; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
-done
+whole_numbers WORKERS CLIENTS LOW_LIMIT QUIET_MS HELD_DEADLINE WRK_LIMIT WRK_CONNS DURATION
 [ "$CLIENTS" -lt 500 ] || die "CLIENTS must stay below the backlog (511)"
 [ "$(ulimit -Hn)" -ge $((CLIENTS + 64)) ] || die "this shell's hard fd limit is below CLIENTS + 64"
 [ "$(ulimit -Hn)" -ge $((WRK_CONNS + 64)) ] || die "this shell's hard fd limit is below WRK_CONNS + 64 (wrk)"

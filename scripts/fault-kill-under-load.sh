@@ -55,9 +55,7 @@ VICTIM=${VICTIM:-oldest}
 RESTORE_MS=${RESTORE_MS:-1000}
 FD_TOLERANCE=${FD_TOLERANCE:-2}
 SETTLE=${SETTLE:-1}
-for v in DURATION WARMUP WORKERS RESTORE_MS FD_TOLERANCE SETTLE; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
-done
+whole_numbers DURATION WARMUP WORKERS RESTORE_MS FD_TOLERANCE SETTLE
 [ "$DURATION" -ge 3 ] && [ "$WORKERS" -ge 1 ] || die "DURATION must be ≥ 3 and WORKERS ≥ 1"
 case $VICTIM in oldest | random) ;; *) die "VICTIM must be oldest or random" ;; esac
 

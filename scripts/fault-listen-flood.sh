@@ -25,9 +25,7 @@ source scripts/lib.sh
 
 FLOOD=${FLOOD:-12000}
 FD_MAX=${FD_MAX:-400}
-for v in FLOOD FD_MAX; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
-done
+whole_numbers FLOOD FD_MAX
 need node nodejs
 need curl curl
 need timeout coreutils

@@ -28,9 +28,7 @@ WORKERS=${WORKERS:-2}
 NOFILE=${NOFILE:-20}
 BURST=${BURST:-60}
 DEADLINE_MS=${DEADLINE_MS:-2000}
-for v in WORKERS NOFILE BURST DEADLINE_MS; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
-done
+whole_numbers WORKERS NOFILE BURST DEADLINE_MS
 [ "$BURST" -lt 500 ] || die "BURST must stay below the backlog (511)"
 need prlimit util-linux
 export RUST_LOG=${RUST_LOG:-warn}

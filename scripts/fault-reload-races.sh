@@ -34,9 +34,7 @@ SLOW_CONNS=${SLOW_CONNS:-4}
 HOLD_S=${HOLD_S:-2}
 POLICY=${POLICY:-}
 export RUST_LOG=${RUST_LOG:-forkloop=info}
-for v in RUNS SLOW_CONNS HOLD_S; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
-done
+whole_numbers RUNS SLOW_CONNS HOLD_S
 
 build_http_cluster
 

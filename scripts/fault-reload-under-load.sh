@@ -51,9 +51,7 @@ SNAPSHOT_MS=${SNAPSHOT_MS:-500}
 IDLE_CONNS=${IDLE_CONNS:-8}
 # The supervisor logs (replacing worker…, did not drain in time…) at info/warn level.
 export RUST_LOG=${RUST_LOG:-forkloop=info}
-for v in DURATION WARMUP WORKERS HUP_EVERY SNAPSHOT_MS IDLE_CONNS; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
-done
+whole_numbers DURATION WARMUP WORKERS HUP_EVERY SNAPSHOT_MS IDLE_CONNS
 [ "$HUP_EVERY" -ge 1 ] && [ "$DURATION" -gt "$HUP_EVERY" ] && [ "$WORKERS" -ge 1 ] ||
   die "need HUP_EVERY ≥ 1, DURATION > HUP_EVERY, WORKERS ≥ 1"
 

@@ -35,9 +35,7 @@ DURATION=${DURATION:-10}
 WORKERS=${WORKERS:-2}
 POLICY=${POLICY:-}
 MAX_RSS_KB=${MAX_RSS_KB:-16384}
-for v in BYTES DURATION WORKERS MAX_RSS_KB; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
-done
+whole_numbers BYTES DURATION WORKERS MAX_RSS_KB
 
 prepare_http_cluster
 pre_cleanup() { track_cluster_workers; }

@@ -63,6 +63,12 @@ trap 'echo "${SCRIPT_NAME:-script}: failed at line $LINENO: $BASH_COMMAND" >&2; 
 
 die() { echo "${SCRIPT_NAME:-script}: $*" >&2; exit 2; }
 
+# whole_numbers VAR...: dies unless every named variable holds a whole number.
+whole_numbers() {
+  local v
+  for v in "$@"; do [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"; done
+}
+
 need() { command -v "$1" >/dev/null || die "$1 not found (apt-get install -y $2)"; }
 
 # build_retry CMD...: others may be mid-edit in this tree; retry a failed build (3 tries,

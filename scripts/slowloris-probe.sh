@@ -30,9 +30,7 @@ SLOW=${SLOW:-10000}
 SECS=${SECONDS_:-20}
 MAX_P99_US=${MAX_P99_US:-10000}
 MAX_RSS_KB=${MAX_RSS_KB:-65536}
-for v in SLOW SECS MAX_P99_US MAX_RSS_KB; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
-done
+whole_numbers SLOW SECS MAX_P99_US MAX_RSS_KB
 need python3 python3
 need curl curl
 want=$((SLOW + 2048))
