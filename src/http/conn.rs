@@ -33,8 +33,9 @@ pub(crate) enum BodyRead {
     /// No body is being streamed (whole bodies, or between requests).
     No,
     /// The handler has the request; its body waits in the connection until
-    /// [`Response::read_body`] (or is dropped once the response ends).
-    Held,
+    /// [`Response::read_body`] (or is dropped once the response ends). `waits_continue`:
+    /// the client waits for a `100 Continue`, not sent yet.
+    Held { waits_continue: bool },
     /// Parts go to `data`; the response goes back to `end` with the last one.
     Sink {
         data: Option<BodyDataCb>,
@@ -106,8 +107,6 @@ pub(crate) struct Conn {
     pub(crate) drain: Option<DrainCb>,
     /// The streamed body of the current request.
     pub(crate) body: BodyRead,
-    /// The client of a streamed body waits for `100 Continue`, not sent yet.
-    pub(crate) continue_pending: bool,
 }
 
 impl Conn {
@@ -115,7 +114,12 @@ impl Conn {
     /// told to wait with (`Expect: 100-continue`) was never asked for: the client may
     /// send it or not, so what follows on the connection cannot be framed.
     pub(crate) fn body_never_asked(&self) -> bool {
-        self.continue_pending && matches!(self.body, BodyRead::Held)
+        matches!(
+            self.body,
+            BodyRead::Held {
+                waits_continue: true
+            }
+        )
     }
 }
 
@@ -198,7 +202,6 @@ pub(crate) fn accept(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, stream: Strea
             ended: false,
             drain: None,
             body: BodyRead::No,
-            continue_pending: false,
         });
         {
             let mut st = s.stats.borrow_mut();
@@ -391,8 +394,9 @@ fn pump(
                         // The handler runs now; the body follows through `read_body`,
                         // which sends the `100 Continue` (so a handler that answers at
                         // once, a 403 say, spares the client the upload).
-                        c.body = BodyRead::Held;
-                        c.continue_pending = waits;
+                        c.body = BodyRead::Held {
+                            waits_continue: waits,
+                        };
                         drop(guard);
                         dispatch(sh, lp, key, stream, true);
                     } else if waits {
@@ -419,7 +423,7 @@ fn pump(
                             *data = cb;
                         }
                     }
-                    BodyRead::Held | BodyRead::Dropped => {}
+                    BodyRead::Held { .. } | BodyRead::Dropped => {}
                 }
             }
             Decoded::End { used } => {
@@ -440,7 +444,7 @@ fn pump(
                         }
                         dispatched(sh, lp, key, stream, None);
                     }
-                    BodyRead::Held | BodyRead::Dropped => {
+                    BodyRead::Held { .. } | BodyRead::Dropped => {
                         // The response ended before its body did (`Held` cannot be seen
                         // here: decoding waits while it is): the connection is idle now.
                         if c.phase == Phase::Reading {
@@ -595,7 +599,7 @@ pub(crate) fn response_done(
         };
         c.in_flight = false;
         c.drain = None;
-        let body_left = matches!(c.body, BodyRead::Held);
+        let body_left = matches!(c.body, BodyRead::Held { .. });
         if body_left {
             // Answered before its body was read: the rest of the body is dropped.
             c.body = BodyRead::Dropped;
@@ -627,7 +631,6 @@ fn fail(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, key: usize, stream: Stream
             return;
         };
         c.body = BodyRead::No;
-        c.continue_pending = false;
         if c.resp.streaming && c.in_flight {
             // A streamed request body failed after the response head went out: no status
             // can be sent any more.

@@ -235,7 +235,9 @@ impl Response {
             if !c.resp.streaming {
                 c.resp.streaming = true;
                 c.resp.close |= leaving || c.resp.version == Version::Http10;
-                if std::mem::take(&mut c.continue_pending) {
+                if let conn::BodyRead::Held { waits_continue } = &mut c.body
+                    && std::mem::take(waits_continue)
+                {
                     // A handler streaming its answer has not refused the body: let the
                     // client send it (read or dropped, it keeps the connection framed).
                     c.out.extend_from_slice(conn::CONTINUE);
@@ -292,12 +294,12 @@ impl Response {
         let on_data: conn::BodyDataCb = Box::new(on_data);
         let on_end: conn::DrainCb = Box::new(on_end);
         let streamed = self.with(lp.now(), |c, _, _| {
-            if matches!(c.body, conn::BodyRead::Held) {
+            if let conn::BodyRead::Held { waits_continue } = c.body {
                 c.body = conn::BodyRead::Sink {
                     data: Some(on_data),
                     end: Some(on_end),
                 };
-                if std::mem::take(&mut c.continue_pending) {
+                if waits_continue {
                     c.out.extend_from_slice(conn::CONTINUE);
                     conn::flush(c, lp);
                 }
