@@ -232,6 +232,7 @@ impl Reply {
     }
 
     /// The `X-Worker` header as a number.
+    #[cfg(feature = "serde")]
     fn worker(&self) -> u32 {
         let w = self
             .header("X-Worker")
@@ -352,6 +353,7 @@ fn graceful_exit_loses_no_request_while_workers_crash() {
 }
 
 /// GETs `path` until worker `want(id)` answers (round-robin alternates the workers).
+#[cfg(feature = "serde")]
 fn get_on(addr: std::net::SocketAddr, path: &str, want: impl Fn(u32) -> bool) -> Reply {
     for _ in 0..40 {
         let r = request(addr, "GET", path, "").expect("GET");
@@ -364,6 +366,7 @@ fn get_on(addr: std::net::SocketAddr, path: &str, want: impl Fn(u32) -> bool) ->
 
 /// GETs `/kv/k` until a worker `want` accepts answers, checks that it answers 200 with
 /// `value` and `X-Cache: cache`, and returns the worker.
+#[cfg(feature = "serde")]
 fn get_kv(addr: std::net::SocketAddr, want: impl Fn(u32) -> bool, value: &str, cache: &str) -> u32 {
     let r = get_on(addr, "/kv/k", want);
     let got = (r.status, r.body.trim_end(), r.header("X-Cache"));

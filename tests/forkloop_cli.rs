@@ -97,4 +97,22 @@ fn forkloop_workers_serve_reload_and_stop_under_the_command() {
     let (status, out) = wait_exit(&mut g.0);
     assert_eq!(status.code(), Some(0), "{out}");
     assert!(out.contains("reload finished"), "{out}");
+    // Every worker's exit is told, and before the line saying the command stopped.
+    let lines: Vec<&str> = out.lines().collect();
+    let stopped = lines
+        .iter()
+        .position(|l| l.contains("] stopped"))
+        .unwrap_or_else(|| panic!("no stopped line: {out}"));
+    let exits: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("exited with code") || lines[i].contains("was killed"))
+        .collect();
+    assert_eq!(
+        exits.len(),
+        4,
+        "four worker exits (two replaced, two stopped): {out}"
+    );
+    assert!(
+        exits.iter().all(|&i| i < stopped),
+        "an exit told after stopping: {out}"
+    );
 }

@@ -377,7 +377,8 @@ fn run(a: RunArgs) -> Result<i32, String> {
         // Only forkloop's protocol has heartbeats.
         opts.health = None;
     }
-    let sup = Supervisor::new(&mut lp, &p, opts).map_err(|e| format!("supervisor: {e}"))?;
+    // Registered before the supervisor's own listener, so that a worker's exit is told
+    // before what the supervisor makes of it (the last one before `stopped`).
     let (name, name2) = (a.name.clone(), a.name.clone());
     p.on(move |_, _, ev| match ev {
         Event::Message { worker, data, .. } => say(
@@ -398,6 +399,7 @@ fn run(a: RunArgs) -> Result<i32, String> {
         ),
         _ => {}
     });
+    let sup = Supervisor::new(&mut lp, &p, opts).map_err(|e| format!("supervisor: {e}"))?;
     let clean = std::rc::Rc::new(std::cell::Cell::new(true));
     let c = clean.clone();
     sup.on(move |_, _, ev| {
