@@ -23,6 +23,10 @@
 //! workers finish their connections and exit with status 0 (a second SIGINT forces): while a
 //! worker leaves, its responses say `Connection: close` and its idle keep-alive
 //! connections are closed, with nothing to do here.
+//!
+//! `kill -USR2 <worker pid>` makes that worker print its own counts,
+//! `stats pid=PID connections=C requests=R` (connections it accepted, requests it
+//! answered: `forkloop::http::Server::stats`); `scripts/balance-compare.sh` reads them.
 
 use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
@@ -209,6 +213,15 @@ fn worker(lp: &mut EventLoop, args: &Args) -> forkloop::Result<i32> {
         eprintln!("worker: cannot listen: {e}");
         lp.exit(1);
     });
+    let counted = server.clone();
+    lp.on_signal(nix::libc::SIGUSR2, move |_, _| {
+        let st = counted.stats();
+        let pid = std::process::id();
+        println!(
+            "stats pid={pid} connections={} requests={}",
+            st.accepted, st.requests
+        );
+    })?;
     // Ctrl-C reaches the whole process group: leave gracefully, the primary does the rest.
     let w2 = w.clone();
     lp.on_signal(nix::libc::SIGINT, move |lp, _| w2.disconnect(lp))?;

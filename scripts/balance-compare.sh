@@ -6,21 +6,12 @@
 #   scripts/balance-compare.sh                     # RUNS=3, DURATION=10s: ~15 min
 #   RUNS=1 DURATION=2s WORKER_COUNTS=2 SERVERS="fl-rr node-rr" scripts/balance-compare.sh
 #
-# The counts are the workers' own, never inferred from timing:
-#  * Node (benches/peers/js/http-cluster.js, STATS=1): every worker counts the
-#    connections it accepted and the requests it answered and prints its totals on
-#    SIGUSR2; the script signals each worker before and after the run and takes the
-#    difference.
-#  * forkloop: examples/http_cluster keeps no per-worker counters, so the kernel counts
-#    for it: `perf stat` attached to each worker for the run counts its sendto(2) calls
-#    (one per response: a worker writes each response with one send; the channel to the
-#    primary uses sendmsg) and its close(2) calls (one per connection it served; under
-#    keep-alive the 64 connections close when wrk exits, which the count waits for).
-#    Needs perf with tracepoint access (apt-get install -y linux-perf; root); without it
-#    the forkloop rows are skipped. (Were http_cluster to count for itself and print the
-#    Node app's `stats pid=N connections=C requests=R` line on SIGUSR2, node_snapshot
-#    would serve it too, without perf.)
-#  Both are checked against wrk: the workers' requests must add up to wrk's count (plus at
+# The counts are the workers' own, never inferred from timing: every worker counts the
+# connections it accepted and the requests it answered, and prints its totals as
+# `stats pid=N connections=C requests=R` on SIGUSR2 (Node: benches/peers/js/http-cluster.js
+# with STATS=1; forkloop: examples/http_cluster, from `forkloop::http::Server::stats`).
+# The script signals each worker before and after the run and takes the difference.
+# The counts are checked against wrk: the workers' requests must add up to wrk's count (plus at
 #  most the 64 in flight when it stopped, and 0.2%), their connections to 64 (keep-alive;
 #  65 with the one wrk opens to try the address) or to their requests (close); a run
 #  whose counts do not add up is reported and fails.
@@ -29,7 +20,7 @@
 # acceptance) take the median over the rounds: max/min <= 1.10 for fl-rr and fl-none,
 # requests and connections, both modes, 2 and 4 workers. fl-reuseport and Node's: shown.
 #
-# Needs wrk (apt-get install -y wrk), node (nodejs) for the Node servers, perf as above.
+# Needs wrk (apt-get install -y wrk), node (nodejs) for the Node servers.
 # Env: RUNS (3), DURATION (10s), WARMUP (1s), SERVERS ("fl-rr fl-none fl-reuseport node-rr
 #      node-none"), WORKER_COUNTS ("2 4"), MODES ("close ka"), MAX_RATIO (1.10),
 #      QUIET_CORES (0.15), QUIET_SECS (3), QUIET_MAX_S (300), OUT_DIR, SKIP_BUILD=1.
@@ -83,68 +74,27 @@ post_cleanup() { keep_server_logs; }
 need wrk wrk
 need ss iproute2
 need timeout coreutils
-HAVE_PERF=1
-if ! command -v perf >/dev/null; then
-  HAVE_PERF=0
-elif ! timeout 10 perf stat -x, -e syscalls:sys_enter_close -o /dev/null -- true 2>/dev/null; then
-  HAVE_PERF=0
-fi
-if [ "$HAVE_PERF" = 0 ]; then
-  echo "perf with syscall tracepoints not available (apt-get install -y linux-perf; needs root): forkloop rows skipped" >&2
-  kept=()
-  for name in "${SERVER_LIST[@]}"; do [[ $name == fl-* ]] || kept+=("$name"); done
-  SERVER_LIST=(${kept[@]+"${kept[@]}"})
-  [ ${#SERVER_LIST[@]} -gt 0 ] || die "no server left to measure"
-fi
 prepare_servers "${SERVER_LIST[@]}"
 
 # ---------------------------------------------------------------- per-worker counts
 # Counts are left in REQ[i], CONN[i], CPU[i] for worker i (index into OTHERS).
 
-# node_snapshot OUT: SIGUSR2 to every Node worker; waits (5 s) for each to print a new
-# stats line; writes "connections requests" per worker (in OTHERS order) to OUT.
-node_snapshot() {
+# stats_snapshot OUT: SIGUSR2 to every worker; waits (5 s) for each to print a new stats
+# line; writes "connections requests" per worker (in OTHERS order) to OUT.
+stats_snapshot() {
   local out=$1 log="$TMP_DIR/$NAME.log" before p line
   before=$(grep -c '^stats ' "$log" || true)
   for p in "${OTHERS[@]}"; do kill -USR2 "$p"; done
-  wait_for "Node stats lines" 5 "${PRIMARY[0]}" stats_lines_at_least "$log" $((before + ${#OTHERS[@]})) ||
+  wait_for "worker stats lines" 5 "${PRIMARY[0]}" stats_lines_at_least "$log" $((before + ${#OTHERS[@]})) ||
     die "$NAME: the workers did not report their counts"
   : >"$out"
   for p in "${OTHERS[@]}"; do
     line=$(grep "^stats pid=$p " "$log" | tail -1)
+    [ -n "$line" ] || die "$NAME: no stats line from worker $p"
     echo "$(kv connections "$line") $(kv requests "$line")" >>"$out"
   done
 }
 stats_lines_at_least() { [ "$(grep -c '^stats ' "$1" || true)" -ge "$2" ]; }
-
-# perf_start: one `perf stat` per worker, counting its sendto and close calls.
-perf_start() {
-  local p
-  PERF_PIDS=()
-  for p in "${OTHERS[@]}"; do
-    perf stat -x, -e syscalls:sys_enter_sendto,syscalls:sys_enter_close -p "$p" -o "$TMP_DIR/perf-$p.txt" 2>>"$TMP_DIR/perf.log" &
-    PERF_PIDS+=($!); track $!
-  done
-  sleep 0.5  # attached
-}
-
-# perf_stop OUT: stops the counting (SIGINT: perf prints its counts) and writes
-# "connections requests" per worker to OUT.
-perf_stop() {
-  local out=$1 p v
-  for p in "${PERF_PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  for p in "${PERF_PIDS[@]}"; do
-    for _ in $(seq 1 50); do alive "$p" || break; sleep 0.1; done
-  done
-  stop_pids "${PERF_PIDS[@]}"
-  : >"$out"
-  for p in "${OTHERS[@]}"; do
-    v=$(awk -F, '$3 ~ /sys_enter_close$/ {c = $1} $3 ~ /sys_enter_sendto$/ {s = $1}
-      END {if (c ~ /^[0-9]+$/ && s ~ /^[0-9]+$/) print c, s}' "$TMP_DIR/perf-$p.txt")
-    [ -n "$v" ] || die "$NAME: no perf counts for worker $p: $(tr '\n' ' ' <"$TMP_DIR/perf-$p.txt")"
-    echo "$v" >>"$out"
-  done
-}
 
 # ratio_max_min "N N ...": max/min (2 decimals), "inf" when a worker got none.
 ratio_max_min() {
@@ -162,16 +112,12 @@ measure() {
   wait_quiet
   declare -a T0=()
   for p in "${OTHERS[@]}"; do T0+=("$(cpu_ticks "$p")"); done
-  if [[ $NAME == node-* ]]; then node_snapshot "$out.before"; else perf_start; fi
+  stats_snapshot "$out.before"
   timeout -k 5 $((SECS + 20)) wrk -t1 -c$CONNS -d"${SECS}s" ${hdr[@]+"${hdr[@]}"} "http://127.0.0.1:$PORT/" >"$out.wrk" 2>&1 ||
     die "$NAME $mode: wrk failed: $(tail -3 "$out.wrk" | tr '\n' ' ')"
   sleep 1  # wrk's keep-alive connections close after it exits: let the workers see that
-  if [[ $NAME == node-* ]]; then
-    node_snapshot "$out.after"
-    paste -d' ' "$out.before" "$out.after" | awk '{print $3 - $1, $4 - $2}' >"$out.counts"
-  else
-    perf_stop "$out.counts"
-  fi
+  stats_snapshot "$out.after"
+  paste -d' ' "$out.before" "$out.after" | awk '{print $3 - $1, $4 - $2}' >"$out.counts"
   for p in "${OTHERS[@]}"; do alive "$p" || die "$NAME: worker $p died during the $mode run"; done
   i=0 cpus=""
   for p in "${OTHERS[@]}"; do cpus+="$(($(cpu_ticks "$p") - T0[i])) "; i=$((i + 1)); done
@@ -244,7 +190,7 @@ ratio_cell() {
 
 echo
 echo "<!-- scripts/balance-compare.sh; $(machine_note); started $START; RUNS=$RUNS DURATION=${SECS}s; ${BUILD_NOTE:-} -->"
-echo "Per-worker shares: forkloop from perf's counts of each worker's sendto (responses) and close (connections) calls, Node from its workers' own counters; max/min = largest ÷ smallest worker count (median over $RUNS round(s)); shares in % (last round)."
+echo "Per-worker shares from the workers' own counters (connections accepted, requests answered); max/min = largest ÷ smallest worker count (median over $RUNS round(s)); shares in % (last round)."
 for mode in "${MODE_LIST[@]}"; do
   for WORKERS in "${WORKER_LIST[@]}"; do
     k="$mode@$WORKERS"
