@@ -480,14 +480,72 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 
 /// Whether a line feed in `head` is not preceded by a carriage return.
 fn has_bare_lf(head: &[u8]) -> bool {
-    head.iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    let mut from = 0;
+    while let Some(i) = next_lf(head, from) {
+        if i == 0 || head[i - 1] != b'\r' {
+            return true;
+        }
+        from = i + 1;
+    }
+    false
+}
+
+/// The index of the first line feed in `bytes[from..]`, looking at eight bytes at a time.
+fn next_lf(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const LFS: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut i = from;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_ne_bytes(word) ^ LFS;
+        // Some byte of `x` is zero (a line feed in the chunk): find which.
+        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
+            break;
+        }
+        i += 8;
+    }
+    bytes
+        .get(i..)?
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|k| i + k)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_line_feeds_are_found_wherever_they_are() {
+        let naive = |h: &[u8]| (0..h.len()).any(|i| h[i] == b'\n' && (i == 0 || h[i - 1] != b'\r'));
+        // Every length up to three words, a line feed (bare or after a CR) at every place.
+        for len in 0..24 {
+            let clean: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(!has_bare_lf(&clean));
+            for at in 0..len {
+                let mut bare = clean.clone();
+                bare[at] = b'\n';
+                assert_eq!(has_bare_lf(&bare), naive(&bare), "{bare:?}");
+                assert!(has_bare_lf(&bare), "{bare:?}");
+                if at > 0 {
+                    bare[at - 1] = b'\r';
+                    assert!(!has_bare_lf(&bare), "{bare:?}");
+                    // A bare one after a proper one, in the same word or the next.
+                    for later in at + 1..len {
+                        let mut two = bare.clone();
+                        two[later] = b'\n';
+                        let want = two[later - 1] != b'\r';
+                        assert_eq!(has_bare_lf(&two), want, "{two:?}");
+                    }
+                }
+            }
+        }
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Long-Header: 0123456789abcdef\r\n\r\n";
+        assert!(!has_bare_lf(head));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n"));
+    }
 
     /// Decodes `input` whole; returns the steps' summary and the body of each request.
     fn run(input: &[u8]) -> (Vec<String>, Vec<Vec<u8>>) {

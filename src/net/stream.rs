@@ -380,7 +380,8 @@ impl Stream {
             return false;
         }
         let mut data = data;
-        if st.queued() == 0 && !st.connecting && st.corked == 0 {
+        let (corked, was_stalled) = (st.corked > 0, st.stalled);
+        if st.queued() == 0 && !st.connecting && !corked {
             match write_now(&mut st.sock, data) {
                 Ok(n) => data = &data[n..],
                 Err(e) => {
@@ -400,7 +401,11 @@ impl Stream {
         {
             st.stalled = true;
         }
-        update_interest(lp, self);
+        // While corked the write interest waits for the uncork, which brings it up to
+        // date: only a stall changes the interest now.
+        if !corked || st.stalled != was_stalled {
+            update_interest(lp, self);
+        }
         below
     }
 
@@ -657,7 +662,7 @@ fn on_ready(lp: &mut EventLoop, s: Stream, r: Readiness) {
     if r.readable || r.read_closed || r.error {
         // Without a hang-up or error in this event, a short TCP read proves the socket
         // drained (see `read_some`).
-        read_some(lp, s, !(r.read_closed || r.error));
+        read_loop(lp, s, !(r.read_closed || r.error));
     }
     update_interest(lp, s);
 }

@@ -44,15 +44,13 @@ pub(super) struct Inner {
     max_connections: Option<usize>,
     /// UDP bindings: what to do with the shared socket when it arrives.
     pub(super) datagram: Option<DatagramCb>,
-    /// Connections the application marked idle (between requests), with the loop time
-    /// (ms) they became idle.
-    idle: crate::rt::id::IdMap<Stream, u64>,
     /// How long a connection must have been idle before a closing server ends it.
     idle_grace_ms: u64,
     /// While closing: the timer that ends idle connections as their grace runs out.
     idle_sweep: Option<TimerId>,
-    /// Connections handed to the server (closed ones are pruned now and then).
-    conns: crate::rt::id::IdSet<Stream>,
+    /// Connections handed to the server (closed ones are pruned now and then), with the
+    /// loop time (ms) each became idle if the application marked it so (between requests).
+    conns: crate::rt::id::IdMap<Stream, Option<u64>>,
     /// Prune closed connections when `conns` grows past this.
     prune_at: usize,
     on_connection: Option<ConnCb>,
@@ -71,8 +69,7 @@ pub(super) struct Inner {
 impl Inner {
     /// Forgets closed connections.
     fn prune(&mut self, lp: &EventLoop) {
-        self.conns.retain(|c| c.is_open(lp));
-        self.idle.retain(|c, _| c.is_open(lp));
+        self.conns.retain(|c, _| c.is_open(lp));
         self.prune_at = (2 * self.conns.len()).max(64);
     }
 }
@@ -113,7 +110,6 @@ impl Server {
             key: None,
             max_connections: None,
             datagram: None,
-            idle: Default::default(),
             idle_grace_ms: DEFAULT_IDLE_GRACE_MS,
             idle_sweep: None,
             conns: Default::default(),
@@ -420,7 +416,7 @@ impl Server {
                 // Amortised: prune only when the set doubled since the last prune.
                 inner.prune(lp);
             }
-            inner.conns.insert(conn);
+            inner.conns.insert(conn, None);
             opts = inner.stream_options;
             inner.on_connection.take()
         };
@@ -466,13 +462,20 @@ impl Server {
     /// its response may already have the next request on the wire, and closing under it
     /// would reset that request. A connection that turns busy again is left to the
     /// application (which answers with `Connection: close` while its worker leaves).
+    /// `conn` must be one of this server's connections (others are ignored with a
+    /// warning).
     pub fn set_idle(&self, lp: &mut EventLoop, conn: Stream, idle: bool) {
         let sweep = {
             let mut inner = self.0.borrow_mut();
-            if idle {
-                inner.idle.insert(conn, lp.now());
-            } else {
-                inner.idle.remove(&conn);
+            let now = lp.now();
+            match inner.conns.get_mut(&conn) {
+                Some(since) => *since = idle.then_some(now),
+                None => {
+                    log::warn!(
+                        "forkloop: set_idle on a stream that is not this server's connection: ignored"
+                    );
+                    return;
+                }
             }
             idle && inner.closing && inner.idle_sweep.is_none()
         };
@@ -496,20 +499,18 @@ impl Server {
             let mut inner = self.0.borrow_mut();
             inner.idle_sweep = None;
             let grace = inner.idle_grace_ms;
-            let due: Vec<Stream> = inner
-                .idle
-                .iter()
-                .filter(|&(_, &since)| now.saturating_sub(since) >= grace)
-                .map(|(&c, _)| c)
-                .collect();
-            for c in &due {
-                inner.idle.remove(c);
+            let mut due = Vec::new();
+            let mut next = None::<u64>;
+            for (&c, since) in inner.conns.iter_mut() {
+                let Some(t) = *since else { continue };
+                if now.saturating_sub(t) >= grace {
+                    *since = None;
+                    due.push(c);
+                } else {
+                    let wait = t.saturating_add(grace).saturating_sub(now).max(1);
+                    next = Some(next.map_or(wait, |n| n.min(wait)));
+                }
             }
-            let next = inner
-                .idle
-                .values()
-                .map(|&since| since.saturating_add(grace).saturating_sub(now).max(1))
-                .min();
             (due, next)
         };
         for conn in due {
