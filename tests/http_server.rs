@@ -522,6 +522,38 @@ fn a_body_the_handler_does_not_read_is_dropped_and_the_next_request_served() {
 }
 
 #[test]
+fn a_reader_that_stops_answers_at_once_and_the_connection_goes_on() {
+    let srv = serve(streaming());
+    let mut s = connect(srv.addr);
+    // 10 bytes announced, 6 sent: the reader stops at 4 or more and answers before the
+    // rest of the body has come.
+    s.write_all(b"POST /stop HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n012345")
+        .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
+    // 6 when the six bytes come in one read (as a single write on loopback does).
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let at: usize = body
+        .strip_prefix("stopped at ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!((4..=6).contains(&at), "{body}");
+    // The rest of that body is dropped, and the next requests are framed after it.
+    s.write_all(
+        b"6789POST /stop HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          2\r\nab\r\n3\r\ncde\r\n5\r\nfghij\r\n0\r\n\r\n\
+          POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nxyz",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut s).1, b"stopped at 5");
+    assert_eq!(read_response(&mut s).1, b"total 3 parts 1");
+    // A body that stays under the mark is read whole.
+    s.write_all(b"POST /stop HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
+        .unwrap();
+    assert_eq!(read_response(&mut s).1, b"stopped at 2");
+}
+
+#[test]
 fn a_streamed_body_over_the_limit_gets_413_and_a_closed_connection() {
     let mut config = streaming();
     config.limits.max_body = 8;

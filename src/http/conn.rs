@@ -2,6 +2,7 @@
 //! order, writing, timeouts, and closing.
 
 use std::cell::{Cell, RefCell};
+use std::ops::ControlFlow;
 use std::rc::Rc;
 
 use slab::Slab;
@@ -26,7 +27,7 @@ pub(crate) type DrainCb = Box<dyn FnOnce(&mut EventLoop, Response)>;
 pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// A body-part callback left by [`Response::read_body`].
-pub(crate) type BodyDataCb = Box<dyn FnMut(&mut EventLoop, &[u8])>;
+pub(crate) type BodyDataCb = Box<dyn FnMut(&mut EventLoop, &[u8]) -> ControlFlow<()>>;
 
 /// Where a streamed request body ([`Config::stream_bodies`]) goes.
 pub(crate) enum BodyRead {
@@ -41,7 +42,8 @@ pub(crate) enum BodyRead {
         data: Option<BodyDataCb>,
         end: Option<DrainCb>,
     },
-    /// The response ended before the body was read: its parts are dropped.
+    /// The response ended before the body was read, or the reader stopped: the parts
+    /// left are dropped.
     Dropped,
 }
 
@@ -413,15 +415,37 @@ fn pump(
                     BodyRead::Sink { data, .. } => {
                         let mut cb = data.take();
                         drop(guard);
-                        if let Some(cb) = cb.as_mut() {
-                            cb(lp, part);
-                        }
+                        let flow = match cb.as_mut() {
+                            Some(cb) => cb(lp, part),
+                            None => ControlFlow::Continue(()),
+                        };
                         let mut s = sh.borrow_mut();
-                        if let Some(BodyRead::Sink { data, .. }) =
-                            s.conn(key, stream).map(|c| &mut c.body)
-                        {
+                        let Some(c) = s.conn(key, stream) else {
+                            continue; // gone: the next turn says so
+                        };
+                        let BodyRead::Sink { data, end } = &mut c.body else {
+                            continue;
+                        };
+                        if flow.is_continue() {
                             *data = cb;
+                            continue;
                         }
+                        // The reader stopped: the response goes back to it now, and the
+                        // rest of the body is dropped as it comes (under the same limit
+                        // and timeout), keeping the connection framed.
+                        let end = end.take();
+                        c.body = BodyRead::Dropped;
+                        // No timeout while the handler has the response (the rest of the
+                        // body is timed again once it ends).
+                        c.phase = Phase::Busy;
+                        c.deadline = 0;
+                        c.dispatching = true;
+                        let serial = c.serial;
+                        drop(s);
+                        if let Some(end) = end {
+                            end(lp, Response::new(sh.clone(), key, stream, serial));
+                        }
+                        dispatched(sh, lp, key, stream, None);
                     }
                     BodyRead::Held { .. } | BodyRead::Dropped => {}
                 }
@@ -594,15 +618,21 @@ pub(crate) fn response_done(
         let now = lp.now();
         let keep_alive = ms(s.config.keep_alive_timeout);
         let linger = ms(s.config.linger);
+        let body_timeout = ms(s.config.body_timeout);
         let Some(c) = s.conn(key, stream) else {
             return;
         };
         c.in_flight = false;
         c.drain = None;
-        let body_left = matches!(c.body, BodyRead::Held { .. });
+        let body_left = matches!(c.body, BodyRead::Held { .. } | BodyRead::Dropped);
         if body_left {
-            // Answered before its body was read: the rest of the body is dropped.
+            // Answered before its body was read (or once its reader stopped): the rest of
+            // the body is dropped.
             c.body = BodyRead::Dropped;
+            if c.phase == Phase::Busy {
+                c.phase = Phase::Reading;
+                c.deadline = now.saturating_add(body_timeout);
+            }
         }
         if c.resp.close {
             c.phase = Phase::Closing;

@@ -29,12 +29,14 @@
 //! * **Framing.** The handler gets each request whole: head and body (`Content-Length` or
 //!   chunked, trailers dropped) up to [`Limits::max_body`]. Or, with
 //!   [`Config::stream_bodies`], as soon as the head is in, reading the body part by part
-//!   with [`Response::read_body`] (a body never read is dropped once the response ends).
+//!   with [`Response::read_body`], which can stop part-way to answer at once (a body
+//!   never read, or the rest of one, is dropped once the response ends).
 //!   Heads are parsed by `httparse`; framing, limits and the request-smuggling rules are
 //!   in [`Decoder`], which does no I/O.
 //!
 //!   ```no_run
 //!   use std::cell::Cell;
+//!   use std::ops::ControlFlow;
 //!   use std::rc::Rc;
 //!
 //!   use forkloop::http::{Config, Server};
@@ -43,7 +45,8 @@
 //!   let mut lp = EventLoop::new().unwrap();
 //!   let config = Config { stream_bodies: true, ..Config::default() };
 //!   let addr = "127.0.0.1:8000".parse().unwrap();
-//!   // Counts an upload's bytes as they come, without holding the body.
+//!   // Counts an upload's bytes as they come, without holding the body; refuses one
+//!   // over 1 MiB as soon as it gets there.
 //!   Server::listen(&mut lp, None, addr, config, |lp, req, mut res| {
 //!       if req.method() != "POST" {
 //!           res.set_status(405).unwrap();
@@ -53,8 +56,21 @@
 //!       let seen = n.clone();
 //!       res.read_body(
 //!           lp,
-//!           move |_, part| seen.set(seen.get() + part.len()),
-//!           move |lp, res| res.end(lp, format!("{} bytes\n", n.get()).as_bytes()),
+//!           move |_, part| {
+//!               seen.set(seen.get() + part.len());
+//!               if seen.get() > 1 << 20 {
+//!                   ControlFlow::Break(())
+//!               } else {
+//!                   ControlFlow::Continue(())
+//!               }
+//!           },
+//!           move |lp, mut res| {
+//!               if n.get() > 1 << 20 {
+//!                   res.set_status(413).unwrap();
+//!                   return res.end(lp, b"too large\n");
+//!               }
+//!               res.end(lp, format!("{} bytes\n", n.get()).as_bytes())
+//!           },
 //!       );
 //!   });
 //!   lp.run().unwrap();

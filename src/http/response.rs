@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::rc::Rc;
 
 use super::conn::{self, Conn, Shared};
@@ -272,7 +273,11 @@ impl Response {
     }
 
     /// Reads the request's body: `on_data` gets each part as it arrives, then `on_end`
-    /// gets this response back once the body is complete. With [`Config::stream_bodies`]
+    /// gets this response back once the body is complete. `on_data` returns
+    /// [`ControlFlow::Continue`] for more, or [`ControlFlow::Break`] to stop reading:
+    /// `on_end` then gets the response at once (to answer a body it refuses, say with
+    /// 413 or 400), and the rest of the body is read and dropped as it arrives, within
+    /// the same limit and timeout, so the connection goes on. With [`Config::stream_bodies`]
     /// the parts come as the client sends them; until this is called the body waits in
     /// the connection, and a response ended without calling it drops the body. Without
     /// it the body is already whole ([`Request::body`]): `on_data` gets it in one part,
@@ -287,7 +292,7 @@ impl Response {
     /// [`Request::body`]: super::Request::body
     pub fn read_body<D, E>(mut self, lp: &mut EventLoop, on_data: D, on_end: E)
     where
-        D: FnMut(&mut EventLoop, &[u8]) + 'static,
+        D: FnMut(&mut EventLoop, &[u8]) -> ControlFlow<()> + 'static,
         E: FnOnce(&mut EventLoop, Response) + 'static,
     {
         self.done = true;
@@ -322,7 +327,8 @@ impl Response {
                         return;
                     };
                     if !body.is_empty() {
-                        data(lp, &body);
+                        // The only part: stopping changes nothing.
+                        let _ = data(lp, &body);
                     }
                     if let Some(c) = sh.borrow_mut().conn(key, stream) {
                         c.req.body = body; // its buffer is kept for the next request

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -77,6 +78,8 @@ pub fn serve(config: Config) -> TestServer {
 /// * `/count`: reads the body with `read_body`, answers `total N parts P`;
 /// * `/started`: streams `started` first, then reads the body, then `total N`;
 /// * `/early`: `early`, without reading the body;
+/// * `/stop`: reads the body until it has 4 bytes or more, then stops and answers 413
+///   `stopped at N` at once;
 /// * `/late`: as `/count`, but starts reading the body 50 ms after the head came;
 /// * anything else: `hello`.
 pub fn route(lp: &mut EventLoop, req: &Request, mut res: Response) {
@@ -131,7 +134,10 @@ pub fn route(lp: &mut EventLoop, req: &Request, mut res: Response) {
             let s = seen.clone();
             res.read_body(
                 lp,
-                move |_, part| s.set((s.get().0 + part.len(), s.get().1 + 1)),
+                move |_, part| {
+                    s.set((s.get().0 + part.len(), s.get().1 + 1));
+                    ControlFlow::Continue(())
+                },
                 move |lp, res| {
                     let (n, parts) = seen.get();
                     res.end(lp, format!("total {n} parts {parts}").as_bytes());
@@ -144,18 +150,43 @@ pub fn route(lp: &mut EventLoop, req: &Request, mut res: Response) {
             let s = seen.clone();
             res.read_body(
                 lp,
-                move |_, part| s.set(s.get() + part.len()),
+                move |_, part| {
+                    s.set(s.get() + part.len());
+                    ControlFlow::Continue(())
+                },
                 move |lp, res| res.end(lp, format!("total {}", seen.get()).as_bytes()),
             );
         }
         "/early" => res.end(lp, b"early"),
+        "/stop" => {
+            let n = std::rc::Rc::new(std::cell::Cell::new(0usize));
+            let n2 = n.clone();
+            res.read_body(
+                lp,
+                move |_, part| {
+                    n2.set(n2.get() + part.len());
+                    if n2.get() >= 4 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+                move |lp, mut res| {
+                    res.set_status(413).unwrap();
+                    res.end(lp, format!("stopped at {}", n.get()).as_bytes());
+                },
+            );
+        }
         "/late" => {
             lp.set_timeout(50u64, move |lp| {
                 let n = std::rc::Rc::new(std::cell::Cell::new(0usize));
                 let n2 = n.clone();
                 res.read_body(
                     lp,
-                    move |_, part| n2.set(n2.get() + part.len()),
+                    move |_, part| {
+                        n2.set(n2.get() + part.len());
+                        ControlFlow::Continue(())
+                    },
                     move |lp, res| res.end(lp, format!("total {}", n.get()).as_bytes()),
                 );
             });
