@@ -81,6 +81,23 @@ impl<T: Source + Any> AnySource for T {
     }
 }
 
+/// What a handle is, for [`EventLoop::active_handles`]: a name given, or its source's
+/// type name (worked out only when asked for: registering stays cheap).
+#[derive(Clone, Copy)]
+enum Kind {
+    Name(&'static str),
+    TypeOf(fn() -> &'static str),
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Name(n) => n,
+            Kind::TypeOf(f) => f(),
+        }
+    }
+}
+
 /// The last path segment of a type's name, without generic arguments.
 fn short_type_name<S>() -> &'static str {
     let full = std::any::type_name::<S>();
@@ -94,7 +111,7 @@ pub(crate) type IoCb = Box<dyn FnMut(&mut EventLoop, IoId, Readiness)>;
 struct Entry {
     source: Option<Box<dyn AnySource>>,
     /// What the handle is, for [`EventLoop::active_handles`].
-    kind: &'static str,
+    kind: Kind,
     cb: Option<IoCb>,
     interest: Option<Interest>,
     refed: bool,
@@ -224,7 +241,7 @@ impl EventLoop {
     {
         let key = self.io.entries.insert(Entry {
             source: Some(Box::new(source)),
-            kind: short_type_name::<S>(),
+            kind: Kind::TypeOf(short_type_name::<S>),
             cb: Some(Box::new(cb)),
             interest: None,
             refed: true,
@@ -390,7 +407,7 @@ impl EventLoop {
     /// source's type name).
     pub(crate) fn set_io_kind(&mut self, id: IoId, kind: &'static str) {
         if let Some(e) = self.io.entries.get_mut(id.0) {
-            e.kind = kind;
+            e.kind = Kind::Name(kind);
         }
     }
 
@@ -401,7 +418,7 @@ impl EventLoop {
             if e.counts() {
                 out.push(ActiveHandle::Io {
                     id: IoId(key),
-                    kind: e.kind,
+                    kind: e.kind.name(),
                 });
             }
         }
