@@ -5,6 +5,7 @@
 #
 #   scripts/balance-compare.sh                     # RUNS=3, DURATION=10s: ~15 min
 #   RUNS=1 DURATION=2s WORKER_COUNTS=2 SERVERS="fl-rr node-rr" scripts/balance-compare.sh
+#   SERVERS="fl-rr fl-rr@64" MODES=ka scripts/balance-compare.sh   # rr with credit 64 beside the default
 #
 # The counts are the workers' own, never inferred from timing: every worker counts the
 # connections it accepted and the requests it answered, and prints its totals as
@@ -60,7 +61,7 @@ read -r -a MODE_LIST <<<"$MODES"
 for w in "${WORKER_LIST[@]}"; do [[ $w =~ ^[1-9][0-9]*$ && $w -ge 2 ]] || die "WORKER_COUNTS: at least 2, not $w"; done
 for m in "${MODE_LIST[@]}"; do [[ $m == ka || $m == close ]] || die "MODES are ka and close, not $m"; done
 for name in "${SERVER_LIST[@]}"; do
-  case $name in fl-rr | fl-none | fl-reuseport | node-rr | node-none) ;; *) die "unknown server $name (fl-rr fl-none fl-reuseport node-rr node-none)" ;; esac
+  case $name in fl-rr | fl-rr@[1-9]* | fl-none | fl-reuseport | node-rr | node-none) ;; *) die "unknown server $name (fl-rr fl-rr@K fl-none fl-reuseport node-rr node-none)" ;; esac
 done
 
 RAW_DIR=${OUT_DIR:-$TMP_DIR}

@@ -33,7 +33,8 @@
 # most FOREIGN_RETRIES times, then kept and flagged NOISY).
 # Per run: req/s, p50/p99, socket errors, non-2xx, server CPU µs per request (utime+stime
 # from /proc/PID/stat of every server process over the run ÷ requests completed), and the
-# primary's (master's) own CPU µs per request where there is one, and the voluntary context
+# primary's (master's) own CPU µs per request where there is one, the part of the server's
+# CPU spent in user space (utime alone: the rest is the kernel's), and the voluntary context
 # switches per request of the server's processes (every thread; /proc/PID/task/*/status:
 # each one a sleep and a wake-up, so under Connection: close it shows how many processes
 # wake per connection). Tables show the median
@@ -89,7 +90,7 @@ if [ ${#SERVER_LIST[@]} = 0 ] || [ ${#MODE_LIST[@]} = 0 ]; then echo "empty SERV
 RAW_DIR=${OUT_DIR:-$TMP_DIR}
 mkdir -p "$RAW_DIR"
 RESULTS=$RAW_DIR/runs.tsv
-printf 'mode\tserver\tround\treq_s\tp50_us\tp99_us\trequests\terrors\tnon2xx\tcpu_us_req\tprimary_us_req\tserver_cores\twrk_cores\tforeign_cores\ttime_wait\tvcsw_req\n' >"$RESULTS"
+printf 'mode\tserver\tround\treq_s\tp50_us\tp99_us\trequests\terrors\tnon2xx\tcpu_us_req\tprimary_us_req\tserver_cores\twrk_cores\tforeign_cores\ttime_wait\tvcsw_req\tuser_us_req\n' >"$RESULTS"
 
 # ---------------------------------------------------------------- process bookkeeping
 # Processes are tracked and stopped through scripts/lib.sh; the server logs are kept.
@@ -137,7 +138,7 @@ wait_time_wait() {
 
 # measure NAME MODE ROUND: one measured run; appends a row to RESULTS.
 measure() {
-  local name=$1 mode=$2 round=$3 out try=0 a0 b0 a1 b1 s0 s1 c0 c1 f p wrc
+  local name=$1 mode=$2 round=$3 out try=0 a0 b0 a1 b1 s0 s1 c0 c1 f p wrc u0 u1 usr
   local rps p50 p99 req errs n2 cpu prim srv wrkc tw v0 v1 vcsw
   out="$RAW_DIR/$mode-$name-$round.txt"
   while :; do
@@ -145,6 +146,7 @@ measure() {
     wait_quiet
     tw=$(time_wait_count)
     a0=$(cpu_ticks ${PRIMARY[@]+"${PRIMARY[@]}"}); b0=$(cpu_ticks "${OTHERS[@]}")
+    u0=$(user_ticks ${PRIMARY[@]+"${PRIMARY[@]}"} "${OTHERS[@]}")
     s0=$(sys_busy); read_child_ticks; c0=$CHILD_TICKS
     v0=$(vol_ctx_switches ${PRIMARY[@]+"${PRIMARY[@]}"} "${OTHERS[@]}")
     wrc=0
@@ -152,6 +154,7 @@ measure() {
     v1=$(vol_ctx_switches ${PRIMARY[@]+"${PRIMARY[@]}"} "${OTHERS[@]}")
     s1=$(sys_busy); read_child_ticks; c1=$CHILD_TICKS
     a1=$(cpu_ticks ${PRIMARY[@]+"${PRIMARY[@]}"}); b1=$(cpu_ticks "${OTHERS[@]}")
+    u1=$(user_ticks ${PRIMARY[@]+"${PRIMARY[@]}"} "${OTHERS[@]}")
     for p in ${PRIMARY[@]+"${PRIMARY[@]}"} "${OTHERS[@]}"; do
       alive "$p" || die "$name: server process $p died during $mode run $round (log: $(tail -3 "$TMP_DIR/$name.log" | tr '\n' ' '))"
     done
@@ -177,12 +180,13 @@ measure() {
     prim=$(awk -v t=$((a1 - a0)) -v h="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t / h * 1e6 / n}')
   fi
   vcsw=$(awk -v v=$((v1 - v0)) -v n="$req" 'BEGIN {printf "%.2f", v / n}')
+  usr=$(awk -v t=$((u1 - u0)) -v h="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.2f", t / h * 1e6 / n}')
   srv=$(awk -v t=$((a1 - a0 + b1 - b0)) -v h="$CLK_TCK" -v s="$SECS" 'BEGIN {printf "%.2f", t / h / s}')
   wrkc=$(awk -v t=$((c1 - c0)) -v h="$CLK_TCK" -v s="$SECS" 'BEGIN {printf "%.2f", t / h / s}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$name" "$round" \
-    "$rps" "$p50" "$p99" "$req" "$errs" "$n2" "$cpu" "$prim" "$srv" "$wrkc" "$f" "$tw" "$vcsw" >>"$RESULTS"
-  printf '  %s %-14s %-9s round %s: %7s req/s  p50 %5s us  p99 %6s us  cpu %6s us/req  primary %6s us/req  vcsw %5s/req  errors %s non2xx %s  wrk %s  foreign %s  time_wait %s%s\n' \
-    "$(date +%H:%M:%S)" "$name" "$mode" "$round" "$rps" "$p50" "$p99" "$cpu" "$prim" "$vcsw" "$errs" "$n2" "$wrkc" "$f" "$tw" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$name" "$round" \
+    "$rps" "$p50" "$p99" "$req" "$errs" "$n2" "$cpu" "$prim" "$srv" "$wrkc" "$f" "$tw" "$vcsw" "$usr" >>"$RESULTS"
+  printf '  %s %-14s %-9s round %s: %7s req/s  p50 %5s us  p99 %6s us  cpu %6s us/req (user %s)  primary %6s us/req  vcsw %5s/req  errors %s non2xx %s  wrk %s  foreign %s  time_wait %s%s\n' \
+    "$(date +%H:%M:%S)" "$name" "$mode" "$round" "$rps" "$p50" "$p99" "$cpu" "$usr" "$prim" "$vcsw" "$errs" "$n2" "$wrkc" "$f" "$tw" \
     "$(awk -v f="$f" -v m="$FOREIGN_MAX" 'BEGIN {if (f > m) print "  NOISY (kept after the last retry)"}')" >&2
 }
 
@@ -210,12 +214,12 @@ print_tables() {
     echo
     echo "#### $(mode_title "$mode")"
     echo
-    echo "| server | req/s median (min–max) | p50 µs | p99 µs | server CPU µs/req | primary CPU µs/req | voluntary ctx switches/req | errors / non-2xx (sum) | server cores (median) | wrk cores (median) | foreign cores (max) |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| server | req/s median (min–max) | p50 µs | p99 µs | server CPU µs/req | of which user | primary CPU µs/req | voluntary ctx switches/req | errors / non-2xx (sum) | server cores (median) | wrk cores (median) | foreign cores (max) |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     for name in "${SERVER_LIST[@]}"; do
-      printf '| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s |\n' "$(label "$name")" \
+      printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s |\n' "$(label "$name")" \
         "$(cell "$mode" "$name" req_s 0)" "$(cell "$mode" "$name" p50_us 0)" "$(cell "$mode" "$name" p99_us 0)" \
-        "$(cell "$mode" "$name" cpu_us_req 1)" "$(cell "$mode" "$name" primary_us_req 1)" \
+        "$(cell "$mode" "$name" cpu_us_req 1)" "$(cell "$mode" "$name" user_us_req 2)" "$(cell "$mode" "$name" primary_us_req 1)" \
         "$(cell "$mode" "$name" vcsw_req 2)" \
         "$(agg "$mode" "$name" errors sum)" "$(agg "$mode" "$name" non2xx sum)" \
         "$(cell "$mode" "$name" server_cores 2 median)" "$(cell "$mode" "$name" wrk_cores 2 median)" \
@@ -261,6 +265,7 @@ print_checks() {
   echo "keep-alive c64, rr:"
   check "req/s fl-rr / mio-2" "$(ratio ka-c64 fl-rr mio-2 req_s)" ">=" 0.95 "$(pair ka-c64 fl-rr mio-2 req_s)"
   check "server CPU/req fl-rr / mio-2" "$(ratio ka-c64 fl-rr mio-2 cpu_us_req)" "<=" 1.1 "$(pair ka-c64 fl-rr mio-2 cpu_us_req)"
+  info "user CPU/req fl-rr / mio-2 (the rest is the kernel's)" "$(ratio ka-c64 fl-rr mio-2 user_us_req)" "$(pair ka-c64 fl-rr mio-2 user_us_req)"
   info "req/s fl-rr / mio-1" "$(ratio ka-c64 fl-rr mio-1 req_s)" "$(pair ka-c64 fl-rr mio-1 req_s)"
   info "server CPU/req fl-rr / mio-1" "$(ratio ka-c64 fl-rr mio-1 cpu_us_req)" "$(pair ka-c64 fl-rr mio-1 cpu_us_req)"
   echo "Connection: close c64, rr:"

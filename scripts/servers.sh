@@ -93,15 +93,20 @@ listeners_on() { [ "$(ss -Hltn "sport = :$1" | wc -l)" -ge "$2" ]; }
 children_of() { ps -o pid= --ppid "$1" | tr -d ' ' | grep . || true; }
 has_children() { [ "$(children_of "$1" | wc -l)" -ge "$2" ]; }
 
-# cpu_ticks PID...: utime+stime (clock ticks) summed over the processes (all threads).
-cpu_ticks() {
-  local p sum=0 t
+# stat_ticks EXPR PID...: EXPR of /proc/PID/stat's fields (clock ticks), summed over the
+# processes (all threads); fields counted from after the command name: $12 utime, $13 stime.
+stat_ticks() {
+  local expr=$1 p sum=0 t
+  shift
   for p in "$@"; do
-    t=$(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null) || t=0
+    t=$(awk "{sub(/.*\\) /, \"\"); print $expr}" "/proc/$p/stat" 2>/dev/null) || t=0
     sum=$((sum + ${t:-0}))
   done
   echo "$sum"
 }
+# cpu_ticks PID...: utime+stime. user_ticks PID...: utime alone.
+cpu_ticks() { stat_ticks '$12 + $13' "$@"; }
+user_ticks() { stat_ticks '$12' "$@"; }
 
 # vol_ctx_switches PID...: voluntary context switches (sleeps: waits for I/O or for a
 # wake-up) of every thread of the given processes so far, from /proc/PID/task/*/status.
