@@ -20,10 +20,12 @@
 //!
 //! # Round-robin with credit
 //!
-//! Each connection goes to the worker with the most free credit (round-robin among
-//! equals). The primary accepts every connection waiting at that moment (up to the
-//! workers' free credit, at most [`HAND_OFF_BATCH`] each), shares them out one at a time
-//! by that rule, and sends each worker its share in one `NewConn` message (one `sendmsg`,
+//! Connections go to the workers in turn, skipping those without free credit. The
+//! primary accepts every connection waiting at that moment (up to the workers' free
+//! credit, at most [`HAND_OFF_BATCH`] each), shares them out one at a time in
+//! round-robin order over the workers that still have room (a worker that reads its
+//! hand-offs faster gets no more of them), and sends each worker its share in one
+//! `NewConn` message (one `sendmsg`,
 //! one wake-up of the worker). A worker holds at most `credit` hand-offs it has not read.
 //! It does not answer the ones it takes: the primary keeps a duplicate of the worker's
 //! end of their channel and asks the kernel how much of it the worker has not read yet

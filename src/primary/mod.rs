@@ -116,6 +116,15 @@ pub struct PrimaryOptions {
     /// (`FORKLOOP_SCHED_POLICY=rr|none|reuseport`), and round-robin if it is unset.
     pub policy: Option<Policy>,
     /// Round-robin: hand-offs a worker may hold unread (default [`DEFAULT_CREDIT`]).
+    ///
+    /// While every worker is at its credit the primary stops accepting, and the next
+    /// round takes what queued meanwhile in one batch: a small credit saves the primary
+    /// wake-ups under a stream of short connections. But a burst of new connections larger
+    /// than `workers × credit` (a keep-alive client opening all of its connections at
+    /// once) is shared in turn only among the workers that keep up with it: the one that
+    /// reads its hand-offs first gets the rest, and keep-alive connections stay where
+    /// they land. A credit of at least the burst divided by the workers shares it
+    /// evenly.
     pub credit: u32,
     /// Round-robin: accept windows (default `None`: off). Under a heavy stream of new
     /// connections the primary then accepts once per window instead of waking for each
