@@ -462,14 +462,16 @@ impl Server {
     /// its response may already have the next request on the wire, and closing under it
     /// would reset that request. A connection that turns busy again is left to the
     /// application (which answers with `Connection: close` while its worker leaves).
-    /// `conn` must be one of this server's connections (others are ignored with a
-    /// warning).
+    /// `conn` must be one of this server's connections (others are ignored, with a
+    /// warning if they are open).
     pub fn set_idle(&self, lp: &mut EventLoop, conn: Stream, idle: bool) {
         let sweep = {
             let mut inner = self.0.borrow_mut();
             let now = lp.now();
             match inner.conns.get_mut(&conn) {
                 Some(since) => *since = idle.then_some(now),
+                // A closed one was forgotten already: nothing to end.
+                None if !conn.is_open(lp) => return,
                 None => {
                     log::warn!(
                         "forkloop: set_idle on a stream that is not this server's connection: ignored"
