@@ -522,6 +522,44 @@ fn a_body_the_handler_does_not_read_is_dropped_and_the_next_request_served() {
 }
 
 #[test]
+fn a_new_connection_sees_nothing_of_the_one_before_it() {
+    // Closed connections' buffers serve the next ones: nothing of a request, a response
+    // or unread input may carry over.
+    let srv = serve(Config::default());
+    for i in 0..200 {
+        let mut s = connect(srv.addr);
+        if i % 2 == 0 {
+            // A request with a body and headers, a pipelined request left unread, and a
+            // close in the middle of a third.
+            s.write_all(
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nContent-Length: 4\r\n\r\nbody\
+                  GET /close HTTP/1.1\r\nHost: x\r\n\r\nGET /ec",
+            )
+            .unwrap();
+            let (head, body) = read_response(&mut s);
+            assert!(head.contains("X-Method: POST"), "{head}");
+            assert!(
+                head.contains("X-Headers: Host,X-A,Content-Length\r\n"),
+                "{head}"
+            );
+            assert_eq!(body, b"body");
+            assert_eq!(read_response(&mut s).1, b"bye");
+        } else {
+            s.write_all(b"GET /echo HTTP/1.0\r\n\r\n").unwrap();
+            let (head, body) = read_response(&mut s);
+            assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+            assert!(head.contains("X-Method: GET"), "{head}");
+            assert!(head.contains("X-Version: Http10"), "{head}");
+            assert!(
+                head.contains("X-Headers: \r\n"),
+                "no request headers: {head}"
+            );
+            assert_eq!(body, b"", "{head}");
+        }
+    }
+}
+
+#[test]
 fn a_reader_that_stops_answers_at_once_and_the_connection_goes_on() {
     let srv = serve(streaming());
     let mut s = connect(srv.addr);

@@ -140,6 +140,50 @@ pub(crate) struct Shared {
     ready: Vec<usize>,
     /// Responses dropped without being ended: (connection key, serial).
     pub(crate) abandoned: Rc<RefCell<Vec<(usize, u64)>>>,
+    /// Buffers of closed connections, for new ones (see [`Buffers`]).
+    spare: Vec<Buffers>,
+}
+
+/// Most closed connections' buffers kept for new ones.
+const SPARE_BUFFERS: usize = 64;
+/// Buffers larger than this (bytes) are not kept: a large request or response does not
+/// stay allocated for the next connection.
+const SPARE_CAPACITY: usize = 4096;
+
+/// A connection's buffers (request head and headers, input, output, response headers),
+/// kept when it closes so that the next connection reuses them: a client opening a
+/// connection per request costs no allocations for them once the server is warm. At most
+/// [`SPARE_BUFFERS`] sets, each buffer at most [`SPARE_CAPACITY`].
+#[derive(Default)]
+struct Buffers {
+    req: Request,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    headers: Vec<u8>,
+}
+
+impl Buffers {
+    /// Takes `c`'s buffers, emptied, if none is too large to keep.
+    fn salvage(c: &mut Conn) -> Option<Buffers> {
+        let small = c.req.capacity() <= SPARE_CAPACITY
+            && [&c.inbuf, &c.out, &c.resp.headers]
+                .iter()
+                .all(|b| b.capacity() <= SPARE_CAPACITY);
+        if !small {
+            return None;
+        }
+        let mut b = Buffers {
+            req: std::mem::take(&mut c.req),
+            inbuf: std::mem::take(&mut c.inbuf),
+            out: std::mem::take(&mut c.out),
+            headers: std::mem::take(&mut c.resp.headers),
+        };
+        b.req.clear();
+        b.inbuf.clear();
+        b.out.clear();
+        b.headers.clear();
+        Some(b)
+    }
 }
 
 impl Shared {
@@ -153,6 +197,7 @@ impl Shared {
             stats: Rc::default(),
             ready: Vec::new(),
             abandoned: Rc::default(),
+            spare: Vec::new(),
         }))
     }
 
@@ -177,18 +222,19 @@ pub(crate) fn accept(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, stream: Strea
     let (key, nodelay, net) = {
         let mut s = sh.borrow_mut();
         let config = s.config;
+        let b = s.spare.pop().unwrap_or_default();
         let key = s.conns.insert(Conn {
             stream,
             serial: 0,
             decoder: Decoder::new(config.limits),
-            req: Request::default(),
-            inbuf: Vec::new(),
-            out: Vec::new(),
+            req: b.req,
+            inbuf: b.inbuf,
+            out: b.out,
             phase: Phase::Reading,
             deadline: now.saturating_add(ms(config.header_timeout)),
             resp: Resp {
                 status: 200,
-                headers: Vec::new(),
+                headers: b.headers,
                 close: false,
                 client_closes: false,
                 keep_alive_10: false,
@@ -232,7 +278,13 @@ pub(crate) fn accept(sh: &Rc<RefCell<Shared>>, lp: &mut EventLoop, stream: Strea
             match s.conns.get(key) {
                 Some(c) if c.stream == stream => {
                     s.stats.borrow_mut().open -= 1;
-                    Some(s.conns.remove(key))
+                    let mut c = s.conns.remove(key);
+                    if s.spare.len() < SPARE_BUFFERS
+                        && let Some(b) = Buffers::salvage(&mut c)
+                    {
+                        s.spare.push(b);
+                    }
+                    Some(c)
                 }
                 _ => None,
             }

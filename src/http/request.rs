@@ -78,6 +78,23 @@ impl Request {
         self.flags = Flags::default();
     }
 
+    /// The largest of its buffers' capacities (bytes, headers counted by their size).
+    pub(crate) fn capacity(&self) -> usize {
+        let headers = self.headers.capacity() * std::mem::size_of::<(Range<u32>, Range<u32>)>();
+        self.head.capacity().max(headers).max(self.body.capacity())
+    }
+
+    /// Empties it for another connection, keeping its buffers.
+    pub(crate) fn clear(&mut self) {
+        self.head.clear();
+        self.headers.clear();
+        self.body.clear();
+        self.method = 0..0;
+        self.target = 0..0;
+        self.version = Version::Http11;
+        self.flags = Flags::default();
+    }
+
     pub(crate) fn set_line(&mut self, method: Range<u32>, target: Range<u32>) {
         self.method = method;
         self.target = target;

@@ -67,7 +67,8 @@ pub fn serve(config: Config) -> TestServer {
 }
 
 /// The test routes:
-/// * `/echo`: the request body back, with `X-Method`, `X-Chunked`, `X-Version`;
+/// * `/echo`: the request body back, with `X-Method`, `X-Chunked`, `X-Version` and
+///   `X-Headers` (the request's header names, in order);
 /// * `/slow`: `slow`, 200 ms later (from a timer);
 /// * `/stream`: [`STREAM_BYTES`] bytes streamed in 64 KiB parts, waiting for each drain;
 /// * `/big`: [`BIG_BYTES`] bytes with `end`;
@@ -90,6 +91,8 @@ pub fn route(lp: &mut EventLoop, req: &Request, mut res: Response) {
                 .unwrap();
             let v = format!("{:?}", req.version());
             res.set_header("X-Version", &v).unwrap();
+            let names: Vec<&str> = req.headers().map(|(n, _)| n).collect();
+            res.set_header("X-Headers", &names.join(",")).unwrap();
             res.end(lp, req.body());
         }
         "/slow" => {
