@@ -4,6 +4,9 @@
 //!
 //! The crate is built with `cargo build --offline` into its own target directory under
 //! this crate's (`readme-example/`), so later runs reuse what was compiled.
+//!
+//! Linux only: it finds the workers through `/proc`.
+#![cfg(target_os = "linux")]
 
 mod cluster_util;
 
@@ -144,7 +147,6 @@ fn expect_line(
 }
 
 #[test]
-#[cfg(target_os = "linux")]
 fn readme_cluster_example_supervises() {
     let bin = build_example();
     let mut child = ChildGuard(

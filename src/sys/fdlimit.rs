@@ -26,7 +26,8 @@ pub fn fd_limit() -> io::Result<Option<usize>> {
 /// `soft` is above the hard limit, or `setrlimit` failed.
 pub fn set_fd_limit(soft: usize) -> io::Result<()> {
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    let soft = soft as u64;
+    // `rlim_t` is unsigned on Linux and macOS, signed on the BSDs.
+    let soft = nix::libc::rlim_t::try_from(soft).unwrap_or(nix::sys::resource::RLIM_INFINITY);
     if soft > hard {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
