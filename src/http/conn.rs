@@ -487,17 +487,8 @@ fn pump(
                         // and timeout), keeping the connection framed.
                         let end = end.take();
                         c.body = BodyRead::Dropped;
-                        // No timeout while the handler has the response (the rest of the
-                        // body is timed again once it ends).
-                        c.phase = Phase::Busy;
-                        c.deadline = 0;
-                        c.dispatching = true;
-                        let serial = c.serial;
                         drop(s);
-                        if let Some(end) = end {
-                            end(lp, Response::new(sh.clone(), key, stream, serial));
-                        }
-                        dispatched(sh, lp, key, stream, None);
+                        body_read(sh, lp, key, stream, end);
                     }
                     BodyRead::Held { .. } | BodyRead::Dropped => {}
                 }
@@ -510,15 +501,8 @@ fn pump(
                         dispatch(sh, lp, key, stream, false);
                     }
                     BodyRead::Sink { end, .. } => {
-                        c.phase = Phase::Busy;
-                        c.deadline = 0;
-                        c.dispatching = true;
-                        let serial = c.serial;
                         drop(guard);
-                        if let Some(end) = end {
-                            end(lp, Response::new(sh.clone(), key, stream, serial));
-                        }
-                        dispatched(sh, lp, key, stream, None);
+                        body_read(sh, lp, key, stream, end);
                     }
                     BodyRead::Held { .. } | BodyRead::Dropped => {
                         // The response ended before its body did (`Held` cannot be seen
@@ -537,6 +521,32 @@ fn pump(
             }
         }
     }
+}
+
+/// A streamed body was read to its end, or its reader stopped: the response goes back to
+/// the reader's `end`. No timeout runs while the handler has it (what is left of a
+/// stopped body is timed again once the response ends).
+fn body_read(
+    sh: &Rc<RefCell<Shared>>,
+    lp: &mut EventLoop,
+    key: usize,
+    stream: Stream,
+    end: Option<DrainCb>,
+) {
+    let serial = {
+        let mut s = sh.borrow_mut();
+        let Some(c) = s.conn(key, stream) else {
+            return;
+        };
+        c.phase = Phase::Busy;
+        c.deadline = 0;
+        c.dispatching = true;
+        c.serial
+    };
+    if let Some(end) = end {
+        end(lp, Response::new(sh.clone(), key, stream, serial));
+    }
+    dispatched(sh, lp, key, stream, None);
 }
 
 /// Hands the decoded request to the handler with a new response: once its body is in, or

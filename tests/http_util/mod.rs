@@ -149,53 +149,48 @@ pub fn route(lp: &mut EventLoop, req: &Request, mut res: Response) {
         }
         "/started" => {
             res.write(lp, b"started\n");
-            let seen = std::rc::Rc::new(std::cell::Cell::new(0usize));
-            let s = seen.clone();
-            res.read_body(
-                lp,
-                move |_, part| {
-                    s.set(s.get() + part.len());
-                    ControlFlow::Continue(())
-                },
-                move |lp, res| res.end(lp, format!("total {}", seen.get()).as_bytes()),
-            );
+            read_counting(lp, res, usize::MAX, |lp, res, n| {
+                res.end(lp, format!("total {n}").as_bytes())
+            });
         }
         "/early" => res.end(lp, b"early"),
-        "/stop" => {
-            let n = std::rc::Rc::new(std::cell::Cell::new(0usize));
-            let n2 = n.clone();
-            res.read_body(
-                lp,
-                move |_, part| {
-                    n2.set(n2.get() + part.len());
-                    if n2.get() >= 4 {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                },
-                move |lp, mut res| {
-                    res.set_status(413).unwrap();
-                    res.end(lp, format!("stopped at {}", n.get()).as_bytes());
-                },
-            );
-        }
+        "/stop" => read_counting(lp, res, 4, |lp, mut res, n| {
+            res.set_status(413).unwrap();
+            res.end(lp, format!("stopped at {n}").as_bytes());
+        }),
         "/late" => {
             lp.set_timeout(50u64, move |lp| {
-                let n = std::rc::Rc::new(std::cell::Cell::new(0usize));
-                let n2 = n.clone();
-                res.read_body(
-                    lp,
-                    move |_, part| {
-                        n2.set(n2.get() + part.len());
-                        ControlFlow::Continue(())
-                    },
-                    move |lp, res| res.end(lp, format!("total {}", n.get()).as_bytes()),
-                );
+                read_counting(lp, res, usize::MAX, |lp, res, n| {
+                    res.end(lp, format!("total {n}").as_bytes())
+                });
             });
         }
         _ => res.end(lp, b"hello"),
     }
+}
+
+/// Reads the request body counting its bytes, stopping once there are `stop_at` or more;
+/// then `done` gets the response and the count.
+fn read_counting(
+    lp: &mut EventLoop,
+    res: Response,
+    stop_at: usize,
+    done: impl FnOnce(&mut EventLoop, Response, usize) + 'static,
+) {
+    let n = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    let seen = n.clone();
+    res.read_body(
+        lp,
+        move |_, part| {
+            seen.set(seen.get() + part.len());
+            if seen.get() >= stop_at {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        },
+        move |lp, res| done(lp, res, n.get()),
+    );
 }
 
 fn stream_part(lp: &mut EventLoop, mut res: Response, sent: usize) {
