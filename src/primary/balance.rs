@@ -25,8 +25,8 @@
 //! credit, at most [`HAND_OFF_BATCH`] each), shares them out one at a time in
 //! round-robin order over the workers that still have room (a worker that reads its
 //! hand-offs faster gets no more of them), and sends each worker its share in one
-//! `NewConn` message (one `sendmsg`,
-//! one wake-up of the worker). A worker holds at most `credit` hand-offs it has not read.
+//! `NewConn` message (one `sendmsg`, one wake-up of the worker). A worker holds at most
+//! `credit` hand-offs it has not read.
 //! It does not answer the ones it takes: the primary keeps a duplicate of the worker's
 //! end of their channel and asks the kernel how much of it the worker has not read yet
 //! (one `FIONREAD` per worker with hand-offs outstanding, when accepting; see
